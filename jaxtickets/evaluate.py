@@ -1,0 +1,50 @@
+"""Scores a network on the run's fixed held-out content/style pairs with the frozen loss VGG."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtickets import sparsity
+
+
+def make_eval_fn(model):
+  """Per-pair metrics (content, style, total, ...) for a chunk of pairs, under one jit."""
+
+  @jax.jit
+  def eval_fn(params, masks, vgg_params, content, style):
+    params = sparsity.apply_masks(params, masks)
+    key = jax.random.PRNGKey(0)  # fixed: models with random loss terms score every round alike
+
+    def one(c, s):
+      _, metrics = model.loss(params, vgg_params, c[None], s[None], key)
+      return metrics
+
+    return jax.vmap(one)(content, style)
+
+  return eval_fn
+
+
+def evaluate(eval_fn, params, masks, vgg_params, pairs, batch_size: int) -> dict:
+  """Mean of each metric over all pairs, as Python floats; pairs are scored in chunks of batch_size."""
+  content, style = np.asarray(pairs["content"]), np.asarray(pairs["style"])
+  n = len(content)
+  per_pair = []
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size) % n  # pad the last chunk by wrapping, then drop the extras
+    out = jax.device_get(eval_fn(params, masks, vgg_params, content[idx], style[idx]))
+    keep = min(batch_size, n - start)
+    per_pair.append({k: np.asarray(v)[:keep] for k, v in out.items()})
+  return {k: float(np.mean(np.concatenate([p[k] for p in per_pair]))) for k in per_pair[0]}
+
+
+def stylize_pairs(model, params, masks, vgg_params, pairs) -> np.ndarray:
+  """The stylized held-out pairs, clipped to [0, 1], for image grids."""
+  out = _stylize(model, sparsity.apply_masks(params, masks), vgg_params, pairs["content"], pairs["style"])
+  return np.clip(np.asarray(out), 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _stylize(model, params, vgg_params, content, style):
+  return model.stylize(params, vgg_params, content, style)

@@ -1,0 +1,257 @@
+"""Iterative magnitude pruning with rewinding: rounds, branches, the matching decision, the results table.
+
+  round 0: train the dense network from theta_0, keeping theta_k (the rewind point) on the way
+  round r: prune 20% of the surviving weights of round r-1's trained network, rewind to theta_k * mask,
+           reset the optimizer and the schedule (to step k), train again
+  branches beside IMP, from the same theta_k and IMP's round-r sparsity:
+           random_prune (random positions, IMP's per-layer counts), random_reinit (IMP's masks, a fresh init),
+           oneshot (prune the dense network straight to round r's sparsity)
+"""
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxtickets import checkpoint, config as config_lib, data, evaluate, parallel, sparsity, train
+from jaxtickets.models import get_model
+
+RESULT_FIELDS = ("branch", "round", "steps", "sparsity_prunable", "sparsity_total", "remaining_prunable",
+                 "remaining_total", "content", "style", "total", "relative_to_dense", "matches")
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+@dataclasses.dataclass
+class Setup:
+  """What every round shares; built once so the train step compiles once for the whole run."""
+  config: Any
+  workdir: str
+  model: Any
+  vgg_params: Any  # frozen loss VGG, replicated
+  prunable: Any
+  mesh: Any
+  tx: Any
+  step_fn: Callable
+  eval_fn: Callable
+  dataset: Any
+  pairs: dict
+  root_key: Any
+
+
+def ticket_dir(workdir: str, branch: str, round_: int) -> str:
+  return os.path.join(workdir, "tickets", branch, f"round_{round_:02d}")
+
+
+def run(config, workdir: str) -> list[dict]:
+  """Runs every configured branch and round (skipping finished ones) and returns the results rows."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint.save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+  s = setup(config, workdir)
+  theta_0 = initial_params(s)
+  k = config.imp.rewind_step
+  ones = sparsity.ones_masks(theta_0)
+
+  dense = run_round(s, "imp", 0, theta_0, ones, start_step=0, rewind_step=k)
+  theta_k = theta_0 if k == 0 else checkpoint.load_params(os.path.join(workdir, "init", f"theta_{k}"))
+
+  imp_tickets = [dense]
+  for r in range(1, config.imp.rounds + 1):
+    prev = imp_tickets[-1]
+    masks = prune(config, prev.trained_params, prev.masks, s.prunable)
+    imp_tickets.append(run_round(s, "imp", r, theta_k, masks, start_step=k))
+    reached = imp_tickets[-1].sparsity["prunable"]["sparsity"]
+    if config.imp.target_sparsity and reached >= config.imp.target_sparsity:
+      log(f"Reached the target sparsity {config.imp.target_sparsity:.4f} at round {r} ({reached:.4f}).")
+      break
+
+  reinit = None
+  for branch in config_lib.branches(config)[1:]:
+    for r, imp_ticket in enumerate(imp_tickets[1:], start=1):
+      init = theta_k
+      if branch == "random_prune":
+        masks = sparsity.random_prune_like(imp_ticket.masks, s.prunable, seed=config.seed * 1009 + r)
+      elif branch == "random_reinit":
+        if reinit is None:
+          reinit = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 2), jax.device_get(s.vgg_params)))
+        masks, init = imp_ticket.masks, reinit
+      else:  # oneshot
+        target = imp_ticket.sparsity["prunable"]["sparsity"]
+        masks = sparsity.prune_to_sparsity(dense.trained_params, s.prunable, target)
+      run_round(s, branch, r, init, masks, start_step=k)
+
+  rows = write_results(workdir, config)
+  log(format_results(rows))
+  for branch, best in highest_matching(rows).items():
+    log(f"Highest matching sparsity ({branch}): {best['sparsity_prunable']:.4f} of the prunable weights "
+        f"({best['sparsity_total']:.4f} of all), round {best['round']}." if best else
+        f"No pruned round of {branch} matches the dense network within {config.imp.match_tolerance:.1%}.")
+  return rows
+
+
+def setup(config, workdir: str) -> Setup:
+  """Builds the model, loss VGG, masks' scope, data and the compiled functions."""
+  model = get_model(config.model.name)(config.model)
+  root_key = jax.random.PRNGKey(config.seed)
+  vgg_params = load_or_init_vgg(config, model, jax.random.fold_in(root_key, 1))
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.batch_size)
+  tx = train.make_optimizer()
+  shapes = jax.eval_shape(model.init, root_key, vgg_params)
+  prunable = sparsity.prunable_leaves(shapes, config_lib.split_list(config.sparsity.scope), allow_missing_groups=True)
+  if not any(jax.tree.leaves(prunable)):
+    from jaxtickets.errors import UserError
+    raise UserError(f"config.sparsity.scope = {config.sparsity.scope!r} selects no trained kernel of {model.name} "
+                    f"(trained groups: {', '.join(shapes)}): add a trained group to the scope.")
+  dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count())
+  pairs = data.eval_pairs(config)
+  return Setup(config=config, workdir=workdir, model=model, vgg_params=parallel.replicate(vgg_params, mesh),
+               prunable=prunable, mesh=mesh, tx=tx, step_fn=train.make_train_step(model, config.train, tx, mesh),
+               eval_fn=evaluate.make_eval_fn(model), dataset=dataset, pairs=pairs, root_key=root_key)
+
+
+def load_or_init_vgg(config, model, key):
+  """The pretrained VGG from config.model.vgg_weights, or random weights with a loud warning."""
+  from jaxtickets import weights
+
+  if config.model.vgg_weights:
+    expected = jax.eval_shape(model.init_vgg, key)
+    return weights.load_vgg_weights(config.model.vgg_weights, expected)
+  log("WARNING: config.model.vgg_weights is empty, so the VGG encoder and loss network are RANDOM: the run exercises "
+      "the pipeline but its results are not meaningful for style transfer. Port vgg_normalised.pth with "
+      "scripts/port_weights.py and set --config.model.vgg_weights=DIR.")
+  return jax.device_get(model.init_vgg(key))
+
+
+def initial_params(s: Setup):
+  """theta_0, saved once so that a restarted run rewinds to exactly the same weights."""
+  path = os.path.join(s.workdir, "init", "theta_0")
+  if checkpoint.ticket_exists(path) or os.path.isdir(path):
+    return checkpoint.load_params(path)
+  theta_0 = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 0), jax.device_get(s.vgg_params)))
+  checkpoint.save_params(path, theta_0)
+  return theta_0
+
+
+def prune(config, params, masks, prunable):
+  """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights, smallest magnitude."""
+  fn = {"global": sparsity.global_magnitude_prune, "layerwise": sparsity.layerwise_magnitude_prune}
+  return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction)
+
+
+def run_round(s: Setup, branch: str, round_: int, init_params, masks, *, start_step: int,
+              rewind_step: int | None = None) -> checkpoint.Ticket:
+  """Trains init_params * masks from start_step to train.steps, evaluates and saves the ticket; skips a saved one."""
+  path = ticket_dir(s.workdir, branch, round_)
+  if checkpoint.ticket_exists(path):
+    log(f"[{branch} round {round_}] already done, loading {path}")
+    return checkpoint.load_ticket(path)
+  cfg = s.config
+  report = sparsity.count(masks, s.prunable, init_params)
+  log(f"[{branch} round {round_}] sparsity {report['prunable']['sparsity']:.4f} of prunable weights, "
+      f"{report['total']['sparsity']:.4f} of all; training steps {start_step}..{cfg.train.steps}")
+
+  state = train.create_state(init_params, masks, start_step, s.tx, s.mesh)
+  device_masks = parallel.replicate(masks, s.mesh)
+  key = jax.random.fold_in(s.root_key, 3)
+  batches = data.make_train_iterator(s.dataset, start_step=start_step, num_threads=cfg.data.num_threads,
+                                     prefetch=cfg.data.prefetch)
+
+  on_step = None
+  if rewind_step:  # keep theta_k, the weights after k steps of the dense round
+    def on_step(step, state):
+      if step == rewind_step:
+        checkpoint.save_params(os.path.join(s.workdir, "init", f"theta_{rewind_step}"), jax.device_get(state.params))
+
+  state = train.train(s.step_fn, state, device_masks, s.vgg_params, batches, cfg.train.steps, key, s.mesh,
+                      log_every=cfg.train.log_every, label=f"[{branch} round {round_}]", on_step=on_step, log=log)
+  trained = jax.device_get(state.params)
+  metrics = evaluate.evaluate(s.eval_fn, state.params, device_masks, s.vgg_params, s.pairs, cfg.eval.batch_size)
+  dense_total = metrics["total"] if round_ == 0 else _dense_total(s.workdir)
+  metrics.update(branch=branch, round=round_, steps=cfg.train.steps - start_step,
+                 relative_to_dense=metrics["total"] / dense_total - 1.0,
+                 matches=bool(metrics["total"] <= dense_total * (1.0 + cfg.imp.match_tolerance)))
+  log(f"[{branch} round {round_}] eval: total {metrics['total']:.4f} (content {metrics['content']:.4f}, "
+      f"style {metrics['style']:.4f}), {metrics['relative_to_dense']:+.2%} vs dense -> "
+      f"{'matches' if metrics['matches'] else 'does not match'}")
+  checkpoint.save_ticket(path, masks=jax.device_get(masks), rewind_params=jax.device_get(init_params),
+                         trained_params=trained, metrics=metrics, sparsity=report)
+  write_results(s.workdir, cfg)
+  return checkpoint.Ticket(
+      path=path, masks=jax.device_get(masks), rewind_params=jax.device_get(init_params), trained_params=trained,
+      metrics=metrics, sparsity=report)
+
+
+def _dense_total(workdir: str) -> float:
+  return float(checkpoint.load_ticket(ticket_dir(workdir, "imp", 0)).metrics["total"])
+
+
+def collect_rows(workdir: str) -> list[dict]:
+  """One row per saved ticket, IMP first, by round."""
+  rows = []
+  root = os.path.join(workdir, "tickets")
+  order = {b: i for i, b in enumerate(config_lib.BRANCHES)}
+  branches = sorted(os.listdir(root), key=lambda b: (order.get(b, 99), b)) if os.path.isdir(root) else []
+  for branch in branches:
+    for name in sorted(os.listdir(os.path.join(root, branch))):
+      path = os.path.join(root, branch, name)
+      if not (name.startswith("round_") and checkpoint.ticket_exists(path)):
+        continue
+      meta = checkpoint.load_ticket_metadata(path)
+      m, sp = meta["metrics"], meta["sparsity"]
+      rows.append(dict(branch=branch, round=int(m["round"]), steps=int(m["steps"]),
+                       sparsity_prunable=sp["prunable"]["sparsity"], sparsity_total=sp["total"]["sparsity"],
+                       remaining_prunable=sp["prunable"]["remaining"], remaining_total=sp["total"]["remaining"],
+                       content=m["content"], style=m["style"], total=m["total"],
+                       relative_to_dense=m["relative_to_dense"], matches=bool(m["matches"])))
+  return rows
+
+
+def write_results(workdir: str, config) -> list[dict]:
+  """results.csv (one row per branch and round) and summary.json (highest matching sparsity per branch)."""
+  rows = collect_rows(workdir)
+  tmp = os.path.join(workdir, "results.csv.tmp")
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+  os.replace(tmp, os.path.join(workdir, "results.csv"))
+  summary = {"model": config.model.name, "match_tolerance": config.imp.match_tolerance,
+             "highest_matching": highest_matching(rows)}
+  checkpoint.save_json(os.path.join(workdir, "summary.json"), summary)
+  return rows
+
+
+def highest_matching(rows: list[dict]) -> dict:
+  """Per branch, the matching pruned round of highest sparsity (None if no pruned round matches)."""
+  best = {}
+  for row in rows:
+    if row["round"] == 0:
+      continue
+    cur = best.get(row["branch"])
+    if row["matches"] and (cur is None or row["sparsity_prunable"] > cur["sparsity_prunable"]):
+      best[row["branch"]] = row
+    else:
+      best.setdefault(row["branch"], None)
+  return best
+
+
+def format_results(rows: list[dict]) -> str:
+  """The results table printed at the end of a run."""
+  head = f"{'branch':<14}{'round':>6}{'sparsity':>10}{'(all)':>9}{'remaining':>12}{'content':>10}{'style':>10}" \
+         f"{'total':>10}{'vs dense':>10}  match"
+  lines = [head, "-" * len(head)]
+  for r in rows:
+    lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['sparsity_total']:>9.4f}"
+                 f"{r['remaining_prunable']:>12,}{r['content']:>10.4f}{r['style']:>10.4f}{r['total']:>10.4f}"
+                 f"{r['relative_to_dense']:>+10.2%}  {'yes' if r['matches'] else 'no'}")
+  return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""Masks as pytrees: prunable leaves, magnitude and random pruning, applying masks, sparsity reports.
+
+A mask pytree has exactly the params' structure with boolean leaves (True = weight kept). Masks and
+prunable trees live on the host as numpy; only `apply_masks` runs inside jit.
+"""
+
+from collections.abc import Sequence
+import fnmatch
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtickets.errors import UserError
+
+PyTree = Any
+GROUPS = ('encoder', 'decoder', 'transform')
+_GLOB_CHARS = '*?['
+
+
+def path_name(keypath) -> str:
+  """Joins a jax key path into 'decoder/conv3_4/kernel'."""
+  parts = []
+  for entry in keypath:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return '/'.join(parts)
+
+
+def leaf_paths(params: PyTree) -> list[str]:
+  """Path names of all leaves, in jax.tree.leaves order."""
+  return [path_name(kp) for kp, _ in jax.tree.leaves_with_path(params)]
+
+
+def _check_structure(tree: PyTree, params: PyTree, what: str) -> None:
+  """Raises UserError when `tree` does not have the params' structure (e.g. masks of another model)."""
+  if jax.tree.structure(tree) != jax.tree.structure(params):
+    raise UserError(
+        f'The {what} do not have the structure of the params (leaves {leaf_paths(tree)[:3]}... vs '
+        f'{leaf_paths(params)[:3]}...); use {what} made for this model and scope.')
+
+
+def _is_kernel(path: str, leaf) -> bool:
+  return path.rsplit('/', 1)[-1] == 'kernel' and np.ndim(leaf) >= 2
+
+
+def _matches(path: str, pattern: str) -> bool:
+  # A pattern also covers everything below it, so 'encoder' or 'decoder/conv3_4' select whole subtrees.
+  pattern = pattern.strip('/')
+  return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, pattern + '/*')
+
+
+def prunable_leaves(params: PyTree, scope: Sequence[str] | str,
+                    allow_missing_groups: bool = False) -> PyTree:
+  """Python-bool pytree: True for kernels (ndim >= 2, never biases) whose path matches a scope pattern."""
+  if isinstance(scope, str):
+    scope = [scope]
+  flat, treedef = jax.tree.flatten_with_path(params)
+  paths = [path_name(kp) for kp, _ in flat]
+  kernels = [_is_kernel(p, leaf) for p, (_, leaf) in zip(paths, flat)]
+  present = sorted({p.split('/', 1)[0] for p in paths})
+  selected = [False] * len(paths)
+  for pattern in scope:
+    hits = [i for i, p in enumerate(paths) if kernels[i] and _matches(p, pattern)]
+    if not hits:
+      head = pattern.strip('/').split('/', 1)[0]
+      missing_group = head in GROUPS and head not in present and not any(c in head for c in _GLOB_CHARS)
+      if missing_group and allow_missing_groups:
+        continue
+      raise UserError(
+          f'Scope pattern {pattern!r} matches no prunable kernel in the params (groups present: '
+          f'{", ".join(present) or "none"}); use a group name or a glob such as "decoder/conv*".')
+    for i in hits:
+      selected[i] = True
+  return jax.tree.unflatten(treedef, selected)
+
+
+def ones_masks(params: PyTree) -> PyTree:
+  """All-True numpy masks with the params' structure and shapes."""
+  return jax.tree.map(lambda p: np.ones(np.shape(p), dtype=np.bool_), params)
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+  """Zeros masked-out entries leafwise (params, grads or updates); jittable."""
+  _check_structure(masks, params, 'masks')
+  return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
+
+
+def _check_fraction(value: float, name: str) -> float:
+  if not 0.0 <= value <= 1.0:
+    raise UserError(f'The pruning {name} is {value}; give a fraction between 0 and 1.')
+  return float(value)
+
+
+def _alive_scores(params: PyTree, masks: PyTree, prunable: PyTree):
+  """Per prunable leaf: (index, flat alive positions, |w| at those positions), host-side numpy."""
+  _check_structure(masks, params, 'masks')
+  _check_structure(prunable, params, 'prunable flags')
+  flat_p = jax.tree.leaves_with_path(params)
+  flat_m = jax.tree.leaves(masks)
+  flat_f = jax.tree.leaves(prunable)
+  out = []
+  for i, ((kp, p), m, f) in enumerate(zip(flat_p, flat_m, flat_f)):
+    if not f:
+      continue
+    w = np.asarray(p).reshape(-1)
+    if w.dtype not in (np.float32, np.float64):
+      w = w.astype(np.float32)  # bfloat16 and friends: numpy sorts float32 fastest
+    alive = np.flatnonzero(np.asarray(m, dtype=np.bool_).reshape(-1))
+    scores = np.abs(w[alive])
+    if np.isnan(scores).any():
+      raise UserError(f'Parameter {path_name(kp)} contains NaN, so it cannot be pruned by magnitude; '
+                      'the training diverged, lower the learning rate.')
+    out.append((i, alive, scores))
+  return out
+
+
+def _smallest(scores: np.ndarray, n: int) -> np.ndarray:
+  """Bool array marking the n smallest scores; ties go to the lower index, so the choice is deterministic."""
+  chosen = np.zeros(scores.shape, dtype=np.bool_)
+  if n <= 0:
+    return chosen
+  if n >= scores.size:
+    chosen[:] = True
+    return chosen
+  threshold = np.partition(scores, n - 1)[n - 1]
+  chosen = scores < threshold
+  ties = np.flatnonzero(scores == threshold)[:n - int(chosen.sum())]
+  chosen[ties] = True
+  return chosen
+
+
+def _masks_without(masks: PyTree, removals: dict[int, np.ndarray]) -> PyTree:
+  """New numpy masks: a copy of `masks` with the flat positions in removals[leaf_index] set False."""
+  leaves, treedef = jax.tree.flatten(masks)
+  new = []
+  for i, m in enumerate(leaves):
+    m = np.array(m, dtype=np.bool_)  # a copy, so the caller's masks stay untouched
+    if i in removals:
+      m.reshape(-1)[removals[i]] = False
+    new.append(m)
+  return jax.tree.unflatten(treedef, new)
+
+
+def _prune_n_globally(params, masks, prunable, n: int) -> PyTree:
+  """Removes the n alive prunable weights with the smallest |w|, across all prunable leaves."""
+  leaves = _alive_scores(params, masks, prunable)
+  if not leaves:
+    return _masks_without(masks, {})
+  chosen = _smallest(np.concatenate([s for _, _, s in leaves]), n)
+  removals, start = {}, 0
+  for i, alive, scores in leaves:
+    removals[i] = alive[chosen[start:start + scores.size]]
+    start += scores.size
+  return _masks_without(masks, removals)
+
+
+def global_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float) -> PyTree:
+  """Prunes round(fraction * alive) of the alive prunable weights with the smallest |w|, globally."""
+  fraction = _check_fraction(fraction, 'fraction')
+  alive = sum(a.size for _, a, _ in _alive_scores(params, masks, prunable))
+  return _prune_n_globally(params, masks, prunable, round(fraction * alive))
+
+
+def layerwise_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float) -> PyTree:
+  """Prunes round(fraction * alive_in_leaf) of the smallest |w| in every prunable leaf."""
+  fraction = _check_fraction(fraction, 'fraction')
+  removals = {i: alive[_smallest(scores, round(fraction * alive.size))]
+              for i, alive, scores in _alive_scores(params, masks, prunable)}
+  return _masks_without(masks, removals)
+
+
+def prune_to_sparsity(params: PyTree, prunable: PyTree, sparsity: float, masks: PyTree = None) -> PyTree:
+  """One-shot global pruning until exactly round(sparsity * prunable size) prunable weights are zero."""
+  sparsity = _check_fraction(sparsity, 'sparsity')
+  masks = ones_masks(params) if masks is None else masks
+  total = count(masks, prunable)['prunable']
+  already = total['size'] - total['remaining']
+  target = round(sparsity * total['size'])
+  if target < already:
+    raise UserError(f'The masks already prune {already / total["size"]:.4f} of the prunable weights, more '
+                    f'than the requested sparsity {sparsity}; ask for a higher sparsity or start from all-ones masks.')
+  return _prune_n_globally(params, masks, prunable, target - already)
+
+
+def random_prune_like(reference_masks: PyTree, prunable: PyTree, seed: int) -> PyTree:
+  """Masks with the reference's pruned count in every prunable leaf at random positions; others all True."""
+  _check_structure(prunable, reference_masks, 'prunable flags')
+  rng = np.random.default_rng(seed)
+  leaves, treedef = jax.tree.flatten(reference_masks)
+  new = []
+  for ref, flag in zip(leaves, jax.tree.leaves(prunable)):
+    ref = np.asarray(ref, dtype=np.bool_)
+    m = np.ones(ref.shape, dtype=np.bool_)
+    if flag:
+      pruned = int(ref.size - np.count_nonzero(ref))
+      m.reshape(-1)[rng.choice(ref.size, size=pruned, replace=False)] = False
+    new.append(m)
+  return jax.tree.unflatten(treedef, new)
+
+
+def _entry(size: int, remaining: int) -> dict:
+  return {'size': size, 'remaining': remaining,
+          'sparsity': float((size - remaining) / size) if size else 0.0}
+
+
+def count(masks: PyTree, prunable: PyTree, params: PyTree = None) -> dict:
+  """Sparsity report: per prunable layer, over prunable leaves, and over all params (others count as kept)."""
+  if params is not None:
+    _check_structure(masks, params, 'masks')
+    for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)):
+      if np.shape(p) != np.shape(m):
+        raise UserError(f'A mask of shape {np.shape(m)} does not fit a parameter of shape {np.shape(p)}; '
+                        'use masks made for this model.')
+  _check_structure(prunable, masks, 'prunable flags')
+  layers = {}
+  total_size = total_pruned = 0
+  for (kp, m), flag in zip(jax.tree.leaves_with_path(masks), jax.tree.leaves(prunable)):
+    size = int(np.size(m))
+    total_size += size
+    if flag:
+      remaining = int(np.count_nonzero(np.asarray(m)))
+      layers[path_name(kp)] = _entry(size, remaining)
+      total_pruned += size - remaining
+  p_size = sum(e['size'] for e in layers.values())
+  p_remaining = sum(e['remaining'] for e in layers.values())
+  return {'layers': layers,
+          'prunable': _entry(p_size, p_remaining),
+          'total': _entry(total_size, total_size - total_pruned)}
+
+
+def format_sparsity_table(report: dict) -> str:
+  """A fixed-width table of the per-layer sparsity and both totals, fractions with 4 decimals."""
+  rows = [(path, e) for path, e in report['layers'].items()]
+  rows += [('prunable tensors', report['prunable']), ('total (all parameters)', report['total'])]
+  width = max(len('layer'), *(len(name) for name, _ in rows))
+  line = f'{{:<{width}}}  {{:>12}}  {{:>12}}  {{:>8}}'
+  out = [line.format('layer', 'size', 'remaining', 'sparsity'), '-' * (width + 40)]
+  for i, (name, e) in enumerate(rows):
+    if i == len(report['layers']):
+      out.append('-' * (width + 40))
+    out.append(line.format(name, e['size'], e['remaining'], f'{e["sparsity"]:.4f}'))
+  return '\n'.join(out)

@@ -1,0 +1,319 @@
+"""Tests for jaxtickets.sparsity on small hand-made param dicts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxtickets import sparsity as sp
+from jaxtickets.errors import UserError
+
+
+def _toy_params(seed=0):
+  """Two groups, kernels of different sizes and ranks, biases, and a 1-d leaf named 'kernel'."""
+  rng = np.random.default_rng(seed)
+  n = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+  return {
+      'encoder': {'conv1': {'kernel': n(3, 3, 2, 4), 'bias': n(4)},
+                  'conv2': {'kernel': n(3, 3, 4, 4), 'bias': n(4)}},
+      'decoder': {'conv1': {'kernel': n(3, 3, 4, 8), 'bias': n(8)},
+                  'dense': {'kernel': n(8, 2), 'bias': n(2)},
+                  'norm': {'kernel': n(4)}},
+  }
+
+
+KERNELS = ['decoder/conv1/kernel', 'decoder/dense/kernel', 'encoder/conv1/kernel', 'encoder/conv2/kernel']
+
+
+def _flags_by_path(params, prunable):
+  return dict(zip(sp.leaf_paths(params), jax.tree.leaves(prunable)))
+
+
+def _flat_prunable(params, masks, prunable):
+  """(|w|, alive) of all prunable weights concatenated in leaf order, independently of the module."""
+  ws, ms = [], []
+  for p, m, f in zip(jax.tree.leaves(params), jax.tree.leaves(masks), jax.tree.leaves(prunable)):
+    if f:
+      ws.append(np.abs(np.asarray(p)).ravel())
+      ms.append(np.asarray(m).ravel())
+  return np.concatenate(ws), np.concatenate(ms)
+
+
+def _pruned_positions(before, after, prunable):
+  _, a = _flat_prunable(jax.tree.map(np.zeros_like, before), before, prunable)
+  _, b = _flat_prunable(jax.tree.map(np.zeros_like, after), after, prunable)
+  assert not np.any(b & ~a), 'a pruned weight was revived'
+  return np.flatnonzero(a & ~b)
+
+
+def test_paths_in_leaf_order():
+  params = _toy_params()
+  assert sp.leaf_paths(params)[:3] == ['decoder/conv1/bias', 'decoder/conv1/kernel', 'decoder/dense/bias']
+  assert len(sp.leaf_paths(params)) == len(jax.tree.leaves(params))
+
+
+def test_masks_have_params_structure_and_biases_are_never_prunable():
+  params = _toy_params()
+  masks = sp.ones_masks(params)
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  assert jax.tree.structure(masks) == jax.tree.structure(params)
+  assert jax.tree.structure(prunable) == jax.tree.structure(params)
+  assert all(m.dtype == np.bool_ and m.all() for m in jax.tree.leaves(masks))
+  flags = _flags_by_path(params, prunable)
+  assert sorted(p for p, f in flags.items() if f) == KERNELS  # no biases, no 1-d 'kernel'
+
+
+@pytest.mark.parametrize('scope, expected', [
+    (['encoder'], ['encoder/conv1/kernel', 'encoder/conv2/kernel']),
+    (['decoder/*'], ['decoder/conv1/kernel', 'decoder/dense/kernel']),
+    (['encoder/conv2*', 'decoder/dense'], ['decoder/dense/kernel', 'encoder/conv2/kernel']),
+    ('decoder', ['decoder/conv1/kernel', 'decoder/dense/kernel']),
+])
+def test_scope_patterns(scope, expected):
+  params = _toy_params()
+  flags = _flags_by_path(params, sp.prunable_leaves(params, scope))
+  assert sorted(p for p, f in flags.items() if f) == expected
+
+
+def test_unknown_scope_raises_user_error():
+  params = _toy_params()
+  with pytest.raises(UserError, match=r"'decoder/nothing\*'.*encoder"):
+    sp.prunable_leaves(params, ['decoder', 'decoder/nothing*'], allow_missing_groups=True)
+  with pytest.raises(UserError, match=r"'transform'.*decoder, encoder"):
+    sp.prunable_leaves(params, ['decoder', 'transform'])
+  with pytest.raises(UserError, match='bias'):  # matches leaves, but no kernel
+    sp.prunable_leaves(params, ['decoder/*/bias'])
+  flags = sp.prunable_leaves(params, ['decoder', 'transform'], allow_missing_groups=True)
+  assert sum(jax.tree.leaves(flags)) == 2
+  with pytest.raises(UserError, match='encoderr'):  # a typo is no missing group
+    sp.prunable_leaves(params, ['encoderr'], allow_missing_groups=True)
+
+
+def test_global_prune_removes_the_smallest_alive_weights():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  w, _ = _flat_prunable(params, masks, prunable)
+  n = round(0.2 * w.size)
+  new = sp.global_magnitude_prune(params, masks, prunable, 0.2)
+  assert set(_pruned_positions(masks, new, prunable)) == set(np.argsort(w, kind='stable')[:n])
+  assert all(m.all() for m in jax.tree.leaves(masks))  # input untouched
+  for p, m, f in zip(jax.tree.leaves(params), jax.tree.leaves(new), jax.tree.leaves(prunable)):
+    assert isinstance(m, np.ndarray) and m.shape == np.shape(p) and (f or m.all())
+
+  # Second round: round(0.2 * survivors), the smallest among the survivors only.
+  newer = sp.global_magnitude_prune(params, new, prunable, 0.2)
+  removed = _pruned_positions(new, newer, prunable)
+  _, alive = _flat_prunable(params, new, prunable)
+  survivors = np.flatnonzero(alive)
+  assert len(removed) == round(0.2 * survivors.size)
+  assert set(removed) == set(survivors[np.argsort(w[survivors], kind='stable')[:len(removed)]])
+
+
+def test_three_rounds_give_exact_geometric_sparsity():
+  rng = np.random.default_rng(1)
+  params = {'decoder': {'a': {'kernel': rng.standard_normal((10, 50)), 'bias': np.ones(50)},
+                        'b': {'kernel': rng.standard_normal((25, 20)), 'bias': np.ones(20)}}}
+  prunable = sp.prunable_leaves(params, ['decoder'])
+  masks = sp.ones_masks(params)
+  for expected in (0.2, 0.36, 0.488):
+    masks = sp.global_magnitude_prune(params, masks, prunable, 0.2)
+    report = sp.count(masks, prunable)
+    assert report['prunable']['sparsity'] == pytest.approx(expected, abs=1e-12)
+    assert report['prunable']['size'] - report['prunable']['remaining'] == round(expected * 1000)
+
+
+def test_ties_are_broken_by_flat_index():
+  params = {'encoder': {'c': {'kernel': np.full((4, 5), -2.0)}, 'd': {'kernel': np.full((2, 5), 2.0)}}}
+  params['encoder']['c']['kernel'][0, 0] = 0.5  # the one strictly smallest, then 29 ties
+  prunable = sp.prunable_leaves(params, ['encoder'])
+  masks = sp.ones_masks(params)
+  new = sp.global_magnitude_prune(params, masks, prunable, 0.2)  # 6 weights
+  np.testing.assert_array_equal(_pruned_positions(masks, new, prunable), np.arange(6))
+  again = sp.global_magnitude_prune(params, masks, prunable, 0.2)
+  jax.tree.map(np.testing.assert_array_equal, new, again)
+
+
+def test_pruned_weights_stay_pruned_even_if_params_are_nonzero():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  masks['encoder']['conv1']['kernel'][0] = False  # 24 weights pruned earlier
+  params['encoder']['conv1']['kernel'][0] = 1e-9  # tiny but alive-looking values there
+  new = sp.global_magnitude_prune(params, masks, prunable, 0.2)
+  assert not new['encoder']['conv1']['kernel'][0].any()
+  _, alive = _flat_prunable(params, masks, prunable)
+  assert len(_pruned_positions(masks, new, prunable)) == round(0.2 * alive.sum())
+  layer = sp.layerwise_magnitude_prune(params, masks, prunable, 0.2)
+  assert not layer['encoder']['conv1']['kernel'][0].any()
+
+
+def test_layerwise_prunes_each_layer_by_its_own_count():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.layerwise_magnitude_prune(params, sp.ones_masks(params), prunable, 0.3)
+  for _ in range(2):
+    new = sp.layerwise_magnitude_prune(params, masks, prunable, 0.2)
+    for path, kp_p, m, n, f in zip(sp.leaf_paths(params), jax.tree.leaves(params), jax.tree.leaves(masks),
+                                   jax.tree.leaves(new), jax.tree.leaves(prunable)):
+      if not f:
+        assert n.all(), path
+        continue
+      w, m, n = np.abs(kp_p).ravel(), m.ravel(), n.ravel()
+      removed = np.flatnonzero(m & ~n)
+      assert not np.any(n & ~m)
+      assert len(removed) == round(0.2 * m.sum()), path
+      alive = np.flatnonzero(m)
+      assert set(removed) == set(alive[np.argsort(w[alive], kind='stable')[:len(removed)]]), path
+    masks = new
+
+
+def test_prune_to_sparsity_hits_the_exact_count_with_the_globally_smallest():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  w, _ = _flat_prunable(params, masks, prunable)
+  for s in (0.0, 0.333, 0.7, 1.0):
+    new = sp.prune_to_sparsity(params, prunable, s)
+    removed = _pruned_positions(masks, new, prunable)
+    assert len(removed) == round(s * w.size)
+    assert set(removed) == set(np.argsort(w, kind='stable')[:len(removed)])
+  # From existing masks: only the difference is pruned, and the old zeros stay.
+  start = sp.global_magnitude_prune(params, masks, prunable, 0.2)
+  new = sp.prune_to_sparsity(params, prunable, 0.5, masks=start)
+  assert sp.count(new, prunable)['prunable']['remaining'] == w.size - round(0.5 * w.size)
+  _pruned_positions(start, new, prunable)  # asserts no revival
+  # With unchanged magnitudes the global order is fixed, so one shot equals two iterative rounds.
+  two = sp.global_magnitude_prune(params, start, prunable, 0.2)
+  pruned = w.size - sp.count(two, prunable)['prunable']['remaining']
+  jax.tree.map(np.testing.assert_array_equal, two, sp.prune_to_sparsity(params, prunable, pruned / w.size))
+  with pytest.raises(UserError, match='sparsity'):
+    sp.prune_to_sparsity(params, prunable, 0.1, masks=start)
+  with pytest.raises(UserError, match='1.5'):
+    sp.prune_to_sparsity(params, prunable, 1.5)
+
+
+def test_random_prune_like_keeps_counts_and_randomizes_positions():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  reference = sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.5)
+  reference['decoder']['conv1']['bias'][0] = False  # not prunable: the random masks keep it
+  rand = sp.random_prune_like(reference, prunable, seed=3)
+  assert jax.tree.structure(rand) == jax.tree.structure(params)
+  for path, r, m, f in zip(sp.leaf_paths(params), jax.tree.leaves(reference), jax.tree.leaves(rand),
+                           jax.tree.leaves(prunable)):
+    if f:
+      assert m.sum() == r.sum(), path
+    else:
+      assert m.all(), path
+  differs = [not np.array_equal(r, m) for r, m in zip(jax.tree.leaves(reference), jax.tree.leaves(rand))]
+  assert sum(differs) >= len(KERNELS)
+  jax.tree.map(np.testing.assert_array_equal, rand, sp.random_prune_like(reference, prunable, seed=3))
+  other = sp.random_prune_like(reference, prunable, seed=4)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(rand), jax.tree.leaves(other)))
+
+
+def test_count_matches_a_hand_computation():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  masks['encoder']['conv1']['kernel'][:2] = False  # 2 * 3*2*4 = 48 of 72
+  masks['decoder']['dense']['kernel'][0, 0] = False  # 1 of 16
+  masks['decoder']['conv1']['bias'][:] = False  # not prunable: counts as remaining
+  report = sp.count(masks, prunable, params)
+  assert list(report['layers']) == KERNELS
+  assert report['layers']['encoder/conv1/kernel'] == {'size': 72, 'remaining': 24, 'sparsity': 48 / 72}
+  assert report['layers']['decoder/dense/kernel'] == {'size': 16, 'remaining': 15, 'sparsity': 1 / 16}
+  assert report['layers']['encoder/conv2/kernel'] == {'size': 144, 'remaining': 144, 'sparsity': 0.0}
+  assert report['prunable'] == {'size': 520, 'remaining': 471, 'sparsity': 49 / 520}
+  total = 520 + 4 + 4 + 8 + 2 + 4
+  assert report['total'] == {'size': total, 'remaining': total - 49, 'sparsity': 49 / total}
+  assert isinstance(report['total']['sparsity'], float)
+  table = sp.format_sparsity_table(report)
+  assert 'encoder/conv1/kernel' in table and '0.6667' in table and f'{49 / 520:.4f}' in table
+  assert f'{49 / total:.4f}' in table and 'bias' not in table
+  with pytest.raises(UserError, match='shape'):
+    sp.count(masks, prunable, _toy_params() | {'encoder': jax.tree.map(lambda p: p[:1], params['encoder'])})
+
+
+def test_apply_masks_under_jit():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.5)
+  out = jax.jit(sp.apply_masks)(params, masks)
+  for p, m, o in zip(jax.tree.leaves(params), jax.tree.leaves(masks), jax.tree.leaves(out)):
+    assert o.dtype == p.dtype
+    np.testing.assert_array_equal(np.asarray(o), np.where(m, p, 0))
+  with pytest.raises(UserError, match='structure'):
+    sp.apply_masks(params, {'encoder': masks['encoder']})
+
+
+def _train(opt, params, masks, target, steps, mask_updates):
+  """Five masked-forward steps; with mask_updates also masks grads and the params after each update."""
+  loss = lambda p: sum(jnp.sum((q - t) ** 2) for q, t in
+                       zip(jax.tree.leaves(sp.apply_masks(p, masks)), jax.tree.leaves(target)))
+  # One dense step first: stale Adam moments, as when the optimizer state outlives the pruning.
+  state = opt.init(params)
+  _, state = opt.update(jax.grad(lambda p: sum(jnp.sum((q - t) ** 2) for q, t in zip(
+      jax.tree.leaves(p), jax.tree.leaves(target))))(params), state, params)
+  params = sp.apply_masks(params, masks)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss)(params)
+    if mask_updates:
+      grads = sp.apply_masks(grads, masks)
+    updates, state = opt.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    return (sp.apply_masks(params, masks) if mask_updates else params), state
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params
+
+
+@pytest.mark.parametrize('opt', [optax.adam(1e-2), optax.adamw(1e-2, weight_decay=0.1)], ids=['adam', 'adamw'])
+def test_masked_training_keeps_pruned_weights_zero(opt):
+  params = _toy_params()
+  target = jax.tree.map(lambda p: p + 1.0, params)  # every weight wants to move
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.5)
+  trained = _train(opt, params, masks, target, steps=5, mask_updates=True)
+  for p, t, m in zip(jax.tree.leaves(params), jax.tree.leaves(trained), jax.tree.leaves(masks)):
+    t = np.asarray(t)
+    assert np.all(t[~m] == 0.0)
+    assert np.all(t[m] != p[m])  # the survivors did train
+
+
+def test_masking_only_the_forward_pass_lets_pruned_weights_revive():
+  # The counter-test: without masking grads/params after the update, the stale Adam moments (and the
+  # decay they feed) move pruned weights off zero, so the test above can fail.
+  params = _toy_params()
+  target = jax.tree.map(lambda p: p + 1.0, params)
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.5)
+  trained = _train(optax.adamw(1e-2, weight_decay=0.1), params, masks, target, steps=5, mask_updates=False)
+  revived = sum(int(np.count_nonzero(np.asarray(t)[~m]))
+                for t, m in zip(jax.tree.leaves(trained), jax.tree.leaves(masks)))
+  assert revived > 0
+
+
+def test_global_prune_handles_twenty_million_weights():
+  rng = np.random.default_rng(0)
+  params = {'encoder': {f'conv{i}': {'kernel': rng.standard_normal((3, 3, 512, 512), dtype=np.float32),
+                                     'bias': np.zeros(512, np.float32)} for i in range(9)}}
+  prunable = sp.prunable_leaves(params, ['encoder'])
+  masks = sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.2)
+  report = sp.count(masks, prunable)
+  assert report['prunable']['size'] - report['prunable']['remaining'] == round(0.2 * 9 * 3 * 3 * 512 * 512)
+
+
+def test_nan_params_and_bad_fraction_raise_user_error():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  params['decoder']['dense']['kernel'][1, 1] = np.nan
+  with pytest.raises(UserError, match='decoder/dense/kernel'):
+    sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.2)
+  with pytest.raises(UserError, match='-0.1'):
+    sp.layerwise_magnitude_prune(params, sp.ones_masks(params), prunable, -0.1)
