@@ -1,0 +1,438 @@
+"""Image sources (folders, scikit-image samples, TFDS array_record) and the grain training pipeline.
+
+Training element i is global step i and a pure function of (config, i): content and style are
+drawn from independent seeded shuffles (repeated forever) and cropped with an RNG seeded from
+(seed, global sample index), so restarting, resuming and changing the process count all see the
+same global batches.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+from PIL import Image, ImageOps
+
+from jaxtickets.errors import UserError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+
+# Files inside the installed scikit-image wheel (no pooch, no network).
+_DEMO = {
+    'content': ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg'),
+    'style': ('brick.png', 'grass.png', 'gravel.png', 'hubble_deep_field.jpg', 'ihc.png'),
+    'eval_content': ('motorcycle_left.png', 'camera.png'),
+    'eval_style': ('retina.jpg', 'color.png'),
+}
+
+# Tags that keep the content, style and holdout random streams independent of each other.
+_CONTENT, _STYLE, _HOLDOUT, _PAIRS = 0, 1, 2, 3
+
+
+def _seed_int(*entropy: int) -> int:
+  """A 32-bit seed derived from integers, for APIs that take a single int."""
+  return int(np.random.SeedSequence([e % 2**63 for e in entropy]).generate_state(1)[0])
+
+
+def _rng(*entropy: int) -> np.random.Generator:
+  return np.random.default_rng([e % 2**63 for e in entropy])
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def list_images(folder: str, what: str = 'content') -> list[str]:
+  """All image files under `folder` (recursive), sorted, matched by extension."""
+  if not os.path.isdir(folder):
+    raise UserError(
+        f"The {what} folder '{folder}' does not exist: set config.data.{what} to a folder of"
+        ' images, or run configs/adain.py:demo.')
+  paths = []
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    dirs.sort()
+    for name in files:
+      if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
+        paths.append(os.path.join(root, name))
+  if not paths:
+    raise UserError(
+        f"The {what} folder '{folder}' has no images (looked recursively for"
+        f" {', '.join(IMAGE_EXTENSIONS)}): put images there or point config.data.{what} elsewhere.")
+  return sorted(paths)
+
+
+def demo_images(kind: str) -> list[str]:
+  """Paths of the scikit-image sample images used by the demo: kind is content/style/eval_*."""
+  if kind not in _DEMO:
+    raise UserError(f"Unknown demo image kind '{kind}': use one of {', '.join(_DEMO)}.")
+  import skimage.data  # pylint: disable=g-import-not-at-top  (only the demo needs it)
+  folder = os.path.dirname(skimage.data.__file__)
+  paths = [os.path.join(folder, name) for name in _DEMO[kind]]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise UserError(f"The demo image '{missing[0]}' is missing: reinstall scikit-image.")
+  return paths
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+  """Any PIL mode -> 8-bit RGB; transparency is composited on white."""
+  if img.mode == 'RGB':
+    return img
+  if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode == 'F':
+      arr = arr * 255.0 if arr.max(initial=0.0) <= 1.0 else arr
+    elif img.mode.startswith('I;16') or arr.max(initial=0.0) > 255:
+      arr = arr / 257.0  # 16-bit range 0..65535 -> 0..255
+    gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
+  if img.mode == 'P':
+    img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
+  elif img.mode == 'L' and 'transparency' in img.info:
+    img = img.convert('LA')
+  if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+    rgba = img.convert('RGBA')
+    white = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert('RGB')
+  return img.convert('RGB')
+
+
+def load_image(path_or_bytes: str | bytes | os.PathLike) -> np.ndarray:
+  """Decodes a file (or encoded bytes) to uint8 HxWx3 RGB, EXIF-rotated, alpha on white."""
+  is_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
+  name = '<encoded bytes>' if is_bytes else os.fspath(path_or_bytes)
+  try:
+    with Image.open(io.BytesIO(bytes(path_or_bytes)) if is_bytes else name) as img:
+      img.load()
+      img = ImageOps.exif_transpose(img)
+      arr = np.asarray(_to_rgb(img), dtype=np.uint8)
+  except FileNotFoundError:
+    raise UserError(f"The image '{name}' does not exist: check the path.") from None
+  except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for bad files)
+    raise UserError(
+        f"The image '{name}' could not be read ({type(e).__name__}: {e}): delete or replace the"
+        ' file.') from None
+  if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise UserError(f"The image '{name}' decoded to shape {arr.shape}: replace the file.")
+  return arr
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def _check_sizes(load_size: int, crop_size: int) -> None:
+  if not 0 < crop_size <= load_size:
+    raise UserError(
+        f'config.data.crop_size={crop_size} must be positive and at most'
+        f' config.data.load_size={load_size}: change one of them.')
+
+
+def _resize(img: np.ndarray, load_size: int) -> np.ndarray:
+  """Resize to load_size x load_size with PIL bilinear, like torchvision Resize((L, L)) on PIL."""
+  if img.shape[:2] == (load_size, load_size):
+    return img
+  pil = Image.fromarray(np.asarray(img, dtype=np.uint8))
+  return np.asarray(pil.resize((load_size, load_size), Image.Resampling.BILINEAR))
+
+
+def _to_float(img: np.ndarray) -> np.ndarray:
+  return np.asarray(img, dtype=np.float32) / np.float32(255.0)
+
+
+def preprocess_train(img: np.ndarray, rng: np.random.Generator, load_size: int,
+                     crop_size: int) -> np.ndarray:
+  """Resize (aspect ratio not kept) then a random crop; float32 HxWx3 in [0, 1]."""
+  _check_sizes(load_size, crop_size)
+  img = _resize(img, load_size)
+  top = int(rng.integers(0, load_size - crop_size + 1))
+  left = int(rng.integers(0, load_size - crop_size + 1))
+  return _to_float(img[top:top + crop_size, left:left + crop_size])
+
+
+def preprocess_eval(img: np.ndarray, load_size: int, crop_size: int) -> np.ndarray:
+  """Resize (aspect ratio not kept) then a center crop; float32 HxWx3 in [0, 1]."""
+  _check_sizes(load_size, crop_size)
+  img = _resize(img, load_size)
+  # Same rounding as torchvision CenterCrop.
+  top = int(round((load_size - crop_size) / 2.0))
+  return _to_float(img[top:top + crop_size, top:top + crop_size])
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class ImageSource(grain.sources.RandomAccessDataSource):
+  """Random access over a list of image files; items are uint8 HxWx3 RGB arrays."""
+
+  def __init__(self, paths: Sequence[str], what: str = 'images'):
+    self._paths = list(paths)
+    self._what = what
+
+  def __len__(self) -> int:
+    return len(self._paths)
+
+  def __getitem__(self, index) -> np.ndarray:
+    return load_image(self._paths[int(index)])
+
+  def name(self, index: int) -> str:
+    """A short human-readable name of item `index` (the file stem)."""
+    return os.path.splitext(os.path.basename(self._paths[int(index)]))[0]
+
+  @property
+  def paths(self) -> list[str]:
+    return list(self._paths)
+
+  def __repr__(self) -> str:
+    first = f', first={self._paths[0]!r}' if self._paths else ''
+    return f'ImageSource({self._what}, {len(self)} images{first})'
+
+
+def _image_from_feature(value: Any, where: str) -> np.ndarray:
+  """A TFDS image feature (decoded array or encoded bytes) -> uint8 HxWx3 RGB."""
+  if isinstance(value, (bytes, bytearray, memoryview)):
+    return load_image(bytes(value))
+  arr = np.asarray(value)
+  if arr.dtype.kind in ('S', 'O') and arr.ndim == 0:
+    return load_image(arr.item())
+  if arr.ndim == 2:
+    arr = arr[..., None]
+  if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+    raise UserError(f'The image in {where} has shape {arr.shape}: expected HxWx(1|3|4).')
+  if arr.dtype == np.uint16:
+    arr = np.rint(arr / 257.0)
+  arr = np.clip(arr, 0, 255).astype(np.uint8)
+  if arr.shape[-1] == 1:
+    return np.repeat(arr, 3, axis=-1)
+  if arr.shape[-1] == 4:
+    return np.asarray(_to_rgb(Image.fromarray(arr)))
+  return arr
+
+
+class TfdsImageSource(grain.sources.RandomAccessDataSource):
+  """Random access over a prepared TFDS (array_record) split; items are uint8 HxWx3 RGB."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None, image_key: str = 'image'):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow, optional)
+    self._name, self._split, self._key = name, split, image_key
+    self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index) -> np.ndarray:
+    record = self._source[int(index)]
+    if self._key not in record:
+      raise UserError(
+          f"TFDS dataset '{self._name}' has no image feature '{self._key}' (it has"
+          f" {', '.join(sorted(record))}): set config.data.tfds_image_key.")
+    return _image_from_feature(record[self._key], f'tfds:{self._name}:{self._split}[{index}]')
+
+  def name(self, index: int) -> str:
+    return f'{self._name.replace("/", "_")}_{self._split}_{int(index)}'
+
+  def __repr__(self) -> str:
+    return f'TfdsImageSource(tfds:{self._name}:{self._split}, {len(self)} images)'
+
+
+def _open_tfds(spec: str, data_config, what: str) -> TfdsImageSource:
+  """Opens 'tfds:NAME:SPLIT' with tfds.data_source (array_record, no TensorFlow)."""
+  # NAME may carry a version ('coco/2017:1.1.0'); SPLIT may hold colons ('train[:50%]').
+  match = re.fullmatch(r'([^:]+(?::[0-9.*]+)?):(.+)', spec[len('tfds:'):])
+  if not match:
+    raise UserError(
+        f"config.data.{what}='{spec}' is not a TFDS spec: write it as 'tfds:NAME:SPLIT', e.g."
+        " 'tfds:coco/2017:train'.")
+  name, split = match.groups()
+  data_dir = data_config.get('tfds_data_dir', '') or None
+  key = data_config.get('tfds_image_key', '') or 'image'
+  try:
+    source = TfdsImageSource(name, split, data_dir=data_dir, image_key=key)
+  except Exception as e:  # pylint: disable=broad-except  (tfds raises many types)
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise UserError(
+        f"config.data.{what}='{spec}' could not be opened ({type(e).__name__}: {reason}): prepare"
+        f" it in array_record format with `tfds build {name} --file_format=array_record"
+        " --data_dir=DIR` and set config.data.tfds_data_dir=DIR.") from None
+  if len(source) == 0:
+    raise UserError(f"config.data.{what}='{spec}' has no records: choose another split.")
+  source[0]  # pylint: disable=pointless-statement  (fail now on a wrong image key)
+  return source
+
+
+def open_source(spec: str, data_config, what: str) -> grain.sources.RandomAccessDataSource:
+  """Opens a source spec: a folder path, 'demo', or 'tfds:NAME:SPLIT'."""
+  spec = (spec or '').strip()
+  if not spec:
+    raise UserError(
+        f"config.data.{what} is not set: give a folder of images, 'demo' or 'tfds:NAME:SPLIT'.")
+  if spec == 'demo':
+    return ImageSource(demo_images(what), what)
+  if spec.startswith('tfds:'):
+    return _open_tfds(spec, data_config, what)
+  scheme = re.match(r'^([A-Za-z][A-Za-z0-9+.-]+):', spec)
+  if scheme and not os.path.exists(spec):
+    raise UserError(
+        f"config.data.{what}='{spec}' has the unknown scheme '{scheme.group(1)}:': use a local"
+        " folder, 'demo' or 'tfds:NAME:SPLIT'.")
+  return ImageSource(list_images(spec, what), what)
+
+
+# ----------------------------------------------------------------------------- holdout
+
+
+def split_holdout(n: int, num_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """A seeded split of range(n) into (train, holdout) index arrays, each sorted."""
+  if not 0 <= num_holdout < n:
+    raise UserError(
+        f'Cannot hold out {num_holdout} of {n} images and still train: lower'
+        ' config.eval.num_pairs or set config.data.eval_content / eval_style.')
+  perm = _rng(seed, _HOLDOUT).permutation(n)
+  return np.sort(perm[num_holdout:]), np.sort(perm[:num_holdout])
+
+
+def _num_pairs(config) -> int:
+  ev = config.get('eval', None)
+  return int(ev.get('num_pairs', 0)) if ev is not None else 0
+
+
+def _train_and_holdout(config, what: str):
+  """(source, train indices, holdout indices or None) for what in 'content'/'style'."""
+  data = config.data
+  source = open_source(data.get(what, ''), data, what)
+  if (data.get(f'eval_{what}', '') or '').strip():
+    return source, np.arange(len(source)), None
+  tag = _CONTENT if what == 'content' else _STYLE
+  try:
+    train, hold = split_holdout(len(source), _num_pairs(config), _seed_int(config.seed, tag))
+  except UserError:
+    raise UserError(
+        f'The {what} source {source!r} has {len(source)} images, too few to hold out'
+        f' config.eval.num_pairs={_num_pairs(config)} for evaluation: set'
+        f' config.data.eval_{what} or lower config.eval.num_pairs.') from None
+  return source, train, hold
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _LocalToGlobal:
+  """Local sample m of this process -> global sample index in the global batch stream."""
+
+  def __init__(self, local_batch: int, global_batch: int, process_index: int):
+    self.b, self.g, self.p = local_batch, global_batch, process_index
+
+  def __call__(self, m: int) -> int:
+    step, k = divmod(int(m), self.b)
+    return step * self.g + self.p * self.b + k
+
+
+class _Sample:
+  """Global sample index j -> {'content', 'style'} crops, a pure function of j."""
+
+  def __init__(self, content, content_order, style, style_order, seed, load_size, crop_size):
+    self.content, self.content_order = content, content_order
+    self.style, self.style_order = style, style_order
+    self.seed, self.load_size, self.crop_size = seed, load_size, crop_size
+
+  def __call__(self, j: int) -> dict[str, np.ndarray]:
+    c = self.content[self.content_order[j]]
+    s = self.style[self.style_order[j]]
+    return {
+        'content': preprocess_train(c, _rng(self.seed, j, _CONTENT), self.load_size,
+                                    self.crop_size),
+        'style': preprocess_train(s, _rng(self.seed, j, _STYLE), self.load_size, self.crop_size),
+    }
+
+
+def _order(indices: np.ndarray, seed: int) -> grain.MapDataset:
+  """Infinite stream of source indices: a seeded shuffle, reshuffled each epoch."""
+  return grain.MapDataset.source([int(i) for i in indices]).shuffle(seed=seed).repeat(None)
+
+
+def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
+                       process_count: int = 1) -> grain.MapDataset:
+  """Infinite MapDataset; element i is this process's slice of global batch i."""
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise UserError(
+        f'The global batch size {global_batch_size} must be a positive multiple of the'
+        f' {process_count} processes: change the batch size in the config.')
+  if not 0 <= process_index < process_count:
+    raise UserError(f'process_index={process_index} is not in [0, {process_count}).')
+  data = config.data
+  _check_sizes(data.load_size, data.crop_size)
+  content, c_train, _ = _train_and_holdout(config, 'content')
+  style, s_train, _ = _train_and_holdout(config, 'style')
+  seed = int(config.seed)
+  sample = _Sample(content, _order(c_train, _seed_int(seed, _CONTENT)),
+                   style, _order(s_train, _seed_int(seed, _STYLE)),
+                   seed, int(data.load_size), int(data.crop_size))
+  local = global_batch_size // process_count
+  return (grain.MapDataset.range(0, sys.maxsize)
+          .map(_LocalToGlobal(local, global_batch_size, process_index))
+          .map(sample)
+          .batch(local, drop_remainder=True))
+
+
+def make_train_iterator(dataset: grain.MapDataset, start_step: int = 0, num_threads: int = 2,
+                        prefetch: int = 2):
+  """A resumable grain iterator whose first batch is global step `start_step`.
+
+  The state ({'next_index': step}) counts global steps, so it is valid for any start_step.
+  """
+  options = grain.ReadOptions(num_threads=max(int(num_threads), 0),
+                              prefetch_buffer_size=max(int(prefetch), 0))
+  it = iter(dataset.to_iter_dataset(options))
+  if start_step:
+    it.set_state({'next_index': int(start_step)})
+  return it
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _eval_side(config, what: str):
+  """(source, candidate indices) for the evaluation images of one side."""
+  data = config.data
+  spec = (data.get(f'eval_{what}', '') or '').strip()
+  if spec:
+    return open_source(spec, data, f'eval_{what}'), None
+  source, _, hold = _train_and_holdout(config, what)
+  return source, hold
+
+
+def eval_pairs(config) -> dict[str, Any]:
+  """The fixed evaluation pairs: N = config.eval.num_pairs (content, style) crops and names."""
+  n = _num_pairs(config)
+  if n <= 0:
+    raise UserError(f'config.eval.num_pairs={n} must be positive to evaluate: set it to e.g. 8.')
+  content, c_idx = _eval_side(config, 'content')
+  style, s_idx = _eval_side(config, 'style')
+  c_idx = np.arange(len(content)) if c_idx is None else c_idx
+  s_idx = np.arange(len(style)) if s_idx is None else s_idx
+  rng = _rng(config.seed, _PAIRS)
+  perm_c, perm_s = rng.permutation(c_idx), rng.permutation(s_idx)
+  nc, ns = len(perm_c), len(perm_s)
+  # Pair k walks the (content, style) grid diagonal by diagonal: pairs stay distinct while
+  # k < nc * ns, and each image is used as evenly as possible.
+  d, a = np.divmod(np.arange(n) % (nc * ns), nc)
+  ci, si = perm_c[a], perm_s[(a + d) % ns]
+  load, crop = int(config.data.load_size), int(config.data.crop_size)
+  cache: dict[tuple[int, int], np.ndarray] = {}
+
+  def get(source, side, i):
+    if (side, i) not in cache:
+      cache[(side, i)] = preprocess_eval(source[int(i)], load, crop)
+    return cache[(side, i)]
+
+  return {
+      'content': np.stack([get(content, 0, i) for i in ci]),
+      'style': np.stack([get(style, 1, i) for i in si]),
+      'names': [f'{content.name(a)}__{style.name(b)}' for a, b in zip(ci, si)],
+  }
