@@ -1,0 +1,266 @@
+"""Orbax storage of tickets (masks + rewind and trained weights + JSON reports) and of lone params trees.
+
+Every checkpoint here is one Orbax directory written by a `CompositeCheckpointHandler`. Orbax itself makes the
+write atomic: it writes `<path>.orbax-checkpoint-tmp` beside the target and renames it when every item is done,
+so a crash leaves only that temporary sibling, which `ticket_exists` and `load_ticket` never mistake for a ticket
+(the next save of the same path removes it). Saves are collective: in a multi-process run every process must call
+`save_ticket`/`save_params` with the same path (arrays may be sharded jax arrays; Orbax writes each shard from its
+owner, JSON from the primary process only). Loads read whole arrays into host numpy on every process.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import socket
+from typing import Any
+
+from absl import logging as absl_logging
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxtickets.errors import UserError
+
+_ARRAY_ITEMS = ('masks', 'rewind_params', 'trained_params')
+_JSON_ITEMS = ('metrics', 'sparsity')
+_PARAMS_ITEM = 'params'
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops Orbax's INFO chatter (dozens of lines per save) unless absl verbosity was raised (-v 1)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING or absl_logging.get_verbosity() > absl_logging.INFO:
+      return True
+    return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def _install_log_filter() -> None:
+  logger = logging.getLogger('absl')
+  if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+    logger.addFilter(_QuietOrbax())
+
+
+_install_log_filter()
+
+
+@dataclasses.dataclass
+class Ticket:
+  """One round's ticket: the mask, the weights it rewinds to, the weights it trained to, and its reports."""
+  path: str
+  masks: dict  # bool numpy tree
+  rewind_params: dict  # theta_k as saved (unmasked); the ticket's init is rewind_params * masks
+  trained_params: dict  # weights at the end of the round (already masked)
+  metrics: dict
+  sparsity: dict
+
+
+def _epath(path) -> epath.Path:
+  """An absolute path (Orbax wants one); URLs such as gs://... are kept as they are."""
+  text = os.fspath(path)
+  return epath.Path(text if '://' in text else os.path.abspath(text))
+
+
+def _to_json(obj: Any) -> Any:
+  """Plain JSON values from numpy/jax scalars and arrays, so metrics can hold them."""
+  if isinstance(obj, dict):
+    return {str(k): _to_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_to_json(v) for v in obj]
+  if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(obj).tolist()
+  return obj
+
+
+def _checkpointer(items) -> ocp.Checkpointer:
+  """A synchronous Composite checkpointer that knows each item's handler, so a fresh process can read metadata."""
+  registry = ocp.DefaultCheckpointHandlerRegistry()
+  for item in items:
+    if item in _JSON_ITEMS:
+      handler, save, restore = ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore
+    else:
+      handler, save, restore = ocp.StandardCheckpointHandler(), ocp.args.StandardSave, ocp.args.StandardRestore
+    registry.add(item, save, handler)
+    registry.add(item, restore, handler)
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
+
+
+def _is_complete(path: epath.Path, items) -> bool:
+  """True when `path` is a finalized Orbax checkpoint holding every one of `items`."""
+  if _TMP_SUFFIX in path.name or not path.is_dir():
+    return False
+  if not all((path / item).is_dir() for item in items):
+    return False
+  return ocp.step.is_path_finalized(path)
+
+
+def _save(path, items: dict, kind: str, overwrite: bool) -> None:
+  """Writes `items` (name -> ocp.args) as one Composite checkpoint, atomically via Orbax's tmp + rename."""
+  path = _epath(path)
+  if path.exists():
+    is_empty_dir = path.is_dir() and not any(path.iterdir())
+    if not overwrite and not is_empty_dir:
+      if _is_complete(path, items):
+        raise UserError(f"A {kind} already exists at '{path}'; pass overwrite=True to replace it or choose "
+                        'another path.')
+      raise UserError(f"'{path}' already exists and is not a {kind}; delete it or choose another path.")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  checkpointer = _checkpointer(items)
+  # force=True removes the old directory first: a crash then loses it but never leaves a half checkpoint.
+  checkpointer.save(path, args=ocp.args.Composite(**items), force=path.exists())
+
+
+_FILE_IN_ERROR = re.compile(r'(?:local file|File) "?([^"\s]+)"?')
+_STORE_CODES = {  # tensorstore status codes, in words
+    'NOT_FOUND': 'a file is missing',
+    'OUT_OF_RANGE': 'a file is truncated',
+    'DATA_LOSS': 'a file is corrupt',
+    'FAILED_PRECONDITION': 'a file is corrupt',
+    'INVALID_ARGUMENT': 'a file is corrupt',
+}
+
+
+def _damage(path: epath.Path, item: str, kind: str, err: Exception) -> UserError:
+  """One sentence naming the unreadable file (as far as the error tells) and why."""
+  text = str(err).split(' [tensorstore_spec', 1)[0].strip().replace('\n', ' ')
+  files = _FILE_IN_ERROR.findall(text)
+  where = files[-1] if files else str(getattr(err, 'filename', None) or path / item)
+  if not files and item in _JSON_ITEMS and (path / item).is_dir():
+    # The JSON handler keeps one data file beside its commit marker: name it.
+    data = [f for f in (path / item).iterdir() if f.name != 'commit_success.txt']
+    where = str(data[0]) if len(data) == 1 else where
+  code = text.split(':', 1)[0]
+  if code in _STORE_CODES:
+    reason = f'{_STORE_CODES[code]}, {code}'
+  else:
+    reason = f'{type(err).__name__}: {text}' if text else type(err).__name__
+    reason = reason if len(reason) <= 200 else reason[:197] + '...'
+  return UserError(f"The {kind} at '{path}' is damaged: '{where}' could not be read ({reason}); delete the "
+                   'directory and save it again.')
+
+
+def _check_present(path, items, kind: str) -> epath.Path:
+  """Raises a UserError unless a complete checkpoint with `items` is at `path`."""
+  path = _epath(path)
+  if not path.is_dir():
+    what = 'the path is a file, not a directory' if path.exists() else 'the directory does not exist'
+    raise UserError(f"No {kind} at '{path}': {what}; check the path (or run the step that writes it).")
+  missing = [item for item in items if not (path / item).is_dir()]
+  if missing:
+    raise UserError(f"The {kind} at '{path}' is incomplete or damaged: missing "
+                    f"{', '.join(repr(str(path / m)) for m in missing)}; delete the directory and save it again.")
+  if not _is_complete(path, items):
+    raise UserError(f"The {kind} at '{path}' was never finalized (an interrupted save); delete it and save "
+                    'it again.')
+  return path
+
+
+def _restore_item(checkpointer, path: epath.Path, item: str, kind: str) -> Any:
+  """Restores one item: arrays come back as host numpy with their saved dtypes, JSON as Python values."""
+  try:
+    if item in _JSON_ITEMS:
+      args = ocp.args.JsonRestore()
+    else:
+      meta = checkpointer.metadata(path).item_metadata[item]
+      if meta is None:
+        raise FileNotFoundError(f'no readable array metadata in {path / item}')
+      meta = getattr(meta, 'tree', meta)
+      # A numpy target makes Orbax return numpy (no device placement), whatever sharding was saved.
+      args = ocp.args.StandardRestore(jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta))
+    return checkpointer.restore(path, args=ocp.args.Composite(**{item: args}))[item]
+  except UserError:
+    raise
+  except Exception as err:  # Orbax/tensorstore raise many types; the user only needs the file and reason.
+    raise _damage(path, item, kind, err) from err
+
+
+def _numpy_tree(tree: Any) -> Any:
+  """A plain nested dict of numpy arrays (Orbax may hand back its own mapping types)."""
+  if hasattr(tree, 'items'):
+    return {k: _numpy_tree(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def save_ticket(path, *, masks, rewind_params, trained_params, metrics, sparsity, overwrite=False) -> None:
+  """Saves one ticket as an Orbax directory; refuses to replace a complete ticket unless overwrite=True."""
+  items = {
+      # Leaves stay as given (numpy, or jax arrays that may be sharded across processes).
+      'masks': ocp.args.StandardSave(jax.tree.map(lambda m: m if m.dtype == bool else m.astype(bool), masks)),
+      'rewind_params': ocp.args.StandardSave(rewind_params),
+      'trained_params': ocp.args.StandardSave(trained_params),
+      'metrics': ocp.args.JsonSave(_to_json(metrics)),
+      'sparsity': ocp.args.JsonSave(_to_json(sparsity)),
+  }
+  _save(path, items, 'ticket', overwrite)
+
+
+def ticket_exists(path) -> bool:
+  """True when a complete (finalized, every item present) ticket is at `path`."""
+  return _is_complete(_epath(path), _ARRAY_ITEMS + _JSON_ITEMS)
+
+
+def load_ticket(path) -> Ticket:
+  """Loads a ticket saved by `save_ticket`; arrays come back as numpy, masks as bool."""
+  where = _check_present(path, _ARRAY_ITEMS + _JSON_ITEMS, 'ticket')
+  checkpointer = _checkpointer(_ARRAY_ITEMS + _JSON_ITEMS)
+  loaded = {item: _restore_item(checkpointer, where, item, 'ticket') for item in _ARRAY_ITEMS + _JSON_ITEMS}
+  for item in _ARRAY_ITEMS:
+    loaded[item] = _numpy_tree(loaded[item])
+  return Ticket(path=str(where), **loaded)
+
+
+def load_ticket_metadata(path) -> dict:
+  """Only a ticket's JSON items ({'metrics': ..., 'sparsity': ...}), without reading its arrays."""
+  where = _check_present(path, _ARRAY_ITEMS + _JSON_ITEMS, 'ticket')
+  checkpointer = _checkpointer(_JSON_ITEMS)
+  return {item: _restore_item(checkpointer, where, item, 'ticket') for item in _JSON_ITEMS}
+
+
+def save_params(path, params, *, overwrite=False) -> None:
+  """Saves a params tree alone (theta_0, theta_k, VGG weights) as an Orbax directory, atomically."""
+  _save(path, {_PARAMS_ITEM: ocp.args.StandardSave(params)}, 'params checkpoint', overwrite)
+
+
+def params_exist(path) -> bool:
+  """True when a complete params checkpoint is at `path`."""
+  return _is_complete(_epath(path), (_PARAMS_ITEM,))
+
+
+def load_params(path) -> dict:
+  """Loads a params tree saved by `save_params` as numpy arrays with their saved dtypes."""
+  where = _check_present(path, (_PARAMS_ITEM,), 'params checkpoint')
+  checkpointer = _checkpointer((_PARAMS_ITEM,))
+  return _numpy_tree(_restore_item(checkpointer, where, _PARAMS_ITEM, 'params checkpoint'))
+
+
+def save_json(path, obj) -> None:
+  """Writes `obj` as JSON atomically: a per-process temporary sibling, then os.replace."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(_to_json(obj), f, indent=2)
+      f.write('\n')
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def load_json(path) -> Any:
+  """Reads a JSON file; a missing or broken file gives a UserError naming it."""
+  path = os.fspath(path)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"No JSON file at '{path}'; check the path (or run the step that writes it).") from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    raise UserError(f"'{path}' is not readable JSON ({err}); delete it and write it again.") from None

@@ -1,0 +1,188 @@
+"""Tests for jaxtickets.checkpoint: tickets, lone params trees and JSON files on disk."""
+
+import glob
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtickets import checkpoint
+from jaxtickets.errors import UserError
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
+  return {
+      'encoder': {'conv1_1': {'kernel': f32(3, 3, 3, 8), 'bias': f32(8)}},
+      'decoder': {'conv0': {'kernel': f32(3, 3, 8, 3), 'bias': f32(3)}},
+      'transform': {'fc': {'kernel': f32(8, 8), 'bias': f32(8)}},
+  }
+
+
+def _masks(params, seed=1):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda p: rng.random(p.shape) > 0.3, params)
+
+
+def _ticket_kwargs():
+  rewind = _params(0)
+  masks = _masks(rewind)
+  trained = jax.tree.map(lambda p, m: p * 2.0 * m, _params(5), masks)
+  metrics = {'content': np.float32(1.25), 'style': 0.5, 'total': 1.75, 'matches': True, 'round': 3,
+             'branch': 'imp', 'steps': np.int64(40)}
+  sparsity = {'layers': {'encoder/conv1_1/kernel': 0.3125}, 'prunable': 0.2999, 'all': 0.2871}
+  return dict(masks=masks, rewind_params=rewind, trained_params=trained, metrics=metrics, sparsity=sparsity)
+
+
+def _assert_trees_equal(got, want, dtype=None):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert isinstance(g, np.ndarray)
+    assert g.dtype == (dtype or w.dtype) and g.shape == w.shape
+    np.testing.assert_array_equal(g, w)
+
+
+def test_ticket_round_trip(tmp_path):
+  kw = _ticket_kwargs()
+  path = tmp_path / 'tickets' / 'imp' / 'round_03'  # parents do not exist yet
+  checkpoint.save_ticket(path, **kw)
+  assert checkpoint.ticket_exists(path)
+  ticket = checkpoint.load_ticket(path)
+  assert ticket.path == str(path)
+  _assert_trees_equal(ticket.masks, kw['masks'], dtype=np.bool_)
+  _assert_trees_equal(ticket.rewind_params, kw['rewind_params'])
+  _assert_trees_equal(ticket.trained_params, kw['trained_params'])
+  assert ticket.metrics == {'content': 1.25, 'style': 0.5, 'total': 1.75, 'matches': True, 'round': 3,
+                            'branch': 'imp', 'steps': 40}
+  assert isinstance(ticket.metrics['matches'], bool) and isinstance(ticket.metrics['steps'], int)
+  assert ticket.sparsity == kw['sparsity']
+  # No temporary sibling is left behind by a finished save.
+  assert sorted(os.listdir(path.parent)) == ['round_03']
+
+
+def test_ticket_from_jax_arrays_comes_back_as_numpy(tmp_path):
+  kw = _ticket_kwargs()
+  kw['masks'] = jax.tree.map(jnp.asarray, kw['masks'])
+  kw['trained_params'] = jax.tree.map(jnp.asarray, kw['trained_params'])
+  checkpoint.save_ticket(tmp_path / 't', **kw)
+  ticket = checkpoint.load_ticket(tmp_path / 't')
+  _assert_trees_equal(ticket.masks, jax.tree.map(np.asarray, kw['masks']), dtype=np.bool_)
+  _assert_trees_equal(ticket.trained_params, jax.tree.map(np.asarray, kw['trained_params']))
+
+
+def test_save_ticket_refuses_to_overwrite(tmp_path):
+  kw = _ticket_kwargs()
+  path = tmp_path / 't'
+  checkpoint.save_ticket(path, **kw)
+  kw2 = dict(kw, metrics={'round': 4})
+  with pytest.raises(UserError, match="already exists at '.*t'.*overwrite=True"):
+    checkpoint.save_ticket(path, **kw2)
+  assert checkpoint.load_ticket(path).metrics['round'] == 3  # untouched
+  checkpoint.save_ticket(path, overwrite=True, **kw2)
+  assert checkpoint.load_ticket(path).metrics == {'round': 4}
+
+
+def test_save_ticket_refuses_a_foreign_directory(tmp_path):
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'notes.txt').write_text('keep me')
+  with pytest.raises(UserError, match="'.*mine' already exists and is not a ticket"):
+    checkpoint.save_ticket(tmp_path / 'mine', **_ticket_kwargs())
+  assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep me'
+  (tmp_path / 'empty').mkdir()  # an empty directory holds nothing to lose
+  checkpoint.save_ticket(tmp_path / 'empty', **_ticket_kwargs())
+  assert checkpoint.ticket_exists(tmp_path / 'empty')
+
+
+def test_ticket_exists_false_for_missing_and_half_written(tmp_path):
+  assert not checkpoint.ticket_exists(tmp_path / 'nothing')
+  checkpoint.save_ticket(tmp_path / 'done', **_ticket_kwargs())
+  # What a crash mid-save leaves: Orbax's temporary sibling, never the final name.
+  half = tmp_path / 'round_01.orbax-checkpoint-tmp'
+  shutil.copytree(tmp_path / 'done', half)
+  assert not checkpoint.ticket_exists(half)
+  assert not checkpoint.ticket_exists(tmp_path / 'round_01')
+  with pytest.raises(UserError, match='never finalized'):
+    checkpoint.load_ticket(half)
+  # A later save of the same ticket replaces the leftover and succeeds.
+  checkpoint.save_ticket(tmp_path / 'round_01', **_ticket_kwargs())
+  assert checkpoint.ticket_exists(tmp_path / 'round_01')
+  assert not half.exists()
+  # A directory with an item missing is not complete either.
+  shutil.rmtree(tmp_path / 'done' / 'sparsity')
+  assert not checkpoint.ticket_exists(tmp_path / 'done')
+
+
+def test_load_ticket_missing_path(tmp_path):
+  with pytest.raises(UserError, match=r"^No ticket at '.*nowhere': the directory does not exist"):
+    checkpoint.load_ticket(tmp_path / 'nowhere')
+
+
+# A failed restore can leave tensorstore reads in flight that later post to Orbax's closed event loop
+# ("RuntimeError: Event loop is closed", printed, harmless); that is Orbax's business, not this test's.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+@pytest.mark.parametrize('damage', ['delete_item', 'delete_data', 'truncate_data', 'truncate_json',
+                                    'delete_array_metadata'])
+def test_load_ticket_damaged(tmp_path, damage):
+  path = tmp_path / 'ticket'
+  checkpoint.save_ticket(path, **_ticket_kwargs())
+  data = [f for f in glob.glob(str(path / 'trained_params' / 'd' / '*'))]
+  assert data, 'expected Orbax data files under trained_params/d'
+  if damage == 'delete_item':
+    shutil.rmtree(path / 'masks')
+    expected = r"incomplete or damaged: missing '.*ticket/masks'"
+  elif damage == 'delete_data':
+    for f in data:
+      os.remove(f)
+    expected = r"damaged: '.*trained_params/d/\w+' could not be read \(a file is missing"
+  elif damage == 'truncate_data':
+    for f in data:
+      with open(f, 'r+b') as fh:
+        fh.truncate(3)
+    expected = r"damaged: '.*trained_params/d/\w+' could not be read \(a file is truncated"
+  elif damage == 'truncate_json':
+    with open(path / 'metrics' / 'metadata', 'r+b') as fh:
+      fh.truncate(4)
+    expected = r"damaged: '.*ticket/metrics/metadata' could not be read \(JSONDecodeError"
+  else:
+    os.remove(path / 'rewind_params' / '_METADATA')
+    expected = r"damaged: '.*ticket/rewind_params' could not be read"
+  with pytest.raises(UserError, match=expected) as info:
+    checkpoint.load_ticket(path)
+  message = str(info.value)
+  assert str(path) in message and '\n' not in message and len(message) < 600
+
+
+def test_params_round_trip(tmp_path):
+  params = _params(7)
+  params['transform'] = {}  # AdaIN's transform has no parameters
+  checkpoint.save_params(tmp_path / 'init' / 'theta_0', params)
+  assert checkpoint.params_exist(tmp_path / 'init' / 'theta_0')
+  _assert_trees_equal(checkpoint.load_params(tmp_path / 'init' / 'theta_0'), params)
+  assert checkpoint.load_params(tmp_path / 'init' / 'theta_0')['transform'] == {}
+  with pytest.raises(UserError, match='already exists'):
+    checkpoint.save_params(tmp_path / 'init' / 'theta_0', params)
+  checkpoint.save_params(tmp_path / 'init' / 'theta_0', _params(8), overwrite=True)
+  _assert_trees_equal(checkpoint.load_params(tmp_path / 'init' / 'theta_0'), _params(8))
+  with pytest.raises(UserError, match="No params checkpoint at '.*missing'"):
+    checkpoint.load_params(tmp_path / 'missing')
+  # A ticket directory is not a params checkpoint and vice versa.
+  assert not checkpoint.ticket_exists(tmp_path / 'init' / 'theta_0')
+
+
+def test_json_helpers(tmp_path):
+  obj = {'a': 1, 'b': [1.5, 'x', None, True], 'c': {'d': np.float32(0.25), 'e': np.arange(3)}}
+  path = tmp_path / 'sub' / 'config.json'
+  checkpoint.save_json(path, obj)
+  assert checkpoint.load_json(path) == {'a': 1, 'b': [1.5, 'x', None, True], 'c': {'d': 0.25, 'e': [0, 1, 2]}}
+  checkpoint.save_json(path, {'a': 2})  # replaced in place
+  assert checkpoint.load_json(path) == {'a': 2}
+  assert os.listdir(tmp_path / 'sub') == ['config.json']  # no temporary file left behind
+  with pytest.raises(UserError, match="No JSON file at '.*absent.json'"):
+    checkpoint.load_json(tmp_path / 'absent.json')
+  (tmp_path / 'bad.json').write_text('{"a": ')
+  with pytest.raises(UserError, match="'.*bad.json' is not readable JSON"):
+    checkpoint.load_json(tmp_path / 'bad.json')

@@ -1,0 +1,126 @@
+"""Tests for jaxtickets.weights: Flax-format VGG weight files (.npz and Orbax directories)."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtickets import weights
+from jaxtickets.errors import UserError
+
+# A tiny VGG: (name, in, out) up to conv3_1; real files go to conv5_4 with widths 64..512.
+_LAYERS = [('conv0', 3, 3, 1), ('conv1_1', 3, 4, 3), ('conv1_2', 4, 4, 3), ('conv2_1', 4, 8, 3),
+           ('conv2_2', 8, 8, 3), ('conv3_1', 8, 16, 3)]
+
+
+def _vgg(upto: str, seed=0) -> dict:
+  rng = np.random.default_rng(seed)
+  params = {}
+  for name, cin, cout, k in _LAYERS:
+    params[name] = {'kernel': rng.standard_normal((k, k, cin, cout)).astype(np.float32),
+                    'bias': rng.standard_normal(cout).astype(np.float32)}
+    if name == upto:
+      return params
+  raise AssertionError(upto)
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _assert_equal(got, want):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert isinstance(g, np.ndarray) and g.dtype == np.float32
+    np.testing.assert_array_equal(g, w)
+
+
+def test_flatten_unflatten():
+  tree = {'conv1_1': {'kernel': 1, 'bias': 2}, 'dec': {'b': {'kernel': 3}}, 'x': 4}
+  flat = weights.flatten(tree)
+  assert flat == {'conv1_1/kernel': 1, 'conv1_1/bias': 2, 'dec/b/kernel': 3, 'x': 4}
+  assert weights.unflatten(flat) == tree
+  with pytest.raises(ValueError, match="'a/b'"):
+    weights.flatten({'a/b': 1})
+
+
+@pytest.mark.parametrize('name', ['vgg.npz', 'vgg_dir'])
+def test_round_trip(tmp_path, name):
+  params = _vgg('conv2_2')
+  path = tmp_path / name
+  weights.save_vgg_weights(path, params)
+  assert path.is_file() == name.endswith('.npz')
+  if name.endswith('.npz'):
+    with np.load(path) as npz:
+      assert sorted(npz.files) == sorted(weights.flatten(params))
+  _assert_equal(weights.load_vgg_weights(path, _shapes(params)), params)
+  with pytest.raises(UserError, match='already exist'):
+    weights.save_vgg_weights(path, params)
+  weights.save_vgg_weights(path, _vgg('conv2_2', seed=1), overwrite=True)
+  _assert_equal(weights.load_vgg_weights(path, _shapes(params)), _vgg('conv2_2', seed=1))
+
+
+@pytest.mark.parametrize('name', ['deep.npz', 'deep_dir'])
+def test_extra_layers_are_dropped(tmp_path, name):
+  deep = _vgg('conv3_1')
+  weights.save_vgg_weights(tmp_path / name, deep)
+  want = _vgg('conv1_2')
+  got = weights.load_vgg_weights(tmp_path / name, _shapes(want))
+  assert sorted(got) == ['conv0', 'conv1_1', 'conv1_2']
+  _assert_equal(got, want)
+
+
+def test_params_wrapper_and_float32(tmp_path):
+  params = jax.tree.map(lambda x: x.astype(np.float64), _vgg('conv1_1'))
+  weights.save_vgg_weights(tmp_path / 'w.npz', params)
+  expected = {'params': _shapes(_vgg('conv1_1'))}  # what eval_shape of a Flax init returns
+  got = weights.load_vgg_weights(tmp_path / 'w.npz', expected)
+  _assert_equal(got, {'params': _vgg('conv1_1')})
+
+
+@pytest.mark.parametrize('name', ['w.npz', 'w_dir'])
+def test_missing_layers_and_wrong_shapes_in_one_error(tmp_path, name):
+  params = _vgg('conv2_1')
+  del params['conv2_1']['bias']
+  params['conv1_1']['kernel'] = np.zeros((3, 3, 3, 2), np.float32)
+  weights.save_vgg_weights(tmp_path / name, params)
+  with pytest.raises(UserError) as info:
+    weights.load_vgg_weights(tmp_path / name, _shapes(_vgg('conv3_1')))
+  message = str(info.value)
+  assert message.startswith(f"VGG weights '{tmp_path / name}' do not fit the model: ")
+  for part in ['missing conv2_1/bias', 'missing conv2_2/kernel', 'missing conv3_1/bias',
+               'conv1_1/kernel has shape (3,3,3,2), expected (3,3,3,4)']:
+    assert part in message
+  for fine in ['conv0/', 'conv1_2/', 'conv2_1/kernel', 'conv1_1/bias']:
+    assert fine not in message
+  assert 'scripts/port_weights.py' in message and '\n' not in message
+
+
+def test_missing_path(tmp_path):
+  with pytest.raises(UserError, match=r"'.*nope\.npz' does not exist; set config\.model\.vgg_weights to a "
+                                      r'Flax-format VGG file written by scripts/port_weights\.py, or leave it '
+                                      r'empty for random weights'):
+    weights.load_vgg_weights(tmp_path / 'nope.npz', _shapes(_vgg('conv0')))
+
+
+def test_not_a_weights_file(tmp_path):
+  junk = tmp_path / 'junk.npz'
+  junk.write_bytes(np.random.default_rng(0).bytes(512))
+  with pytest.raises(UserError, match=r"'.*junk\.npz' are not an \.npz archive"):
+    weights.load_vgg_weights(junk, _shapes(_vgg('conv0')))
+  single = tmp_path / 'single.npy'
+  np.save(single, np.zeros(3))
+  with pytest.raises(UserError, match='single array'):
+    weights.load_vgg_weights(single, _shapes(_vgg('conv0')))
+  folder = tmp_path / 'folder'
+  folder.mkdir()
+  (folder / 'x.txt').write_text('hi')
+  with pytest.raises(UserError, match=r"directory '.*folder' is not an Orbax params checkpoint"):
+    weights.load_vgg_weights(folder, _shapes(_vgg('conv0')))
+
+
+def test_long_problem_lists_are_counted(tmp_path, monkeypatch):
+  monkeypatch.setattr(weights, '_MAX_LISTED', 3)
+  weights.save_vgg_weights(tmp_path / 'w.npz', _vgg('conv0'))
+  with pytest.raises(UserError, match=r'missing conv1_1/bias; missing conv1_1/kernel; missing conv1_2/bias; '
+                                      r'and 7 more; set config'):
+    weights.load_vgg_weights(tmp_path / 'w.npz', _shapes(_vgg('conv3_1')))
