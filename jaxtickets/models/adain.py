@@ -1,0 +1,80 @@
+"""AdaIN (Huang & Belongie 2017): VGG r41 features, channel mean/std transfer, the shared mirrored decoder."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxtickets.models import decoder as decoder_lib
+from jaxtickets.models import layers
+from jaxtickets.models import vgg as vgg_lib
+from jaxtickets.models.base import StyleModel
+
+STYLE_TAPS = ("r11", "r21", "r31", "r41")
+CONTENT_TAP = "r41"
+
+
+def style_loss(g_taps: dict, s_taps: dict, taps=STYLE_TAPS) -> jax.Array:
+  """Sum over taps of MSE(mean) + MSE(std), each a mean over N*C, in float32."""
+  total = jnp.float32(0.0)
+  for t in taps:
+    mg, sg = layers.mean_std(g_taps[t])
+    ms, ss = layers.mean_std(s_taps[t])
+    total += jnp.mean((mg - ms) ** 2) + jnp.mean((sg - ss) ** 2)
+  return total
+
+
+class AdaIN(StyleModel):
+  """AdaIN with an optionally trainable encoder; the loss always uses the frozen loss VGG."""
+  name = "adain"
+  divisor = 8
+  encoder_depth = "r41"
+  loss_depth = "r41"
+  loss_weights = {"content": 1.0, "style": 10.0}
+
+  def __init__(self, model_config):
+    super().__init__(model_config)
+    self.groups = ("encoder", "decoder") if self.train_encoder else ("decoder",)
+    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
+
+  def init(self, rng: jax.Array, vgg_params: dict) -> dict:
+    """{'decoder': random init, 'encoder': copy of the VGG up to r41 (only when train_encoder)}."""
+    c = vgg_lib.channels(512, self.width)
+    params = {"decoder": layers.init_params(self.decoder, rng, jnp.zeros((1, 4, 4, c), jnp.float32))}
+    if self.train_encoder:
+      params["encoder"] = self.init_encoder(vgg_params)
+    return params
+
+  def _encode(self, enc_params: dict, x: jax.Array) -> jax.Array:
+    return self.encoder.apply({"params": enc_params}, x)[CONTENT_TAP]
+
+  def _decode(self, params: dict, t: jax.Array) -> jax.Array:
+    return self.decoder.apply({"params": params["decoder"]}, t)
+
+  def stylize(self, params, vgg_params, content, style, alpha=1.0):
+    """decoder(alpha * AdaIN(f_c, f_s) + (1 - alpha) * f_c) with r41 features."""
+    enc = self.encoder_params(params, vgg_params)
+    fc, fs = self._encode(enc, content), self._encode(enc, style)
+    t = alpha * layers.adain(fc, fs) + (1.0 - alpha) * fc
+    return self._decode(params, t.astype(fc.dtype))
+
+  def loss(self, params, vgg_params, content, style, rng):
+    """Content MSE at r41 against the frozen-VGG AdaIN target + weighted mean/std style loss at r11..r41."""
+    del rng  # AdaIN's loss is deterministic.
+    vgg_params = vgg_lib.truncate(vgg_params, self.loss_depth)
+    lossvgg = lambda x: self.vgg.apply({"params": vgg_params}, x)
+    vc, vs = lossvgg(content), lossvgg(style)
+    # The target comes from the frozen loss VGG, so training the encoder never moves what the loss measures;
+    # it stays float32 (adain returns its first argument's dtype) even when the VGG computes in bfloat16.
+    target = jax.lax.stop_gradient(layers.adain(vc[CONTENT_TAP].astype(jnp.float32), vs[CONTENT_TAP]))
+    if self.train_encoder:
+      enc = params["encoder"]
+      t = layers.adain(self._encode(enc, content), self._encode(enc, style))
+    else:
+      t = target  # The stylizing encoder is the loss VGG: reuse its features instead of a second pass.
+    g_taps = lossvgg(self._decode(params, t))
+    content_loss = jnp.mean((g_taps[CONTENT_TAP].astype(jnp.float32) - target) ** 2)
+    s_loss = style_loss(g_taps, jax.lax.stop_gradient(vs))
+    total = self.loss_weights["content"] * content_loss + self.loss_weights["style"] * s_loss
+    return total, {"content": content_loss, "style": s_loss, "total": total}
+
+
+Model = AdaIN

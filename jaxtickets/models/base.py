@@ -1,0 +1,77 @@
+"""The interface every style-transfer model implements, plus what models share (VGG building, dtype, weights)."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxtickets.errors import UserError
+from jaxtickets.models import vgg as vgg_lib
+from jaxtickets.models.layers import init_params
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _field(config: Any, name: str, default: Any) -> Any:
+  """`config.name`, or `default` when the field is absent or None."""
+  value = getattr(config, name, None)
+  return default if value is None else value
+
+
+class StyleModel:
+  """A style-transfer model: pure, jittable functions of explicit params; the object holds only settings.
+
+  Params come in two trees: `params` (trainable, top-level keys = `groups`) and `vgg_params` (the frozen loss
+  VGG up to `loss_depth`). When `train_encoder` is False the stylizing encoder reads `vgg_params`.
+  """
+  name: str = ""
+  divisor: int = 1
+  groups: tuple[str, ...] = ()
+  encoder_depth: str = "r41"
+  loss_depth: str = "r41"
+  loss_weights: dict[str, float] = {}
+
+  def __init__(self, model_config):
+    self.config = model_config
+    width = _field(model_config, "width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+      raise UserError(f"config.model.width is {width!r}: use a positive channel multiplier such as 1.0.")
+    self.width = float(width)
+    self.train_encoder = bool(_field(model_config, "train_encoder", False))
+    dtype = _field(model_config, "dtype", "float32")
+    if dtype not in _DTYPES:
+      raise UserError(f"config.model.dtype is {dtype!r}: use one of {', '.join(_DTYPES)}.")
+    self.dtype = _DTYPES[dtype]
+    # Each loss weight can be overridden by a config field named '<loss>_weight'.
+    self.loss_weights = {k: float(_field(model_config, f"{k}_weight", v)) for k, v in self.loss_weights.items()}
+    self.vgg = vgg_lib.VGGEncoder(depth=self.loss_depth, width=self.width, dtype=self.dtype)
+    self.encoder = vgg_lib.VGGEncoder(depth=self.encoder_depth, width=self.width, dtype=self.dtype)
+
+  def init_vgg(self, rng: jax.Array) -> dict:
+    """Random VGG params up to `loss_depth` (the stand-in when no pretrained weights are loaded)."""
+    x = jnp.zeros((1, 16, 16, 3), jnp.float32)
+    return init_params(self.vgg, rng, x)
+
+  def encoder_params(self, params: dict, vgg_params: dict) -> dict:
+    """The stylizing encoder's params: the trained copy, or the frozen VGG truncated to `encoder_depth`."""
+    if self.train_encoder:
+      return params["encoder"]
+    return vgg_lib.truncate(vgg_params, self.encoder_depth)
+
+  def init_encoder(self, vgg_params: dict) -> dict:
+    """A trainable copy of the VGG up to `encoder_depth`, in fresh buffers so donating it spares vgg_params."""
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), vgg_lib.truncate(vgg_params, self.encoder_depth))
+
+  def init(self, rng: jax.Array, vgg_params: dict) -> dict:
+    """The trainable params, keyed by group."""
+    raise NotImplementedError
+
+  def stylize(self, params: dict, vgg_params: dict, content: jax.Array, style: jax.Array,
+              alpha: float = 1.0) -> jax.Array:
+    """Stylizes NHWC float images in [0,1]; returns the unclamped float32 NHWC output."""
+    raise NotImplementedError
+
+  def loss(self, params: dict, vgg_params: dict, content: jax.Array, style: jax.Array,
+           rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(weighted total loss, metrics dict of float32 scalars) for a batch of content and style images."""
+    raise NotImplementedError

@@ -1,0 +1,73 @@
+"""The `vgg_normalised` VGG19 encoder (1x1 colour conv + reflect-padded 3x3 convs), truncated at a feature tap."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtickets.errors import UserError
+from jaxtickets.models import layers
+
+TAPS = ("r11", "r21", "r31", "r41", "r51")
+
+# One entry per block: (number of convs, full-width channels); a pool sits between blocks.
+_BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (1, 512))
+
+# A random VGG is a stand-in loss network: He init keeps the activation scale through the ReLUs, so its
+# deep taps (and the losses built on them) do not vanish the way they would with PyTorch's default init.
+vgg_init = nn.initializers.he_normal()
+
+
+def channels(c: int, width: float) -> int:
+  """Channel count `c` scaled by the width multiplier (at least 1)."""
+  return max(1, int(round(c * width)))
+
+
+def _check_depth(depth: str) -> int:
+  if depth not in TAPS:
+    raise UserError(f"Unknown VGG depth {depth!r}: choose one of {', '.join(TAPS)}.")
+  return TAPS.index(depth)
+
+
+def vgg_layer_names(depth: str) -> tuple[str, ...]:
+  """Names of the conv layers (conv0 first) the encoder truncated at `depth` holds, in order."""
+  last = _check_depth(depth)
+  names = ["conv0"]
+  for b, (n, _) in enumerate(_BLOCKS[:last + 1]):
+    names += [f"conv{b + 1}_{i + 1}" for i in range(n if b < last else 1)]
+  return tuple(names)
+
+
+def truncate(vgg_params: dict, depth: str) -> dict:
+  """The subset of VGG params an encoder truncated at `depth` uses (same arrays, not copies)."""
+  names = vgg_layer_names(depth)
+  missing = [n for n in names if n not in vgg_params]
+  if missing:
+    raise UserError(f"The VGG params lack layer(s) {', '.join(missing)} needed up to {depth}: "
+                    f"load or initialise VGG weights that reach {depth}.")
+  return {n: vgg_params[n] for n in names}
+
+
+class VGGEncoder(nn.Module):
+  """VGG19 (vgg_normalised layout) up to `depth`; returns the ReLU taps {"r11": ..., ..., depth}."""
+  depth: str = "r41"
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    last = _check_depth(self.depth)
+    x = nn.Conv(3, (1, 1), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=vgg_init, name="conv0")(x.astype(self.dtype))
+    taps = {}
+    for b, (n, c) in enumerate(_BLOCKS[:last + 1]):
+      if b:
+        x = layers.max_pool_ceil(x)
+      for i in range(n if b < last else 1):
+        x = layers.ReflectConv(channels(c, self.width), dtype=self.dtype, kernel_init=vgg_init,
+                               name=f"conv{b + 1}_{i + 1}")(x)
+        x = nn.relu(x)
+        if i == 0:
+          taps[TAPS[b]] = x
+    return taps

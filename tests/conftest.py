@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny configs that run the real pipeline in seconds."""
+
+import pytest
+
+from jaxtickets import config as config_lib
+
+
+def tiny_config(**overrides):
+  """AdaIN at 1/16 width on 32 px crops of the embedded demo images, 3 steps per round."""
+  c = config_lib.default_config()
+  c.model.name = "adain"
+  c.model.width = 1 / 16
+  c.data.content = c.data.style = c.data.eval_content = c.data.eval_style = "demo"
+  c.data.load_size = 40
+  c.data.crop_size = 32
+  c.train.batch_size = 2
+  c.train.steps = 3
+  c.train.lr = 1e-3
+  c.train.log_every = 1
+  c.imp.rounds = 3
+  c.eval.num_pairs = 2
+  c.eval.batch_size = 2
+  for key, value in overrides.items():
+    section, name = key.split("__") if "__" in key else (None, key)
+    (c[section] if section else c)[name] = value
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config

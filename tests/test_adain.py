@@ -1,0 +1,154 @@
+"""Tests for the model registry, StyleModel settings and the AdaIN model (stylize, loss, gradients)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxtickets.errors import UserError
+from jaxtickets.models import adain, get_model, model_names
+from jaxtickets.models.decoder import Decoder
+from jaxtickets.models.vgg import VGGEncoder
+
+W = 1 / 16
+ENC = VGGEncoder("r41", width=W)
+DEC = Decoder(width=W)
+enc_apply = jax.jit(ENC.apply)
+dec_apply = jax.jit(DEC.apply)
+
+
+def _config(**kw):
+  base = dict(name="adain", width=W, train_encoder=False, dtype="float32", content_weight=None, style_weight=None)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """Both variants of the model, shared frozen VGG params, params from the same rng, and images."""
+  frozen, trained = adain.AdaIN(_config()), adain.AdaIN(_config(train_encoder=True))
+  vgg = frozen.init_vgg(jax.random.key(0))
+  images = jax.random.uniform(jax.random.key(2), (4, 32, 32, 3))
+  return dict(frozen=frozen, trained=trained, vgg=vgg, p_frozen=frozen.init(jax.random.key(1), vgg),
+              p_trained=trained.init(jax.random.key(1), vgg), content=images[:2], style=images[2:],
+              loss_frozen=jax.jit(frozen.loss),
+              # One compile serves both the loss value and its gradient (compiles dominate these tests).
+              value_and_grad_trained=jax.jit(jax.value_and_grad(trained.loss, has_aux=True)))
+
+
+def _np_stats(x):
+  x = np.asarray(x, np.float64)
+  return x.mean(axis=(1, 2)), np.sqrt(x.var(axis=(1, 2), ddof=1) + 1e-5)
+
+
+def _np_adain(c, s):
+  (mc, sc), (ms, ss) = _np_stats(c), _np_stats(s)
+  return (ss[:, None, None] * (np.asarray(c, np.float64) - mc[:, None, None]) / sc[:, None, None]
+          + ms[:, None, None])
+
+
+def _hand_loss(enc, dec, vgg, content, style, target_from_encoder=False):
+  """The AdaIN loss written out with the modules' apply and numpy statistics."""
+  vgg_s = enc_apply({"params": vgg}, style)
+  t = _np_adain(enc_apply({"params": enc}, content)["r41"], enc_apply({"params": enc}, style)["r41"])
+  if target_from_encoder:
+    target = t
+  else:
+    target = _np_adain(enc_apply({"params": vgg}, content)["r41"], vgg_s["r41"])
+  g = enc_apply({"params": vgg}, dec_apply({"params": dec}, jnp.asarray(t, jnp.float32)))
+  content_loss = np.mean((np.asarray(g["r41"], np.float64) - target) ** 2)
+  style_loss = 0.0
+  for tap in ("r11", "r21", "r31", "r41"):
+    (mg, sg), (ms, ss) = _np_stats(g[tap]), _np_stats(vgg_s[tap])
+    style_loss += np.mean((mg - ms) ** 2) + np.mean((sg - ss) ** 2)
+  return content_loss + 10.0 * style_loss, content_loss, style_loss
+
+
+def test_registry():
+  assert model_names() == ("adain",)
+  assert get_model("adain") is adain.AdaIN is adain.Model
+  with pytest.raises(UserError, match=re.escape("Unknown model 'foo': choose one of adain.")):
+    get_model("foo")
+
+
+def test_settings_and_config_overrides():
+  m = adain.AdaIN(_config())
+  assert (m.name, m.divisor, m.encoder_depth, m.loss_depth) == ("adain", 8, "r41", "r41")
+  assert m.groups == ("decoder",) and m.loss_weights == {"content": 1.0, "style": 10.0}
+  m = adain.AdaIN(_config(train_encoder=True, style_weight=3.0, dtype="bfloat16"))
+  assert m.groups == ("encoder", "decoder") and m.loss_weights == {"content": 1.0, "style": 3.0}
+  assert m.dtype == jnp.bfloat16
+  with pytest.raises(UserError, match="dtype"):
+    adain.AdaIN(_config(dtype="float16"))
+  with pytest.raises(UserError, match="width"):
+    adain.AdaIN(_config(width=0.0))
+
+
+def test_init_groups_and_encoder_copy(setup):
+  vgg, p = setup["vgg"], setup["p_trained"]
+  assert set(setup["p_frozen"]) == {"decoder"} and set(p) == {"encoder", "decoder"}
+  assert jax.tree.structure(p["encoder"]) == jax.tree.structure(vgg)
+  for a, b in zip(jax.tree.leaves(p["encoder"]), jax.tree.leaves(vgg)):
+    np.testing.assert_array_equal(a, b)
+    assert a.unsafe_buffer_pointer() != b.unsafe_buffer_pointer()  # donating params must not delete vgg
+  for a, b in zip(jax.tree.leaves(p["decoder"]), jax.tree.leaves(setup["p_frozen"]["decoder"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_loss_identical_for_frozen_and_trained_encoder_at_init(setup):
+  s = setup
+  lf, mf = s["loss_frozen"](s["p_frozen"], s["vgg"], s["content"], s["style"], jax.random.key(0))
+  (lt, mt), _ = s["value_and_grad_trained"](s["p_trained"], s["vgg"], s["content"], s["style"], jax.random.key(0))
+  assert set(mf) == {"content", "style", "total"} and mf["total"].dtype == jnp.float32
+  np.testing.assert_allclose(lt, lf, rtol=1e-5)
+  np.testing.assert_allclose(mt["content"], mf["content"], rtol=1e-5)
+  expected, lc, ls = _hand_loss(s["vgg"], s["p_frozen"]["decoder"], s["vgg"], s["content"], s["style"])
+  np.testing.assert_allclose(lf, expected, rtol=1e-4)
+  np.testing.assert_allclose([mf["content"], mf["style"]], [lc, ls], rtol=1e-4)
+
+
+def test_trained_encoder_loss_matches_hand_formulation_with_frozen_target(setup):
+  s = setup
+  noise = np.random.default_rng(0)
+  enc = jax.tree.map(lambda a: a * (1 + 0.2 * noise.normal(size=a.shape)).astype(np.float32), s["vgg"])
+  params = {"encoder": enc, "decoder": s["p_trained"]["decoder"]}
+  (loss, _), _ = s["value_and_grad_trained"](params, s["vgg"], s["content"], s["style"], jax.random.key(0))
+  expected = _hand_loss(enc, params["decoder"], s["vgg"], s["content"], s["style"])[0]
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  # A target taken from the trained encoder would be measurably different.
+  wrong = _hand_loss(enc, params["decoder"], s["vgg"], s["content"], s["style"], target_from_encoder=True)[0]
+  assert abs(wrong - expected) > 1e-2 * abs(expected)
+
+
+def test_gradient_reaches_the_trained_encoder(setup):
+  s = setup
+  _, g = s["value_and_grad_trained"](s["p_trained"], s["vgg"], s["content"], s["style"], jax.random.key(0))
+  assert set(g) == {"encoder", "decoder"}
+  for name, layer in {**g["encoder"], **g["decoder"]}.items():
+    assert float(jnp.abs(layer["kernel"]).max()) > 0, name
+
+
+@pytest.mark.parametrize("which", ["frozen", "trained"])
+def test_stylize_alpha(setup, which):
+  s = setup
+  m, p = s[which], s[f"p_{which}"]
+  fc = enc_apply({"params": s["vgg"]}, s["content"])["r41"]
+  fs = enc_apply({"params": s["vgg"]}, s["style"])["r41"]
+  stylize = jax.jit(m.stylize)
+  out0 = stylize(p, s["vgg"], s["content"], s["style"], jnp.float32(0.0))
+  np.testing.assert_allclose(out0, dec_apply({"params": p["decoder"]}, fc), rtol=1e-5, atol=1e-6)
+  out1 = stylize(p, s["vgg"], s["content"], s["style"], jnp.float32(1.0))
+  expected = dec_apply({"params": p["decoder"]}, jnp.asarray(_np_adain(fc, fs), jnp.float32))
+  assert out1.shape == (2, 32, 32, 3) and out1.dtype == jnp.float32
+  np.testing.assert_allclose(out1, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_loss_is_float32_and_close(setup):
+  s = setup
+  m = adain.AdaIN(_config(dtype="bfloat16"))
+  loss, metrics = jax.jit(m.loss)(s["p_frozen"], s["vgg"], s["content"], s["style"], jax.random.key(0))
+  ref, _ = s["loss_frozen"](s["p_frozen"], s["vgg"], s["content"], s["style"], jax.random.key(0))
+  assert loss.dtype == metrics["style"].dtype == jnp.float32
+  np.testing.assert_allclose(loss, ref, rtol=0.1)
