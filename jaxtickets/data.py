@@ -362,7 +362,7 @@ def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise UserError(
         f'The global batch size {global_batch_size} must be a positive multiple of the'
-        f' {process_count} processes: change the batch size in the config.')
+        f' {process_count} processes: change config.train.batch_size.')
   if not 0 <= process_index < process_count:
     raise UserError(f'process_index={process_index} is not in [0, {process_count}).')
   data = config.data

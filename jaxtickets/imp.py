@@ -134,7 +134,7 @@ def load_or_init_vgg(config, model, key):
 def initial_params(s: Setup):
   """theta_0, saved once so that a restarted run rewinds to exactly the same weights."""
   path = os.path.join(s.workdir, "init", "theta_0")
-  if checkpoint.ticket_exists(path) or os.path.isdir(path):
+  if checkpoint.params_exist(path):
     return checkpoint.load_params(path)
   theta_0 = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 0), jax.device_get(s.vgg_params)))
   checkpoint.save_params(path, theta_0)
