@@ -1,6 +1,5 @@
 """Train state, optimizer, learning-rate schedule and the jitted, data-parallel, masked train step."""
 
-import functools
 import time
 from typing import Any, Callable, Iterator
 
@@ -34,7 +33,8 @@ def create_state(params, masks, step: int, tx, mesh) -> TrainState:
   """A fresh state: masked params and a fresh optimizer, replicated over the mesh."""
   params = jax.tree.map(lambda p, m: np.where(m, p, 0).astype(p.dtype), jax.device_get(params), jax.device_get(masks))
   params = parallel.replicate(params, mesh)
-  opt_state = jax.jit(tx.init)(params)
+  # The same sharding as the step's outputs, or the second step would compile again.
+  opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params)
   return TrainState(step=parallel.replicate(np.int32(step), mesh), params=params, opt_state=opt_state)
 
 
@@ -67,7 +67,7 @@ def train(step_fn, state, masks, vgg_params, batches: Iterator, end_step: int, k
           label: str = "", on_step: Callable | None = None, log: Callable = print) -> TrainState:
   """Runs the step from state.step to end_step; the host syncs only at log intervals."""
   start = int(jax.device_get(state.step))
-  t0, last_t, last_step = time.perf_counter(), time.perf_counter(), start
+  last_t, last_step = time.perf_counter(), start
   for i in range(start, end_step):
     batch = parallel.shard_batch(next(batches), mesh)
     state, metrics = step_fn(state, masks, vgg_params, batch, key)
@@ -88,7 +88,6 @@ def train(step_fn, state, masks, vgg_params, batches: Iterator, end_step: int, k
         raise UserError(f"The loss became non-finite at step {done} of {label.strip()}: lower config.train.lr, "
                         "or check the data and the VGG weights.")
       last_t, last_step = now, done
-  del t0
   return state
 
 
