@@ -125,7 +125,7 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   need(is_int(i.rounds) and i.rounds >= 0, "imp.rounds", i.rounds, "use an integer >= 0 (0 trains the dense network only)")
   need(is_num(i.target_sparsity) and 0 <= i.target_sparsity < 1, "imp.target_sparsity", i.target_sparsity,
        "use a fraction in [0, 1); 0 turns the early stop off")
-  if is_int(t.steps) and not (is_int(i.rewind_step) and 0 <= i.rewind_step < t.steps):
+  if is_int(t.steps) and t.steps > 0 and not (is_int(i.rewind_step) and 0 <= i.rewind_step < t.steps):
     p.append(f"config.imp.rewind_step = {i.rewind_step!r} is not allowed: use an integer in [0, train.steps = {t.steps}).")
   for b in split_list(i.branches):
     need(b in BRANCHES, "imp.branches", b, f"choose from {', '.join(BRANCHES)}")

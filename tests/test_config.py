@@ -67,7 +67,7 @@ def test_all_problems_are_listed_together():
 def test_paper_config_without_data_names_the_fields_and_the_demo():
   c = demo()
   c.data.content = c.data.style = ""
-  with pytest.raises(UserError, match=r"set config.data.content and config.data.style .* configs/adain.py:demo"):
+  with pytest.raises(UserError, match=r"set config.data.content and config.data.style .*configs/adain.py:demo"):
     config_lib.validate(c)
 
 

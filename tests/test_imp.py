@@ -109,3 +109,33 @@ def test_rerun_skips_finished_rounds(run_dir, capsys):
   imp.run(config, workdir)
   out = capsys.readouterr().out
   assert "already done" in out and "step 1/3" not in out
+
+
+def test_rewind_to_step_k_restores_theta_k_and_restarts_the_schedule(tmp_path, capsys):
+  config = tiny_config(imp__rounds=1, imp__rewind_step=2, train__steps=4)
+  imp.run(config, str(tmp_path))
+  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "theta_0"))
+  theta_k = checkpoint.load_params(os.path.join(tmp_path, "init", "theta_2"))
+  t1 = load_ticket(os.path.join(tmp_path, "tickets", "imp", "round_01"))
+  for a, b, a0 in zip(jax.tree.leaves(t1.rewind_params), jax.tree.leaves(theta_k), jax.tree.leaves(theta_0)):
+    np.testing.assert_array_equal(a, b)
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(theta_k), jax.tree.leaves(theta_0)))
+  assert t1.metrics["steps"] == 2  # steps k..T of the schedule
+  assert "[imp round 1] step 3/4" in capsys.readouterr().out
+
+
+def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
+  from jaxtickets import weights
+  from jaxtickets.models import get_model
+
+  config = tiny_config(imp__rounds=0, train__steps=1)
+  model = get_model("adain")(config.model)
+  vgg = jax.device_get(model.init_vgg(jax.random.PRNGKey(42)))
+  vgg = jax.tree.map(lambda x: np.asarray(x) * 1.5, vgg)  # unlike any seed's random init
+  path = str(tmp_path / "vgg.npz")
+  weights.save_vgg_weights(path, vgg)
+  config.model.vgg_weights = path
+  imp.run(config, str(tmp_path / "run"))
+  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "run", "init", "theta_0"))
+  for name, layer in theta_0["encoder"].items():
+    np.testing.assert_array_equal(layer["kernel"], vgg[name]["kernel"])

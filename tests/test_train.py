@@ -71,8 +71,8 @@ def test_step_matches_a_hand_written_adam_step(pieces):
   new, metrics = step_fn(state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh),
                          parallel.shard_batch(batch, mesh), key)
   masked = sparsity.apply_masks(params, masks)
-  grads = jax.grad(lambda p: model.loss(sparsity.apply_masks(p, masks), vgg, batch["content"], batch["style"],
-                                        jax.random.fold_in(key, 3))[0])(masked)
+  grads = jax.jit(jax.grad(lambda p: model.loss(sparsity.apply_masks(p, masks), vgg, batch["content"], batch["style"],
+                                        jax.random.fold_in(key, 3))[0]))(masked)
   lr = config.train.lr / (1 + config.train.lr_decay * 3)
   assert float(metrics["lr"]) == pytest.approx(lr)
   for p, g, m, got in zip(jax.tree.leaves(masked), jax.tree.leaves(grads), jax.tree.leaves(masks),
