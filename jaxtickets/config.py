@@ -24,8 +24,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.train_encoder = True  # the paper's finding 1: training the VGG encoder too beats keeping it fixed
   c.model.dtype = "float32"
   c.model.vgg_weights = ""  # Flax-format VGG file; empty = random weights (results not meaningful)
-  c.model.content_weight = 1.0
-  c.model.style_weight = 10.0
+  # Loss weights are fields named '<loss>_weight' (content_weight, style_weight, identity1_weight, ...); each
+  # configs/<model>.py sets its model's, and a model falls back to the reference's value for any not set.
 
   c.data = ml_collections.ConfigDict()
   c.data.content = ""  # a folder, 'tfds:NAME:SPLIT' or 'demo'
@@ -43,7 +43,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 8
   c.train.steps = 160_000  # per round
   c.train.lr = 1e-4
-  c.train.lr_decay = 5e-5  # lr_i = lr / (1 + lr_decay * i)
+  c.train.schedule = "inverse"  # 'inverse': lr / (1 + lr_decay * i); 'epoch_step': see train.learning_rate
+  c.train.lr_decay = 5e-5
+  c.train.epoch_steps = 10_000  # 'epoch_step' only: iterations per epoch
+  c.train.lr_constant_epochs = 2  # 'epoch_step' only: epochs at the full lr
+  c.train.lr_epoch_factor = 0.3  # 'epoch_step' only: lr multiplier per later epoch
   c.train.log_every = 100
 
   c.sparsity = ml_collections.ConfigDict()
@@ -96,7 +100,7 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   need(m.name in model_names, "model.name", m.name, f"choose one of {', '.join(model_names)}")
   need(is_num(m.width) and m.width > 0, "model.width", m.width, "use a positive channel multiplier (1.0 = the paper's width)")
   need(m.dtype in DTYPES, "model.dtype", m.dtype, f"choose one of {', '.join(DTYPES)}")
-  for f in ("content_weight", "style_weight"):
+  for f in sorted(k for k in m.keys() if k.endswith("_weight")):
     need(is_num(m[f]) and m[f] >= 0, f"model.{f}", m[f], "use a non-negative number")
   if m.vgg_weights and not os.path.exists(m.vgg_weights):
     p.append(f"config.model.vgg_weights = {m.vgg_weights!r} does not exist: point it at a Flax-format VGG file "
@@ -113,6 +117,14 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
     need(is_int(t[f]) and t[f] > 0, f"train.{f}", t[f], "use a positive integer")
   need(is_num(t.lr) and t.lr > 0, "train.lr", t.lr, "use a positive learning rate")
   need(is_num(t.lr_decay) and t.lr_decay >= 0, "train.lr_decay", t.lr_decay, "use a non-negative number")
+  from jaxtickets.train import SCHEDULES
+  need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"choose one of {', '.join(SCHEDULES)}")
+  if t.schedule == "epoch_step":
+    need(is_int(t.epoch_steps) and t.epoch_steps > 0, "train.epoch_steps", t.epoch_steps, "use a positive integer")
+    need(is_int(t.lr_constant_epochs) and t.lr_constant_epochs >= 0, "train.lr_constant_epochs",
+         t.lr_constant_epochs, "use an integer >= 0")
+    need(is_num(t.lr_epoch_factor) and 0 < t.lr_epoch_factor <= 1, "train.lr_epoch_factor", t.lr_epoch_factor,
+         "use a factor in (0, 1]")
   scope = split_list(s.scope)
   need(bool(scope), "sparsity.scope", s.scope, f"name at least one of {', '.join(SCOPE_GROUPS)} or a glob like 'decoder/conv3_*'")
   for pattern in scope:

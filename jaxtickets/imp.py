@@ -81,7 +81,9 @@ def run(config, workdir: str) -> list[dict]:
         masks = sparsity.random_prune_like(imp_ticket.masks, s.prunable, seed=config.seed * 1009 + r)
       elif branch == "random_reinit":
         if reinit is None:
-          reinit = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 2), jax.device_get(s.vgg_params)))
+          fresh = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 2), jax.device_get(s.vgg_params)))
+          # Only trained groups are re-drawn; frozen (pre-trained) groups keep theta_k's values.
+          reinit = {g: (fresh[g] if g in s.model.trained_groups else v) for g, v in theta_k.items()}
         masks, init = imp_ticket.masks, reinit
       else:  # oneshot
         target = imp_ticket.sparsity["prunable"]["sparsity"]
@@ -107,10 +109,12 @@ def setup(config, workdir: str) -> Setup:
   tx = train.make_optimizer()
   shapes = jax.eval_shape(model.init, root_key, vgg_params)
   prunable = sparsity.prunable_leaves(shapes, config_lib.split_list(config.sparsity.scope), allow_missing_groups=True)
+  # Frozen groups (e.g. LST's pre-trained decoder) are never pruned: they are not trained to recover.
+  prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
   if not any(jax.tree.leaves(prunable)):
     from jaxtickets.errors import UserError
     raise UserError(f"config.sparsity.scope = {config.sparsity.scope!r} selects no trained kernel of {model.name} "
-                    f"(trained groups: {', '.join(shapes)}): add a trained group to the scope.")
+                    f"(trained groups: {', '.join(model.trained_groups)}): add a trained group to the scope.")
   dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count())
   pairs = data.eval_pairs(config)
   return Setup(config=config, workdir=workdir, model=model, vgg_params=parallel.replicate(vgg_params, mesh),
@@ -159,7 +163,7 @@ def run_round(s: Setup, branch: str, round_: int, init_params, masks, *, start_s
   log(f"[{branch} round {round_}] sparsity {report['prunable']['sparsity']:.4f} of prunable weights, "
       f"{report['total']['sparsity']:.4f} of all; training steps {start_step}..{cfg.train.steps}")
 
-  state = train.create_state(init_params, masks, start_step, s.tx, s.mesh)
+  state = train.create_state(init_params, masks, start_step, s.tx, s.mesh, s.model.trained_groups)
   device_masks = parallel.replicate(masks, s.mesh)
   key = jax.random.fold_in(s.root_key, 3)
   batches = data.make_train_iterator(s.dataset, start_step=start_step, num_threads=cfg.data.num_threads,

@@ -67,9 +67,9 @@ def _hand_loss(enc, dec, vgg, content, style, target_from_encoder=False):
 
 
 def test_registry():
-  assert model_names() == ("adain",)
+  assert model_names() == ("adain", "sanet", "lst", "manet", "adaattn", "mccnet")
   assert get_model("adain") is adain.AdaIN is adain.Model
-  with pytest.raises(UserError, match=re.escape("Unknown model 'foo': choose one of adain.")):
+  with pytest.raises(UserError, match=re.escape("Unknown model 'foo': choose one of adain, sanet, lst,")):
     get_model("foo")
 
 

@@ -8,6 +8,11 @@ from jaxtickets.models.base import StyleModel
 # Adding a model = one new module with a `Model` class + one line here.
 _MODELS = {
     "adain": "jaxtickets.models.adain",
+    "sanet": "jaxtickets.models.sanet",
+    "lst": "jaxtickets.models.lst",
+    "manet": "jaxtickets.models.manet",
+    "adaattn": "jaxtickets.models.adaattn",
+    "mccnet": "jaxtickets.models.mccnet",
 }
 
 

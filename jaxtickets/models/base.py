@@ -21,8 +21,10 @@ def _field(config: Any, name: str, default: Any) -> Any:
 class StyleModel:
   """A style-transfer model: pure, jittable functions of explicit params; the object holds only settings.
 
-  Params come in two trees: `params` (trainable, top-level keys = `groups`) and `vgg_params` (the frozen loss
-  VGG up to `loss_depth`). When `train_encoder` is False the stylizing encoder reads `vgg_params`.
+  Params come in two trees: `params` (top-level keys = `groups`, each one of 'encoder', 'decoder', 'transform')
+  and `vgg_params` (the frozen loss VGG up to `loss_depth`). When `train_encoder` is False the stylizing encoder
+  reads `vgg_params`. Only `trained_groups` (default: all of `groups`) get gradients and can be pruned; the others
+  (e.g. LST's pre-trained decoder) ride along in `params` unchanged.
   """
   name: str = ""
   divisor: int = 1
@@ -47,6 +49,11 @@ class StyleModel:
     self.vgg = vgg_lib.VGGEncoder(depth=self.loss_depth, width=self.width, dtype=self.dtype)
     self.encoder = vgg_lib.VGGEncoder(depth=self.encoder_depth, width=self.width, dtype=self.dtype)
 
+  @property
+  def trained_groups(self) -> tuple[str, ...]:
+    """The groups the optimizer updates (and pruning may touch)."""
+    return tuple(self.groups)
+
   def init_vgg(self, rng: jax.Array) -> dict:
     """Random VGG params up to `loss_depth` (the stand-in when no pretrained weights are loaded)."""
     x = jnp.zeros((1, 16, 16, 3), jnp.float32)
@@ -70,6 +77,25 @@ class StyleModel:
               alpha: float = 1.0) -> jax.Array:
     """Stylizes NHWC float images in [0,1]; returns the unclamped float32 NHWC output."""
     raise NotImplementedError
+
+  def stylize_any_size(self, params: dict, vgg_params: dict, content: jax.Array, style: jax.Array,
+                       alpha: float = 1.0) -> jax.Array:
+    """`stylize` for any image sizes: reflect-pads both images up to multiples of `divisor` and crops the output
+    back to the content's size (the reference code would fail on such sizes)."""
+    def pad(x):
+      h, w = x.shape[1:3]
+      ph, pw = -h % self.divisor, -w % self.divisor
+      if not (ph or pw):
+        return x
+      if min(h, w) < 2:
+        raise UserError(f"An image of {h}x{w} pixels is too small to stylize: use images at least 2 pixels a side.")
+      # Reflection needs pad < side; repeat it for tiny images (edge mode beyond that).
+      mode = "reflect" if ph < h and pw < w else "edge"
+      return jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+
+    h, w = content.shape[1:3]
+    out = self.stylize(params, vgg_params, pad(content), pad(style), alpha)
+    return out[:, :h, :w]
 
   def loss(self, params: dict, vgg_params: dict, content: jax.Array, style: jax.Array,
            rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

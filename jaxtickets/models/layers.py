@@ -81,6 +81,13 @@ def mean_std(x: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.sqrt(var + eps)
 
 
+def normalize(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """(x - mean) / sqrt(unbiased var + eps) per sample and channel (the reference's `norm` /
+  `mean_variance_norm`), in float32."""
+  mean, std = mean_std(x, eps)
+  return (x.astype(jnp.float32) - mean) / std
+
+
 def adain(content: jax.Array, style: jax.Array, eps: float = 1e-5) -> jax.Array:
   """Adaptive instance normalisation: gives `content` the channel mean/std of `style` (in content's dtype)."""
   mc, sc = mean_std(content, eps)
