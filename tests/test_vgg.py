@@ -94,3 +94,39 @@ def test_random_init_keeps_deep_taps_alive(params):
   x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3))
   taps = APPLY({"params": params}, x)
   assert float(jnp.std(taps["r51"])) > 0.05 * float(jnp.std(taps["r11"]))
+
+
+@pytest.mark.parametrize("h,w", [(5, 7), (4, 6), (3, 2)])
+def test_max_pool_floor_drops_odd_edges(h, w):
+  x = np.random.default_rng(h * w).normal(size=(2, h, w, 3))
+  expected = np.empty((2, h // 2, w // 2, 3))
+  for i in range(h // 2):
+    for j in range(w // 2):
+      expected[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max(axis=(1, 2))
+  np.testing.assert_array_equal(vgg.max_pool_floor(jnp.asarray(x, jnp.float32)), expected.astype(np.float32))
+
+
+def test_floor_pool_encoder_shapes_and_default_is_ceil(params):
+  assert vgg.VGGEncoder().ceil_pool
+  x = jax.random.uniform(jax.random.key(5), (1, 35, 35, 3))
+  floor = jax.jit(vgg.VGGEncoder("r51", width=1 / 16, ceil_pool=False).apply)({"params": params}, x)
+  assert [floor[t].shape[1] for t in vgg.TAPS] == [35, 17, 8, 4, 2]
+  ceil = APPLY({"params": params}, x)
+  assert [ceil[t].shape[1] for t in vgg.TAPS] == [35, 18, 9, 5, 3]
+  np.testing.assert_array_equal(floor["r11"], ceil["r11"])
+  # At even sizes floor and ceil pooling agree exactly.
+  x = x[:, :32, :32]
+  a = jax.jit(vgg.VGGEncoder("r41", width=1 / 16, ceil_pool=False).apply)({"params": vgg.truncate(params, "r41")}, x)
+  np.testing.assert_array_equal(a["r41"], APPLY({"params": params}, x)["r41"])
+
+
+def test_r21_floor_pool_matches_numpy(params):
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), vgg.truncate(params, "r21"))
+  x = np.random.default_rng(1).uniform(size=(1, 7, 9, 3))
+  relu = lambda a: np.maximum(a, 0.0)
+  h = np.einsum("bhwc,co->bhwo", x, p["conv0"]["kernel"][0, 0]) + p["conv0"]["bias"]
+  h = relu(_np_conv(relu(_np_conv(h, **p["conv1_1"])), **p["conv1_2"]))
+  h = h[:, :6, :8].reshape(1, 3, 2, 4, 2, h.shape[-1]).max(axis=(2, 4))  # floor: the last row/column is dropped
+  r21 = relu(_np_conv(h, **p["conv2_1"]))
+  taps = vgg.VGGEncoder("r21", width=1 / 16, ceil_pool=False).apply({"params": p}, jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(taps["r21"], r21, rtol=1e-4, atol=1e-5)

@@ -49,11 +49,22 @@ def truncate(vgg_params: dict, depth: str) -> dict:
   return {n: vgg_params[n] for n in names}
 
 
+def max_pool_floor(x: jax.Array) -> jax.Array:
+  """2x2 stride-2 max pool with PyTorch's default floor mode: an odd last row/column is dropped."""
+  b, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class VGGEncoder(nn.Module):
-  """VGG19 (vgg_normalised layout) up to `depth`; returns the ReLU taps {"r11": ..., ..., depth}."""
+  """VGG19 (vgg_normalised layout) up to `depth`; returns the ReLU taps {"r11": ..., ..., depth}.
+
+  `ceil_pool` False pools in floor mode, as LST's WCT-style encoders do (the same at even sizes).
+  """
   depth: str = "r41"
   width: float = 1.0
   dtype: Any = jnp.float32
+  ceil_pool: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -63,7 +74,7 @@ class VGGEncoder(nn.Module):
     taps = {}
     for b, (n, c) in enumerate(_BLOCKS[:last + 1]):
       if b:
-        x = layers.max_pool_ceil(x)
+        x = layers.max_pool_ceil(x) if self.ceil_pool else max_pool_floor(x)
       for i in range(n if b < last else 1):
         x = layers.ReflectConv(channels(c, self.width), dtype=self.dtype, kernel_init=vgg_init,
                                name=f"conv{b + 1}_{i + 1}")(x)
