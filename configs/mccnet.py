@@ -1,0 +1,64 @@
+"""MCCNet (Deng et al., AAAI 2021) ticket search.
+
+'' (default): the reference's scale (diyiiyiii/MCCNet train.py): batch 8, 256 px crops of 512x512 resizes,
+              160k iterations per round at lr 1e-4 / (1 + 5e-5 i), loss weights content 3, style 10, identity1 70,
+              identity2 1, noise 3000, TV 1e-4 (a raw sum over the batch, as the reference); 10 rounds of 20%
+              global pruning over encoder, decoder and the MCC transform.
+'demo':       the embedded demo: full width, scikit-image's photographs and textures, 64 px crops,
+              4 rounds (dense + 3 pruned, 48.8% sparsity) of 15 steps plus the random-pruning baseline. An MCCNet
+              step costs ~2.8x an AdaIN one (measured: 4.9 vs 1.8 CPU-seconds; four decoder passes and the VGG
+              to r51 on five image batches), hence 105 steps in all against configs/adain.py:demo's 360, to stay
+              under ~10 minutes on a 2-core laptop CPU.
+
+Departures from the reference:
+- model.mcc_eps (default 1e-5): the MCC weight w = sum_n G^2 / sum_n G divides by a sum that equals N times g's
+  bias and has no eps in the reference, so it blows up (NaN at 0) as a bias nears 0. The default keeps the
+  denominator's sign and floors its magnitude at mcc_eps per position (see jaxtickets/models/mccnet.py);
+  --config.model.mcc_eps=0.0 reproduces the reference's bare division exactly.
+- Not reproduced (no switch): the reference computes its losses inside nn.DataParallel on 2 GPUs and sums the
+  replicas, so its objective is the sum of two half-batch means (TV: two half-batch sums), about 2x ours. Here
+  every term is one mean (TV one sum) over the whole batch; Adam is nearly invariant to that scale.
+- The transform has no `h` conv (defined but unused by the reference's forward pass): 1,050,624 parameters, not
+  1,313,280. Its g conv starts from PyTorch's default bias init (the denominator above is N * bias).
+"""
+
+from jaxtickets import config as config_lib
+
+
+def get_config(arg: str = ""):
+  c = config_lib.default_config()
+  c.model.name = "mccnet"
+  c.model.content_weight = 3.0
+  c.model.style_weight = 10.0
+  c.model.identity1_weight = 70.0
+  c.model.identity2_weight = 1.0
+  c.model.noise_weight = 3000.0
+  c.model.tv_weight = 1e-4  # the reference writes 10e-5
+  c.model.mcc_eps = 1e-5  # 0.0 = the reference's division without eps
+  c.train.lr = 1e-4
+  c.train.schedule = "inverse"
+  c.train.lr_decay = 5e-5
+  c.train.batch_size = 8
+  c.train.steps = 160_000
+  c.data.load_size = 512
+  c.data.crop_size = 256
+  c.sparsity.scope = "encoder,decoder,transform"
+  c.imp.rounds = 10
+  if arg == "demo":
+    c.data.content = "demo"
+    c.data.style = "demo"
+    c.data.eval_content = "demo"
+    c.data.eval_style = "demo"
+    c.data.load_size = 96
+    c.data.crop_size = 64
+    c.train.batch_size = 4
+    c.train.steps = 15
+    c.train.lr = 2e-4  # a few dozen steps per round need a faster start than the reference's 1e-4
+    c.train.log_every = 10
+    c.imp.rounds = 3
+    c.imp.branches = "imp,random_prune"
+    c.eval.num_pairs = 4
+    c.eval.batch_size = 4
+  elif arg:
+    raise ValueError(f"Unknown variant {arg!r} of configs/mccnet.py: use '' (paper scale) or 'demo'.")
+  return c
