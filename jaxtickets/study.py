@@ -1,0 +1,306 @@
+"""The paper's comparisons as one job: python -m jaxtickets.study --config=configs/study_adain.py[:demo].
+
+For every model in config.models, sub-runs (each an imp.run in WORKDIR/<model>/<run>) on top of the model's
+own config (configs/<model>.py:<config.variant>, then config.overrides):
+  reference        the model's config, IMP plus the baselines (finding 2: IMP vs random pruning/reinit, one-shot)
+  encoder_fixed    the other choice of model.train_encoder (finding 1: training the encoder beats fixing it)
+  transform_dense  the scope without the transform group, or transform_pruned with it (finding 3), only for
+                   models that have transform parameters
+Then WORKDIR/study.md and WORKDIR/study.png compare them (finding 4: tickets for every model). imp.run skips
+finished tickets, so running the same command again resumes.
+"""
+
+import ast
+import copy
+import dataclasses
+import importlib.util
+import os
+import sys
+
+from absl import app, flags
+import jax
+import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
+
+from jaxtickets import config as config_lib, imp
+from jaxtickets.errors import UserError
+
+COMPARISONS = ("encoder", "transform", "baselines")
+_TITLES = {"encoder": "Finding 1: encoder trained vs fixed", "baselines": "Finding 2: IMP vs baselines",
+           "transform": "Finding 3: transform pruned vs not"}
+
+
+@dataclasses.dataclass
+class SubRun:
+  model: str
+  name: str
+  config: ml_collections.ConfigDict
+  workdir: str
+
+
+def configs_dir(study_config) -> str:
+  """Where configs/<model>.py live: config.configs_dir, else the repository's configs/ folder."""
+  if study_config.get("configs_dir"):
+    return study_config.configs_dir
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def model_config(name: str, variant: str, folder: str) -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(variant)."""
+  path = os.path.join(folder, f"{name}.py")
+  if not os.path.isfile(path):
+    raise UserError(f"The study needs '{path}' for model {name!r}: write it, or set config.configs_dir.")
+  spec = importlib.util.spec_from_file_location(f"_study_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  try:
+    return module.get_config(variant)
+  except ValueError as e:
+    raise UserError(f"'{path}' has no variant {variant!r} ({e}); set config.variant.") from None
+
+
+def parse_overrides(text: str) -> list[tuple[str, object]]:
+  """'train.steps=6; sparsity.scope=decoder,transform' -> [('train.steps', 6), ('sparsity.scope', '...')]."""
+  out = []
+  for item in (text or "").split(";"):
+    if not item.strip():
+      continue
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+      raise UserError(f"config.overrides has {item.strip()!r}: write 'section.field=value' entries separated by "
+                      "';', e.g. 'train.steps=100; imp.rounds=2'.")
+    try:
+      value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+      value = raw.strip()  # a plain string such as a scope or a path
+    out.append((key.strip(), value))
+  return out
+
+
+def apply_overrides(config, text: str) -> None:
+  """Sets every 'section.field=value' of `text` in `config`; unknown fields and wrong types are UserErrors."""
+  for key, value in parse_overrides(text):
+    *sections, field = key.split(".")
+    try:
+      node = config
+      for section in sections:
+        node = node[section]
+      if field not in node:
+        raise KeyError(field)
+      node[field] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise UserError(f"config.overrides sets {key} = {value!r}, which the model config does not take "
+                      f"({type(e).__name__}: {e}); fix or remove it.") from None
+
+
+def _has_transform(config) -> bool:
+  from jaxtickets.models import get_model
+
+  return "transform" in get_model(config.model.name)(config.model).groups
+
+
+def plan(study_config, workdir: str) -> tuple[list[SubRun], list[str]]:
+  """The sub-runs of the study and notes on comparisons that do not apply."""
+  comparisons = config_lib.split_list(study_config.comparisons)
+  bad = [c for c in comparisons if c not in COMPARISONS]
+  if bad:
+    raise UserError(f"config.comparisons names {bad[0]!r}: choose from {', '.join(COMPARISONS)}.")
+  models = config_lib.split_list(study_config.models)
+  if not models:
+    raise UserError("config.models is empty: name at least one model, e.g. 'adain'.")
+  runs, notes = [], []
+  for name in models:
+    base = model_config(name, study_config.variant, configs_dir(study_config))
+    base.model.name = name
+    apply_overrides(base, study_config.overrides)
+    ref = copy.deepcopy(base)
+    baselines = config_lib.split_list(study_config.baselines) if "baselines" in comparisons else []
+    ref.imp.branches = ",".join(["imp"] + baselines)
+    out = [("reference", ref)]
+    if "encoder" in comparisons:
+      alt = copy.deepcopy(base)
+      alt.model.train_encoder = not base.model.train_encoder
+      alt.imp.branches = "imp"
+      out.append(("encoder_fixed" if base.model.train_encoder else "encoder_trained", alt))
+    if "transform" in comparisons:
+      if not _has_transform(base):
+        notes.append(f"{name} has no transform parameters (its feature transformation is parameter-free), so "
+                     "finding 3 does not apply to it.")
+      else:
+        scope = config_lib.split_list(base.sparsity.scope)
+        rest = [p for p in scope if p.strip("/").split("/")[0] != "transform"]
+        alt = copy.deepcopy(base)
+        alt.imp.branches = "imp"
+        alt.sparsity.scope = ",".join(rest if rest != scope else scope + ["transform"])
+        if rest:
+          out.append(("transform_dense" if rest != scope else "transform_pruned", alt))
+        else:
+          notes.append(f"{name}'s scope prunes only the transform, so there is no run without it.")
+    runs += [SubRun(name, run, cfg, os.path.join(workdir, name, run)) for run, cfg in out]
+  return runs, notes
+
+
+def run(study_config, workdir: str, *, reports: bool | None = None) -> str | None:
+  """Runs (or resumes) every sub-run, then writes study.md and study.png; returns study.md's path."""
+  runs, notes = plan(study_config, workdir)
+  reports = study_config.get("reports", True) if reports is None else reports
+  for i, sub in enumerate(runs, start=1):
+    imp.log(f"=== study {i}/{len(runs)}: {sub.model} / {sub.name} -> {sub.workdir}")
+    imp.run(sub.config, sub.workdir)
+    if reports:
+      from jaxtickets import report
+
+      report.write_report(sub.workdir, sub.config)
+  if jax.process_index() != 0:
+    return None
+  results = {(s.model, s.name): imp.collect_rows(s.workdir) for s in runs}
+  plot_study(runs, results, os.path.join(workdir, "study.png"))
+  path = os.path.join(workdir, "study.md")
+  with open(path + ".tmp", "w") as f:
+    f.write(format_study(study_config, runs, results, notes, reports))
+  os.replace(path + ".tmp", path)
+  imp.log(f"Study report: {path}")
+  return path
+
+
+def _best(rows, branch="imp"):
+  return imp.highest_matching(rows).get(branch)
+
+
+def _dense(rows):
+  return next((r for r in rows if r["branch"] == "imp" and r["round"] == 0), None)
+
+
+def _sp(row) -> str:
+  return "none" if row is None else f"{row['sparsity_prunable']:.4f} (round {row['round']})"
+
+
+def _table(header, lines) -> list[str]:
+  return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+      "| " + " | ".join(str(c) for c in line) + " |" for line in lines]
+
+
+def _panels(runs) -> list[tuple[str, str, list[tuple[str, str]]]]:
+  """(model, comparison, [(run, branch), ...]) for each panel of the combined figure."""
+  panels = []
+  for model in dict.fromkeys(s.model for s in runs):
+    names = [s.name for s in runs if s.model == model]
+    ref = next(s for s in runs if s.model == model and s.name == "reference")
+    mine = [(model, "baselines", [("reference", b) for b in config_lib.branches(ref.config)])]
+    for comp in ("encoder", "transform"):
+      alt = [n for n in names if n.startswith(comp)]
+      if alt:
+        mine.append((model, comp, [("reference", "imp")] + [(n, "imp") for n in alt]))
+    panels += mine
+  return panels
+
+
+def plot_study(runs, results, path: str) -> None:
+  """One panel per model and comparison: total loss vs its run's dense (%) against sparsity."""
+  panels = _panels(runs)
+  models = list(dict.fromkeys(s.model for s in runs))
+  cols = max(1, max((sum(p[0] == m for p in panels) for m in models), default=1))
+  fig = Figure(figsize=(5 * cols, 3.8 * len(models)), layout="constrained")
+  axes = np.asarray(fig.subplots(len(models), cols, squeeze=False))
+  for ax in axes.flat:
+    ax.set_visible(False)
+  for model_i, model in enumerate(models):
+    for j, (_, comp, lines) in enumerate(p for p in panels if p[0] == model):
+      ax = axes[model_i, j]
+      ax.set_visible(True)
+      cfg = next(s.config for s in runs if s.model == model)
+      tol = 100 * cfg.imp.match_tolerance
+      ax.axhspan(-tol, tol, color="0.85", label=f"dense ± {tol:.1f}%")
+      for run_name, branch in lines:
+        rows = [r for r in results[(model, run_name)] if r["branch"] in (branch, "imp") and
+                (r["branch"] == branch or r["round"] == 0)]
+        rows.sort(key=lambda r: r["round"])
+        label = branch if comp == "baselines" else f"{run_name} ({branch})"
+        ax.plot([100 * r["sparsity_prunable"] for r in rows], [100 * r["relative_to_dense"] for r in rows], "o-",
+                ms=4, label=label)
+      ax.set_title(f"{model}: {_TITLES[comp]}", fontsize=10)
+      ax.set_xlabel("sparsity of the prunable weights (%)")
+      ax.set_ylabel("total loss vs its dense run (%)")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+  fig.savefig(path, dpi=100)
+
+
+def format_study(study_config, runs, results, notes, reports: bool) -> str:
+  """study.md: the sub-runs, one table per finding, the combined figure."""
+  text = [f"# Study: {study_config.models}", "",
+          f"Variant {study_config.variant!r} of each configs/<model>.py, overrides "
+          f"`{study_config.overrides or 'none'}`. Matching = total held-out loss at most match_tolerance above the "
+          "run's own dense network.", "", "## Runs", ""]
+  lines = []
+  for s in runs:
+    rows = results[(s.model, s.name)]
+    done = max((r["round"] for r in rows if r["branch"] == "imp"), default=-1)
+    dense = _dense(rows)
+    link = f"[report]({s.model}/{s.name}/report.md)" if reports else f"`{s.workdir}`"
+    encoder = "trained" if s.config.model.train_encoder else "fixed"
+    lines.append([s.model, s.name, encoder, f"`{s.config.sparsity.scope}`", s.config.imp.branches, f"{done} of {s.config.imp.rounds}",
+                  f"{dense['total']:.6g}" if dense else "-", link])
+  text += _table(["model", "run", "encoder", "scope", "branches", "pruned rounds", "dense total", "details"], lines)
+  by = {(s.model, s.name): s for s in runs}
+  models = list(dict.fromkeys(s.model for s in runs))
+  for comp in ("encoder", "transform"):
+    lines = []
+    for m in models:
+      alts = [n for (mm, n) in by if mm == m and n.startswith(comp)]
+      for name in (["reference"] + alts) if alts else []:
+        s, rows = by[(m, name)], results[(m, name)]
+        if comp == "encoder":
+          state = "trained" if s.config.model.train_encoder else "fixed"
+        else:
+          state = "pruned" if "transform" in s.config.sparsity.scope else "not pruned"
+        dense = _dense(rows)
+        lines.append([m, name, state, f"{dense['total']:.6g}" if dense else "-", _sp(_best(rows))])
+    if lines:
+      text += ["", f"## {_TITLES[comp]}", ""]
+      text += _table(["model", "run", comp, "dense total", "highest matching sparsity (IMP)"], lines)
+  lines = []
+  for m in models:
+    rows = results[(m, "reference")]
+    for branch, best in imp.highest_matching(rows).items():
+      lines.append([m, branch, _sp(best)])
+  if lines:
+    text += ["", f"## {_TITLES['baselines']}", ""]
+    text += _table(["model", "branch", "highest matching sparsity"], lines)
+  text += ["", "## Finding 4: tickets in every model", ""]
+  text += _table(["model", "highest matching sparsity (IMP, reference run)"],
+                 [[m, _sp(_best(results[(m, "reference")]))] for m in models])
+  text += ["", "## Figure", "", "![study](study.png)", ""]
+  text += [f"- {n}" for n in notes]
+  return "\n".join(text) + "\n"
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string("workdir", None, "Where the sub-runs and study.md go (default: config.workdir).")
+  config_flags.DEFINE_config_file("config", None, "A study config, e.g. configs/study_adain.py or "
+                                  "configs/study_adain.py:demo.", lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  config = FLAGS.config
+  if config is None:
+    sys.exit("error: pass a study config: python -m jaxtickets.study --config=configs/study_adain.py:demo")
+  try:
+    path = run(config, FLAGS.workdir or config.workdir)
+  except UserError as e:
+    sys.exit(f"error: {e}")
+  if path:
+    print(f"The study's report is {path}.")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

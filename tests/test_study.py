@@ -1,0 +1,78 @@
+"""The study: its sub-runs and overrides, one combined report, and resuming on a second run."""
+
+import importlib.util
+import os
+
+import pytest
+
+from jaxtickets import imp, study
+from jaxtickets.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("model.width=0.0625; data.load_size=40; data.crop_size=32; train.steps=2; train.batch_size=2; "
+        "train.log_every=1; train.lr=1e-3; imp.rounds=1; eval.num_pairs=2; eval.batch_size=2")
+
+
+def study_config(variant="demo"):
+  spec = importlib.util.spec_from_file_location("study_adain", os.path.join(ROOT, "configs", "study_adain.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def test_plan_has_the_papers_comparisons(tmp_path):
+  c = study_config("")
+  runs, notes = study.plan(c, str(tmp_path))
+  by = {r.name: r for r in runs}
+  assert list(by) == ["reference", "encoder_fixed"]
+  assert by["reference"].config.imp.branches == "imp,random_prune,random_reinit,oneshot"
+  assert by["reference"].config.model.train_encoder and not by["encoder_fixed"].config.model.train_encoder
+  assert by["encoder_fixed"].config.imp.branches == "imp"
+  assert by["reference"].config.train.steps == 160_000  # paper scale: configs/adain.py as it is
+  assert by["encoder_fixed"].workdir == os.path.join(str(tmp_path), "adain", "encoder_fixed")
+  assert any("no transform parameters" in n for n in notes)
+  demo, _ = study.plan(study_config("demo"), str(tmp_path))
+  assert demo[0].config.train.steps == 6 and demo[0].config.model.width == 0.25
+  assert demo[0].config.data.content == "demo"
+
+
+def test_overrides_and_bad_values():
+  assert study.parse_overrides("train.steps=5; sparsity.scope=decoder,transform; model.vgg_weights=''") == [
+      ("train.steps", 5), ("sparsity.scope", "decoder,transform"), ("model.vgg_weights", "")]
+  c = study_config("")
+  c.overrides = "train.stepz=5"
+  with pytest.raises(UserError, match="train.stepz"):
+    study.plan(c, "/tmp/x")
+  c = study_config("")
+  c.comparisons = "encoder,speed"
+  with pytest.raises(UserError, match="'speed'"):
+    study.plan(c, "/tmp/x")
+
+
+def _ticket_times(workdir):
+  out = {}
+  for root, _, files in os.walk(os.path.join(workdir)):
+    if os.path.basename(os.path.dirname(root)) in ("imp", "random_prune") and "_CHECKPOINT_METADATA" in files:
+      out[root] = os.path.getmtime(os.path.join(root, "_CHECKPOINT_METADATA"))
+  return out
+
+
+def test_tiny_study_writes_one_report_and_resumes(tmp_path):
+  c = study_config("demo")
+  c.overrides = TINY
+  c.baselines = "random_prune"
+  c.reports = False
+  path = study.run(c, str(tmp_path))
+  assert path == str(tmp_path / "study.md") and os.path.getsize(tmp_path / "study.png") > 10_000
+  text = open(path).read()
+  for name in ("reference", "encoder_fixed"):
+    rows = imp.collect_rows(str(tmp_path / "adain" / name))
+    assert [(r["branch"], r["round"]) for r in rows] == (
+        [("imp", 0), ("imp", 1)] + ([("random_prune", 1)] if name == "reference" else []))
+    dense = rows[0]["total"]
+    assert f"| adain | {name} | {'trained' if name == 'reference' else 'fixed'} | {dense:.6g} |" in text
+  assert "Finding 1" in text and "Finding 2" in text and "no transform parameters" in text
+  before = _ticket_times(str(tmp_path))
+  assert len(before) == 5
+  study.run(c, str(tmp_path))  # resumes: every ticket is already there, nothing is trained again
+  assert _ticket_times(str(tmp_path)) == before
