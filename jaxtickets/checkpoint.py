@@ -1,4 +1,4 @@
-"""Orbax storage of tickets (masks + rewind and trained weights + JSON reports) and of lone params trees.
+"""Orbax storage of tickets, lone params trees and the running round's train state; the workdir lock.
 
 Every checkpoint here is one Orbax directory written by a `CompositeCheckpointHandler`. Orbax itself makes the
 write atomic: it writes `<path>.orbax-checkpoint-tmp` beside the target and renames it when every item is done,
@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import time
 from typing import Any
 
 from absl import logging as absl_logging
@@ -264,3 +265,187 @@ def load_json(path) -> Any:
     raise UserError(f"No JSON file at '{path}'; check the path (or run the step that writes it).") from None
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
     raise UserError(f"'{path}' is not readable JSON ({err}); delete it and write it again.") from None
+
+
+# ----------------------------------------------------------------------------- workdir lock
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, owned by another user
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`<workdir>/run.lock` holding the owner's PID and host: one run per workdir at a time.
+
+  A lock whose PID is dead on this host (a killed run) is stale and taken over with a warning; a lock held by
+  another host cannot be checked from here, so it is refused with a sentence saying how to clear it.
+  """
+
+  NAME = 'run.lock'
+
+  def __init__(self, workdir, log=print):
+    self.path = os.path.join(os.fspath(workdir), self.NAME)
+    self.log = log
+    self.held = False
+
+  def _owner(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        owner = json.load(f)
+      return owner if isinstance(owner, dict) and isinstance(owner.get('pid'), int) else None
+    except FileNotFoundError:
+      return {}
+    except (OSError, ValueError):
+      return None
+
+  def _create(self) -> bool:
+    """Writes the lock atomically (a full temporary file, then a hard link); False when one exists."""
+    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+    tmp = f'{self.path}.tmp-{me["host"]}-{me["pid"]}'
+    with open(tmp, 'w') as f:
+      json.dump(me, f)
+    try:
+      os.link(tmp, self.path)
+      return True
+    except FileExistsError:
+      return False
+    finally:
+      os.remove(tmp)
+
+  def acquire(self) -> 'WorkdirLock':
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    for _ in range(3):  # a lost race with a stale-lock takeover by another run: look again
+      if self._create():
+        self.held = True
+        return self
+      owner = self._owner()
+      if owner == {}:
+        continue  # removed in the meantime
+      host = socket.gethostname()
+      if owner is None:
+        self.log(f"WARNING: the lock file '{self.path}' is unreadable (a run died while writing it); taking it over.")
+      elif owner['host'] == host and not _pid_alive(owner['pid']):
+        self.log(f"WARNING: taking over the stale lock '{self.path}' of PID {owner['pid']} on {host}, which is no "
+                 'longer running (a killed or crashed run).')
+      elif owner['host'] == host:
+        raise UserError(f"Another run (PID {owner['pid']} on {host}, started {owner.get('started', '?')}) is "
+                        f"using the workdir '{os.path.dirname(self.path)}': wait for it to finish, stop it, or pass "
+                        'another --workdir.')
+      else:
+        raise UserError(f"Another run (PID {owner['pid']} on host {owner['host']}) holds the lock "
+                        f"'{self.path}': wait for it to finish or pass another --workdir, and delete the lock file "
+                        'only if you are sure that run is gone.')
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+    raise UserError(f"Could not take the lock '{self.path}' (other runs keep taking it): pass another --workdir.")
+
+  def release(self) -> None:
+    owner = self._owner() if self.held else None
+    if owner and owner.get('pid') == os.getpid() and owner.get('host') == socket.gethostname():
+      os.remove(self.path)
+    self.held = False
+
+
+# ----------------------------------------------------------------------------- train-state checkpoints
+
+
+class TrainCheckpoints:
+  """The running round's train state in `<workdir>/state`: an Orbax CheckpointManager keyed by step.
+
+  Each step holds three items: 'state' (the TrainState's fields as a dict: step, params, opt_state, counters),
+  'masks' (the round's masks, to check that a resumed round prunes the same weights) and 'meta' (JSON: branch,
+  round, step, the data iterator's state). The directory only ever holds the current round: a round that starts
+  afresh deletes what an earlier round left, so step keys always grow. Orbax writes each step into a temporary
+  directory and renames it when complete, so a crash never leaves a half checkpoint under a step's name.
+  """
+
+  def __init__(self, directory, *, keep: int, async_save: bool, log=print):
+    self.directory = _epath(directory)
+    self.log = log
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    handlers = {'state': ocp.StandardCheckpointHandler(), 'masks': ocp.StandardCheckpointHandler(),
+                'meta': ocp.JsonCheckpointHandler()}
+    if jax.process_index() == 0:  # what killed runs left half-written (the workdir lock excludes a live writer)
+      for leftover in self.directory.glob(f'*{_TMP_SUFFIX}*') if self.directory.exists() else ():
+        leftover.rmtree(missing_ok=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: dict, masks, meta: dict) -> None:
+    """Starts writing step `step` (in the background when async); waits for the previous write first."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), masks=ocp.args.StandardSave(masks),
+                              meta=ocp.args.JsonSave(_to_json(dict(meta, step=int(step)))))
+    if not self.manager.save(int(step), args=args, force=True):
+      raise RuntimeError(f'Orbax refused to save step {step} in {self.directory}')
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def meta(self, step: int) -> dict:
+    return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+
+  def restore(self, branch: str, round_: int, state_target: dict, masks_target) -> tuple[dict, dict] | None:
+    """(state, meta) of the newest readable checkpoint of this round, or None (nothing of it is saved).
+
+    A damaged checkpoint (truncated, half-written, unreadable) is reported, deleted and the one before it tried.
+    Checkpoints of another round are stale (that round finished or is to be redone) and are deleted.
+    """
+    self.wait()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_target)
+    masks_abstract = jax.tree.map(lambda m: np.zeros(np.shape(m), bool), jax.device_get(masks_target))
+    for step in reversed(self.steps()):
+      try:
+        meta = self.meta(step)
+        if (meta.get('branch'), meta.get('round')) != (branch, round_):
+          break
+        got = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), masks=ocp.args.StandardRestore(masks_abstract)))
+      except Exception as err:  # Orbax/tensorstore raise many types; any of them means this step is unusable.
+        reason = str(err).split(' [tensorstore_spec', 1)[0].strip().splitlines()
+        reason = f'{type(err).__name__}: {reason[0][:200]}' if reason else type(err).__name__
+        self.log(f"WARNING: the checkpoint '{self.directory / str(step)}' is damaged ({reason}); deleting it and "
+                 'falling back to the previous one.')
+        self._delete(step)
+        continue
+      if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(got['masks'])),
+                                                      jax.tree.leaves(jax.device_get(masks_target)))):
+        self.log(f"WARNING: the checkpoint '{self.directory / str(step)}' holds other masks than {branch} round "
+                 f'{round_} has now (a changed config); starting the round afresh.')
+        break
+      return dict(got['state']), meta
+    self.clear()
+    return None
+
+  def _delete(self, step: int) -> None:
+    try:
+      self.manager.delete(step)
+    except Exception:  # pylint: disable=broad-except  (a directory Orbax cannot parse: remove it by hand)
+      if jax.process_index() == 0:
+        (self.directory / str(step)).rmtree(missing_ok=True)
+      self.manager.reload()
+
+  def clear(self) -> None:
+    """Deletes every step (a round that starts afresh, or one whose ticket is saved)."""
+    self.wait()
+    for step in self.steps():
+      self._delete(step)
+
+  def latest(self) -> str:
+    """Where the newest checkpoint is, in words, for messages."""
+    steps = self.steps()
+    return f"step {steps[-1]} in '{self.directory}'" if steps else f"none yet in '{self.directory}'"
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,5 +1,6 @@
 """The default config and its validation: every bad value gets one sentence naming the field and what is allowed."""
 
+import json
 import os
 from typing import Sequence
 
@@ -11,12 +12,20 @@ BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
 SCOPE_GROUPS = ("encoder", "decoder", "transform")
 PRUNE_METHODS = ("global", "layerwise")
 DTYPES = ("float32", "bfloat16")
+NAN_POLICIES = ("stop", "skip")
+# Sections whose fields are all known here; config.model also takes per-model fields, other top-level sections
+# (e.g. a study's) belong to their tools.
+CLOSED_SECTIONS = ("data", "train", "sparsity", "imp", "eval", "checkpoint")
+# Fields that change how a run is driven but not what it computes: a resumed run may change them freely.
+RESUME_SAFE_FIELDS = ("resume", "data.num_threads", "data.prefetch", "train.log_every", "checkpoint.every_steps",
+                      "checkpoint.keep", "checkpoint.async_save")
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Every field the program reads, with the paper-scale defaults shared by all models."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.resume = True  # continue the run in --workdir; False moves an existing run aside and starts afresh
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "adain"
@@ -49,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.lr_constant_epochs = 2  # 'epoch_step' only: epochs at the full lr
   c.train.lr_epoch_factor = 0.3  # 'epoch_step' only: lr multiplier per later epoch
   c.train.log_every = 100
+  c.train.nan_policy = "stop"  # a non-finite loss: 'stop' the round (last good checkpoint kept) or 'skip' the batch
 
   c.sparsity = ml_collections.ConfigDict()
   c.sparsity.scope = "encoder,decoder,transform"  # groups or globs like 'decoder/conv3_*'; comma-separated
@@ -65,6 +75,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_pairs = 8
   c.eval.batch_size = 8
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000  # train-state checkpoint interval in <workdir>/state; resume starts there
+  c.checkpoint.keep = 3  # the last few, so a damaged latest one falls back to the one before
+  c.checkpoint.async_save = True  # write in the background while training goes on
   return c
 
 
@@ -81,33 +96,82 @@ def branches(config) -> list[str]:
   return ["imp"] + [b for b in names if b != "imp"]
 
 
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _unknown_fields(config) -> list[str]:
+  """Fields nobody reads (typos such as train.lrr) in the sections this module owns."""
+  known = default_config()
+  p = []
+  for key in sorted(config.keys()):
+    if key not in known and not isinstance(config[key], ml_collections.ConfigDict):
+      p.append(f"config.{key} is not a known field: the top-level fields are {', '.join(sorted(known.keys()))}.")
+  for section in CLOSED_SECTIONS:
+    if section not in config:
+      p.append(f"config.{section} is missing: build the config on jaxtickets.config.default_config().")
+      continue
+    for key in sorted(set(config[section].keys()) - set(known[section].keys())):
+      p.append(f"config.{section}.{key} is not a known field: config.{section} has "
+               f"{', '.join(sorted(known[section].keys()))}.")
+  return p
+
+
+def _data_problems(d, need) -> list[str]:
+  """Sources that are neither 'demo', 'tfds:NAME:SPLIT' nor an existing folder, and the TFDS settings."""
+  p = []
+  for f in ("content", "style", "eval_content", "eval_style", "tfds_data_dir"):
+    need(isinstance(d[f], str), f"data.{f}", d[f], "use a string")
+  for f in ("content", "style", "eval_content", "eval_style"):
+    spec = d[f].strip() if isinstance(d[f], str) else ""
+    if not spec or spec == "demo" or spec.startswith("tfds:"):
+      continue
+    if not os.path.exists(spec):
+      p.append(f"config.data.{f} = {spec!r} does not exist: give a folder of images, 'demo' or 'tfds:NAME:SPLIT'.")
+    elif not os.path.isdir(spec):
+      p.append(f"config.data.{f} = {spec!r} is a file, not a folder: give a folder of images, 'demo' or "
+               "'tfds:NAME:SPLIT'.")
+  if isinstance(d.tfds_data_dir, str) and d.tfds_data_dir and not os.path.isdir(d.tfds_data_dir):
+    p.append(f"config.data.tfds_data_dir = {d.tfds_data_dir!r} is not a folder: point it at the --data_dir of "
+             "`tfds build`, or leave it empty for TFDS's default.")
+  need(isinstance(d.tfds_image_key, str) and d.tfds_image_key, "data.tfds_image_key", d.tfds_image_key,
+       "name the dataset's image feature, e.g. 'image'")
+  return p
+
+
 def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[str]:
   """Every problem in `config`, one sentence each."""
-  p = []
+  p = _unknown_fields(config)
+  if any(" is missing: " in x for x in p):
+    return p
 
   def need(ok, field, value, allowed):
     if not ok:
       p.append(f"config.{field} = {value!r} is not allowed: {allowed}.")
 
-  def is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-  def is_num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
+  is_int, is_num = _is_int, _is_num
   m, d, t, s, i, e = config.model, config.data, config.train, config.sparsity, config.imp, config.eval
   need(is_int(config.seed), "seed", config.seed, "use an integer")
+  need(isinstance(config.get("resume", True), bool), "resume", config.get("resume"), "use True or False")
   need(m.name in model_names, "model.name", m.name, f"choose one of {', '.join(model_names)}")
   need(is_num(m.width) and m.width > 0, "model.width", m.width, "use a positive channel multiplier (1.0 = the paper's width)")
   need(m.dtype in DTYPES, "model.dtype", m.dtype, f"choose one of {', '.join(DTYPES)}")
+  need(isinstance(m.get("train_encoder", True), bool), "model.train_encoder", m.get("train_encoder"),
+       "use True or False")
   for f in sorted(k for k in m.keys() if k.endswith("_weight")):
     need(is_num(m[f]) and m[f] >= 0, f"model.{f}", m[f], "use a non-negative number")
-  if m.vgg_weights and not os.path.exists(m.vgg_weights):
+  need(isinstance(m.vgg_weights, str), "model.vgg_weights", m.vgg_weights, "use a path (a string)")
+  if isinstance(m.vgg_weights, str) and m.vgg_weights and not os.path.exists(m.vgg_weights):
     p.append(f"config.model.vgg_weights = {m.vgg_weights!r} does not exist: point it at a Flax-format VGG file "
              "written by scripts/port_weights.py, or leave it empty for random weights.")
+  p += _data_problems(d, need)
   for f in ("load_size", "crop_size", "num_threads", "prefetch"):
     need(is_int(d[f]) and d[f] > 0, f"data.{f}", d[f], "use a positive integer")
-  if is_int(d.load_size) and is_int(d.crop_size) and d.crop_size > d.load_size:
+  if is_int(d.load_size) and is_int(d.crop_size) and 0 < d.load_size < d.crop_size:
     p.append(f"config.data.crop_size = {d.crop_size} is larger than config.data.load_size = {d.load_size}: "
              "the crop is taken from the resized image, so use crop_size <= load_size.")
   if divisor and is_int(d.crop_size) and d.crop_size % divisor:
@@ -115,6 +179,7 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
              f"use e.g. {max(divisor, d.crop_size // divisor * divisor)}.")
   for f in ("batch_size", "steps", "log_every"):
     need(is_int(t[f]) and t[f] > 0, f"train.{f}", t[f], "use a positive integer")
+  p += _batch_problems(t.batch_size)
   need(is_num(t.lr) and t.lr > 0, "train.lr", t.lr, "use a positive learning rate")
   need(is_num(t.lr_decay) and t.lr_decay >= 0, "train.lr_decay", t.lr_decay, "use a non-negative number")
   from jaxtickets.train import SCHEDULES
@@ -125,7 +190,9 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
          t.lr_constant_epochs, "use an integer >= 0")
     need(is_num(t.lr_epoch_factor) and 0 < t.lr_epoch_factor <= 1, "train.lr_epoch_factor", t.lr_epoch_factor,
          "use a factor in (0, 1]")
-  scope = split_list(s.scope)
+  need(t.nan_policy in NAN_POLICIES, "train.nan_policy", t.nan_policy,
+       f"choose one of {', '.join(NAN_POLICIES)} ('stop' ends the round at a non-finite loss, 'skip' skips the batch)")
+  scope = split_list(s.scope) if isinstance(s.scope, (str, list, tuple)) else []
   need(bool(scope), "sparsity.scope", s.scope, f"name at least one of {', '.join(SCOPE_GROUPS)} or a glob like 'decoder/conv3_*'")
   for pattern in scope:
     group = pattern.split("/")[0]
@@ -139,12 +206,19 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
        "use a fraction in [0, 1); 0 turns the early stop off")
   if is_int(t.steps) and t.steps > 0 and not (is_int(i.rewind_step) and 0 <= i.rewind_step < t.steps):
     p.append(f"config.imp.rewind_step = {i.rewind_step!r} is not allowed: use an integer in [0, train.steps = {t.steps}).")
-  for b in split_list(i.branches):
+  need(isinstance(i.branches, (str, list, tuple)), "imp.branches", i.branches, "use a comma-separated string")
+  for b in split_list(i.branches) if isinstance(i.branches, (str, list, tuple)) else []:
     need(b in BRANCHES, "imp.branches", b, f"choose from {', '.join(BRANCHES)}")
   need(is_num(i.match_tolerance) and i.match_tolerance >= 0, "imp.match_tolerance", i.match_tolerance,
        "use a non-negative relative tolerance, e.g. 0.02")
   for f in ("num_pairs", "batch_size"):
     need(is_int(e[f]) and e[f] > 0, f"eval.{f}", e[f], "use a positive integer")
+  ck = config.checkpoint
+  need(is_int(ck.every_steps) and ck.every_steps > 0, "checkpoint.every_steps", ck.every_steps,
+       "use a positive number of steps between train-state checkpoints")
+  need(is_int(ck.keep) and ck.keep >= 1, "checkpoint.keep", ck.keep,
+       "use an integer >= 1 (2 or more lets a damaged latest checkpoint fall back to the one before)")
+  need(isinstance(ck.async_save, bool), "checkpoint.async_save", ck.async_save, "use True or False")
   if not (d.content and d.style):
     missing = [f"config.data.{f}" for f in ("content", "style") if not d[f]]
     p.append(f"No training data is configured: set {' and '.join(missing)} (a folder of images, or "
@@ -152,12 +226,67 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   return p
 
 
+def _batch_problems(batch_size) -> list[str]:
+  """The global batch must split evenly over every device of every process."""
+  import jax  # only here: the rest of validation must not start a backend
+
+  n = jax.device_count()
+  if _is_int(batch_size) and batch_size > 0 and batch_size % n:
+    return [f"config.train.batch_size = {batch_size} does not split over the {n} devices: use a multiple of {n}."]
+  return []
+
+
 def validate(config) -> None:
   """Raises UserError listing every problem of `config`, before anything is compiled."""
   from jaxtickets import models  # the registry knows the model names and their size divisors
 
   names = models.model_names()
-  divisor = models.get_model(config.model.name).divisor if config.model.name in names else None
+  divisor = None
+  if config.model.name in names:
+    try:
+      divisor = models.get_model(config.model.name).divisor
+    except ImportError:  # a registered model whose module is not installed: the name check cannot help here
+      raise UserError(f"config.model.name = {config.model.name!r} is registered but its module is missing: "
+                      "reinstall jaxtickets or choose another model.") from None
   problems = _problems(config, names, divisor)
   if problems:
     raise UserError("\n".join(problems))
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+_ABSENT = object()
+
+
+def config_changes(saved: dict, config) -> list[str]:
+  """'field: old -> new' for each field (but the resume-safe ones) that differs from a run's saved config.json.
+
+  A field the saved config lacks (written by an older version) counts as unchanged when it has its default.
+  """
+  old = _flatten(saved)
+  new = _flatten(json.loads(config.to_json()))
+  defaults = _flatten(json.loads(default_config().to_json()))
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    if key in RESUME_SAFE_FIELDS:
+      continue
+    a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+    if a is _ABSENT and defaults.get(key, _ABSENT) == b:
+      continue
+    if a != b:
+      show = lambda v: "(absent)" if v is _ABSENT else repr(v)
+      changes.append(f"{key}: {show(a)} -> {show(b)}")
+  return changes

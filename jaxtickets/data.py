@@ -4,6 +4,12 @@ Training element i is global step i and a pure function of (config, i): content 
 drawn from independent seeded shuffles (repeated forever) and cropped with an RNG seeded from
 (seed, global sample index), so restarting, resuming and changing the process count all see the
 same global batches.
+
+Images in any PIL mode are converted to 8-bit RGB: EXIF orientation applied, palette/CMYK/grayscale
+expanded, 16-bit scaled to 0..255, transparency composited on white; any size is resized to
+load_size. A file that cannot be decoded (corrupt, truncated, empty, not an image) is skipped: the
+next readable image of the same split (by index, cyclically) takes its place, which depends only on
+the files, so the dataset stays deterministic and random-access. Skips are counted in a `SkipLog`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import io
 import os
 import re
 import sys
+import threading
 from typing import Any, Sequence
 
 import grain
@@ -81,6 +88,53 @@ def demo_images(kind: str) -> list[str]:
 # ----------------------------------------------------------------------------- decoding
 
 
+class BadImage(UserError):
+  """A file that cannot be decoded as an image; `reason` says why in a few words."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+class SkipLog:
+  """The unreadable images skipped so far (shared by the data threads): counted, the first few logged."""
+
+  SHOWN = 5
+
+  def __init__(self, log=None):
+    self._lock = threading.Lock()
+    self._skipped: dict[str, str] = {}  # file (or record) -> reason, in the order found
+    self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+  def add(self, what: str, name: str, reason: str) -> None:
+    with self._lock:
+      if name in self._skipped:
+        return
+      self._skipped[name] = reason
+      n = len(self._skipped)
+    if n <= self.SHOWN:
+      self._log(f"WARNING: skipping the unreadable {what} image '{name}' ({reason}); the next readable image "
+                f'takes its place ({n} skipped so far).')
+    elif n == self.SHOWN + 1:
+      self._log('WARNING: more unreadable images are being skipped; the count and the first paths go to '
+                'summary.json.')
+
+  def merge(self, summary: dict) -> None:
+    """Adds the skips a previous (interrupted) run recorded, so a resumed run reports them all."""
+    with self._lock:
+      for name, reason in (summary or {}).get('files', {}).items():
+        self._skipped.setdefault(name, reason)
+
+  def __len__(self) -> int:
+    return len(self._skipped)
+
+  def summary(self, first: int = 10) -> dict:
+    """{'count': n, 'first': [the first paths], 'files': {path: reason}} for summary.json."""
+    with self._lock:
+      items = dict(self._skipped)
+    return {'count': len(items), 'first': list(items)[:first], 'files': items}
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
   """Any PIL mode -> 8-bit RGB; transparency is composited on white."""
   if img.mode == 'RGB':
@@ -114,13 +168,14 @@ def load_image(path_or_bytes: str | bytes | os.PathLike) -> np.ndarray:
       img = ImageOps.exif_transpose(img)
       arr = np.asarray(_to_rgb(img), dtype=np.uint8)
   except FileNotFoundError:
-    raise UserError(f"The image '{name}' does not exist: check the path.") from None
+    raise BadImage(f"The image '{name}' does not exist: check the path.", 'missing') from None
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for bad files)
-    raise UserError(
-        f"The image '{name}' could not be read ({type(e).__name__}: {e}): delete or replace the"
-        ' file.') from None
+    reason = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
+    raise BadImage(
+        f"The image '{name}' could not be read ({reason}): delete or replace the file.", reason) from None
   if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-    raise UserError(f"The image '{name}' decoded to shape {arr.shape}: replace the file.")
+    raise BadImage(f"The image '{name}' decoded to shape {arr.shape}: replace the file.",
+                   f'decoded to shape {arr.shape}')
   return arr
 
 
@@ -171,9 +226,10 @@ def preprocess_eval(img: np.ndarray, load_size: int, crop_size: int) -> np.ndarr
 class ImageSource(grain.sources.RandomAccessDataSource):
   """Random access over a list of image files; items are uint8 HxWx3 RGB arrays."""
 
-  def __init__(self, paths: Sequence[str], what: str = 'images'):
+  def __init__(self, paths: Sequence[str], what: str = 'images', where: str | None = None):
     self._paths = list(paths)
     self._what = what
+    self.where = f"the {what} folder '{where}'" if where else f'the {len(self._paths)} {what} images'
 
   def __len__(self) -> int:
     return len(self._paths)
@@ -184,6 +240,10 @@ class ImageSource(grain.sources.RandomAccessDataSource):
   def name(self, index: int) -> str:
     """A short human-readable name of item `index` (the file stem)."""
     return os.path.splitext(os.path.basename(self._paths[int(index)]))[0]
+
+  def describe(self, index: int) -> str:
+    """Where item `index` comes from, for warnings (the file path)."""
+    return self._paths[int(index)]
 
   @property
   def paths(self) -> list[str]:
@@ -222,6 +282,7 @@ class TfdsImageSource(grain.sources.RandomAccessDataSource):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow, optional)
     self._name, self._split, self._key = name, split, image_key
     self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+    self.where = f'tfds:{name}:{split}'
 
   def __len__(self) -> int:
     return len(self._source)
@@ -236,6 +297,9 @@ class TfdsImageSource(grain.sources.RandomAccessDataSource):
 
   def name(self, index: int) -> str:
     return f'{self._name.replace("/", "_")}_{self._split}_{int(index)}'
+
+  def describe(self, index: int) -> str:
+    return f'tfds:{self._name}:{self._split}[{int(index)}]'
 
   def __repr__(self) -> str:
     return f'TfdsImageSource(tfds:{self._name}:{self._split}, {len(self)} images)'
@@ -273,7 +337,7 @@ def open_source(spec: str, data_config, what: str) -> grain.sources.RandomAccess
     raise UserError(
         f"config.data.{what} is not set: give a folder of images, 'demo' or 'tfds:NAME:SPLIT'.")
   if spec == 'demo':
-    return ImageSource(demo_images(what), what)
+    return ImageSource(demo_images(what), what, where='demo')
   if spec.startswith('tfds:'):
     return _open_tfds(spec, data_config, what)
   scheme = re.match(r'^([A-Za-z][A-Za-z0-9+.-]+):', spec)
@@ -281,7 +345,42 @@ def open_source(spec: str, data_config, what: str) -> grain.sources.RandomAccess
     raise UserError(
         f"config.data.{what}='{spec}' has the unknown scheme '{scheme.group(1)}:': use a local"
         " folder, 'demo' or 'tfds:NAME:SPLIT'.")
-  return ImageSource(list_images(spec, what), what)
+  return ImageSource(list_images(spec, what), what, where=spec)
+
+
+class _Readable:
+  """Source index i of `indices`, or the next readable one after it (cyclically) when i's image is unreadable.
+
+  The substitute depends only on the files, so the dataset stays a deterministic, random-access function.
+  """
+
+  def __init__(self, source, indices, what: str, skip_log: SkipLog):
+    self.source, self.what, self.skip_log = source, what, skip_log
+    self.indices = np.sort(np.asarray(indices, dtype=np.int64))
+    self._bad: set[int] = set()  # known unreadable source indices (never decoded twice)
+
+  def load(self, index: int) -> tuple[int, np.ndarray]:
+    """(the source index used, its uint8 RGB image)."""
+    n = len(self.indices)
+    pos = int(np.searchsorted(self.indices, int(index)))
+    first = None
+    for t in range(n):
+      cand = int(self.indices[(pos + t) % n])
+      if cand in self._bad:
+        continue
+      try:
+        return cand, self.source[cand]
+      except BadImage as e:
+        self._bad.add(cand)
+        name = self.source.describe(cand) if hasattr(self.source, 'describe') else str(cand)
+        first = first or f"'{name}': {e.reason}"
+        self.skip_log.add(self.what, name, e.reason)
+    where = getattr(self.source, 'where', repr(self.source))
+    raise UserError(f'Every one of the {n} {self.what} images of {where} is unreadable (e.g. {first}): replace '
+                    f'the files or point config.data.{self.what} at another source.')
+
+  def __getitem__(self, index) -> np.ndarray:
+    return self.load(index)[1]
 
 
 # ----------------------------------------------------------------------------- holdout
@@ -342,7 +441,7 @@ class _Sample:
     self.seed, self.load_size, self.crop_size = seed, load_size, crop_size
 
   def __call__(self, j: int) -> dict[str, np.ndarray]:
-    c = self.content[self.content_order[j]]
+    c = self.content[self.content_order[j]]  # _Readable: an unreadable image is replaced, never raised
     s = self.style[self.style_order[j]]
     return {
         'content': preprocess_train(c, _rng(self.seed, j, _CONTENT), self.load_size,
@@ -357,8 +456,12 @@ def _order(indices: np.ndarray, seed: int) -> grain.MapDataset:
 
 
 def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
-                       process_count: int = 1) -> grain.MapDataset:
-  """Infinite MapDataset; element i is this process's slice of global batch i."""
+                       process_count: int = 1, skip_log: SkipLog | None = None) -> grain.MapDataset:
+  """Infinite MapDataset; element i is this process's slice of global batch i.
+
+  Unreadable images are replaced by the next readable one and recorded in `skip_log`; a source with no
+  readable image at all fails here, before training.
+  """
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise UserError(
         f'The global batch size {global_batch_size} must be a positive multiple of the'
@@ -370,6 +473,11 @@ def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
   content, c_train, _ = _train_and_holdout(config, 'content')
   style, s_train, _ = _train_and_holdout(config, 'style')
   seed = int(config.seed)
+  skip_log = SkipLog() if skip_log is None else skip_log
+  content = _Readable(content, c_train, 'content', skip_log)
+  style = _Readable(style, s_train, 'style', skip_log)
+  for side in (content, style):
+    side.load(side.indices[0])  # a source with no readable image stops here, in one sentence
   sample = _Sample(content, _order(c_train, _seed_int(seed, _CONTENT)),
                    style, _order(s_train, _seed_int(seed, _STYLE)),
                    seed, int(data.load_size), int(data.crop_size))
@@ -407,8 +515,11 @@ def _eval_side(config, what: str):
   return source, hold
 
 
-def eval_pairs(config) -> dict[str, Any]:
-  """The fixed evaluation pairs: N = config.eval.num_pairs (content, style) crops and names."""
+def eval_pairs(config, skip_log: SkipLog | None = None) -> dict[str, Any]:
+  """The fixed evaluation pairs: N = config.eval.num_pairs (content, style) crops and names.
+
+  An unreadable image is replaced by the next readable one of the same side (recorded in `skip_log`).
+  """
   n = _num_pairs(config)
   if n <= 0:
     raise UserError(f'config.eval.num_pairs={n} must be positive to evaluate: set it to e.g. 8.')
@@ -424,15 +535,20 @@ def eval_pairs(config) -> dict[str, Any]:
   d, a = np.divmod(np.arange(n) % (nc * ns), nc)
   ci, si = perm_c[a], perm_s[(a + d) % ns]
   load, crop = int(config.data.load_size), int(config.data.crop_size)
-  cache: dict[tuple[int, int], np.ndarray] = {}
+  skip_log = SkipLog() if skip_log is None else skip_log
+  field = lambda w: f'eval_{w}' if (config.data.get(f'eval_{w}', '') or '').strip() else w
+  readable = (_Readable(content, c_idx, field('content'), skip_log), _Readable(style, s_idx, field('style'), skip_log))
+  cache: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
 
-  def get(source, side, i):
+  def get(side, i):
     if (side, i) not in cache:
-      cache[(side, i)] = preprocess_eval(source[int(i)], load, crop)
+      used, img = readable[side].load(int(i))
+      cache[(side, i)] = used, preprocess_eval(img, load, crop)
     return cache[(side, i)]
 
+  pairs = [(get(0, a), get(1, b)) for a, b in zip(ci, si)]
   return {
-      'content': np.stack([get(content, 0, i) for i in ci]),
-      'style': np.stack([get(style, 1, i) for i in si]),
-      'names': [f'{content.name(a)}__{style.name(b)}' for a, b in zip(ci, si)],
+      'content': np.stack([c[1] for c, _ in pairs]),
+      'style': np.stack([s[1] for _, s in pairs]),
+      'names': [f'{content.name(c[0])}__{style.name(s[0])}' for c, s in pairs],
   }

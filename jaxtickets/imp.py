@@ -12,13 +12,19 @@ import csv
 import dataclasses
 import json
 import os
+import signal
+import threading
+import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from jaxtickets import checkpoint, config as config_lib, data, evaluate, parallel, sparsity, train
+from jaxtickets.errors import UserError
 from jaxtickets.models import get_model
+
+SKIPPED_FILE = "skipped_images.json"
 
 RESULT_FIELDS = ("branch", "round", "steps", "sparsity_prunable", "sparsity_total", "remaining_prunable",
                  "remaining_total", "content", "style", "total", "relative_to_dense", "matches")
@@ -44,18 +50,46 @@ class Setup:
   dataset: Any
   pairs: dict
   root_key: Any
+  skip_log: Any = None  # data.SkipLog: unreadable images replaced so far
+  ckpts: Any = None  # checkpoint.TrainCheckpoints of the running round
+  watch: Any = None  # PreemptionWatch: SIGTERM / preemption notice
 
 
 def ticket_dir(workdir: str, branch: str, round_: int) -> str:
   return os.path.join(workdir, "tickets", branch, f"round_{round_:02d}")
 
 
-def run(config, workdir: str) -> list[dict]:
-  """Runs every configured branch and round (skipping finished ones) and returns the results rows."""
+def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict]:
+  """Runs every configured branch and round and returns the results rows.
+
+  Re-running on the same workdir resumes: finished rounds are loaded, the running one continues from its last
+  train-state checkpoint. SIGTERM saves a checkpoint and raises train.Preempted.
+  """
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-  s = setup(config, workdir)
+  lock = _lock_workdir(config, workdir)
+  watch = PreemptionWatch().install()
+  s = None
+  try:
+    _check_resume_config(config, workdir, allow_config_change)
+    s = setup(config, workdir)
+    s.skip_log.merge(_load_skips(workdir))
+    s.ckpts = checkpoint.TrainCheckpoints(os.path.join(workdir, "state"), keep=config.checkpoint.keep,
+                                          async_save=config.checkpoint.async_save, log=log)
+    s.watch = watch
+    return _run_rounds(s)
+  finally:
+    watch.restore()
+    if s is not None:
+      if s.ckpts is not None:
+        s.ckpts.close()  # a pending (async) checkpoint is complete before the process goes
+      _save_skips(s)
+    if lock is not None:
+      lock.release()
+
+
+def _run_rounds(s: Setup) -> list[dict]:
+  """IMP's rounds, then the baseline branches, then the results table."""
+  config, workdir = s.config, s.workdir
   theta_0 = initial_params(s)
   k = config.imp.rewind_step
   ones = sparsity.ones_masks(theta_0)
@@ -90,13 +124,125 @@ def run(config, workdir: str) -> list[dict]:
         masks = sparsity.prune_to_sparsity(dense.trained_params, s.prunable, target)
       run_round(s, branch, r, init, masks, start_step=k)
 
-  rows = write_results(workdir, config)
+  rows = write_results(workdir, config, skipped=s.skip_log.summary())
   log(format_results(rows))
+  log(skipped_line(s.skip_log.summary()))
   for branch, best in highest_matching(rows).items():
     log(f"Highest matching sparsity ({branch}): {best['sparsity_prunable']:.4f} of the prunable weights "
         f"({best['sparsity_total']:.4f} of all), round {best['round']}." if best else
         f"No pruned round of {branch} matches the dense network within {config.imp.match_tolerance:.1%}.")
   return rows
+
+
+class PreemptionWatch:
+  """SIGTERM (and JAX's preemption notice) as a host-side flag that the train loop reads after each step.
+
+  The signal handler only sets the flag (no I/O in a handler); install() replaces the SIGTERM handler and
+  restore() puts the previous one back. In a multi-process run the processes agree at log and checkpoint
+  intervals (a tiny allgather), or at JAX's preemption sync point where the preemption service runs.
+  """
+
+  def __init__(self):
+    self.reason: str | None = None
+    self._previous = None
+    self._installed = False
+    self._sync_point = True
+
+  def install(self) -> "PreemptionWatch":
+    if threading.current_thread() is threading.main_thread():  # Python allows handlers in the main thread only
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+      self._installed = True
+    return self
+
+  def restore(self) -> None:
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+      self._installed = False
+
+  def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
+    self.reason = self.reason or "SIGTERM"
+
+  def __call__(self, step: int, synced: bool) -> bool:
+    """Whether to checkpoint and stop after `step`; `synced` marks steps where every process asks."""
+    if self._sync_point:
+      try:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.reason = self.reason or "JAX's preemption notice"
+          return True
+      except Exception:  # pylint: disable=broad-except  (no preemption service: SIGTERM alone)
+        self._sync_point = False
+    if jax.process_count() == 1:
+      return self.reason is not None
+    if not synced:
+      return False
+    from jax.experimental import multihost_utils
+
+    if np.any(multihost_utils.process_allgather(np.int32(self.reason is not None))):
+      self.reason = self.reason or "SIGTERM on another process"
+      return True
+    return False
+
+
+def _lock_workdir(config, workdir: str):
+  """Locks the workdir (process 0 only); with config.resume = False, first moves a previous run aside."""
+  if jax.process_index() != 0:
+    os.makedirs(workdir, exist_ok=True)
+    return None
+  lock = checkpoint.WorkdirLock(workdir, log).acquire()
+  if config.get("resume", True) or not (set(os.listdir(workdir)) - {checkpoint.WorkdirLock.NAME}):
+    return lock
+  aside = f"{workdir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+  lock.release()
+  os.rename(workdir, aside)
+  log(f"config.resume is False: moved the previous run in '{workdir}' aside to '{aside}'; starting afresh.")
+  return checkpoint.WorkdirLock(workdir, log).acquire()
+
+
+def _has_progress(workdir: str) -> bool:
+  """Whether the workdir holds anything computed (theta_0, a ticket, a train-state checkpoint)."""
+  nonempty = lambda d: os.path.isdir(d) and bool(os.listdir(d))
+  return any(nonempty(os.path.join(workdir, d)) for d in ("init", "tickets", "state"))
+
+
+def _check_resume_config(config, workdir: str, allow_config_change: bool) -> None:
+  """Refuses to resume a run under a changed config (unless allowed); writes config.json."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path) and _has_progress(workdir):
+    changes = config_lib.config_changes(checkpoint.load_json(path), config)
+    if changes and not allow_config_change:
+      raise UserError(
+          f"The workdir '{workdir}' holds a run with another config ({'; '.join(changes)}): run with the same "
+          "config to resume it, pass --allow_config_change to resume it with this one, or set "
+          "--config.resume=false to move it aside and start afresh.")
+    if changes:
+      log(f"WARNING: resuming '{workdir}' with a changed config (--allow_config_change): {'; '.join(changes)}.")
+  if jax.process_index() == 0:
+    checkpoint.save_json(path, json.loads(config.to_json()))
+
+
+def _load_skips(workdir: str) -> dict:
+  path = os.path.join(workdir, SKIPPED_FILE)
+  try:
+    return checkpoint.load_json(path) if os.path.exists(path) else {}
+  except UserError:
+    return {}  # a damaged record only loses the names of earlier skips; they are found again
+
+
+def _save_skips(s: Setup) -> None:
+  if jax.process_index() == 0 and s.skip_log is not None and len(s.skip_log):
+    checkpoint.save_json(os.path.join(s.workdir, SKIPPED_FILE), s.skip_log.summary())
+
+
+def skipped_line(summary: dict) -> str:
+  """The run-summary line about unreadable images."""
+  if not summary or not summary.get("count"):
+    return "Data: no unreadable images were skipped."
+  first = ", ".join(summary["first"][:3])
+  more = ", ..." if summary["count"] > 3 else ""
+  return (f"Data: skipped {summary['count']} unreadable images, each replaced by the next readable one "
+          f"({first}{more}); the list is in summary.json.")
 
 
 def setup(config, workdir: str) -> Setup:
@@ -112,14 +258,16 @@ def setup(config, workdir: str) -> Setup:
   # Frozen groups (e.g. LST's pre-trained decoder) are never pruned: they are not trained to recover.
   prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
   if not any(jax.tree.leaves(prunable)):
-    from jaxtickets.errors import UserError
     raise UserError(f"config.sparsity.scope = {config.sparsity.scope!r} selects no trained kernel of {model.name} "
                     f"(trained groups: {', '.join(model.trained_groups)}): add a trained group to the scope.")
-  dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count())
-  pairs = data.eval_pairs(config)
+  skip_log = data.SkipLog(log)
+  dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count(),
+                                    skip_log=skip_log)
+  pairs = data.eval_pairs(config, skip_log=skip_log)
   return Setup(config=config, workdir=workdir, model=model, vgg_params=parallel.replicate(vgg_params, mesh),
                prunable=prunable, mesh=mesh, tx=tx, step_fn=train.make_train_step(model, config.train, tx, mesh),
-               eval_fn=evaluate.make_eval_fn(model), dataset=dataset, pairs=pairs, root_key=root_key)
+               eval_fn=evaluate.make_eval_fn(model), dataset=dataset, pairs=pairs, root_key=root_key,
+               skip_log=skip_log)
 
 
 def load_or_init_vgg(config, model, key):
@@ -153,45 +301,83 @@ def prune(config, params, masks, prunable):
 
 def run_round(s: Setup, branch: str, round_: int, init_params, masks, *, start_step: int,
               rewind_step: int | None = None) -> checkpoint.Ticket:
-  """Trains init_params * masks from start_step to train.steps, evaluates and saves the ticket; skips a saved one."""
+  """Trains init_params * masks from start_step to train.steps, evaluates and saves the ticket; skips a saved one.
+
+  A round interrupted earlier continues from its last train-state checkpoint (same step, params, optimizer state,
+  data position); every `checkpoint.every_steps` steps the state is saved again.
+  """
   path = ticket_dir(s.workdir, branch, round_)
   if checkpoint.ticket_exists(path):
     log(f"[{branch} round {round_}] already done, loading {path}")
     return checkpoint.load_ticket(path)
   cfg = s.config
+  label = f"[{branch} round {round_}]"
   report = sparsity.count(masks, s.prunable, init_params)
-  log(f"[{branch} round {round_}] sparsity {report['prunable']['sparsity']:.4f} of prunable weights, "
+  log(f"{label} sparsity {report['prunable']['sparsity']:.4f} of prunable weights, "
       f"{report['total']['sparsity']:.4f} of all; training steps {start_step}..{cfg.train.steps}")
 
   state = train.create_state(init_params, masks, start_step, s.tx, s.mesh, s.model.trained_groups)
   device_masks = parallel.replicate(masks, s.mesh)
+  state = _resume_state(s, branch, round_, state, masks, label)
   key = jax.random.fold_in(s.root_key, 3)
-  batches = data.make_train_iterator(s.dataset, start_step=start_step, num_threads=cfg.data.num_threads,
-                                     prefetch=cfg.data.prefetch)
+  # Element i of the dataset is global step i, so the iterator's whole state is the step it starts at.
+  batches = data.make_train_iterator(s.dataset, start_step=int(jax.device_get(state.step)),
+                                     num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch)
+  last_good = s.ckpts.latest if s.ckpts is not None else (lambda: "none")
+  policy = cfg.train.get("nan_policy", "stop")
 
   on_step = None
-  if rewind_step:  # keep theta_k, the weights after k steps of the dense round
+  theta_k_path = os.path.join(s.workdir, "init", f"theta_{rewind_step}")
+  if rewind_step and not checkpoint.params_exist(theta_k_path):  # keep theta_k, the weights after k dense steps
     def on_step(step, state):
       if step == rewind_step:
-        checkpoint.save_params(os.path.join(s.workdir, "init", f"theta_{rewind_step}"), jax.device_get(state.params))
+        first_bad, _ = train.health(state)
+        if first_bad >= 0 and policy == "stop":
+          raise train.non_finite_error(first_bad, label, last_good())
+        checkpoint.save_params(theta_k_path, jax.device_get(state.params))
+
+  save = None
+  if s.ckpts is not None:
+    def save(step, state):
+      s.ckpts.save(step, train.state_dict(state), device_masks,
+                   {"branch": branch, "round": round_, "start_step": start_step,
+                    "data_iterator": {"next_index": int(step)}})
+      _save_skips(s)
 
   state = train.train(s.step_fn, state, device_masks, s.vgg_params, batches, cfg.train.steps, key, s.mesh,
-                      log_every=cfg.train.log_every, label=f"[{branch} round {round_}]", on_step=on_step, log=log)
+                      log_every=cfg.train.log_every, label=label, on_step=on_step, log=log, nan_policy=policy,
+                      save=save, save_every=cfg.checkpoint.every_steps, stop=s.watch, last_good=last_good)
   trained = jax.device_get(state.params)
   metrics = evaluate.evaluate(s.eval_fn, state.params, device_masks, s.vgg_params, s.pairs, cfg.eval.batch_size)
   dense_total = metrics["total"] if round_ == 0 else _dense_total(s.workdir)
   metrics.update(branch=branch, round=round_, steps=cfg.train.steps - start_step,
                  relative_to_dense=metrics["total"] / dense_total - 1.0,
-                 matches=bool(metrics["total"] <= dense_total * (1.0 + cfg.imp.match_tolerance)))
-  log(f"[{branch} round {round_}] eval: total {metrics['total']:.4f} (content {metrics['content']:.4f}, "
+                 matches=bool(metrics["total"] <= dense_total * (1.0 + cfg.imp.match_tolerance)),
+                 nan_skips=train.health(state)[1])
+  log(f"{label} eval: total {metrics['total']:.4f} (content {metrics['content']:.4f}, "
       f"style {metrics['style']:.4f}), {metrics['relative_to_dense']:+.2%} vs dense -> "
       f"{'matches' if metrics['matches'] else 'does not match'}")
   checkpoint.save_ticket(path, masks=jax.device_get(masks), rewind_params=jax.device_get(init_params),
                          trained_params=trained, metrics=metrics, sparsity=report)
-  write_results(s.workdir, cfg)
+  if s.ckpts is not None:
+    s.ckpts.clear()  # the ticket supersedes the round's train-state checkpoints
+  write_results(s.workdir, cfg, skipped=s.skip_log.summary() if s.skip_log is not None else None)
   return checkpoint.Ticket(
       path=path, masks=jax.device_get(masks), rewind_params=jax.device_get(init_params), trained_params=trained,
       metrics=metrics, sparsity=report)
+
+
+def _resume_state(s: Setup, branch: str, round_: int, state, masks, label: str):
+  """The round's last checkpointed state if there is one (a resumed run), else `state` (a fresh round)."""
+  if s.ckpts is None:
+    return state
+  restored = s.ckpts.restore(branch, round_, train.state_dict(state), masks)
+  if restored is None:
+    return state
+  state = train.state_from_dict(restored[0])
+  log(f"{label} resuming at step {int(jax.device_get(state.step))} from the checkpoint "
+      f"'{os.path.join(s.workdir, 'state', str(restored[1]['step']))}'")
+  return state
 
 
 def _dense_total(workdir: str) -> float:
@@ -219,8 +405,11 @@ def collect_rows(workdir: str) -> list[dict]:
   return rows
 
 
-def write_results(workdir: str, config) -> list[dict]:
-  """results.csv (one row per branch and round) and summary.json (highest matching sparsity per branch)."""
+def write_results(workdir: str, config, skipped: dict | None = None) -> list[dict]:
+  """results.csv (one row per branch and round) and summary.json (highest matching sparsity per branch, skips).
+
+  `skipped` is a data.SkipLog summary; None reads the workdir's record of skipped images.
+  """
   rows = collect_rows(workdir)
   tmp = os.path.join(workdir, "results.csv.tmp")
   with open(tmp, "w", newline="") as f:
@@ -229,8 +418,10 @@ def write_results(workdir: str, config) -> list[dict]:
     for row in rows:
       writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
   os.replace(tmp, os.path.join(workdir, "results.csv"))
+  skipped = _load_skips(workdir) if skipped is None else skipped
   summary = {"model": config.model.name, "match_tolerance": config.imp.match_tolerance,
-             "highest_matching": highest_matching(rows)}
+             "highest_matching": highest_matching(rows),
+             "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])}}
   checkpoint.save_json(os.path.join(workdir, "summary.json"), summary)
   return rows
 

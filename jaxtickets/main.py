@@ -1,13 +1,22 @@
-"""Finds lottery tickets in a style transfer model: python -m jaxtickets.main --config=configs/adain.py[:demo]."""
+"""Finds lottery tickets in a style transfer model: python -m jaxtickets.main --config=configs/adain.py[:demo].
+
+Running the same command again on the same --workdir resumes an interrupted run. On SIGTERM (preemption) the run
+saves a checkpoint and exits with status 75 (EX_TEMPFAIL: "try again"), so job schedulers restart it.
+"""
 
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and results go (default: runs/<model>).")
+flags.DEFINE_bool("allow_config_change", False, "Resume a run in --workdir even though the config differs from "
+                  "its config.json (the differing fields are listed).")
 config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/adain.py or configs/adain.py:demo.",
                                 lock_config=True)
 
@@ -17,7 +26,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   import jax
 
-  from jaxtickets import imp
+  from jaxtickets import imp, train
   from jaxtickets.errors import UserError
 
   config = FLAGS.config
@@ -26,9 +35,14 @@ def main(argv):
   workdir = FLAGS.workdir or os.path.join("runs", config.model.name)
   logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
-    imp.run(config, workdir)
+    imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
   except UserError as e:
     sys.exit(f"error: {e}")
+  except train.Preempted as e:
+    command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m", "jaxtickets.main",
+                                                 *sys.argv[1:]])
+    print(f"{e} To resume, run the same command again: {command}", flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
   print(f"Tickets and results are in {workdir}/ (results.csv, tickets/<branch>/round_NN).")
 
 

@@ -1,5 +1,6 @@
 """Train state, optimizer, learning-rate schedule and the jitted, data-parallel, masked train step."""
 
+import functools
 import time
 from typing import Any, Callable, Iterator
 
@@ -10,6 +11,7 @@ import numpy as np
 import optax
 
 from jaxtickets import parallel, sparsity
+from jaxtickets.errors import UserError
 
 
 @flax.struct.dataclass
@@ -17,6 +19,29 @@ class TrainState:
   step: jax.Array  # the iteration index i of the schedule; a rewound round starts at k
   params: Any
   opt_state: Any
+  nan_skips: Any = None  # int32: batches skipped for a non-finite loss or gradient (nan_policy 'skip')
+  first_bad: Any = None  # int32: the first step (1-based, as logged) whose loss was non-finite; -1 if none
+
+
+class Preempted(Exception):
+  """Training stopped at a preemption notice (SIGTERM) after saving a checkpoint; the same command resumes."""
+
+  def __init__(self, step: int, label: str, reason: str, where: str):
+    super().__init__(f"Stopped by {reason} at step {step} of {label.strip()}; the checkpoint is {where}.")
+    self.step, self.label, self.reason, self.where = step, label, reason, where
+
+
+class NonFiniteLoss(UserError):
+  """A non-finite loss under nan_policy 'stop': the round ends, nothing saved is replaced."""
+
+
+def state_dict(state: TrainState) -> dict:
+  """The state's fields as a plain dict (what checkpoints store)."""
+  return {f: getattr(state, f) for f in ("step", "params", "opt_state", "nan_skips", "first_bad")}
+
+
+def state_from_dict(d: dict) -> TrainState:
+  return TrainState(**d)
 
 
 SCHEDULES = ("inverse", "epoch_step")
@@ -55,13 +80,19 @@ def create_state(params, masks, step: int, tx, mesh, trained_groups=None) -> Tra
   trained, _ = split_groups(params, params.keys() if trained_groups is None else trained_groups)
   # The same sharding as the step's outputs, or the second step would compile again.
   opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(trained)
-  return TrainState(step=parallel.replicate(np.int32(step), mesh), params=params, opt_state=opt_state)
+  return TrainState(step=parallel.replicate(np.int32(step), mesh), params=params, opt_state=opt_state,
+                    nan_skips=parallel.replicate(np.int32(0), mesh), first_bad=parallel.replicate(np.int32(-1), mesh))
 
 
 def make_train_step(model, train_config, tx, mesh) -> Callable:
-  """Returns step(state, masks, vgg_params, batch, key) -> (state, metrics), compiled once for all rounds."""
+  """Returns step(state, masks, vgg_params, batch, key) -> (state, metrics), compiled once for all rounds.
 
+  A non-finite loss or gradient leaves params and optimizer state as they were (decided on device, no host sync)
+  and records the step in state.first_bad; under nan_policy 'stop' every later step is a no-op too, so the host
+  can stop at its next log or checkpoint interval with nothing non-finite in the state.
+  """
   groups = model.trained_groups
+  policy = train_config.get("nan_policy", "stop")
 
   def step_fn(state, masks, vgg_params, batch, key):
     key = jax.random.fold_in(key, state.step)
@@ -81,37 +112,84 @@ def make_train_step(model, train_config, tx, mesh) -> Callable:
     trained = jax.tree.map(lambda p, d: p - lr * d, trained, direction)
     params = {**frozen, **sparsity.apply_masks(trained, trained_masks)}
     metrics = dict(metrics, lr=lr)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, nan_skips=state.nan_skips,
+                     first_bad=state.first_bad)
+    return (new if state.first_bad is None else _guard(state, new, metrics["total"], grads, policy)), metrics
 
   replicated = parallel.replicated(mesh)
   return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
 
 
+def _guard(old: TrainState, new: TrainState, loss, grads, policy: str) -> TrainState:
+  """`new`, or `old`'s params and optimizer state (step still advancing) where the loss or a gradient is not finite."""
+  finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)],
+                            jnp.isfinite(loss))
+  ok = finite if policy == "skip" else finite & (old.first_bad < 0)
+  keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
+  first_bad = jnp.where((old.first_bad < 0) & ~finite, old.step + 1, old.first_bad).astype(jnp.int32)
+  skips = old.nan_skips + (~finite).astype(jnp.int32) if policy == "skip" else old.nan_skips
+  return TrainState(step=new.step, params=keep(new.params, old.params), opt_state=keep(new.opt_state, old.opt_state),
+                    nan_skips=skips, first_bad=first_bad)
+
+
+def health(state: TrainState) -> tuple[int, int]:
+  """(first non-finite step or -1, skipped batches); a host sync, so only at log and checkpoint intervals."""
+  if state.first_bad is None:
+    return -1, 0
+  first_bad, skips = jax.device_get((state.first_bad, state.nan_skips))
+  return int(first_bad), int(skips)
+
+
+def non_finite_error(first_bad: int, label: str, last_good: str) -> NonFiniteLoss:
+  return NonFiniteLoss(
+      f"The loss became non-finite at step {first_bad} of {label.strip()} (config.train.nan_policy = 'stop'), so "
+      f"the round stopped without saving anything after it; the last good checkpoint is {last_good}: lower "
+      "config.train.lr or check the data and the VGG weights and resume with --allow_config_change, or set "
+      "config.train.nan_policy='skip' to skip such batches.")
+
+
 def train(step_fn, state, masks, vgg_params, batches: Iterator, end_step: int, key, mesh, *, log_every: int,
-          label: str = "", on_step: Callable | None = None, log: Callable = print) -> TrainState:
-  """Runs the step from state.step to end_step; the host syncs only at log intervals."""
+          label: str = "", on_step: Callable | None = None, log: Callable = print, nan_policy: str = "stop",
+          save: Callable | None = None, save_every: int = 0, stop: Callable | None = None,
+          last_good: Callable = lambda: "none", on_log: Callable | None = None) -> TrainState:
+  """Runs the step from state.step to end_step; the host syncs only at log and checkpoint intervals.
+
+  save(step, state) writes a checkpoint every `save_every` steps; stop(step, synced) is asked after each step
+  whether a preemption notice came (a host-side flag); if so the state is saved and Preempted raised.
+  on_log(step, metrics, steps_per_sec) gets the host metrics at each log interval (e.g. for TensorBoard).
+  """
   start = int(jax.device_get(state.step))
   last_t, last_step = time.perf_counter(), start
   for i in range(start, end_step):
     batch = parallel.shard_batch(next(batches), mesh)
     state, metrics = step_fn(state, masks, vgg_params, batch, key)
-    if on_step is not None:
-      on_step(i + 1, state)
     done = i + 1
-    if done % log_every == 0 or done == end_step:
+    if on_step is not None:
+      on_step(done, state)
+    at_log = done % log_every == 0 or done == end_step
+    at_save = save is not None and save_every > 0 and done % save_every == 0
+    stopping = stop is not None and stop(done, at_log or at_save)
+    if not (at_log or at_save or stopping):
+      continue
+    first_bad, skips = health(state)
+    if first_bad >= 0 and nan_policy == "stop":
+      raise non_finite_error(first_bad, label, last_good())
+    if at_log:
       metrics = jax.device_get(metrics)
       now = time.perf_counter()
       rate = (done - last_step) / max(now - last_t, 1e-9)
       eta = (end_step - done) / rate if rate > 0 else float("nan")
       log(f"{label} step {done}/{end_step}  loss {float(metrics['total']):.4f}  "
           f"(content {float(metrics['content']):.4f}, style {float(metrics['style']):.4f})  "
-          f"{rate:.2f} steps/s  ETA {_fmt_seconds(eta)}")
-      if not np.isfinite(float(metrics["total"])):
-        from jaxtickets.errors import UserError
-
-        raise UserError(f"The loss became non-finite at step {done} of {label.strip()}: lower config.train.lr, "
-                        "or check the data and the VGG weights.")
+          f"{rate:.2f} steps/s  ETA {_fmt_seconds(eta)}"
+          + (f"  [{skips} non-finite batches skipped, the first at step {first_bad}]" if skips else ""))
+      if on_log is not None:
+        on_log(done, metrics, rate)
       last_t, last_step = now, done
+    if (at_save or stopping) and save is not None:
+      save(done, state)
+    if stopping:
+      raise Preempted(done, label, stop.reason if hasattr(stop, "reason") else "a preemption notice", last_good())
   return state
 
 

@@ -186,3 +186,109 @@ def test_json_helpers(tmp_path):
   (tmp_path / 'bad.json').write_text('{"a": ')
   with pytest.raises(UserError, match="'.*bad.json' is not readable JSON"):
     checkpoint.load_json(tmp_path / 'bad.json')
+
+
+# ----------------------------------------------------------------------------- train-state checkpoints
+
+
+def _state(step):
+  params = jax.tree.map(lambda p: p + step, _params(0))
+  return {'step': jnp.int32(step), 'params': params, 'opt_state': {'mu': jax.tree.map(np.zeros_like, params)},
+          'nan_skips': jnp.int32(0), 'first_bad': jnp.int32(-1)}
+
+
+def _saved_manager(tmp_path, steps=(2, 4, 6), round_=1, keep=3, async_save=True):
+  logs = []
+  ck = checkpoint.TrainCheckpoints(tmp_path / 'state', keep=keep, async_save=async_save, log=logs.append)
+  masks = _masks(_params(0))
+  for s in steps:
+    ck.save(s, _state(s), masks, {'branch': 'imp', 'round': round_})
+  ck.wait()
+  return ck, masks, logs
+
+
+def test_train_checkpoints_round_trip_and_keep(tmp_path):
+  ck, masks, logs = _saved_manager(tmp_path, steps=(2, 4, 6, 8), keep=3)
+  assert ck.steps() == [4, 6, 8]  # only the last `keep`
+  state, meta = ck.restore('imp', 1, _state(0), masks)
+  assert meta['step'] == 8 and meta['branch'] == 'imp' and meta['round'] == 1
+  assert int(state['step']) == 8
+  for got, want in zip(jax.tree.leaves(state['params']), jax.tree.leaves(_state(8)['params'])):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  assert not logs
+  assert "step 8 in '" in ck.latest()
+  ck.close()
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+@pytest.mark.parametrize('damage', ['truncate', 'empty_step_dir', 'delete_item'])
+def test_damaged_latest_train_checkpoint_falls_back_to_the_previous(tmp_path, damage):
+  ck, masks, logs = _saved_manager(tmp_path)
+  ck.close()
+  latest = tmp_path / 'state' / '6'
+  if damage == 'truncate':
+    for f in glob.glob(str(latest / 'state' / '**' / 'd' / '*'), recursive=True):
+      with open(f, 'r+b') as fh:
+        fh.truncate(3)
+  elif damage == 'empty_step_dir':  # a half-written step under its final name (e.g. a non-atomic filesystem)
+    shutil.rmtree(latest)
+    (tmp_path / 'state' / '8').mkdir()
+    latest = tmp_path / 'state' / '8'
+  else:
+    shutil.rmtree(latest / 'state')
+  # What a crash mid-save leaves beside them is never taken for a checkpoint.
+  shutil.copytree(tmp_path / 'state' / '2', tmp_path / 'state' / '10.orbax-checkpoint-tmp')
+  ck = checkpoint.TrainCheckpoints(tmp_path / 'state', keep=3, async_save=True, log=logs.append)
+  state, meta = ck.restore('imp', 1, _state(0), masks)
+  assert meta['step'] == 4 and int(state['step']) == 4
+  assert len(logs) == 1 and f"'{latest}' is damaged" in logs[0] and 'falling back to the previous one' in logs[0]
+  assert not latest.exists() and ck.steps() == [2, 4]
+  assert not (tmp_path / 'state' / '10.orbax-checkpoint-tmp').exists()  # the leftover is swept away
+  ck.save(6, _state(6), masks, {'branch': 'imp', 'round': 1})  # the step can be written again
+  ck.close()
+
+
+def test_train_checkpoints_of_another_round_or_masks_are_stale(tmp_path):
+  ck, masks, logs = _saved_manager(tmp_path, round_=1)
+  assert ck.restore('imp', 2, _state(0), masks) is None  # round 1 finished: its states are stale
+  assert ck.steps() == [] and not logs
+  for s in (2, 4):
+    ck.save(s, _state(s), masks, {'branch': 'imp', 'round': 2})
+  other = jax.tree.map(lambda m: ~m, masks)
+  assert ck.restore('imp', 2, _state(0), other) is None
+  assert 'other masks' in logs[0] and ck.steps() == []
+  ck.close()
+
+
+def test_workdir_lock(tmp_path):
+  import subprocess
+  import sys
+
+  logs = []
+  lock = checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
+  owner = checkpoint.load_json(tmp_path / 'run.lock')
+  assert owner['pid'] == os.getpid() and owner['host']
+  lock.release()
+  assert not (tmp_path / 'run.lock').exists()
+  # A live owner on this host: refused with a sentence naming the PID.
+  sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    checkpoint.save_json(tmp_path / 'run.lock', {'pid': sleeper.pid, 'host': owner['host'], 'started': 'now'})
+    with pytest.raises(UserError, match=rf"Another run \(PID {sleeper.pid} on .*\) is using the workdir"):
+      checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  # The same PID, now dead: a stale lock, taken over with a warning.
+  lock = checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
+  assert 'stale lock' in logs[-1] and str(sleeper.pid) in logs[-1]
+  assert checkpoint.load_json(tmp_path / 'run.lock')['pid'] == os.getpid()
+  lock.release()
+  # Another host's lock cannot be checked: refused, saying how to clear it.
+  checkpoint.save_json(tmp_path / 'run.lock', {'pid': 1, 'host': 'elsewhere'})
+  with pytest.raises(UserError, match='host elsewhere.*delete the lock file only if'):
+    checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
+  # An unreadable (half-written) lock is taken over.
+  (tmp_path / 'run.lock').write_text('{"pi')
+  checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire().release()
+  assert 'unreadable' in logs[-1]

@@ -1,5 +1,7 @@
 """Config validation: each bad value gives one sentence naming the field."""
 
+import json
+
 import pytest
 
 from jaxtickets import config as config_lib
@@ -43,16 +45,78 @@ def test_demo_and_paper_configs_are_valid_once_data_is_set():
     ("eval.num_pairs", 0, "config.eval.num_pairs = 0 is not allowed"),
     ("model.vgg_weights", "/nonexistent/vgg", "config.model.vgg_weights = '/nonexistent/vgg' does not exist"),
     ("data.content", "", "No training data is configured: set config.data.content"),
+    # Resuming, preemption and robustness fields.
+    ("train.nan_policy", "ignore", "config.train.nan_policy = 'ignore' is not allowed: choose one of stop, skip"),
+    ("checkpoint.every_steps", 0, "config.checkpoint.every_steps = 0 is not allowed: use a positive number of steps"),
+    ("checkpoint.keep", 0, "config.checkpoint.keep = 0 is not allowed: use an integer >= 1"),
+    ("checkpoint.async_save", "yes", "config.checkpoint.async_save = 'yes' is not allowed: use True or False"),
+    ("resume", "no", "config.resume = 'no' is not allowed: use True or False"),
+    ("seed", 1.5, "config.seed = 1.5 is not allowed: use an integer"),
+    ("train.schedule", "cosine", "config.train.schedule = 'cosine' is not allowed: choose one of inverse, epoch_step"),
+    ("train.steps", 2.5, "config.train.steps = 2.5 is not allowed: use a positive integer"),
+    ("train.log_every", -1, "config.train.log_every = -1 is not allowed: use a positive integer"),
+    ("train.lr_decay", -1e-5, "config.train.lr_decay = -1e-05 is not allowed: use a non-negative number"),
+    ("model.train_encoder", "yes", "config.model.train_encoder = 'yes' is not allowed: use True or False"),
+    ("model.content_weight", -1.0, "config.model.content_weight = -1.0 is not allowed: use a non-negative number"),
+    ("model.vgg_weights", 3, "config.model.vgg_weights = 3 is not allowed: use a path (a string)"),
+    ("data.content", "/no/such/folder", "config.data.content = '/no/such/folder' does not exist: give a folder of "
+     "images, 'demo' or 'tfds:NAME:SPLIT'"),
+    ("data.eval_style", __file__, f"config.data.eval_style = {__file__!r} is a file, not a folder"),
+    ("data.tfds_data_dir", "/no/such/dir", "config.data.tfds_data_dir = '/no/such/dir' is not a folder"),
+    ("data.tfds_image_key", "", "config.data.tfds_image_key = '' is not allowed: name the dataset's image feature"),
+    ("data.load_size", -4, "config.data.load_size = -4 is not allowed: use a positive integer"),
+    ("data.num_threads", 0, "config.data.num_threads = 0 is not allowed: use a positive integer"),
+    ("imp.branches", 3, "config.imp.branches = 3 is not allowed: use a comma-separated string"),
+    ("eval.batch_size", 0, "config.eval.batch_size = 0 is not allowed: use a positive integer"),
+    ("train.lrr", 0.1, "config.train.lrr is not a known field: config.train has batch_size, epoch_steps"),
+    ("checkpoint.every", 10, "config.checkpoint.every is not a known field: config.checkpoint has async_save, "
+     "every_steps, keep."),
+    ("sed", 1, "config.sed is not a known field: the top-level fields are checkpoint, data, eval, imp, model"),
 ])
 def test_bad_value_gives_one_sentence(field, value, expected):
   c = demo()
-  section, name = field.split(".")
-  c[section][name] = value
+  section, name = field.split(".") if "." in field else (None, field)
+  with c.ignore_type():  # a config file can hold any type; validation must name it
+    (c[section] if section else c)[name] = value
   with pytest.raises(UserError) as e:
     config_lib.validate(c)
   msg = str(e.value)
   assert expected in msg
   assert len(msg.splitlines()) == 1  # only the one problem, in one line
+
+
+def test_model_specific_fields_and_other_tools_sections_are_accepted():
+  c = demo()
+  c.model.mcc_eps = 1e-5  # a model's own field
+  c.model.identity1_weight = 50.0
+  c.study = {"models": "adain"}  # another tool's section
+  config_lib.validate(c)
+
+
+def test_epoch_step_schedule_fields_are_checked():
+  c = demo()
+  c.train.schedule = "epoch_step"
+  c.train.lr_epoch_factor = 1.5
+  with pytest.raises(UserError, match=r"config.train.lr_epoch_factor = 1.5 is not allowed: use a factor in \(0, 1\]"):
+    config_lib.validate(c)
+
+
+def test_config_changes_lists_the_fields_that_matter():
+  saved = json.loads(demo().to_json())
+  c = demo()
+  assert config_lib.config_changes(saved, c) == []
+  c.train.lr = 1e-3
+  c.imp.rounds = 2
+  c.train.log_every = 1  # resume-safe: how often to log changes nothing computed
+  c.checkpoint.every_steps = 5
+  c.resume = False
+  assert config_lib.config_changes(saved, c) == ["imp.rounds: 4 -> 2", "train.lr: 0.0002 -> 0.001"]
+  # A field an older version did not write counts as unchanged at its default, as changed otherwise.
+  del saved["train"]["nan_policy"]
+  assert config_lib.config_changes(saved, demo()) == []
+  c = demo()
+  c.train.nan_policy = "skip"
+  assert config_lib.config_changes(saved, c) == ["train.nan_policy: (absent) -> 'skip'"]
 
 
 def test_all_problems_are_listed_together():

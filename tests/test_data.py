@@ -379,3 +379,91 @@ def test_crops_vary_per_sample(tmp_path, noise_dirs):
   # One image, eight samples: the crops differ because each sample has its own seeded RNG.
   assert len({img.tobytes() for img in el['content']}) > 3
   assert len({img.tobytes() for img in el['style']}) > 3
+
+
+# ----------------------------------------------------------------------------- unreadable images
+
+
+def _write_bad_files(folder):
+  """One file of each unreadable kind; returns their paths."""
+  os.makedirs(folder, exist_ok=True)
+  trunc = os.path.join(folder, 'truncated.jpg')
+  _save(trunc, np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+  with open(trunc, 'r+b') as f:
+    f.truncate(300)
+  corrupt = os.path.join(folder, 'corrupt.png')
+  with open(corrupt, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + bytes(range(200)))
+  text = os.path.join(folder, 'notes.jpg')
+  with open(text, 'w') as f:
+    f.write('this is a text file with an image extension\n')
+  empty = os.path.join(folder, 'empty.png')
+  open(empty, 'wb').close()
+  return [trunc, corrupt, text, empty]
+
+
+def test_unreadable_image_is_replaced_by_the_next_readable_one(tmp_path):
+  colours = [(10 * k, 0, 0) for k in range(6)]
+  folder = _constant_folder(tmp_path / 'c', colours)
+  # img02 and img03 become unreadable; img05 too (wraps around to img00).
+  for k in (2, 3, 5):
+    with open(os.path.join(folder, f'img{k:02d}.png'), 'wb') as f:
+      f.write(b'not an image')
+  logs = []
+  skips = data.SkipLog(logs.append)
+  src = data.ImageSource(data.list_images(folder), 'content', where=folder)
+  readable = data._Readable(src, np.arange(6), 'content', skips)
+  assert [readable.load(i)[0] for i in range(6)] == [0, 1, 4, 4, 4, 0]
+  assert readable[2][0, 0, 0] == 40  # img04's red value
+  assert len(skips) == 3 and skips.summary()['first'] == [os.path.join(folder, f'img{k:02d}.png') for k in (2, 3, 5)]
+  assert len(logs) == 3 and all('skipping the unreadable content image' in m for m in logs)
+  assert 'UnidentifiedImageError' in skips.summary()['files'][os.path.join(folder, 'img02.png')]
+  # Substitutes stay inside the given split: index 3 of the subset [1, 3] falls back to 1, never to 4.
+  sub = data._Readable(src, [1, 3], 'content', data.SkipLog(logs.append))
+  assert sub.load(3)[0] == 1
+  # A resumed run merges the skips recorded before.
+  again = data.SkipLog(logs.append)
+  again.merge(skips.summary())
+  assert len(again) == 3
+
+
+def test_dataset_with_bad_files_is_deterministic_and_trains_on_good_ones(tmp_path):
+  c = _constant_folder(tmp_path / 'c', [(200, 0, 0), (0, 200, 0)])
+  bad = _write_bad_files(tmp_path / 'c')
+  s = _noise_folder(tmp_path / 's', 3, 1)
+  cfg = _config(c, s, eval_content='demo', eval_style='demo')
+  skips = data.SkipLog(lambda m: None)
+  a = data.make_train_dataset(cfg, global_batch_size=3, skip_log=skips)
+  b = data.make_train_dataset(cfg, global_batch_size=3)
+  for i in range(4):  # 12 samples: every content file is drawn at least once
+    np.testing.assert_array_equal(a[i]['content'], b[i]['content'])
+    colours = {tuple(np.round(img[0, 0] * 255).astype(int)) for img in a[i]['content']}
+    assert colours <= {(200, 0, 0), (0, 200, 0)}
+  assert sorted(skips.summary()['first']) == sorted(bad)
+
+
+def test_every_file_bad_stops_with_one_sentence(tmp_path):
+  folder = str(tmp_path / 'c')
+  _write_bad_files(folder)
+  cfg = _config(folder, _noise_folder(tmp_path / 's', 2, 1), eval_content='demo', eval_style='demo')
+  with pytest.raises(UserError) as e:
+    data.make_train_dataset(cfg, global_batch_size=2, skip_log=data.SkipLog(lambda m: None))
+  msg = str(e.value)
+  assert msg.startswith(f"Every one of the 4 content images of the content folder '{folder}' is unreadable")
+  assert 'config.data.content' in msg and '\n' not in msg
+
+
+def test_load_48_bit_rgb_png(tmp_path):
+  import struct
+  import zlib
+
+  arr = np.zeros((4, 5, 3), np.uint16)
+  arr[..., 0], arr[..., 1], arr[..., 2] = 65535, 32896, 2570
+  raw = b''.join(b'\x00' + arr[y].astype('>u2').tobytes() for y in range(4))
+  chunk = lambda t, d: struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
+  path = tmp_path / 'rgb16.png'
+  path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 5, 4, 16, 2, 0, 0, 0)) +
+                   chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+  out = data.load_image(str(path))
+  _check_rgb(out, (4, 5))
+  np.testing.assert_allclose(out[0, 0], np.asarray([65535, 32896, 2570]) / 257, atol=1)

@@ -22,7 +22,8 @@ def run_main(*args, cwd=ROOT):
 @pytest.mark.parametrize("override,expected", [
     ("--config.model.name=adan", "config.model.name = 'adan' is not allowed: choose one of adain"),
     ("--config.imp.rounds=-1", "config.imp.rounds = -1 is not allowed: use an integer >= 0"),
-    ("--config.data.content=/no/such/folder", "The content folder '/no/such/folder' does not exist"),
+    ("--config.data.content=/no/such/folder", "config.data.content = '/no/such/folder' does not exist"),
+    ("--config.train.nan_policy=ignore", "config.train.nan_policy = 'ignore' is not allowed: choose one of stop"),
 ])
 def test_cli_bad_input_is_one_sentence(tmp_path, override, expected):
   r = run_main("--config=configs/adain.py:demo", f"--workdir={tmp_path}", override)

@@ -81,3 +81,63 @@ def test_step_matches_a_hand_written_adam_step(pieces):
     # First Adam step: m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps).
     want = np.where(m, np.asarray(p) - lr * g / (np.abs(g) + 1e-8), 0)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_loss_keeps_the_old_state_and_is_recorded(pieces, policy):
+  config, model, vgg, params, masks, mesh, tx, step_fn, batch = pieces
+  assert config.train.nan_policy == "stop"  # the default; 'skip' needs its own step
+  if policy == "skip":
+    step_fn = train.make_train_step(model, tiny_config(train__nan_policy="skip").train, tx, mesh)
+  state = train.create_state(params, masks, 0, tx, mesh)
+  vgg_r, masks_r, key = parallel.replicate(vgg, mesh), parallel.replicate(masks, mesh), jax.random.PRNGKey(3)
+  bad = dict(batch, content=np.full_like(batch["content"], np.nan))
+  snapshots = []
+  for b in (batch, bad, batch, bad, batch):  # steps 1..5; 2 and 4 are non-finite
+    before = jax.device_get(state.params)
+    state, metrics = step_fn(state, masks_r, vgg_r, parallel.shard_batch(b, mesh), key)
+    snapshots.append((before, jax.device_get(state.params), bool(np.isfinite(float(metrics["total"])))))
+  assert int(state.step) == 5
+  first_bad, skips = train.health(state)
+  assert first_bad == 2
+  for i, (before, after, finite) in enumerate(snapshots, start=1):
+    changed = any(np.any(a != b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    # 'stop': nothing moves from the first bad step on; 'skip': only the bad steps stand still.
+    assert changed == (i < 2 if policy == "stop" else finite)
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(after))
+  assert skips == (2 if policy == "skip" else 0)
+  if policy == "skip":  # the skipped batches left Adam's count alone: 3 real updates
+    assert int(state.opt_state.count) == 3
+
+
+def test_train_loop_stops_on_non_finite_loss_and_saves_nothing_after_it(pieces):
+  _, _, vgg, params, masks, mesh, tx, step_fn, batch = pieces
+  state = train.create_state(params, masks, 0, tx, mesh)
+  bad = dict(batch, content=np.full_like(batch["content"], np.nan))
+  saved = []
+  batches = iter([batch, batch, bad, batch, batch, batch])
+  with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 3 of \[imp round 1\].*last good checkpoint "
+                                                 r"is step 2 in 'X'"):
+    train.train(step_fn, state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh), batches, 6,
+                jax.random.PRNGKey(0), mesh, log_every=4, label="[imp round 1]", log=lambda m: None,
+                save=lambda step, st: saved.append(step), save_every=2, last_good=lambda: "step 2 in 'X'")
+  assert saved == [2]  # the interval at step 4 found the bad step and saved nothing
+
+
+def test_train_loop_saves_and_raises_when_asked_to_stop(pieces):
+  _, _, vgg, params, masks, mesh, tx, step_fn, batch = pieces
+  state = train.create_state(params, masks, 0, tx, mesh)
+  saved, asked = [], []
+
+  def stop(step, synced):
+    asked.append((step, synced))
+    return step == 3
+
+  stop.reason = "SIGTERM"
+  with pytest.raises(train.Preempted, match=r"Stopped by SIGTERM at step 3 of \[x\]; the checkpoint is step 3"):
+    train.train(step_fn, state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh), iter([batch] * 6),
+                6, jax.random.PRNGKey(0), mesh, log_every=5, label="[x]", log=lambda m: None,
+                save=lambda step, st: saved.append((step, int(st.step))), save_every=2, stop=stop,
+                last_good=lambda: "step 3")
+  assert saved == [(2, 2), (3, 3)]
+  assert asked == [(1, False), (2, True), (3, False)]

@@ -1,0 +1,335 @@
+"""Long runs: SIGKILL and SIGTERM then the same command, damaged checkpoints, bad images, NaNs, config changes.
+
+The command-line runs share one tiny configuration (AdaIN at 1/16 width, 32 px, 6 steps per round, 2 pruned
+rounds, a checkpoint every 2 steps) and one uninterrupted reference run to compare their tickets with.
+"""
+
+import csv
+import glob
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxtickets import checkpoint, data, imp, train
+from jaxtickets.errors import UserError
+from conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--config=configs/adain.py:demo", "--config.model.width=0.0625", "--config.data.load_size=40",
+        "--config.data.crop_size=32", "--config.train.batch_size=2", "--config.train.steps=6",
+        "--config.train.log_every=1", "--config.imp.rounds=2", "--config.imp.branches=imp",
+        "--config.eval.num_pairs=2", "--config.eval.batch_size=2", "--config.checkpoint.every_steps=2"]
+ROUNDS = (0, 1, 2)
+TIMEOUT = 900  # generous: the test machine is shared
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """The children share a persistent compilation cache: only the first one compiles the step."""
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
+
+
+def command(workdir, *extra):
+  return [sys.executable, "-m", "jaxtickets.main", *ARGS, f"--workdir={workdir}", *extra]
+
+
+def run_to_end(workdir, env, *extra):
+  return subprocess.run(command(workdir, *extra), cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=TIMEOUT)
+
+
+class Child:
+  """A background run whose stdout lines are collected as they come."""
+
+  def __init__(self, workdir, env):
+    self.proc = subprocess.Popen(command(workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    self.lines, self.err = queue.Queue(), []
+    self.out = []
+    threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True).start()
+    threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True).start()
+
+  def _read(self, stream, sink):
+    for line in stream:
+      sink.append(line)
+
+  def wait_for(self, predicate, what):
+    """Polls until predicate() holds; fails if the run ends first."""
+    deadline = time.time() + TIMEOUT
+    while not predicate():
+      assert self.proc.poll() is None, f"the run ended before {what}:\n{''.join(self.out)}{''.join(self.err)}"
+      assert time.time() < deadline, f"timed out waiting for {what}"
+      time.sleep(0.02)
+
+  def finish(self):
+    self.proc.wait(timeout=TIMEOUT)
+    time.sleep(0.2)  # let the reader threads drain the pipes
+    return self.proc.returncode, "".join(self.out), "".join(self.err)
+
+
+def state_checkpoints(workdir) -> dict:
+  """{step: meta} of the finalized train-state checkpoints (Orbax renames a step's directory when complete)."""
+  found = {}
+  for d in glob.glob(os.path.join(workdir, "state", "*")):
+    name = os.path.basename(d)
+    try:
+      if name.isdigit():
+        with open(os.path.join(d, "meta", "metadata")) as f:
+          found[int(name)] = json.load(f)
+    except (OSError, ValueError):
+      pass  # deleted or being replaced while we looked
+  return found
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+  """The uninterrupted run."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  r = run_to_end(workdir, env)
+  assert r.returncode == 0, r.stdout + r.stderr
+  return workdir
+
+
+def assert_same_tickets(a, b):
+  for r in ROUNDS:
+    ta = checkpoint.load_ticket(imp.ticket_dir(a, "imp", r))
+    tb = checkpoint.load_ticket(imp.ticket_dir(b, "imp", r))
+    for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
+      np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
+      np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    assert ta.metrics["total"] == pytest.approx(tb.metrics["total"], rel=1e-5)
+
+  def table(workdir):
+    with open(os.path.join(workdir, "results.csv")) as f:
+      return [{k: row[k] for k in ("branch", "round", "sparsity_prunable", "sparsity_total", "remaining_prunable")}
+              for row in csv.DictReader(f)]
+
+  assert table(a) == table(b) and len(table(a)) == len(ROUNDS)
+
+
+def test_sigkill_in_round_2_then_the_same_command_gives_the_same_tickets(reference, env, tmp_path):
+  workdir = str(tmp_path / "run")
+  child = Child(workdir, env)
+  round_2_saved = lambda: any(m["round"] == 2 and m["step"] < 6 for m in state_checkpoints(workdir).values())
+  child.wait_for(round_2_saved, "a checkpoint of round 2")
+  child.proc.send_signal(signal.SIGKILL)
+  child.finish()
+  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1))
+  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 2)), "killed too late: round 2 had finished"
+  assert os.path.exists(os.path.join(workdir, "run.lock"))  # a killed run cannot clean up
+
+  r = run_to_end(workdir, env)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "taking over the stale lock" in r.stdout
+  assert "[imp round 0] already done" in r.stdout and "[imp round 1] already done" in r.stdout
+  assert re.search(r"\[imp round 2\] resuming at step [24] from the checkpoint", r.stdout), r.stdout
+  assert "[imp round 1] step" not in r.stdout and "[imp round 2] step 1/6" not in r.stdout  # nothing redone
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))
+  assert_same_tickets(reference, workdir)
+
+
+@pytest.fixture(scope="module")
+def sigtermed(tmp_path_factory, env):
+  """A run sent SIGTERM during round 1, and what it left."""
+  workdir = str(tmp_path_factory.mktemp("sigterm"))
+  child = Child(workdir, env)
+  child.wait_for(lambda: any("[imp round 1] step 3/6" in line for line in child.out), "round 1's step 3")
+  child.proc.send_signal(signal.SIGTERM)
+  rc, out, err = child.finish()
+  return dict(workdir=workdir, rc=rc, out=out, err=err, checkpoints=state_checkpoints(workdir),
+              lock=os.path.exists(os.path.join(workdir, "run.lock")))
+
+
+def test_sigterm_saves_a_fresh_checkpoint_and_exits_cleanly(sigtermed):
+  out = sigtermed["out"]
+  m = re.search(r"Stopped by SIGTERM at step (\d) of \[imp round (\d)\]; the checkpoint is step (\d) in '(.*)'\. "
+                r"To resume, run the same command again: python\S* -m jaxtickets\.main --config=configs/adain\.py:demo",
+                out)
+  assert m, out + sigtermed["err"]
+  step, round_ = int(m.group(1)), int(m.group(2))
+  assert sigtermed["rc"] == 75  # EX_TEMPFAIL: a scheduler should run it again
+  assert "Traceback" not in sigtermed["err"]
+  assert int(m.group(3)) == step and os.path.samefile(m.group(4), os.path.join(sigtermed["workdir"], "state"))
+  assert max(sigtermed["checkpoints"]) == step  # saved at the step it stopped, not only at the interval
+  assert sigtermed["checkpoints"][step]["round"] == round_ == 1
+  assert f"[imp round 1] step {step + 1}/6" not in out
+  assert not sigtermed["lock"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigtermed, reference, env):
+  workdir = sigtermed["workdir"]
+  latest = max(sigtermed["checkpoints"])
+  files = glob.glob(os.path.join(workdir, "state", str(latest), "state", "**", "d", "*"), recursive=True)
+  assert files
+  for f in files:
+    with open(f, "r+b") as fh:
+      fh.truncate(3)
+  r = run_to_end(workdir, env)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert f"the checkpoint '{os.path.join(workdir, 'state', str(latest))}' is damaged" in r.stdout
+  m = re.search(r"\[imp round 1\] resuming at step (\d) from the checkpoint", r.stdout)
+  assert m and int(m.group(1)) < latest, r.stdout
+  assert_same_tickets(reference, workdir)
+
+
+def test_changed_config_is_refused_on_the_command_line_unless_allowed(reference, env, tmp_path):
+  import shutil
+
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(reference, workdir)
+  r = run_to_end(workdir, env, "--config.train.lr=0.001", "--config.train.log_every=3")
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert (f"error: The workdir '{workdir}' holds a run with another config (train.lr: 0.0002 -> 0.001): run with "
+          "the same config to resume it, pass --allow_config_change") in r.stderr
+  r = run_to_end(workdir, env, "--config.train.lr=0.001", "--allow_config_change")
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "resuming" in r.stdout and "with a changed config" in r.stdout and "train.lr: 0.0002 -> 0.001" in r.stdout
+  assert checkpoint.load_json(os.path.join(workdir, "config.json"))["train"]["lr"] == 0.001
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def test_config_checks_before_anything_runs(tmp_path):
+  workdir = str(tmp_path / "w")
+  os.makedirs(os.path.join(workdir, "init", "theta_0"))
+  open(os.path.join(workdir, "init", "theta_0", "x"), "w").close()  # progress worth protecting
+  checkpoint.save_json(os.path.join(workdir, "config.json"), json.loads(tiny_config().to_json()))
+  with pytest.raises(UserError, match=r"holds a run with another config \(imp.rounds: 3 -> 5; train.lr: 0.001 -> "
+                                      r"0.002\): .*--config.resume=false to move it aside"):
+    imp.run(tiny_config(train__lr=2e-3, imp__rounds=5), workdir)
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on the way out
+  logs = []
+  imp.log, log = logs.append, imp.log
+  try:
+    imp._check_resume_config(tiny_config(train__lr=2e-3), workdir, allow_config_change=True)
+    assert "changed config (--allow_config_change): train.lr: 0.001 -> 0.002" in logs[-1]
+    # resume=False moves the previous run aside and starts in an empty workdir.
+    lock = imp._lock_workdir(tiny_config(resume=False), workdir)
+    lock.release()
+  finally:
+    imp.log = log
+  aside = glob.glob(workdir + ".old-*")
+  assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], "init", "theta_0"))
+  assert os.listdir(workdir) == [] and "moved the previous run" in logs[-1]
+
+
+def test_second_run_on_a_workdir_stops(tmp_path):
+  import socket
+
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    checkpoint.save_json(tmp_path / "run.lock", {"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"})
+    with pytest.raises(UserError, match=rf"^Another run \(PID {sleeper.pid} on .*\) is using the workdir '{tmp_path}'"):
+      imp.run(tiny_config(), str(tmp_path))
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_preemption_watch_restores_the_previous_handler():
+  seen = []
+  previous = signal.signal(signal.SIGTERM, lambda *a: seen.append(a))
+  try:
+    watch = imp.PreemptionWatch().install()
+    assert not watch(1, False)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    assert watch(2, False) and watch.reason == "SIGTERM" and not seen
+    watch.restore()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    assert len(seen) == 1
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _png16_rgb(path, arr):
+  import struct
+  import zlib
+
+  h, w, _ = arr.shape
+  raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+  chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _every_kind_of_image(folder):
+  """8 readable oddities and 4 unreadable files; returns the unreadable ones."""
+  os.makedirs(folder)
+  rng = np.random.default_rng(0)
+  noise = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  Image.fromarray(noise(12, 10)).save(os.path.join(folder, "smaller_than_crop.png"))
+  Image.fromarray((rng.integers(0, 65536, (48, 40))).astype(np.uint16)).save(os.path.join(folder, "gray16.png"))
+  _png16_rgb(os.path.join(folder, "rgb48.png"), rng.integers(0, 65536, (40, 44, 3)).astype(np.uint16))
+  Image.fromarray(noise(40, 40)).convert("CMYK").save(os.path.join(folder, "cmyk.jpg"))
+  Image.fromarray(noise(40, 48)).convert("P", palette=Image.Palette.ADAPTIVE).save(os.path.join(folder, "pal.png"))
+  Image.fromarray(noise(44, 40)).convert("L").save(os.path.join(folder, "gray.png"))
+  Image.fromarray(np.concatenate([noise(40, 40), noise(40, 40)[..., :1]], -1), "RGBA").save(
+      os.path.join(folder, "rgba.png"))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(noise(36, 48)).save(os.path.join(folder, "rotated.jpg"), exif=exif)
+  bad = {name: os.path.join(folder, name) for name in ("truncated.jpg", "corrupt.png", "text.jpg", "empty.png")}
+  Image.fromarray(noise(64, 64)).save(bad["truncated.jpg"])
+  with open(bad["truncated.jpg"], "r+b") as f:
+    f.truncate(400)
+  with open(bad["corrupt.png"], "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + bytes(range(100)))
+  with open(bad["text.jpg"], "w") as f:
+    f.write("not an image\n")
+  open(bad["empty.png"], "wb").close()
+  return sorted(bad.values())
+
+
+def test_folder_with_every_kind_of_bad_file_trains_and_reports_the_skips(tmp_path, capsys):
+  bad = _every_kind_of_image(str(tmp_path / "content"))
+  # 12 files, no holdout (eval images from the demo), 6 steps of 2: every file is drawn.
+  config = tiny_config(data__content=str(tmp_path / "content"), imp__rounds=0, train__steps=6)
+  rows = imp.run(config, str(tmp_path / "run"))
+  assert [(r["branch"], r["round"]) for r in rows] == [("imp", 0)]
+  summary = checkpoint.load_json(tmp_path / "run" / "summary.json")["skipped_images"]
+  assert summary["count"] == 4 and sorted(summary["first"]) == bad
+  out = capsys.readouterr().out
+  assert out.count("WARNING: skipping the unreadable content image") == 4
+  assert "Data: skipped 4 unreadable images, each replaced by the next readable one" in out
+  assert np.isfinite(checkpoint.load_ticket(imp.ticket_dir(str(tmp_path / "run"), "imp", 0)).metrics["total"])
+
+
+def test_non_finite_loss_stops_the_round_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  sample = data._Sample.__call__
+
+  def poisoned(self, j):  # global samples 6 and 7 = the 4th step (batch 2)
+    out = sample(self, j)
+    return dict(out, content=np.full_like(out["content"], np.nan)) if j in (6, 7) else out
+
+  monkeypatch.setattr(data._Sample, "__call__", poisoned)
+  workdir = str(tmp_path / "run")
+  config = tiny_config(imp__rounds=0, train__steps=6, train__log_every=3, checkpoint__every_steps=2)
+  state_dir = os.path.join(workdir, "state")
+  with pytest.raises(train.NonFiniteLoss, match=rf"non-finite at step 4 of \[imp round 0\] .*the last good "
+                                                rf"checkpoint is step 2 in '{state_dir}'"):
+    imp.run(config, workdir)
+  assert sorted(state_checkpoints(workdir)) == [2]
+  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 0))
+  params = glob.glob(os.path.join(state_dir, "2", "state"))
+  assert params and not os.path.exists(os.path.join(workdir, "run.lock"))
