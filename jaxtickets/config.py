@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.train_encoder = True  # the paper's finding 1: training the VGG encoder too beats keeping it fixed
   c.model.dtype = "float32"
   c.model.vgg_weights = ""  # Flax-format VGG file; empty = random weights (results not meaningful)
+  c.model.init_from = ""  # a directory from scripts/port_weights.py: its decoder/transform become theta_0
   # Loss weights are fields named '<loss>_weight' (content_weight, style_weight, identity1_weight, ...); each
   # configs/<model>.py sets its model's, and a model falls back to the reference's value for any not set.
 
@@ -168,6 +169,10 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   if isinstance(m.vgg_weights, str) and m.vgg_weights and not os.path.exists(m.vgg_weights):
     p.append(f"config.model.vgg_weights = {m.vgg_weights!r} does not exist: point it at a Flax-format VGG file "
              "written by scripts/port_weights.py, or leave it empty for random weights.")
+  need(isinstance(m.get("init_from", ""), str), "model.init_from", m.get("init_from"), "use a path (a string)")
+  if isinstance(m.get("init_from", ""), str) and m.get("init_from") and not os.path.isdir(m.init_from):
+    p.append(f"config.model.init_from = {m.init_from!r} is not a directory: point it at the --out directory of "
+             "scripts/port_weights.py, or leave it empty for a random init.")
   p += _data_problems(d, need)
   for f in ("load_size", "crop_size", "num_threads", "prefetch"):
     need(is_int(d[f]) and d[f] > 0, f"data.{f}", d[f], "use a positive integer")

@@ -53,6 +53,7 @@ class Setup:
   skip_log: Any = None  # data.SkipLog: unreadable images replaced so far
   ckpts: Any = None  # checkpoint.TrainCheckpoints of the running round
   watch: Any = None  # PreemptionWatch: SIGTERM / preemption notice
+  monitor: Any = None  # monitor.Monitor: TensorBoard events (process 0 writes)
 
 
 def ticket_dir(workdir: str, branch: str, round_: int) -> str:
@@ -76,10 +77,14 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
     s.ckpts = checkpoint.TrainCheckpoints(os.path.join(workdir, "state"), keep=config.checkpoint.keep,
                                           async_save=config.checkpoint.async_save, log=log)
     s.watch = watch
+    from jaxtickets.monitor import Monitor
+    s.monitor = Monitor(workdir)
     return _run_rounds(s)
   finally:
     watch.restore()
     if s is not None:
+      if s.monitor is not None:
+        s.monitor.close()
       if s.ckpts is not None:
         s.ckpts.close()  # a pending (async) checkpoint is complete before the process goes
       _save_skips(s)
@@ -289,6 +294,10 @@ def initial_params(s: Setup):
   if checkpoint.params_exist(path):
     return checkpoint.load_params(path)
   theta_0 = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 0), jax.device_get(s.vgg_params)))
+  if s.config.model.init_from:
+    from jaxtickets import port
+    theta_0 = port.load_init_from(s.config.model.init_from, s.model, theta_0)  # checks name, width, shapes
+    log(f"theta_0: decoder/transform from {s.config.model.init_from}")
   checkpoint.save_params(path, theta_0)
   return theta_0
 
@@ -346,7 +355,8 @@ def run_round(s: Setup, branch: str, round_: int, init_params, masks, *, start_s
 
   state = train.train(s.step_fn, state, device_masks, s.vgg_params, batches, cfg.train.steps, key, s.mesh,
                       log_every=cfg.train.log_every, label=label, on_step=on_step, log=log, nan_policy=policy,
-                      save=save, save_every=cfg.checkpoint.every_steps, stop=s.watch, last_good=last_good)
+                      save=save, save_every=cfg.checkpoint.every_steps, stop=s.watch, last_good=last_good,
+                      on_log=s.monitor.train_callback(branch, round_, cfg.train) if s.monitor else None)
   trained = jax.device_get(state.params)
   metrics = evaluate.evaluate(s.eval_fn, state.params, device_masks, s.vgg_params, s.pairs, cfg.eval.batch_size)
   dense_total = metrics["total"] if round_ == 0 else _dense_total(s.workdir)
@@ -354,6 +364,10 @@ def run_round(s: Setup, branch: str, round_: int, init_params, masks, *, start_s
                  relative_to_dense=metrics["total"] / dense_total - 1.0,
                  matches=bool(metrics["total"] <= dense_total * (1.0 + cfg.imp.match_tolerance)),
                  nan_skips=train.health(state)[1])
+  if s.monitor is not None and s.monitor.enabled:
+    sample = {k: s.pairs[k][:4] for k in ("content", "style")}
+    images = evaluate.stylize_pairs(s.model, trained, jax.device_get(masks), jax.device_get(s.vgg_params), sample)
+    s.monitor.round_end(branch, round_, metrics, report, images)
   log(f"{label} eval: total {metrics['total']:.4f} (content {metrics['content']:.4f}, "
       f"style {metrics['style']:.4f}), {metrics['relative_to_dense']:+.2%} vs dense -> "
       f"{'matches' if metrics['matches'] else 'does not match'}")

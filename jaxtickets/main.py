@@ -36,6 +36,8 @@ def main(argv):
   logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
     imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
+    from jaxtickets import report
+    report.write_report(workdir, config)
   except UserError as e:
     sys.exit(f"error: {e}")
   except train.Preempted as e:
@@ -43,7 +45,7 @@ def main(argv):
                                                  *sys.argv[1:]])
     print(f"{e} To resume, run the same command again: {command}", flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
-  print(f"Tickets and results are in {workdir}/ (results.csv, tickets/<branch>/round_NN).")
+  print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/round_NN.")
 
 
 if __name__ == "__main__":
