@@ -33,6 +33,36 @@ def test_learning_rate_schedule():
     assert train.learning_rate(c, i) == pytest.approx(c.lr / (1 + c.lr_decay * i))
 
 
+def test_epoch_step_schedule_is_adaattns():
+  c = tiny_config(train__schedule="epoch_step", train__lr=2e-4, train__epoch_steps=100,
+                  train__lr_constant_epochs=2, train__lr_epoch_factor=0.3).train
+  # Epochs 1-2 at 2e-4, then x0.3 per epoch: 6e-5, 1.8e-5, 5.4e-6 (models.md section 6.5).
+  want = {0: 2e-4, 99: 2e-4, 100: 2e-4, 199: 2e-4, 200: 6e-5, 299: 6e-5, 300: 1.8e-5, 450: 5.4e-6}
+  for i, lr in want.items():
+    assert float(train.learning_rate(c, np.float32(i))) == pytest.approx(lr, rel=1e-5), i
+
+
+def test_frozen_groups_get_no_update_and_no_optimizer_state(pieces):
+  config, model, vgg, params, masks, mesh, tx, _, batch = pieces
+
+  class DecoderOnly(type(model)):
+    trained_groups = ("decoder",)
+
+  frozen_model = DecoderOnly(config.model)
+  state = train.create_state(params, masks, 0, tx, mesh, frozen_model.trained_groups)
+  assert set(state.opt_state.mu) == {"decoder"}
+  step_fn = train.make_train_step(frozen_model, config.train, tx, mesh)
+  state, _ = step_fn(state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh),
+                     parallel.shard_batch(batch, mesh), jax.random.PRNGKey(0))
+  after = jax.device_get(state.params)
+  masked = sparsity.apply_masks(params, masks)
+  for a, b in zip(jax.tree.leaves(after["encoder"]), jax.tree.leaves(masked["encoder"])):
+    np.testing.assert_array_equal(a, b)
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after["decoder"]),
+                                                     jax.tree.leaves(masked["decoder"]))]
+  assert any(moved)
+
+
 def test_create_state_is_masked_with_fresh_optimizer(pieces):
   _, _, _, params, masks, mesh, tx, _, _ = pieces
   state = train.create_state(params, masks, 7, tx, mesh)
