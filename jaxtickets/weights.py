@@ -1,4 +1,5 @@
-"""Flax-format VGG weights on disk: a flat '.npz' ('conv1_1/kernel' keys) or an Orbax params directory.
+"""Flax-format VGG weights on disk: a flat '.npz' ('conv1_1/kernel' keys), an Orbax params directory, or a
+directory written by scripts/port_weights.py (model.json + params/, whose 'vgg' part is read).
 
 scripts/port_weights.py turns PyTorch state dicts into such files; `load_vgg_weights` fits one to the depth a model
 needs (deeper files are fine: the extra layers are dropped).
@@ -84,13 +85,37 @@ def _read_npz(path: str, wanted) -> dict[str, np.ndarray]:
     raise UserError(f"VGG weights '{path}' are damaged ({type(err).__name__}: {err}); {_FIX}.") from None
 
 
+_TORCH_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.safetensors', '.bin', '.ckpt')
+
+
+def _read_dir(path: str) -> dict[str, Any]:
+  """Flat arrays of an Orbax params directory or of a ported directory (its params/ checkpoint); a ported
+  tree {'vgg': ..., 'params': ...} gives its 'vgg' part."""
+  from jaxtickets import checkpoint
+  ported = os.path.join(path, 'params')
+  # A ported directory's params/ is a whole checkpoint; a plain checkpoint's params/ is only its item folder.
+  if checkpoint.params_exist(ported) or os.path.exists(os.path.join(path, 'model.json')):
+    tree = checkpoint.load_params(ported)  # a damaged one gets load_params' message naming the file
+  elif checkpoint.params_exist(path):
+    tree = checkpoint.load_params(path)
+  else:
+    raise UserError(f"VGG weights directory '{path}' is not an Orbax params checkpoint nor a directory written "
+                    f'by scripts/port_weights.py; {_FIX}.')
+  if 'vgg' in tree and 'conv0' not in tree:
+    return flatten(tree['vgg'])
+  if 'params' in tree and 'conv0' not in tree and 'conv0' not in tree['params']:
+    raise UserError(f"'{path}' holds ported model weights without a 'vgg' part; port the VGG file too "
+                    f'(--vgg) or {_FIX}.')
+  return flatten(tree)
+
+
 def _read(path: str, wanted) -> dict[str, np.ndarray]:
-  """Flat arrays from an .npz file or an Orbax params directory."""
+  """Flat arrays from an .npz file, an Orbax params directory or a ported directory."""
   if os.path.isdir(path):
-    from jaxtickets import checkpoint
-    if not checkpoint.params_exist(path):
-      raise UserError(f"VGG weights directory '{path}' is not an Orbax params checkpoint; {_FIX}.")
-    return flatten(checkpoint.load_params(path))  # a damaged one gets load_params' message naming the file
+    return _read_dir(path)
+  if path.endswith(_TORCH_SUFFIXES):
+    raise UserError(f"VGG weights '{path}' are a PyTorch-format file: port them first with python "
+                    'scripts/port_weights.py --vgg=FILE --out=DIR and set config.model.vgg_weights=DIR.')
   return _read_npz(path, wanted)
 
 

@@ -124,3 +124,39 @@ def test_long_problem_lists_are_counted(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r'missing conv1_1/bias; missing conv1_1/kernel; missing conv1_2/bias; '
                                       r'and 7 more; set config'):
     weights.load_vgg_weights(tmp_path / 'w.npz', _shapes(_vgg('conv3_1')))
+
+
+def _ported_dir(tmp_path, name, vgg, params=None):
+  """A directory as scripts/port_weights.py writes it (model.json + params/), made without torch."""
+  from jaxtickets import port
+  ported = port.Ported('adain' if params else None, {'name': 'adain', 'width': 1.0} if params else None, params,
+                       vgg, {}, [])
+  port.save(ported, tmp_path / name)
+  return tmp_path / name
+
+
+def test_ported_directories_give_their_vgg_part(tmp_path):
+  vgg = _vgg('conv2_1')
+  decoder = {'decoder': {'conv1_1': {'kernel': np.ones((3, 3, 4, 3), np.float32), 'bias': np.zeros(3, np.float32)}}}
+  for path in (_ported_dir(tmp_path, 'vgg_only', vgg), _ported_dir(tmp_path, 'model', vgg, decoder)):
+    assert (path / 'model.json').is_file()
+    _assert_equal(weights.load_vgg_weights(path, _shapes(_vgg('conv1_2'))), _vgg('conv1_2'))
+    _assert_equal(weights.load_vgg_weights(path / 'params', _shapes(vgg)), vgg)  # the Orbax directory itself
+  with pytest.raises(UserError, match=r"do not fit the model: missing conv2_2/bias; missing conv2_2/kernel"):
+    weights.load_vgg_weights(tmp_path / 'model', _shapes(_vgg('conv2_2')))
+
+
+def test_ported_directory_without_vgg(tmp_path):
+  from jaxtickets import checkpoint
+  checkpoint.save_params(tmp_path / 'd' / 'params', {'params': {'decoder': {'k': np.zeros(2, np.float32)}}})
+  with pytest.raises(UserError, match=r"holds ported model weights without a 'vgg' part; port the VGG file too"):
+    weights.load_vgg_weights(tmp_path / 'd', _shapes(_vgg('conv0')))
+
+
+@pytest.mark.parametrize('name', ['vgg_normalised.pth', 'vgg.safetensors'])
+def test_pytorch_files_must_be_ported_first(tmp_path, name):
+  (tmp_path / name).write_bytes(b'PK\x03\x04 not really')
+  with pytest.raises(UserError, match=r"are a PyTorch-format file: port them first with python "
+                                      r'scripts/port_weights\.py --vgg=FILE --out=DIR and set '
+                                      r'config\.model\.vgg_weights=DIR\.'):
+    weights.load_vgg_weights(tmp_path / name, _shapes(_vgg('conv0')))
