@@ -56,6 +56,7 @@ def get_config(arg: str = ""):
     c.train.steps = 30
     c.train.epoch_steps = c.train.steps  # one epoch per round: the lr stays at 2e-4
     c.train.log_every = 10
+    c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
     c.imp.rounds = 3
     c.imp.branches = "imp,random_prune"
     c.eval.num_pairs = 4

@@ -55,6 +55,7 @@ def get_config(arg: str = ""):
     c.train.steps = 15
     c.train.lr = 2e-4  # a few dozen steps per round need a faster start than the reference's 1e-4
     c.train.log_every = 10
+    c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
     c.imp.rounds = 3
     c.imp.branches = "imp,random_prune"
     c.eval.num_pairs = 4

@@ -1,0 +1,62 @@
+"""MANet (Deng et al. 2020) ticket search.
+
+'' (default): the reference train.py's scale: batch 8, 256 px crops of 512x512 resizes, 160k iterations per round
+              at lr 1e-4 / (1 + 5e-5 i), loss weights content 1, style 5, identity1 50, identity2 1,
+              disentanglement 1 (switched on while 1 L_c + 5 L_s < disentangle_threshold = 10); 10 rounds of 20%
+              global pruning over encoder (VGG to r41, all the transform reads), decoder and transform.
+'demo':       the embedded demo: full-width VGG, scikit-image's photographs and textures, 64 px crops, batch 4,
+              15 steps, 3 rounds plus the random-pruning baseline (7 trainings, 105 steps). A MANet step decodes
+              five images per pair (Ics, Icc, Iss, Ic1s, Ics1) and runs each through the loss VGG to r51: about
+              2.5 AdaIN steps of CPU time (measured, batch 4 at 64 px) and compiles take twice as long, hence 15
+              steps and 3 rounds instead of AdaIN's 40 and 4 to stay near 10 minutes on 2 cores.
+
+config.model.manet_original_pairing (default False) picks the disentanglement pairs:
+  False: the paper's intent. Ic1s = D(MA(c1, s)) stylizes ONE content c1 (drawn from the batch) with each style of
+         the batch and Ics1 = D(MA(c, s1)) each content with ONE style s1; L_dc compares two random permutations
+         of Ic1s (same content, different styles), L_ds two of Ics1 (same style, different contents).
+  True:  the reference code, which builds batch-1 loaders but draws c1 and s1 from the batch-B loaders, so
+         `.expand` does nothing and randomly paired outputs are pushed together; here c1 and s1 are random
+         permutations of the batch's own contents and styles.
+"""
+
+from jaxtickets import config as config_lib
+
+
+def get_config(arg: str = ""):
+  c = config_lib.default_config()
+  c.model.name = "manet"
+  c.model.content_weight = 1.0
+  c.model.style_weight = 5.0
+  c.model.identity1_weight = 50.0
+  c.model.identity2_weight = 1.0
+  c.model.disentangle_weight = 1.0
+  c.model.disentangle_threshold = 10.0  # on while content_weight * L_c + style_weight * L_s is below this
+  c.model.manet_original_pairing = False
+  c.train.lr = 1e-4
+  c.train.schedule = "inverse"
+  c.train.lr_decay = 5e-5
+  c.train.batch_size = 8
+  c.train.steps = 160_000
+  c.data.load_size = 512
+  c.data.crop_size = 256
+  c.sparsity.scope = "encoder,decoder,transform"
+  c.imp.rounds = 10
+  if arg == "demo":
+    c.data.content = "demo"
+    c.data.style = "demo"
+    c.data.eval_content = "demo"
+    c.data.eval_style = "demo"
+    c.data.load_size = 96
+    c.data.crop_size = 64
+    c.train.batch_size = 4
+    c.train.steps = 15
+    c.train.lr = 2e-4  # a few dozen steps per round need a faster start than the paper's 1e-4
+    c.train.log_every = 10
+    c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
+    c.imp.rounds = 3
+    c.imp.branches = "imp,random_prune"
+    c.eval.num_pairs = 4
+    c.eval.batch_size = 4
+  elif arg:
+    raise ValueError(f"Unknown variant {arg!r} of configs/manet.py: use '' (paper scale) or 'demo'.")
+  return c

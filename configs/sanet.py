@@ -1,0 +1,51 @@
+"""SANet (Park & Lee 2019) ticket search.
+
+'' (default): the reference notebook's scale: batch 5, 256 px crops of 512x512 resizes, 160k iterations per round
+              at lr 1e-4 / (1 + 5e-5 i), loss weights content 1, style 3, identity1 50, identity2 1; 10 rounds of
+              20% global pruning over encoder, decoder and transform (the paper's SANet ticket is at 6 rounds).
+'demo':       the embedded demo: full-width VGG, scikit-image's photographs and textures, 64 px crops (a multiple
+              of SANet's divisor 16, so r51 is 4x4), batch 4, 25 steps, 3 rounds plus the random-pruning
+              baseline (7 trainings, 175 steps). A SANet step costs about 1.8 AdaIN steps of CPU time (measured,
+              batch 4 at 64 px: VGG to r51, three decoded images per pair for the identity losses) and compiles
+              take twice as long, hence 25 steps and 3 rounds instead of AdaIN's 40 and 4 to stay near 10 minutes
+              on 2 cores.
+"""
+
+from jaxtickets import config as config_lib
+
+
+def get_config(arg: str = ""):
+  c = config_lib.default_config()
+  c.model.name = "sanet"
+  c.model.content_weight = 1.0
+  c.model.style_weight = 3.0
+  c.model.identity1_weight = 50.0
+  c.model.identity2_weight = 1.0
+  c.train.lr = 1e-4
+  c.train.schedule = "inverse"
+  c.train.lr_decay = 5e-5
+  c.train.batch_size = 5
+  c.train.steps = 160_000
+  c.data.load_size = 512
+  c.data.crop_size = 256
+  c.sparsity.scope = "encoder,decoder,transform"
+  c.imp.rounds = 10
+  if arg == "demo":
+    c.data.content = "demo"
+    c.data.style = "demo"
+    c.data.eval_content = "demo"
+    c.data.eval_style = "demo"
+    c.data.load_size = 96
+    c.data.crop_size = 64
+    c.train.batch_size = 4
+    c.train.steps = 25
+    c.train.lr = 2e-4  # a few dozen steps per round need a faster start than the paper's 1e-4
+    c.train.log_every = 10
+    c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
+    c.imp.rounds = 3
+    c.imp.branches = "imp,random_prune"
+    c.eval.num_pairs = 4
+    c.eval.batch_size = 4
+  elif arg:
+    raise ValueError(f"Unknown variant {arg!r} of configs/sanet.py: use '' (paper scale) or 'demo'.")
+  return c

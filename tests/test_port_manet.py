@@ -1,0 +1,54 @@
+"""MANet: released-layout files (with a DataParallel 'module.' prefix) ported and compared with a PyTorch
+formulation of models.md §5 (CSA, channel-wise SSA, CA on r41, shared decoder)."""
+
+import pytest
+
+from jaxtickets import port
+
+torch = pytest.importorskip('torch')
+import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
+from test_port import vgg_file  # pylint: disable=unused-import,wrong-import-position  (a fixture)
+from test_port_sanet import SANetBlock  # pylint: disable=wrong-import-position  (CSA and CA are SANet blocks)
+
+nn, norm = tp.nn, tp.norm
+
+
+class SSA(nn.Module):
+  """Channel-wise style self-attention: A = softmax_last(f(s) g(s)^T), O[c] = sum_c' A[c', c] h(norm s)[c']."""
+
+  def __init__(self, c=512):
+    super().__init__()
+    self.f, self.g, self.h, self.out_conv = (nn.Conv2d(c, c, 1) for _ in range(4))
+
+  def forward(self, style):
+    b, c, h, w = style.shape
+    p, r = self.f(style).reshape(b, c, -1), self.g(style).reshape(b, c, -1)
+    attn = torch.softmax(torch.bmm(p, r.permute(0, 2, 1)), dim=-1)  # (b, C, C')
+    v = self.h(norm(style)).reshape(b, c, -1)
+    o = torch.bmm(attn.permute(0, 2, 1), v).reshape(b, c, h, w)  # the transposed attention
+    return self.out_conv(o) + style
+
+
+class MAModule(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.CSA, self.SSA, self.CA = SANetBlock(), SSA(), SANetBlock()  # pylint: disable=invalid-name
+
+  def forward(self, content, style):
+    return self.CA(self.CSA(content, content), self.SSA(style))
+
+
+def test_manet_parity(vgg_file, tmp_path):
+  vgg, vgg_path = vgg_file
+  torch.manual_seed(20)
+  ma, decoder = MAModule().eval(), nn.Sequential(*tp.decoder_layers()).eval()
+  state = {f'module.{k}': v for k, v in ma.state_dict().items()}
+  ma_path = tp.save_torch(state, tmp_path / 'ma_module_iter_160000.pth')
+  dec_path = tp.save_torch(decoder, tmp_path / 'decoder_iter_160000.pth')
+  ported = port.convert('manet', vgg=vgg_path, decoder=dec_path, transforms=[ma_path])
+  assert any("stripped the 'module.' prefix" in n for n in ported.notes)
+  c, ct = tp.images(2, 32, seed=21)
+  s, st = tp.images(2, 32, seed=22)
+  with torch.no_grad():
+    want = decoder(ma(tp.encode(vgg, ct, 4)[-1], tp.encode(vgg, st, 4)[-1]))
+  tp.check_parity('manet', tp.stylize_jax(ported, c, s), want)
