@@ -81,8 +81,8 @@ def test_conv3x3_reflect_fast_path_gradients_equal_valid_path():
   cot = jnp.asarray(rng.normal(size=(2, 6, 5, 4)).astype(np.float32))
 
   def grads(same_trick):
-    f = lambda x, k, b: jnp.sum(layers.conv3x3_reflect(x, k, b, same_trick=same_trick) * cot)
-    return jax.grad(f, argnums=(0, 1, 2))(x, k, b)
+    f = lambda x, k, b: jnp.sum(layers.conv3x3_reflect(x, k, b, same_trick=same_trick, matmul_grad=False) * cot)
+    return jax.jit(jax.grad(f, argnums=(0, 1, 2)))(x, k, b)
 
   for fast, slow in zip(grads(True), grads(False)):
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
@@ -137,3 +137,68 @@ def test_adain_matches_numpy():
   assert out.shape == c.shape
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
   assert layers.adain(jnp.asarray(c, jnp.bfloat16), jnp.asarray(s, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def _plain_valid_conv(x, k, b):
+  """The reference: reflect pad + plain VALID conv, differentiated by JAX's own autodiff."""
+  y = jax.lax.conv_general_dilated(layers.reflect_pad(x), k, (1, 1), "VALID",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y + b
+
+
+@pytest.fixture
+def matmul_grad_everywhere(monkeypatch):
+  """Lets the matmul weight gradient run on the tests' few-channel layers too."""
+  monkeypatch.setattr(layers, "MATMUL_GRAD_MIN_CHANNELS", 1)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 3, 4), (3, 9, 12, 8, 16)])
+def test_matmul_grad_conv_value_and_gradients_equal_plain_valid_conv(shape, matmul_grad_everywhere):
+  bsz, h, w, ci, co = shape
+  rng = np.random.default_rng(sum(shape))
+  x, k, b = (jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in [(bsz, h, w, ci), (3, 3, ci, co), (co,)])
+  cot = jnp.asarray(rng.normal(size=(bsz, h, w, co)).astype(np.float32))
+  fast = lambda x, k, b: layers.conv3x3_reflect(x, k, b, same_trick=True, matmul_grad=True)
+  np.testing.assert_allclose(fast(x, k, b), np_reflect_conv(x, k, b), rtol=1e-5, atol=1e-5)
+
+  def grads(f):
+    return jax.jit(jax.grad(lambda x, k, b: jnp.sum(f(x, k, b) * cot), argnums=(0, 1, 2)))(x, k, b)
+
+  got, want = grads(fast), grads(_plain_valid_conv)
+  for g, r in zip(got, want):
+    assert g.shape == r.shape and g.dtype == r.dtype
+    np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5 * float(jnp.abs(r).max()))
+  # An independent check of the weight gradient: dW[i, j] = sum_bhw xp[b, h+i, w+j]^T cot[b, h, w] in float64.
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  c64 = np.asarray(cot, np.float64)
+  dw = np.array([[np.einsum("bhwc,bhwo->co", xp[:, i:i + h, j:j + w], c64) for j in range(3)] for i in range(3)])
+  np.testing.assert_allclose(got[1], dw, rtol=1e-5, atol=1e-5 * np.abs(dw).max())
+
+
+def test_matmul_grad_conv_bfloat16_keeps_dtypes_and_tracks_float32(matmul_grad_everywhere):
+  rng = np.random.default_rng(7)
+  x, k, b = (rng.normal(size=s).astype(np.float32) for s in [(2, 8, 8, 4), (3, 3, 4, 5), (5,)])
+
+  def loss(f, dtype):
+    return lambda x, k, b: jnp.sum(f(x.astype(dtype), k.astype(dtype), b.astype(dtype)).astype(jnp.float32) ** 2)
+
+  fast = lambda x, k, b: layers.conv3x3_reflect(x, k, b, same_trick=True, matmul_grad=True)
+  grad = lambda f, dtype: jax.jit(jax.grad(loss(f, dtype), argnums=(0, 1, 2)))(x, k, b)
+  g16, g16_ref = grad(fast, jnp.bfloat16), grad(_plain_valid_conv, jnp.bfloat16)
+  g32 = grad(_plain_valid_conv, jnp.float32)
+  for a, r16, r32 in zip(g16, g16_ref, g32):
+    assert a.dtype == r16.dtype == jnp.float32  # cast back to the float32 inputs by the astype's VJP
+    scale = float(jnp.abs(r32).max())
+    np.testing.assert_allclose(a, r32, atol=0.05 * scale)  # bf16 has ~3 significant digits
+
+
+def test_conv_defaults_follow_the_backend():
+  jaxpr = lambda ci, co, *flags: str(jax.make_jaxpr(lambda x, k: layers.conv3x3_reflect(x, k, jnp.zeros(co), *flags))(
+      jnp.ones((1, 4, 4, ci)), jnp.ones((3, 3, ci, co))))
+  n = layers.MATMUL_GRAD_MIN_CHANNELS
+  on_cpu = jax.default_backend() == "cpu"
+  assert ("custom_vjp" in jaxpr(n, n)) == (on_cpu and layers.MATMUL_GRAD_ON_CPU)
+  assert "custom_vjp" not in jaxpr(3, n) and "custom_vjp" not in jaxpr(n, 3)  # RGB layers keep XLA's dW
+  plain = jaxpr(n, n, False, False)
+  assert "custom_vjp" not in plain and "padding=((0, 0), (0, 0))" in plain
+  assert "custom_vjp" in jaxpr(n, n, True, True)

@@ -10,6 +10,10 @@ import jax.numpy as jnp
 _DN = ("NHWC", "HWIO", "NHWC")
 
 # PyTorch's Conv2d default, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), variance 1/(3 fan_in).
+# Whether conv3x3_reflect's default on CPU uses the matmul weight gradient (scripts/bench.py measures both).
+MATMUL_GRAD_ON_CPU = True
+MATMUL_GRAD_MIN_CHANNELS = 16
+
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
@@ -31,16 +35,65 @@ def reflect_pad(x: jax.Array, n: int = 1) -> jax.Array:
   return jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode="reflect")
 
 
-def conv3x3_reflect(x: jax.Array, kernel: jax.Array, bias: jax.Array, same_trick: bool | None = None) -> jax.Array:
-  """Reflect pad 1 + 3x3 VALID conv + bias; `same_trick` (default: on CPU) runs it as a cropped SAME conv."""
-  if same_trick is None:
-    same_trick = jax.default_backend() == "cpu"
+def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN)
+
+
+def _same_cropped(xp: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The VALID 3x3 conv of a padded input, run as a SAME conv whose 1-pixel border is cropped off."""
+  # XLA CPU runs a SAME conv ~3x faster than VALID; the cropped border is the only difference.
+  return _conv(xp, kernel, "SAME")[:, 1:-1, 1:-1]
+
+
+@jax.custom_vjp
+def _valid_conv_matmul_grad(xp: jax.Array, kernel: jax.Array) -> jax.Array:
+  """VALID 3x3 conv of a padded input with a hand-written VJP: dW as three large matmuls (fast on XLA CPU)."""
+  return _same_cropped(xp, kernel)
+
+
+def _valid_conv_fwd(xp, kernel):
+  return _same_cropped(xp, kernel), (xp, kernel)
+
+
+def _valid_conv_bwd(res, g):
+  xp, kernel = res
+  b, h, w, co = g.shape
+  ci = xp.shape[-1]
+  # dX: the full correlation of g with the flipped, transposed kernel (what autodiff of the VALID conv computes).
+  dxp = _conv(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), ((2, 2), (2, 2)))
+  # dW[i, j] = sum over b, y, x of xp[b, y + i, x + j]^T g[b, y, x]. Per row shift i, one matmul against g
+  # placed at the three column offsets j (zero-padded to the padded width) gives dW[i, 0..2] at once: 3 copies of
+  # g and 3 row slices of xp feed 3 large matmuls, where XLA CPU's own dW (a conv with the batch as features)
+  # runs several times slower at large H*W.
+  g3 = jnp.stack([jnp.pad(g, ((0, 0), (0, 0), (j, 2 - j), (0, 0))) for j in range(3)], axis=-2).reshape(-1, 3 * co)
+  rows = [jax.lax.dot_general(xp[:, i:i + h].reshape(-1, ci), g3, (((0,), (0,)), ((), ()))) for i in range(3)]
+  dw = jnp.stack(rows).reshape(3, ci, 3, co).transpose(0, 2, 1, 3)
+  return dxp.astype(xp.dtype), dw.astype(kernel.dtype)
+
+
+_valid_conv_matmul_grad.defvjp(_valid_conv_fwd, _valid_conv_bwd)
+
+
+def conv3x3_reflect(x: jax.Array, kernel: jax.Array, bias: jax.Array, same_trick: bool | None = None,
+                    matmul_grad: bool | None = None) -> jax.Array:
+  """Reflect pad 1 + 3x3 VALID conv + bias.
+
+  `same_trick` (default: on when JAX's default backend is the CPU, off on GPU/TPU, which keep the plain conv) runs
+  the conv as a cropped SAME conv; `matmul_grad` (default: `same_trick and MATMUL_GRAD_ON_CPU`) also swaps in a
+  custom VJP whose weight gradient is three large matmuls (layers with at least
+  MATMUL_GRAD_MIN_CHANNELS channels in and out). Every path's value and gradients equal the plain VALID
+  conv's up to float rounding.
+  """
+  same_trick = jax.default_backend() == "cpu" if same_trick is None else same_trick
+  matmul_grad = (same_trick and MATMUL_GRAD_ON_CPU) if matmul_grad is None else matmul_grad
   xp = reflect_pad(x)
-  if same_trick:
-    # XLA CPU runs a SAME conv ~3x faster than VALID; the cropped border is the only difference.
-    y = jax.lax.conv_general_dilated(xp, kernel, (1, 1), "SAME", dimension_numbers=_DN)[:, 1:-1, 1:-1]
+  # Layers with few channels (RGB in or out) keep XLA's own dW, which is as fast there.
+  if matmul_grad and min(kernel.shape[2:]) >= MATMUL_GRAD_MIN_CHANNELS:
+    y = _valid_conv_matmul_grad(xp, kernel)
+  elif same_trick:
+    y = _same_cropped(xp, kernel)
   else:
-    y = jax.lax.conv_general_dilated(xp, kernel, (1, 1), "VALID", dimension_numbers=_DN)
+    y = _conv(xp, kernel, "VALID")
   return y + bias
 
 

@@ -1,0 +1,394 @@
+"""Benchmarks the train step: time and images/s per model, the masking overhead, FLOP/s against the device's
+measured matmul peak, the input pipeline against the step's consumption, and (--torch) a PyTorch AdaIN step.
+
+  venv/bin/python scripts/bench.py                              # AdaIN, batch 4, 128 px, float32
+  venv/bin/python scripts/bench.py --torch --conv_paths         # + PyTorch reference, + each CPU conv path
+  venv/bin/python scripts/bench.py --models=all --steps 3       # every registered model
+  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 venv/bin/python scripts/bench.py --torch
+
+Prints a table, then one line 'JSON {...}' with every figure. No asserts: a benchmark reports, it does not judge.
+The encoder is frozen by default (as in the original AdaIN and the PyTorch reference); --train_encoder trains it.
+"""
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+
+from jaxtickets import config as config_lib, data, parallel, sparsity, train  # pylint: disable=wrong-import-position
+from jaxtickets.models import get_model, layers, model_names  # pylint: disable=wrong-import-position
+from jaxtickets.models.vgg import channels  # pylint: disable=wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="adain", help="one registered model")
+  p.add_argument("--models", default="", help="'all' or a comma-separated list (overrides --model)")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--size", type=int, default=128, help="crop size in pixels")
+  p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (after one warm-up step)")
+  p.add_argument("--dtype", default="float32", choices=config_lib.DTYPES)
+  p.add_argument("--width", type=float, default=1.0, help="channel multiplier (tiny widths for smoke runs)")
+  p.add_argument("--train_encoder", action="store_true", help="train the encoder too (default: frozen)")
+  p.add_argument("--torch", action="store_true", help="also time the AdaIN step in PyTorch")
+  p.add_argument("--conv_paths", action="store_true",
+                 help="also time AdaIN's masked step with each reflect-conv path (plain VALID, SAME, SAME+matmul dW)")
+  p.add_argument("--data", default="demo", help="input pipeline source: 'demo' or a folder of images")
+  p.add_argument("--pipeline_batches", type=int, default=12)
+  p.add_argument("--matmul_size", type=int, default=2048, help="side of the square float32 matmul for the peak")
+  return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def tcmalloc_status() -> dict:
+  """Whether this process runs under tcmalloc, and where the library is on this machine (if anywhere)."""
+  maps = ""
+  if os.path.exists("/proc/self/maps"):
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  mapped = sorted({line.split()[-1] for line in maps.splitlines() if "libtcmalloc" in line})
+  loaded = bool(mapped)
+  found = mapped[0] if mapped else None
+  try:
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    found = found or next((line.split("=>")[-1].strip() for line in out.splitlines() if "libtcmalloc" in line), None)
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return {"loaded": loaded, "ld_preload": os.environ.get("LD_PRELOAD", ""), "library": found}
+
+
+def median_time(fn, reps: int) -> float:
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def matmul_peak(n: int, reps: int = 7) -> float:
+  """FLOP/s of a jitted n x n float32 matmul on the default device (median of `reps`)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  mm = jax.jit(jnp.matmul)
+  mm(a, b).block_until_ready()
+  return 2.0 * n ** 3 / median_time(lambda: mm(a, b).block_until_ready(), reps)
+
+
+def cost_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+# ----------------------------------------------------------------------------- JAX train step
+
+
+def model_config(name: str, args):
+  """configs/<name>.py at paper scale (its loss weights etc.), with the benchmark's batch, size, dtype and width."""
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  if os.path.exists(path):
+    spec = importlib.util.spec_from_file_location(f"bench_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("")
+  else:
+    config = config_lib.default_config()
+    config.model.name = name
+  config.model.dtype = args.dtype
+  config.model.width = args.width
+  config.model.train_encoder = args.train_encoder
+  config.train.batch_size = args.batch
+  config.data.crop_size = args.size
+  config.data.load_size = 2 * args.size  # the reference's 512 -> 256 ratio
+  config.data.content = config.data.style = args.data
+  config.data.eval_content = config.data.eval_style = "demo"  # no held-out split needed here
+  return config
+
+
+def compile_dense_step(model, train_config, tx, mesh, *example_args):
+  """train.make_train_step's step with the masking traced out (apply_masks = identity): the overhead's baseline."""
+  original = sparsity.apply_masks
+  sparsity.apply_masks = lambda tree, masks: tree
+  try:
+    return train.make_train_step(model, train_config, tx, mesh).lower(*example_args).compile()
+  finally:
+    sparsity.apply_masks = original
+
+
+def bench_model(name: str, args, mesh, with_dense: bool = True) -> dict:
+  """Masked (the real train step) and dense step times, interleaved in one loop, and XLA's FLOP count."""
+  config = model_config(name, args)
+  model = get_model(name)(config.model)
+  vgg = jax.device_get(model.init_vgg(jax.random.PRNGKey(0)))
+  params = jax.device_get(model.init(jax.random.PRNGKey(1), vgg))
+  prunable = sparsity.prunable_leaves(params, ["encoder", "decoder", "transform"], allow_missing_groups=True)
+  prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
+  masks = sparsity.global_magnitude_prune(params, sparsity.ones_masks(params), prunable, 0.5)
+  tx = train.make_optimizer()
+  rng = np.random.default_rng(0)
+  batch = {k: rng.random((args.batch, args.size, args.size, 3), np.float32) for k in ("content", "style")}
+  batch = parallel.shard_batch(batch, mesh)
+  vgg_r, masks_r, key = parallel.replicate(vgg, mesh), parallel.replicate(masks, mesh), jax.random.PRNGKey(2)
+  fresh = lambda: train.create_state(params, sparsity.ones_masks(params), 0, tx, mesh, model.trained_groups)
+
+  t = time.perf_counter()
+  masked = train.make_train_step(model, config.train, tx, mesh).lower(fresh(), masks_r, vgg_r, batch, key).compile()
+  compile_s = time.perf_counter() - t
+  flops = cost_flops(masked)
+  runs = {"masked": masked}
+  if with_dense:
+    runs["dense"] = compile_dense_step(model, config.train, tx, mesh, fresh(), masks_r, vgg_r, batch, key)
+  states = {kind: fresh() for kind in runs}
+  times = {kind: [] for kind in runs}
+  metrics = {}
+  order = list(runs)
+  for i in range(args.steps + 1):  # step 0 warms up; the order alternates so neither kind always goes first
+    for kind in (order if i % 2 else order[::-1]):
+      t = time.perf_counter()
+      states[kind], metrics[kind] = runs[kind](states[kind], masks_r, vgg_r, batch, key)
+      jax.block_until_ready((states[kind].params, metrics[kind]))
+      if i:
+        times[kind].append(time.perf_counter() - t)
+  step_s = statistics.median(times["masked"])
+  out = {"step_s": step_s, "images_per_s": args.batch / step_s, "flops": flops, "compile_s": compile_s,
+         "achieved_flops_per_s": flops / step_s, "step_times": times["masked"],
+         "loss": float(jax.device_get(metrics["masked"]["total"]))}
+  if with_dense:
+    out.update(dense_step_s=statistics.median(times["dense"]), dense_step_times=times["dense"])
+    # The median of per-iteration ratios: each pair ran back to back, so a drifting machine load cancels out.
+    out["masked_over_dense"] = statistics.median(m / d for m, d in zip(times["masked"], times["dense"]))
+  return out
+
+
+CONV_PATHS = {"plain VALID": (False, False), "SAME": (True, False), "SAME + matmul dW": (True, True)}
+
+
+def bench_conv_paths(args, mesh) -> dict:
+  """AdaIN's masked step with each reflect-conv implementation forced on (the CPU default is measured first)."""
+  original = layers.conv3x3_reflect
+  out = {}
+  try:
+    for label, (same, matmul) in CONV_PATHS.items():
+      layers.conv3x3_reflect = functools.partial(original, same_trick=same, matmul_grad=matmul)
+      out[label] = bench_model("adain", args, mesh, with_dense=False)
+  finally:
+    layers.conv3x3_reflect = original
+  return out
+
+
+# ----------------------------------------------------------------------------- input pipeline
+
+
+def bench_pipeline(args) -> dict:
+  """Samples (content + style pairs) per second out of data.make_train_iterator, after its first batch."""
+  config = model_config(args.model if not args.models else "adain", args)
+  dataset = data.make_train_dataset(config, args.batch, 0, 1)
+  it = data.make_train_iterator(dataset, num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+  t = time.perf_counter()
+  next(it)
+  first_s = time.perf_counter() - t
+  t = time.perf_counter()
+  for _ in range(args.pipeline_batches):
+    next(it)
+  elapsed = time.perf_counter() - t
+  return {"samples_per_s": args.pipeline_batches * args.batch / elapsed, "first_batch_s": first_s,
+          "num_threads": config.data.num_threads, "prefetch": config.data.prefetch, "source": args.data,
+          "load_size": config.data.load_size}
+
+
+# ----------------------------------------------------------------------------- PyTorch reference
+
+
+def torch_adain_step(args) -> dict:
+  """The AdaIN training step in PyTorch: frozen vgg_normalised to r41, the mirrored decoder, Adam on the decoder."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  threads = os.cpu_count()
+  torch.set_num_threads(threads)
+  use_cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
+  device = torch.device("cuda" if use_cuda else "cpu")
+  ch = lambda c: channels(c, args.width)
+
+  def conv(ci, co):
+    return [nn.ReflectionPad2d(1), nn.Conv2d(ci, co, 3), nn.ReLU()]
+
+  pool = lambda: nn.MaxPool2d(2, 2, ceil_mode=True)
+  slices = nn.ModuleList([
+      nn.Sequential(nn.Conv2d(3, 3, 1), *conv(3, ch(64))),  # -> r11
+      nn.Sequential(*conv(ch(64), ch(64)), pool(), *conv(ch(64), ch(128))),  # -> r21
+      nn.Sequential(*conv(ch(128), ch(128)), pool(), *conv(ch(128), ch(256))),  # -> r31
+      nn.Sequential(*conv(ch(256), ch(256)), *conv(ch(256), ch(256)), *conv(ch(256), ch(256)), pool(),
+                    *conv(ch(256), ch(512))),  # -> r41
+  ]).to(device)
+  for p in slices.parameters():
+    p.requires_grad_(False)
+  up = lambda: nn.Upsample(scale_factor=2, mode="nearest")
+  decoder = nn.Sequential(
+      *conv(ch(512), ch(256)), up(), *conv(ch(256), ch(256)), *conv(ch(256), ch(256)), *conv(ch(256), ch(256)),
+      *conv(ch(256), ch(128)), up(), *conv(ch(128), ch(128)), *conv(ch(128), ch(64)), up(),
+      *conv(ch(64), ch(64)), nn.ReflectionPad2d(1), nn.Conv2d(ch(64), 3, 3)).to(device)
+  opt = torch.optim.Adam(decoder.parameters(), lr=1e-4)
+
+  def taps(x):
+    out = []
+    for s in slices:
+      x = s(x)
+      out.append(x)
+    return out
+
+  def mean_std(f, eps=1e-5):
+    b, c = f.shape[:2]
+    v = f.reshape(b, c, -1)
+    return v.mean(2), (v.var(2) + eps).sqrt()
+
+  def step(content, style):
+    with torch.no_grad():
+      fs = taps(style)
+      fc = taps(content)[-1]
+      mc, sc = mean_std(fc)
+      ms, ss = mean_std(fs[-1])
+      t = ss[..., None, None] * (fc - mc[..., None, None]) / sc[..., None, None] + ms[..., None, None]
+    g = taps(decoder(t))
+    loss_c = nn.functional.mse_loss(g[-1], t)
+    loss_s = 0.0
+    for a, b in zip(g, fs):
+      (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+      loss_s = loss_s + nn.functional.mse_loss(ma, mb) + nn.functional.mse_loss(sa, sb)
+    loss = loss_c + 10.0 * loss_s
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  rng = np.random.default_rng(0)
+  content, style = (torch.from_numpy(rng.random((args.batch, 3, args.size, args.size), np.float32)).to(device)
+                    for _ in range(2))
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+  sync = torch.cuda.synchronize if use_cuda else (lambda: None)
+
+  def timed():
+    t = time.perf_counter()
+    with autocast:
+      loss = step(content, style)
+    float(loss.detach())
+    sync()
+    return time.perf_counter() - t
+
+  timed()  # warm-up
+  times = [timed() for _ in range(args.steps)]
+  return {"step_s": statistics.median(times), "step_times": times, "threads": torch.get_num_threads(),
+          "version": torch.__version__, "device": str(device)}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt_table(result: dict) -> str:
+  peak = result["peak_flops_per_s"]
+  head = (f"{'model':<26}{'step s':>9}{'img/s':>8}{'dense s':>9}{'mask/dense':>11}{'GFLOP':>8}{'GFLOP/s':>9}"
+          f"{'of peak':>8}{'compile s':>10}")
+  lines = [head, "-" * len(head)]
+
+  def row(label, m):
+    dense = f"{m['dense_step_s']:>9.3f}{m['masked_over_dense']:>11.3f}" if "dense_step_s" in m else f"{'-':>9}{'-':>11}"
+    lines.append(f"{label:<26}{m['step_s']:>9.3f}{m['images_per_s']:>8.2f}{dense}{m['flops'] / 1e9:>8.1f}"
+                 f"{m['achieved_flops_per_s'] / 1e9:>9.1f}{m['achieved_flops_per_s'] / peak:>8.1%}"
+                 f"{m['compile_s']:>10.1f}")
+
+  for name, m in result["models"].items():
+    if "error" in m:
+      lines.append(f"{name:<26}  skipped: {m['error']}")
+    else:
+      row(name, m)
+  for label, m in result.get("conv_paths", {}).items():
+    row(f"adain [{label}]", m)
+  lines.append("")
+  lines.append(f"matmul peak ({result['args']['matmul_size']}^2 float32, best of before/after the models): "
+               f"{peak / 1e9:.1f} GFLOP/s (before {result['matmul_peak_flops_per_s'] / 1e9:.1f}, "
+               f"after {result['matmul_peak_after_flops_per_s'] / 1e9:.1f})")
+  pipe = result.get("pipeline")
+  if pipe and "ratio" in pipe:
+    lines.append(f"input pipeline: {pipe['samples_per_s']:.1f} samples/s ({pipe['num_threads']} threads, "
+                 f"{pipe['source']} at {pipe['load_size']} px) vs the step's {pipe['consumption_per_s']:.2f} "
+                 f"samples/s: {pipe['ratio']:.1f}x")
+  tr = result.get("torch")
+  if tr:
+    lines.append(f"PyTorch {tr['version']} AdaIN step ({tr['threads']} threads, {tr['device']}): {tr['step_s']:.3f} s;"
+                 f" JAX/PyTorch = {tr['jax_over_torch']:.2f}")
+  tc = result["tcmalloc"]
+  lines.append(f"tcmalloc: {'loaded' if tc['loaded'] else 'NOT loaded'}"
+               f" (library on this machine: {tc['library'] or 'none found by ldconfig'})")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.models == "all":
+    names = list(model_names())
+  elif args.models:
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+  else:
+    names = [args.model]
+  mesh = parallel.make_mesh()
+  device = jax.devices()[0]
+  result = {"args": vars(args), "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
+            "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "machine": platform.processor(),
+            "jax": jax.__version__, "tcmalloc": tcmalloc_status(),
+            "matmul_grad_on_cpu": layers.MATMUL_GRAD_ON_CPU}
+  result["matmul_peak_flops_per_s"] = matmul_peak(args.matmul_size)
+  result["models"] = {}
+  for name in names:
+    try:
+      result["models"][name] = bench_model(name, args, mesh)
+    except Exception as e:  # pylint: disable=broad-except  (a model mid-development must not stop the others)
+      result["models"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+  if args.conv_paths:
+    result["conv_paths"] = bench_conv_paths(args, mesh)
+  # Re-measured after the models so a drifting machine shows up as two different peaks.
+  result["matmul_peak_after_flops_per_s"] = matmul_peak(args.matmul_size)
+  result["peak_flops_per_s"] = max(result["matmul_peak_flops_per_s"], result["matmul_peak_after_flops_per_s"])
+  first = next((m for m in result["models"].values() if "step_s" in m), None)
+  try:
+    pipe = bench_pipeline(args)
+    if first:
+      pipe["consumption_per_s"] = args.batch / first["step_s"]
+      pipe["ratio"] = pipe["samples_per_s"] / pipe["consumption_per_s"]
+    result["pipeline"] = pipe
+  except Exception as e:  # pylint: disable=broad-except
+    result["pipeline_error"] = f"{type(e).__name__}: {e}"
+  if args.torch:
+    result["torch"] = torch_adain_step(args)
+    if "adain" in result["models"] and "step_s" in result["models"]["adain"]:
+      result["torch"]["jax_over_torch"] = result["models"]["adain"]["step_s"] / result["torch"]["step_s"]
+      result["torch"]["jax_dense_over_torch"] = result["models"]["adain"]["dense_step_s"] / result["torch"]["step_s"]
+    else:
+      result["torch"]["jax_over_torch"] = float("nan")
+  for m in list(result["models"].values()) + list(result.get("conv_paths", {}).values()):
+    if "step_s" in m:
+      m["fraction_of_peak"] = m["achieved_flops_per_s"] / result["peak_flops_per_s"]
+  print(fmt_table(result))
+  print("JSON " + json.dumps(result, default=float))
+  return result
+
+
+if __name__ == "__main__":
+  main()

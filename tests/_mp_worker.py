@@ -1,0 +1,98 @@
+"""Helper for tests/test_parallel.py: trains a few steps (and optionally runs a tiny IMP) in a fresh process.
+
+  python tests/_mp_worker.py --out DIR [--imp WORKDIR] [--coordinator HOST:PORT --num_processes N --process_id I]
+
+Set XLA_FLAGS=--xla_force_host_platform_device_count=8 in the environment for 8 fake CPU devices. Writes
+DIR/params_<process>.npz (the trained params) and DIR/run_<process>.json (losses, per-step sample hashes).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+
+STEPS = 3
+BATCH = 8
+
+
+def config_for_tests():
+  """The tests' tiny AdaIN config at a batch that splits over 8 devices and 2 processes."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  return tiny_config(train__batch_size=BATCH, imp__rounds=2)
+
+
+def sample_hash(batch: dict, k: int) -> str:
+  """A content hash of sample k of a host batch (its content and style crops)."""
+  return hashlib.sha1(np.ascontiguousarray(batch["content"][k]).tobytes()
+                      + np.ascontiguousarray(batch["style"][k]).tobytes()).hexdigest()
+
+
+def flat(tree) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def train_steps(config, steps: int = STEPS) -> dict:
+  """Trains a half-pruned tiny AdaIN for `steps` on this process's share of the data; params, losses, hashes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxtickets import data, parallel, sparsity, train  # pylint: disable=g-import-not-at-top
+  from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
+
+  model = get_model("adain")(config.model)
+  vgg = jax.device_get(model.init_vgg(jax.random.PRNGKey(0)))
+  params = jax.device_get(model.init(jax.random.PRNGKey(1), vgg))
+  prunable = sparsity.prunable_leaves(params, ["encoder", "decoder"])
+  masks = sparsity.global_magnitude_prune(params, sparsity.ones_masks(params), prunable, 0.5)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.batch_size)
+  tx = train.make_optimizer()
+  step_fn = train.make_train_step(model, config.train, tx, mesh)
+  state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
+  masks_r, vgg_r = parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh)
+  dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count())
+  batches = data.make_train_iterator(dataset, num_threads=0, prefetch=0)
+  key = jax.random.PRNGKey(3)
+  losses, hashes = [], []
+  for _ in range(steps):
+    local = next(batches)
+    hashes.append([sample_hash(local, k) for k in range(len(local["content"]))])
+    state, metrics = step_fn(state, masks_r, vgg_r, parallel.shard_batch(local, mesh), key)
+    losses.append(float(jax.device_get(metrics["total"])))
+  return {"params": jax.device_get(state.params), "losses": losses, "hashes": hashes,
+          "process_index": jax.process_index(), "process_count": jax.process_count(),
+          "device_count": jax.device_count()}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--imp", default="", help="also run imp.run (2 rounds) into this workdir")
+  parser.add_argument("--coordinator", default=None)
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  args = parser.parse_args()
+
+  from jaxtickets import parallel  # pylint: disable=g-import-not-at-top
+  distributed = parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+
+  config = config_for_tests()
+  result = train_steps(config)
+  pid = jax.process_index()
+  np.savez(os.path.join(args.out, f"params_{pid}.npz"), **flat(result.pop("params")))
+  if args.imp:
+    from jaxtickets import imp  # pylint: disable=g-import-not-at-top
+    imp.run(config, args.imp)
+  result["distributed"] = distributed
+  with open(os.path.join(args.out, f"run_{pid}.json"), "w") as f:
+    json.dump(result, f)
+  if distributed:
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,223 @@
+"""Data parallelism: 8 fake devices and 2 local processes give the 1-device results; multi-process start-up."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtickets import checkpoint, imp, parallel
+from jaxtickets.errors import UserError
+
+import _mp_worker as worker
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(out, *args, devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    env.pop(name, None)
+  cmd = [sys.executable, os.path.join(HERE, "_mp_worker.py"), "--out", str(out), *map(str, args)]
+  return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc):
+  try:
+    output, _ = proc.communicate(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    output, _ = proc.communicate()
+  assert proc.returncode == 0, output[-4000:]
+
+
+def _load(out, pid=0):
+  with open(os.path.join(out, f"run_{pid}.json")) as f:
+    run = json.load(f)
+  with np.load(os.path.join(out, f"params_{pid}.npz")) as z:
+    run["params"] = dict(z)
+  return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The same 3 steps (and a 2-round IMP) on 1 device here, on 8 fake devices, and on 2 processes x 1 device."""
+  root = tmp_path_factory.mktemp("parallel")
+  dirs = {name: root / name for name in ("one", "eight", "multi")}
+  for d in dirs.values():
+    d.mkdir()
+  port = _free_port()
+  procs = [_launch(dirs["eight"], "--imp", root / "imp_eight", devices=8)]
+  procs += [_launch(dirs["multi"], "--coordinator", f"127.0.0.1:{port}", "--num_processes", 2, "--process_id", i)
+            for i in range(2)]
+  # The 1-device reference runs here meanwhile (the test process has one CPU device).
+  config = worker.config_for_tests()
+  one = worker.train_steps(config)
+  one["params"] = worker.flat(one.pop("params"))
+  imp.run(config, str(root / "imp_one"))
+  for p in procs:
+    _wait(p)
+  return {"one": one, "eight": _load(dirs["eight"]), "multi": [_load(dirs["multi"], i) for i in range(2)],
+          "imp_one": root / "imp_one", "imp_eight": root / "imp_eight"}
+
+
+def _assert_params_close(got, want):
+  """Equal up to float rounding, which 3 Adam steps amplify where a gradient is near Adam's eps.
+
+  Two 1-device runs whose convs differ only in summation order (the CPU matmul weight gradient on vs off) differ
+  the same way: most entries agree to 1e-6, a few by up to ~4e-4, all far below one step's update (lr = 1e-3)
+  unless the batches or the gradient were wrong.
+  """
+  assert got.keys() == want.keys()
+  diff = np.concatenate([np.abs(got[k] - want[k]).ravel() for k in want])
+  assert diff.max() < 1e-3, max(want, key=lambda k: np.abs(got[k] - want[k]).max())
+  assert np.mean(diff <= 1e-6) > 0.75, np.mean(diff <= 1e-6)
+
+
+def test_eight_devices_train_like_one(runs):
+  one, eight = runs["one"], runs["eight"]
+  assert one["device_count"] == 1 and eight["device_count"] == 8 and eight["process_count"] == 1
+  assert eight["hashes"] == one["hashes"]  # the same global batches
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+  _assert_params_close(eight["params"], one["params"])
+  moved = sum(int(np.sum(one["params"][k] != eight["params"][k])) for k in one["params"])
+  assert one["losses"][0] != one["losses"][-1] and moved > 0  # the steps did train
+
+
+def _flat_masks(ticket):
+  return np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(ticket.masks)])
+
+
+def test_eight_devices_imp_gives_identical_masks(runs):
+  """Identical masks, except where a weight ties with the pruning threshold to within float rounding.
+
+  Float rounding differs between 1 and 8 devices (summation order) and 3 Adam steps amplify it to ~1e-4 on a few
+  weights (see _assert_params_close), so a weight whose magnitude sits that close to the global threshold (gaps
+  between neighbouring magnitudes are ~1e-6 here) may land on either side; any other difference is a bug. Once a
+  tie has split the runs they train different subnetworks, so later rounds can only agree closely.
+  """
+  load = lambda which, r: checkpoint.load_ticket(imp.ticket_dir(str(runs[which]), "imp", r))
+  inputs_equal = True  # whether this round pruned (nearly) the same trained weights in both runs
+  for round_ in (0, 1, 2):
+    one, eight = load("imp_one", round_), load("imp_eight", round_)
+    assert jax.tree.structure(one.masks) == jax.tree.structure(eight.masks)
+    m1, m8 = _flat_masks(one), _flat_masks(eight)
+    assert m1.sum() == m8.sum()  # the same number of weights survives
+    differ = m1 != m8
+    if inputs_equal and differ.any():
+      assert differ.sum() <= 4, differ.sum()
+      prev = load("imp_one", round_ - 1)
+      w = np.abs(np.concatenate([np.asarray(p).ravel() for p in jax.tree.leaves(prev.trained_params)]))
+      threshold = w[_flat_masks(prev) & ~m1].max()  # the largest magnitude this round pruned
+      np.testing.assert_allclose(w[differ], threshold, atol=1e-3)
+    else:
+      assert differ.mean() < 0.01, differ.mean()
+    inputs_equal = inputs_equal and not differ.any()
+  assert one.sparsity["prunable"]["sparsity"] == pytest.approx(1 - 0.8 ** 2, abs=1e-3)  # two rounds of 20%
+
+
+def test_two_processes_agree_and_split_the_data(runs):
+  one, (p0, p1) = runs["one"], runs["multi"]
+  assert [p0["process_index"], p1["process_index"]] == [0, 1]
+  assert p0["process_count"] == p1["process_count"] == 2 and p0["device_count"] == 2
+  assert p0["distributed"] and p1["distributed"]
+  # Each process saw its own half of every global batch: together exactly the 1-process batches.
+  for step, (h0, h1, full) in enumerate(zip(p0["hashes"], p1["hashes"], one["hashes"])):
+    assert len(h0) == len(h1) == worker.BATCH // 2, step
+    assert not set(h0) & set(h1), step
+    assert h0 + h1 == full, step
+  # Both processes hold the same params, and they are the 1-process params.
+  for name in p0["params"]:  # every process applies the same all-reduced update
+    np.testing.assert_array_equal(p1["params"][name], p0["params"][name], err_msg=name)
+  _assert_params_close(p0["params"], one["params"])
+  np.testing.assert_allclose(p0["losses"], one["losses"], rtol=1e-5)
+
+
+def test_initialize_distributed_single_process_is_a_no_op(monkeypatch):
+  for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  monkeypatch.setattr(parallel, "_cluster_detected", lambda: False)
+  assert parallel.initialize_distributed() is False
+  assert parallel.initialize_distributed("127.0.0.1:1234", 1, 0) is False
+  assert calls == []
+
+
+def test_initialize_distributed_reads_flags_then_env_and_detects_clusters(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+  monkeypatch.setenv(parallel.ENV_COORDINATOR, "10.0.0.1:99")
+  monkeypatch.setenv(parallel.ENV_NUM_PROCESSES, "4")
+  monkeypatch.setenv(parallel.ENV_PROCESS_ID, "3")
+  assert parallel.initialize_distributed() is True
+  assert parallel.initialize_distributed(process_id=1) is True
+  assert calls == [dict(coordinator_address="10.0.0.1:99", num_processes=4, process_id=3),
+                   dict(coordinator_address="10.0.0.1:99", num_processes=4, process_id=1)]
+  for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    monkeypatch.delenv(name)
+  calls.clear()
+  monkeypatch.setattr(parallel, "_cluster_detected", lambda: True)  # e.g. a TPU pod: JAX finds everything
+  assert parallel.initialize_distributed() is True
+  assert calls == [{}]
+
+
+def test_initialize_distributed_is_idempotent(monkeypatch):
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("initialized twice"))
+  assert parallel.initialize_distributed("127.0.0.1:1", 2, 0) is True
+
+
+@pytest.mark.parametrize("args, env, words", [
+    (("127.0.0.1:1", 2, None), {}, "process's id"),
+    ((None, 2, 0), {}, "coordinator address"),
+    (("127.0.0.1:1", 2, 2), {}, "not in [0, 2)"),
+    (("127.0.0.1", 2, 0), {}, "HOST:PORT"),
+    ((None, None, None), {"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES"),
+])
+def test_initialize_distributed_bad_settings_name_the_fix(monkeypatch, args, env, words):
+  for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("must not initialize"))
+  with pytest.raises(UserError) as e:
+    parallel.initialize_distributed(*args)
+  assert words in str(e.value)
+
+
+def test_replicate_never_aliases_and_survives_donation():
+  mesh = parallel.make_mesh()
+  host = np.arange(16, dtype=np.float32)
+  dev = jax.numpy.arange(16, dtype=jax.numpy.float32)
+  rh, rd = parallel.replicate(host, mesh), parallel.replicate(dev, mesh)
+  host[0] = 99.0  # a later host write must not reach the device copy
+  step = jax.jit(lambda a: a * 2.0, donate_argnums=0)
+  out_h, out_d = step(rh), step(rd)
+  assert float(out_h[0]) == 0.0 and float(out_d[1]) == 2.0
+  assert not dev.is_deleted()  # donating the replica must not delete the caller's array
+  np.testing.assert_array_equal(np.asarray(dev), np.arange(16))
+  assert rh.sharding == parallel.replicated(mesh)
+
+
+def test_shard_batch_and_batch_size_check(monkeypatch):
+  mesh = parallel.make_mesh()
+  batch = {"content": np.ones((4, 2, 2, 3), np.float32)}
+  sharded = parallel.shard_batch(batch, mesh)
+  assert sharded["content"].sharding == parallel.batch_sharding(mesh) and sharded["content"].shape == (4, 2, 2, 3)
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+  parallel.check_batch_size(jax.device_count() * 3)
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  with pytest.raises(UserError, match="batch_size = 12 does not split over 8 devices.*multiple of 8"):
+    parallel.check_batch_size(12)
