@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 8
   c.train.steps = 160_000  # per round
   c.train.lr = 1e-4
+  c.train.dtype = ""  # compute dtype: float32 or bfloat16 (params, Adam and losses stay float32); '' = model.dtype
   c.train.schedule = "inverse"  # 'inverse': lr / (1 + lr_decay * i); 'epoch_step': see train.learning_rate
   c.train.lr_decay = 5e-5
   c.train.epoch_steps = 10_000  # 'epoch_step' only: iterations per epoch
@@ -82,6 +83,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3  # the last few, so a damaged latest one falls back to the one before
   c.checkpoint.async_save = True  # write in the background while training goes on
   return c
+
+
+def model_config(config) -> ml_collections.ConfigDict:
+  """config.model with config.train.dtype (when set) as the compute dtype the model is built with."""
+  mc = ml_collections.ConfigDict(config.model.to_dict())
+  if config.train.get("dtype", ""):
+    mc.dtype = config.train.dtype
+  return mc
 
 
 def split_list(value: str) -> list[str]:
@@ -161,6 +170,9 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   need(m.name in model_names, "model.name", m.name, f"choose one of {', '.join(model_names)}")
   need(is_num(m.width) and m.width > 0, "model.width", m.width, "use a positive channel multiplier (1.0 = the paper's width)")
   need(m.dtype in DTYPES, "model.dtype", m.dtype, f"choose one of {', '.join(DTYPES)}")
+  train_dtype = config.train.get("dtype", "")
+  need(train_dtype in ("",) + DTYPES, "train.dtype", train_dtype,
+       f"choose one of {', '.join(DTYPES)}, or '' to use config.model.dtype")
   need(isinstance(m.get("train_encoder", True), bool), "model.train_encoder", m.get("train_encoder"),
        "use True or False")
   for f in sorted(k for k in m.keys() if k.endswith("_weight")):

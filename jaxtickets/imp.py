@@ -252,7 +252,7 @@ def skipped_line(summary: dict) -> str:
 
 def setup(config, workdir: str) -> Setup:
   """Builds the model, loss VGG, masks' scope, data and the compiled functions."""
-  model = get_model(config.model.name)(config.model)
+  model = get_model(config.model.name)(config_lib.model_config(config))
   root_key = jax.random.PRNGKey(config.seed)
   vgg_params = load_or_init_vgg(config, model, jax.random.fold_in(root_key, 1))
   mesh = parallel.make_mesh()

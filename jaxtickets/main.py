@@ -17,6 +17,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and results go (default: runs/<model>).")
 flags.DEFINE_bool("allow_config_change", False, "Resume a run in --workdir even though the config differs from "
                   "its config.json (the differing fields are listed).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0 (else "
+                    "$JAX_COORDINATOR_ADDRESS; TPU pods, SLURM and Open MPI are detected automatically).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes (else $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's id (else $JAX_PROCESS_ID).")
 config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/adain.py or configs/adain.py:demo.",
                                 lock_config=True)
 
@@ -33,8 +37,11 @@ def main(argv):
   if config is None:
     sys.exit("Pass a config: python -m jaxtickets.main --config=configs/adain.py:demo")
   workdir = FLAGS.workdir or os.path.join("runs", config.model.name)
-  logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
+    from jaxtickets import parallel
+    # Before anything touches the devices: every host of a pod joins one run.
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
     from jaxtickets import report
     report.write_report(workdir, config)

@@ -1,11 +1,13 @@
 """Config validation: each bad value gives one sentence naming the field."""
 
 import json
+import re
 
 import pytest
 
 from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
+from conftest import tiny_config
 
 
 def demo():
@@ -68,7 +70,7 @@ def test_demo_and_paper_configs_are_valid_once_data_is_set():
     ("data.num_threads", 0, "config.data.num_threads = 0 is not allowed: use a positive integer"),
     ("imp.branches", 3, "config.imp.branches = 3 is not allowed: use a comma-separated string"),
     ("eval.batch_size", 0, "config.eval.batch_size = 0 is not allowed: use a positive integer"),
-    ("train.lrr", 0.1, "config.train.lrr is not a known field: config.train has batch_size, epoch_steps"),
+    ("train.lrr", 0.1, "config.train.lrr is not a known field: config.train has batch_size, dtype, epoch_steps"),
     ("checkpoint.every", 10, "config.checkpoint.every is not a known field: config.checkpoint has async_save, "
      "every_steps, keep."),
     ("sed", 1, "config.sed is not a known field: the top-level fields are checkpoint, data, eval, imp, model"),
@@ -140,3 +142,15 @@ def test_split_list_and_branch_order():
   c = demo()
   c.imp.branches = "oneshot,imp,random_prune"
   assert config_lib.branches(c) == ["imp", "oneshot", "random_prune"]
+
+
+def test_train_dtype_sets_the_models_compute_dtype():
+  c = tiny_config()
+  assert config_lib.model_config(c).dtype == "float32"
+  c.train.dtype = "bfloat16"
+  config_lib.validate(c)
+  assert config_lib.model_config(c).dtype == "bfloat16"
+  assert c.model.dtype == "float32"  # the run's own config is untouched
+  c.train.dtype = "float16"
+  with pytest.raises(UserError, match=re.escape("config.train.dtype = 'float16' is not allowed")):
+    config_lib.validate(c)
