@@ -95,7 +95,9 @@ def replicate(tree, mesh):
   fails (it has one shard per local device), and device_put of a jax array is zero-copy for device 0, so
   donating the result would delete the caller's array. The result never aliases the caller's buffers.
   """
-  tree = jax.tree.map(np.asarray, tree)
+  # An explicit host copy: on CPU device_put may still be zero-copy for suitably aligned numpy buffers, so the
+  # device array could otherwise see the caller's later writes.
+  tree = jax.tree.map(lambda x: np.array(x, copy=True), tree)
   return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
