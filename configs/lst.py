@@ -39,21 +39,7 @@ def get_config(arg: str = ""):
   c.sparsity.scope = "encoder,decoder,transform"
   if arg == "demo":
     c.model.train_decoder = True  # no pre-trained decoder is available offline
-    c.data.content = "demo"
-    c.data.style = "demo"
-    c.data.eval_content = "demo"
-    c.data.eval_style = "demo"
-    c.data.load_size = 96
-    c.data.crop_size = 64
-    c.train.batch_size = 4
-    c.train.steps = 40
-    c.train.lr = 2e-4  # a few dozen steps per round need a faster start than the reference's 1e-4
-    c.train.log_every = 10
-    c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
-    c.imp.rounds = 4
-    c.imp.branches = "imp,random_prune"
-    c.eval.num_pairs = 4
-    c.eval.batch_size = 4
+    config_lib.use_demo_data(c, steps=40, rounds=4)
   elif arg:
     raise ValueError(f"Unknown variant {arg!r} of configs/lst.py: use '' (paper scale) or 'demo'.")
   return c

@@ -42,21 +42,7 @@ def get_config(arg: str = ""):
   c.sparsity.scope = "encoder,decoder,transform"
   c.imp.rounds = 10
   if arg == "demo":
-    c.data.content = "demo"
-    c.data.style = "demo"
-    c.data.eval_content = "demo"
-    c.data.eval_style = "demo"
-    c.data.load_size = 96
-    c.data.crop_size = 64
-    c.train.batch_size = 4
-    c.train.steps = 15
-    c.train.lr = 2e-4  # a few dozen steps per round need a faster start than the paper's 1e-4
-    c.train.log_every = 10
-    c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
-    c.imp.rounds = 3
-    c.imp.branches = "imp,random_prune"
-    c.eval.num_pairs = 4
-    c.eval.batch_size = 4
+    config_lib.use_demo_data(c, steps=15, rounds=3)
   elif arg:
     raise ValueError(f"Unknown variant {arg!r} of configs/manet.py: use '' (paper scale) or 'demo'.")
   return c

@@ -85,6 +85,24 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def use_demo_data(c: ml_collections.ConfigDict, *, steps: int, rounds: int, lr: float | None = 2e-4) -> None:
+  """The embedded demo's shared settings: demo images, 64 px crops of 96 px resizes, batch 4, IMP plus random
+  pruning, 4 held-out pairs; `steps` per round and `rounds` sized so each model's demo takes minutes on a CPU."""
+  c.data.content = c.data.style = c.data.eval_content = c.data.eval_style = "demo"
+  c.data.load_size = 96
+  c.data.crop_size = 64
+  c.train.batch_size = 4
+  c.train.steps = steps
+  if lr is not None:
+    c.train.lr = lr  # a few dozen steps per round need a faster start than the paper's 1e-4
+  c.train.log_every = 10
+  c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
+  c.imp.rounds = rounds
+  c.imp.branches = "imp,random_prune"
+  c.eval.num_pairs = 4
+  c.eval.batch_size = 4
+
+
 def model_config(config) -> ml_collections.ConfigDict:
   """config.model with config.train.dtype (when set) as the compute dtype the model is built with."""
   mc = ml_collections.ConfigDict(config.model.to_dict())
