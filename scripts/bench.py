@@ -4,7 +4,7 @@ measured matmul peak, the input pipeline against the step's consumption, and (--
   venv/bin/python scripts/bench.py                              # AdaIN, batch 4, 128 px, float32
   venv/bin/python scripts/bench.py --torch --conv_paths         # + PyTorch reference, + each CPU conv path
   venv/bin/python scripts/bench.py --models=all --steps 3       # every registered model
-  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 venv/bin/python scripts/bench.py --torch
+  JAXTICKETS_TCMALLOC=off venv/bin/python scripts/bench.py --torch  # glibc malloc (tcmalloc is preloaded if found)
 
 Prints a table, then one line 'JSON {...}' with every figure. No asserts: a benchmark reports, it does not judge.
 The encoder is frozen by default (as in the original AdaIN and the PyTorch reference); --train_encoder trains it.
@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -29,7 +28,7 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from jaxtickets import config as config_lib, data, parallel, sparsity, train  # pylint: disable=wrong-import-position
+from jaxtickets import config as config_lib, data, parallel, sparsity, tcmalloc, train  # pylint: disable=wrong-import-position
 from jaxtickets.models import get_model, layers, model_names  # pylint: disable=wrong-import-position
 from jaxtickets.models.vgg import channels  # pylint: disable=wrong-import-position
 
@@ -58,19 +57,9 @@ def parse_args(argv=None):
 
 def tcmalloc_status() -> dict:
   """Whether this process runs under tcmalloc, and where the library is on this machine (if anywhere)."""
-  maps = ""
-  if os.path.exists("/proc/self/maps"):
-    with open("/proc/self/maps") as f:
-      maps = f.read()
-  mapped = sorted({line.split()[-1] for line in maps.splitlines() if "libtcmalloc" in line})
-  loaded = bool(mapped)
-  found = mapped[0] if mapped else None
-  try:
-    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
-    found = found or next((line.split("=>")[-1].strip() for line in out.splitlines() if "libtcmalloc" in line), None)
-  except (OSError, subprocess.SubprocessError):
-    pass
-  return {"loaded": loaded, "ld_preload": os.environ.get("LD_PRELOAD", ""), "library": found}
+  loaded = tcmalloc.loaded_library()
+  return {"loaded": bool(loaded), "ld_preload": os.environ.get("LD_PRELOAD", ""),
+          "library": loaded or tcmalloc.find_library()}
 
 
 def median_time(fn, reps: int) -> float:
@@ -132,8 +121,12 @@ def compile_dense_step(model, train_config, tx, mesh, *example_args):
     sparsity.apply_masks = original
 
 
-def bench_model(name: str, args, mesh, with_dense: bool = True) -> dict:
-  """Masked (the real train step) and dense step times, interleaved in one loop, and XLA's FLOP count."""
+def bench_model(name: str, args, mesh, with_dense: bool = True, extra_runs: dict | None = None) -> dict:
+  """Masked (the real train step) and dense step times, interleaved in one loop, and XLA's FLOP count.
+
+  `extra_runs` maps a label to a callable that runs one step of something else and returns its seconds (the
+  PyTorch step): it joins the same loop, so its ratio to the JAX step is taken pair by pair under the same load.
+  """
   config = model_config(name, args)
   model = get_model(name)(config.model)
   vgg = jax.device_get(model.init_vgg(jax.random.PRNGKey(0)))
@@ -155,17 +148,22 @@ def bench_model(name: str, args, mesh, with_dense: bool = True) -> dict:
   runs = {"masked": masked}
   if with_dense:
     runs["dense"] = compile_dense_step(model, config.train, tx, mesh, fresh(), masks_r, vgg_r, batch, key)
+  extra_runs = extra_runs or {}
   states = {kind: fresh() for kind in runs}
-  times = {kind: [] for kind in runs}
+  times = {kind: [] for kind in [*runs, *extra_runs]}
   metrics = {}
-  order = list(runs)
-  for i in range(args.steps + 1):  # step 0 warms up; the order alternates so neither kind always goes first
+  order = list(times)
+  for i in range(args.steps + 1):  # step 0 warms up; the order alternates so no kind always goes first
     for kind in (order if i % 2 else order[::-1]):
-      t = time.perf_counter()
-      states[kind], metrics[kind] = runs[kind](states[kind], masks_r, vgg_r, batch, key)
-      jax.block_until_ready((states[kind].params, metrics[kind]))
+      if kind in extra_runs:
+        elapsed = extra_runs[kind]()
+      else:
+        t = time.perf_counter()
+        states[kind], metrics[kind] = runs[kind](states[kind], masks_r, vgg_r, batch, key)
+        jax.block_until_ready((states[kind].params, metrics[kind]))
+        elapsed = time.perf_counter() - t
       if i:
-        times[kind].append(time.perf_counter() - t)
+        times[kind].append(elapsed)
   step_s = statistics.median(times["masked"])
   out = {"step_s": step_s, "images_per_s": args.batch / step_s, "flops": flops, "compile_s": compile_s,
          "achieved_flops_per_s": flops / step_s, "step_times": times["masked"],
@@ -174,6 +172,9 @@ def bench_model(name: str, args, mesh, with_dense: bool = True) -> dict:
     out.update(dense_step_s=statistics.median(times["dense"]), dense_step_times=times["dense"])
     # The median of per-iteration ratios: each pair ran back to back, so a drifting machine load cancels out.
     out["masked_over_dense"] = statistics.median(m / d for m, d in zip(times["masked"], times["dense"]))
+  for kind in extra_runs:
+    out[f"{kind}_step_times"] = times[kind]
+    out[f"masked_over_{kind}"] = statistics.median(m / e for m, e in zip(times["masked"], times[kind]))
   return out
 
 
@@ -216,8 +217,11 @@ def bench_pipeline(args) -> dict:
 # ----------------------------------------------------------------------------- PyTorch reference
 
 
-def torch_adain_step(args) -> dict:
-  """The AdaIN training step in PyTorch: frozen vgg_normalised to r41, the mirrored decoder, Adam on the decoder."""
+def torch_adain_step(args):
+  """The AdaIN training step in PyTorch: frozen vgg_normalised to r41, the mirrored decoder, Adam on the decoder.
+
+  Returns (run, info): run() does one step and returns its seconds (the first call is the warm-up).
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
 
@@ -293,10 +297,7 @@ def torch_adain_step(args) -> dict:
     sync()
     return time.perf_counter() - t
 
-  timed()  # warm-up
-  times = [timed() for _ in range(args.steps)]
-  return {"step_s": statistics.median(times), "step_times": times, "threads": torch.get_num_threads(),
-          "version": torch.__version__, "device": str(device)}
+  return timed, {"threads": torch.get_num_threads(), "version": torch.__version__, "device": str(device)}
 
 
 # ----------------------------------------------------------------------------- report
@@ -333,10 +334,10 @@ def fmt_table(result: dict) -> str:
   tr = result.get("torch")
   if tr:
     lines.append(f"PyTorch {tr['version']} AdaIN step ({tr['threads']} threads, {tr['device']}): {tr['step_s']:.3f} s;"
-                 f" JAX/PyTorch = {tr['jax_over_torch']:.2f}")
+                 f" JAX/PyTorch = {tr['jax_over_torch']:.2f} (median of step-by-step ratios)")
   tc = result["tcmalloc"]
   lines.append(f"tcmalloc: {'loaded' if tc['loaded'] else 'NOT loaded'}"
-               f" (library on this machine: {tc['library'] or 'none found by ldconfig'})")
+               f" (library on this machine: {tc['library'] or 'none found; scripts/install_tcmalloc.sh'})")
   return "\n".join(lines)
 
 
@@ -355,10 +356,12 @@ def main(argv=None):
             "jax": jax.__version__, "tcmalloc": tcmalloc_status(),
             "matmul_grad_on_cpu": layers.MATMUL_GRAD_ON_CPU}
   result["matmul_peak_flops_per_s"] = matmul_peak(args.matmul_size)
+  torch_run, torch_info = torch_adain_step(args) if args.torch else (None, None)
   result["models"] = {}
   for name in names:
     try:
-      result["models"][name] = bench_model(name, args, mesh)
+      extra = {"torch": torch_run} if torch_run and name == "adain" else None
+      result["models"][name] = bench_model(name, args, mesh, extra_runs=extra)
     except Exception as e:  # pylint: disable=broad-except  (a model mid-development must not stop the others)
       result["models"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
   if args.conv_paths:
@@ -376,12 +379,14 @@ def main(argv=None):
   except Exception as e:  # pylint: disable=broad-except
     result["pipeline_error"] = f"{type(e).__name__}: {e}"
   if args.torch:
-    result["torch"] = torch_adain_step(args)
-    if "adain" in result["models"] and "step_s" in result["models"]["adain"]:
-      result["torch"]["jax_over_torch"] = result["models"]["adain"]["step_s"] / result["torch"]["step_s"]
-      result["torch"]["jax_dense_over_torch"] = result["models"]["adain"]["dense_step_s"] / result["torch"]["step_s"]
-    else:
-      result["torch"]["jax_over_torch"] = float("nan")
+    adain = result["models"].get("adain", {})
+    if "torch_step_times" in adain:  # timed step by step alongside the JAX step
+      times = adain["torch_step_times"]
+      ratio = adain["masked_over_torch"]
+    else:  # AdaIN itself was not benchmarked (or failed): time PyTorch alone
+      torch_run()
+      times, ratio = [torch_run() for _ in range(args.steps)], float("nan")
+    result["torch"] = dict(torch_info, step_s=statistics.median(times), step_times=times, jax_over_torch=ratio)
   for m in list(result["models"].values()) + list(result.get("conv_paths", {}).values()):
     if "step_s" in m:
       m["fraction_of_peak"] = m["achieved_flops_per_s"] / result["peak_flops_per_s"]
@@ -391,4 +396,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  tcmalloc.preload()  # JAXTICKETS_TCMALLOC=off measures glibc malloc
   main()

@@ -37,6 +37,10 @@ def test_bench_prints_table_and_json(bench, capsys):
   assert len(m["step_times"]) == len(m["dense_step_times"]) == 2
   assert parsed["pipeline"]["samples_per_s"] > 0 and parsed["pipeline"]["ratio"] > 0
   assert parsed["torch"]["jax_over_torch"] > 0 and parsed["torch"]["threads"] >= 1
+  # PyTorch ran in the same loop as the JAX step: its ratio is the median of the step-by-step ratios.
+  assert len(parsed["torch"]["step_times"]) == 2
+  pairs = sorted(j / t for j, t in zip(m["step_times"], parsed["torch"]["step_times"]))
+  assert parsed["torch"]["jax_over_torch"] == pytest.approx((pairs[0] + pairs[1]) / 2)
   assert set(parsed["conv_paths"]) == {"plain VALID", "SAME", "SAME + matmul dW"}
   assert isinstance(parsed["tcmalloc"]["loaded"], bool)
   # The three conv paths compute the same loss on the same batch and init.
