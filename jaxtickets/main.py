@@ -56,4 +56,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from jaxtickets import tcmalloc
+  tcmalloc.preload()  # first: it may re-execute this command under tcmalloc (CPU only)
   app.run(main)
