@@ -1,8 +1,19 @@
 """Shared fixtures: tiny configs that run the real pipeline in seconds."""
 
-import pytest
+import os
 
-from jaxtickets import config as config_lib
+# Many tests compile the very same tiny programs (the AdaIN step at 1/16 width, its eval step): JAX's persistent
+# compilation cache lets every test after the first load them instead of recompiling. Set through the environment
+# before JAX is imported, so the subprocesses the tests start (main, multi-process) share it too. Entries are keyed
+# by the program and the JAX version, so a stale cache only costs disk.
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax-compilation")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import pytest  # pylint: disable=wrong-import-position
+
+from jaxtickets import config as config_lib  # pylint: disable=wrong-import-position
 
 
 def tiny_config(**overrides):
