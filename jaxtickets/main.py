@@ -5,13 +5,10 @@ saves a checkpoint and exits with status 75 (EX_TEMPFAIL: "try again"), so job s
 """
 
 import os
-import shlex
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and results go (default: runs/<model>).")
@@ -48,10 +45,7 @@ def main(argv):
   except UserError as e:
     sys.exit(f"error: {e}")
   except train.Preempted as e:
-    command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m", "jaxtickets.main",
-                                                 *sys.argv[1:]])
-    print(f"{e} To resume, run the same command again: {command}", flush=True)
-    sys.exit(PREEMPTED_EXIT_CODE)
+    train.exit_preempted(e, "jaxtickets.main")
   print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/round_NN.")
 
 

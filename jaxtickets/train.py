@@ -1,6 +1,9 @@
 """Train state, optimizer, learning-rate schedule and the jitted, data-parallel, masked train step."""
 
 import functools
+import os
+import shlex
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -29,6 +32,16 @@ class Preempted(Exception):
   def __init__(self, step: int, label: str, reason: str, where: str):
     super().__init__(f"Stopped by {reason} at step {step} of {label.strip()}; the checkpoint is {where}.")
     self.step, self.label, self.reason, self.where = step, label, reason, where
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL ("try again"): job schedulers restart the job
+
+
+def exit_preempted(e: Preempted, module: str):
+  """The command lines' answer to Preempted: say how to resume (the same command), exit with status 75."""
+  command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m", module, *sys.argv[1:]])
+  print(f"{e} To resume, run the same command again: {command}", flush=True)
+  sys.exit(PREEMPTED_EXIT_CODE)
 
 
 class NonFiniteLoss(UserError):

@@ -76,3 +76,32 @@ def test_tiny_study_writes_one_report_and_resumes(tmp_path):
   assert len(before) == 5
   study.run(c, str(tmp_path))  # resumes: every ticket is already there, nothing is trained again
   assert _ticket_times(str(tmp_path)) == before
+
+
+PREEMPTED_STUDY = """
+import sys
+from absl import app
+from jaxtickets import study, train
+
+def preempted_run(config, workdir):
+  raise train.Preempted(7, "[imp round 1]", "SIGTERM", "step 7")
+
+study.run = preempted_run
+study.define_flags()
+sys.argv = ["study", "--config=configs/study_adain.py:demo", "--workdir=w"]
+app.run(study.main)
+"""
+
+
+def test_preempted_study_exits_75_and_says_how_to_resume():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  done = subprocess.run([sys.executable, "-c", PREEMPTED_STUDY], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 75, done.stderr[-2000:]  # EX_TEMPFAIL: schedulers run it again
+  assert "Stopped by SIGTERM at step 7 of [imp round 1]; the checkpoint is step 7." in done.stdout
+  assert done.stdout.rstrip().endswith("To resume, run the same command again: "
+                                       f"{os.path.basename(sys.executable)} -m jaxtickets.study "
+                                       "--config=configs/study_adain.py:demo --workdir=w")
+  assert "Traceback" not in done.stderr
