@@ -56,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.dtype = ""  # compute dtype: float32 or bfloat16 (params, Adam and losses stay float32); '' = model.dtype
   c.train.schedule = "inverse"  # 'inverse': lr / (1 + lr_decay * i); 'epoch_step': see train.learning_rate
   c.train.lr_decay = 5e-5
+  c.train.adam_eps = 1e-8  # Adam's epsilon (PyTorch's default, as in every reference implementation)
   c.train.epoch_steps = 10_000  # 'epoch_step' only: iterations per epoch
   c.train.lr_constant_epochs = 2  # 'epoch_step' only: epochs at the full lr
   c.train.lr_epoch_factor = 0.3  # 'epoch_step' only: lr multiplier per later epoch
@@ -217,6 +218,7 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   p += _batch_problems(t.batch_size)
   need(is_num(t.lr) and t.lr > 0, "train.lr", t.lr, "use a positive learning rate")
   need(is_num(t.lr_decay) and t.lr_decay >= 0, "train.lr_decay", t.lr_decay, "use a non-negative number")
+  need(is_num(t.adam_eps) and t.adam_eps > 0, "train.adam_eps", t.adam_eps, "use a small positive number like 1e-8")
   from jaxtickets.train import SCHEDULES
   need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"choose one of {', '.join(SCHEDULES)}")
   if t.schedule == "epoch_step":

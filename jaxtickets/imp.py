@@ -257,7 +257,7 @@ def setup(config, workdir: str) -> Setup:
   vgg_params = load_or_init_vgg(config, model, jax.random.fold_in(root_key, 1))
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size)
-  tx = train.make_optimizer()
+  tx = train.make_optimizer(config.train.adam_eps)
   shapes = jax.eval_shape(model.init, root_key, vgg_params)
   prunable = sparsity.prunable_leaves(shapes, config_lib.split_list(config.sparsity.scope), allow_missing_groups=True)
   # Frozen groups (e.g. LST's pre-trained decoder) are never pruned: they are not trained to recover.

@@ -81,9 +81,9 @@ def split_groups(params: dict, groups) -> tuple[dict, dict]:
   return ({g: v for g, v in params.items() if g in groups}, {g: v for g, v in params.items() if g not in groups})
 
 
-def make_optimizer() -> optax.GradientTransformation:
+def make_optimizer(eps: float = 1e-8) -> optax.GradientTransformation:
   """Adam's direction only; the step scales it by the schedule, so a rewound round restarts the schedule at k."""
-  return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+  return optax.scale_by_adam(b1=0.9, b2=0.999, eps=eps)
 
 
 def create_state(params, masks, step: int, tx, mesh, trained_groups=None) -> TrainState:

@@ -58,6 +58,7 @@ def test_demo_and_paper_configs_are_valid_once_data_is_set():
     ("train.steps", 2.5, "config.train.steps = 2.5 is not allowed: use a positive integer"),
     ("train.log_every", -1, "config.train.log_every = -1 is not allowed: use a positive integer"),
     ("train.lr_decay", -1e-5, "config.train.lr_decay = -1e-05 is not allowed: use a non-negative number"),
+    ("train.adam_eps", 0.0, "config.train.adam_eps = 0.0 is not allowed: use a small positive number like 1e-8"),
     ("model.train_encoder", "yes", "config.model.train_encoder = 'yes' is not allowed: use True or False"),
     ("model.content_weight", -1.0, "config.model.content_weight = -1.0 is not allowed: use a non-negative number"),
     ("model.vgg_weights", 3, "config.model.vgg_weights = 3 is not allowed: use a path (a string)"),
@@ -70,7 +71,7 @@ def test_demo_and_paper_configs_are_valid_once_data_is_set():
     ("data.num_threads", 0, "config.data.num_threads = 0 is not allowed: use a positive integer"),
     ("imp.branches", 3, "config.imp.branches = 3 is not allowed: use a comma-separated string"),
     ("eval.batch_size", 0, "config.eval.batch_size = 0 is not allowed: use a positive integer"),
-    ("train.lrr", 0.1, "config.train.lrr is not a known field: config.train has batch_size, dtype, epoch_steps"),
+    ("train.lrr", 0.1, "config.train.lrr is not a known field: config.train has adam_eps, batch_size, dtype"),
     ("checkpoint.every", 10, "config.checkpoint.every is not a known field: config.checkpoint has async_save, "
      "every_steps, keep."),
     ("sed", 1, "config.sed is not a known field: the top-level fields are checkpoint, data, eval, imp, model"),

@@ -73,16 +73,15 @@ def runs(tmp_path_factory):
 
 
 def _assert_params_close(got, want):
-  """Equal up to float rounding, which 3 Adam steps amplify where a gradient is near Adam's eps.
+  """Equal up to float rounding: 1 and 8 devices sum the batch's gradients in a different order.
 
-  Two 1-device runs whose convs differ only in summation order (the CPU matmul weight gradient on vs off) differ
-  the same way: most entries agree to 1e-6, a few by up to ~4e-4, all far below one step's update (lr = 1e-3)
-  unless the batches or the gradient were wrong.
+  (The tests' config sets Adam's eps to 1e-6, see worker.config_for_tests; with the default 1e-8, gradients that
+  are zero up to rounding move weights by ~lr in a noise-given direction and runs differ by up to ~4e-4.)
   """
   assert got.keys() == want.keys()
   diff = np.concatenate([np.abs(got[k] - want[k]).ravel() for k in want])
-  assert diff.max() < 1e-3, max(want, key=lambda k: np.abs(got[k] - want[k]).max())
-  assert np.mean(diff <= 1e-6) > 0.75, np.mean(diff <= 1e-6)
+  assert diff.max() < 1e-4, max(want, key=lambda k: np.abs(got[k] - want[k]).max())
+  assert np.mean(diff <= 1e-6) > 0.9, np.mean(diff <= 1e-6)
 
 
 def test_eight_devices_train_like_one(runs):
@@ -100,30 +99,12 @@ def _flat_masks(ticket):
 
 
 def test_eight_devices_imp_gives_identical_masks(runs):
-  """Identical masks, except where a weight ties with the pruning threshold to within float rounding.
-
-  Float rounding differs between 1 and 8 devices (summation order) and 3 Adam steps amplify it to ~1e-4 on a few
-  weights (see _assert_params_close), so a weight whose magnitude sits that close to the global threshold (gaps
-  between neighbouring magnitudes are ~1e-6 here) may land on either side; any other difference is a bug. Once a
-  tie has split the runs they train different subnetworks, so later rounds can only agree closely.
-  """
   load = lambda which, r: checkpoint.load_ticket(imp.ticket_dir(str(runs[which]), "imp", r))
-  inputs_equal = True  # whether this round pruned (nearly) the same trained weights in both runs
   for round_ in (0, 1, 2):
     one, eight = load("imp_one", round_), load("imp_eight", round_)
     assert jax.tree.structure(one.masks) == jax.tree.structure(eight.masks)
-    m1, m8 = _flat_masks(one), _flat_masks(eight)
-    assert m1.sum() == m8.sum()  # the same number of weights survives
-    differ = m1 != m8
-    if inputs_equal and differ.any():
-      assert differ.sum() <= 4, differ.sum()
-      prev = load("imp_one", round_ - 1)
-      w = np.abs(np.concatenate([np.asarray(p).ravel() for p in jax.tree.leaves(prev.trained_params)]))
-      threshold = w[_flat_masks(prev) & ~m1].max()  # the largest magnitude this round pruned
-      np.testing.assert_allclose(w[differ], threshold, atol=1e-3)
-    else:
-      assert differ.mean() < 0.01, differ.mean()
-    inputs_equal = inputs_equal and not differ.any()
+    np.testing.assert_array_equal(_flat_masks(eight), _flat_masks(one), err_msg=f"round {round_}")
+  assert 0 < _flat_masks(one).sum() < _flat_masks(one).size  # round 2 did prune
   assert one.sparsity["prunable"]["sparsity"] == pytest.approx(1 - 0.8 ** 2, abs=1e-3)  # two rounds of 20%
 
 
