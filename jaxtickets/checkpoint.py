@@ -362,7 +362,7 @@ class TrainCheckpoints:
 
   Each step holds three items: 'state' (the TrainState's fields as a dict: step, params, opt_state, counters),
   'masks' (the round's masks, to check that a resumed round prunes the same weights) and 'meta' (JSON: branch,
-  round, step, the data iterator's state). The directory only ever holds the current round: a round that starts
+  round, replicate, step, the data iterator's state). The directory only ever holds the current round: a round that starts
   afresh deletes what an earlier round left, so step keys always grow. Orbax writes each step into a temporary
   directory and renames it when complete, so a crash never leaves a half checkpoint under a step's name.
   """
@@ -395,7 +395,8 @@ class TrainCheckpoints:
   def meta(self, step: int) -> dict:
     return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
-  def restore(self, branch: str, round_: int, state_target: dict, masks_target) -> tuple[dict, dict] | None:
+  def restore(self, branch: str, round_: int, state_target: dict, masks_target,
+              replicate: int = 0) -> tuple[dict, dict] | None:
     """(state, meta) of the newest readable checkpoint of this round, or None (nothing of it is saved).
 
     A damaged checkpoint (truncated, half-written, unreadable) is reported, deleted and the one before it tried.
@@ -407,7 +408,7 @@ class TrainCheckpoints:
     for step in reversed(self.steps()):
       try:
         meta = self.meta(step)
-        if (meta.get('branch'), meta.get('round')) != (branch, round_):
+        if (meta.get('branch'), meta.get('round'), meta.get('replicate', 0)) != (branch, round_, replicate):
           break
         got = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), masks=ocp.args.StandardRestore(masks_abstract)))

@@ -67,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sparsity.scope = "encoder,decoder,transform"  # groups or globs like 'decoder/conv3_*'; comma-separated
   c.sparsity.method = "global"
   c.sparsity.fraction = 0.2  # of the remaining weights, per round
+  c.sparsity.layer_cap = 1.0  # global pruning never prunes a layer beyond this fraction; 1.0 = off (the paper's)
 
   c.imp = ml_collections.ConfigDict()
   c.imp.rounds = 10  # pruning rounds after the dense round 0
@@ -74,9 +75,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.imp.rewind_step = 0  # k: 0 rewinds to the initial weights
   c.imp.branches = "imp"  # comma-separated: imp, random_prune, random_reinit, oneshot
   c.imp.match_tolerance = 0.02  # relative to the dense round's total loss
+  c.imp.replicates = 3  # independent repeats (seed + r): the verdict's interval needs at least 2
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_pairs = 8
+  c.eval.num_pairs = 64  # fixed held-out pairs, enough to resolve a 2% difference
   c.eval.batch_size = 8
 
   c.checkpoint = ml_collections.ConfigDict()
@@ -86,9 +88,11 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def use_demo_data(c: ml_collections.ConfigDict, *, steps: int, rounds: int, lr: float | None = 2e-4) -> None:
+def use_demo_data(c: ml_collections.ConfigDict, *, steps: int, rounds: int, lr: float | None = 2e-4,
+                  replicates: int = 2) -> None:
   """The embedded demo's shared settings: demo images, 64 px crops of 96 px resizes, batch 4, IMP plus random
-  pruning, 4 held-out pairs; `steps` per round and `rounds` sized so each model's demo takes minutes on a CPU."""
+  pruning, 16 held-out pairs, 2 replicates (the fewest that give an interval); `steps` per round and `rounds` sized
+  so each model's demo takes minutes on a CPU."""
   c.data.content = c.data.style = c.data.eval_content = c.data.eval_style = "demo"
   c.data.load_size = 96
   c.data.crop_size = 64
@@ -100,8 +104,9 @@ def use_demo_data(c: ml_collections.ConfigDict, *, steps: int, rounds: int, lr: 
   c.checkpoint.every_steps = 10  # a killed demo resumes mid-round
   c.imp.rounds = rounds
   c.imp.branches = "imp,random_prune"
-  c.eval.num_pairs = 4
-  c.eval.batch_size = 4
+  c.imp.replicates = replicates
+  c.eval.num_pairs = 16
+  c.eval.batch_size = 8
 
 
 def model_config(config) -> ml_collections.ConfigDict:
@@ -238,6 +243,10 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
                f"scopes start with one of {', '.join(SCOPE_GROUPS)}.")
   need(s.method in PRUNE_METHODS, "sparsity.method", s.method, f"choose one of {', '.join(PRUNE_METHODS)}")
   need(is_num(s.fraction) and 0 < s.fraction < 1, "sparsity.fraction", s.fraction, "use a fraction in (0, 1), e.g. 0.2")
+  need(is_num(s.layer_cap) and 0 < s.layer_cap <= 1, "sparsity.layer_cap", s.layer_cap,
+       "use a fraction in (0, 1], e.g. 0.95 (1.0 turns the cap off)")
+  need(is_int(i.replicates) and i.replicates >= 1, "imp.replicates", i.replicates,
+       "use an integer >= 1 (3 or more for a verdict worth publishing)")
   need(is_int(i.rounds) and i.rounds >= 0, "imp.rounds", i.rounds, "use an integer >= 0 (0 trains the dense network only)")
   need(is_num(i.target_sparsity) and 0 <= i.target_sparsity < 1, "imp.target_sparsity", i.target_sparsity,
        "use a fraction in [0, 1); 0 turns the early stop off")

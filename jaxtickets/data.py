@@ -33,8 +33,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 _DEMO = {
     'content': ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg'),
     'style': ('brick.png', 'grass.png', 'gravel.png', 'hubble_deep_field.jpg', 'ihc.png'),
-    'eval_content': ('motorcycle_left.png', 'camera.png'),
-    'eval_style': ('retina.jpg', 'color.png'),
+    'eval_content': ('motorcycle_left.png', 'camera.png', 'coins.png', 'page.png'),
+    'eval_style': ('retina.jpg', 'color.png', 'cell.png', 'microaneurysms.png'),
 }
 
 # Tags that keep the content, style and holdout random streams independent of each other.
@@ -211,13 +211,16 @@ def preprocess_train(img: np.ndarray, rng: np.random.Generator, load_size: int,
   return _to_float(img[top:top + crop_size, left:left + crop_size])
 
 
-def preprocess_eval(img: np.ndarray, load_size: int, crop_size: int) -> np.ndarray:
-  """Resize (aspect ratio not kept) then a center crop; float32 HxWx3 in [0, 1]."""
+def preprocess_eval(img: np.ndarray, load_size: int, crop_size: int,
+                    corner: tuple[int, int] | None = None) -> np.ndarray:
+  """Resize (aspect ratio not kept) then a center crop, or the crop at `corner` (top, left); float32 HxWx3 in [0, 1]."""
   _check_sizes(load_size, crop_size)
   img = _resize(img, load_size)
   # Same rounding as torchvision CenterCrop.
-  top = int(round((load_size - crop_size) / 2.0))
-  return _to_float(img[top:top + crop_size, top:top + crop_size])
+  top = left = int(round((load_size - crop_size) / 2.0))
+  if corner is not None:
+    top, left = corner
+  return _to_float(img[top:top + crop_size, left:left + crop_size])
 
 
 # ----------------------------------------------------------------------------- sources
@@ -456,9 +459,12 @@ def _order(indices: np.ndarray, seed: int) -> grain.MapDataset:
 
 
 def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
-                       process_count: int = 1, skip_log: SkipLog | None = None) -> grain.MapDataset:
+                       process_count: int = 1, skip_log: SkipLog | None = None,
+                       order_seed: int | None = None) -> grain.MapDataset:
   """Infinite MapDataset; element i is this process's slice of global batch i.
 
+  `order_seed` (default config.seed) fixes the data order and the crops; the held-out split always follows
+  config.seed, so replicates with their own order seeds train on the same images and share the evaluation pairs.
   Unreadable images are replaced by the next readable one and recorded in `skip_log`; a source with no
   readable image at all fails here, before training.
   """
@@ -472,7 +478,7 @@ def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
   _check_sizes(data.load_size, data.crop_size)
   content, c_train, _ = _train_and_holdout(config, 'content')
   style, s_train, _ = _train_and_holdout(config, 'style')
-  seed = int(config.seed)
+  seed = int(config.seed if order_seed is None else order_seed)
   skip_log = SkipLog() if skip_log is None else skip_log
   content = _Readable(content, c_train, 'content', skip_log)
   style = _Readable(style, s_train, 'style', skip_log)
@@ -540,13 +546,18 @@ def eval_pairs(config, skip_log: SkipLog | None = None) -> dict[str, Any]:
   readable = (_Readable(content, c_idx, field('content'), skip_log), _Readable(style, s_idx, field('style'), skip_log))
   cache: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
 
-  def get(side, i):
+  def get(side, i, k):
     if (side, i) not in cache:
-      used, img = readable[side].load(int(i))
-      cache[(side, i)] = used, preprocess_eval(img, load, crop)
-    return cache[(side, i)]
+      cache[(side, i)] = readable[side].load(int(i))
+    used, img = cache[(side, i)]
+    # The first use of a (content, style) combination is center-cropped; a repeat (more pairs than combinations)
+    # gets its own crops at positions fixed by (seed, k), so no two pairs are the same images.
+    corner = None
+    if k >= nc * ns:
+      corner = tuple(int(v) for v in _rng(config.seed, _PAIRS, k, side).integers(0, load - crop + 1, size=2))
+    return used, preprocess_eval(img, load, crop, corner)
 
-  pairs = [(get(0, a), get(1, b)) for a, b in zip(ci, si)]
+  pairs = [(get(0, a, k), get(1, b, k)) for k, (a, b) in enumerate(zip(ci, si))]
   return {
       'content': np.stack([c[1] for c, _ in pairs]),
       'style': np.stack([s[1] for _, s in pairs]),

@@ -26,16 +26,19 @@ def make_eval_fn(model):
 
 
 def evaluate(eval_fn, params, masks, vgg_params, pairs, batch_size: int) -> dict:
-  """Mean of each metric over all pairs, as Python floats; pairs are scored in chunks of batch_size."""
+  """Mean of each metric over all pairs, as Python floats, and under 'per_pair' every pair's values (lists, in the
+  pairs' order: the verdict's intervals pair them with the dense network's); pairs are scored in chunks."""
   content, style = np.asarray(pairs["content"]), np.asarray(pairs["style"])
   n = len(content)
-  per_pair = []
+  chunks = []
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size) % n  # pad the last chunk by wrapping, then drop the extras
     out = jax.device_get(eval_fn(params, masks, vgg_params, content[idx], style[idx]))
     keep = min(batch_size, n - start)
-    per_pair.append({k: np.asarray(v)[:keep] for k, v in out.items()})
-  return {k: float(np.mean(np.concatenate([p[k] for p in per_pair]))) for k in per_pair[0]}
+    chunks.append({k: np.asarray(v)[:keep] for k, v in out.items()})
+  per_pair = {k: np.concatenate([c[k] for c in chunks]).astype(np.float64) for k in chunks[0]}
+  means = {k: float(np.mean(v)) for k, v in per_pair.items()}
+  return {**means, "per_pair": {k: v.tolist() for k, v in per_pair.items()}}
 
 
 def stylize_pairs(model, params, masks, vgg_params, pairs) -> np.ndarray:

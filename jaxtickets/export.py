@@ -220,7 +220,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Only when run as a program: other CLIs (stylize, main) define flags of the same names."""
-  flags.DEFINE_string("ticket", None, "A ticket directory, WORKDIR/tickets/<branch>/round_NN.")
+  flags.DEFINE_string("ticket", None, "A ticket directory, WORKDIR/tickets/<branch>/rep_<r>/round_NN.")
   flags.DEFINE_string("out", None, "The file to write: .npz or .safetensors.")
   flags.DEFINE_enum("which", "trained", ["trained", "rewind"], "The round's trained weights, or its rewind point.")
 
@@ -229,7 +229,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.ticket or not FLAGS.out:
-    sys.exit("error: pass --ticket=WORKDIR/tickets/imp/round_NN and --out=FILE.npz (or .safetensors).")
+    sys.exit("error: pass --ticket=WORKDIR/tickets/imp/rep_0/round_NN and --out=FILE.npz (or .safetensors).")
   try:
     sizes = export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which)
   except UserError as e:

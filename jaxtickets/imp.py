@@ -5,10 +5,11 @@
            reset the optimizer and the schedule (to step k), train again
   branches beside IMP, from the same theta_k and IMP's round-r sparsity:
            random_prune (random positions, IMP's per-layer counts), random_reinit (IMP's masks, a fresh init),
-           oneshot (prune the dense network straight to round r's sparsity)
+           oneshot (prune the dense network straight to round r's sparsity, by config.sparsity.method)
+  replicates: all of the above again for r = 1 .. imp.replicates - 1 with seed + r (init, data order, random masks);
+           results.py turns the replicates' tickets into intervals and verdicts
 """
 
-import csv
 import dataclasses
 import json
 import os
@@ -20,14 +21,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib, data, evaluate, parallel, sparsity, train
+from jaxtickets import checkpoint, config as config_lib, data, evaluate, parallel, results, sparsity, train
+from jaxtickets.results import ticket_dir
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model
 
 SKIPPED_FILE = "skipped_images.json"
-
-RESULT_FIELDS = ("branch", "round", "steps", "sparsity_prunable", "sparsity_total", "remaining_prunable",
-                 "remaining_total", "content", "style", "total", "relative_to_dense", "matches")
 
 
 def log(msg: str) -> None:
@@ -47,17 +46,28 @@ class Setup:
   tx: Any
   step_fn: Callable
   eval_fn: Callable
-  dataset: Any
   pairs: dict
-  root_key: Any
+  root_key: Any  # config.seed's: the random stand-in VGG is the same for every replicate, as pretrained weights are
+  frozen_inference_size: int = 0  # frozen VGG weights the stylizing network reads (a fixed encoder), never pruned
   skip_log: Any = None  # data.SkipLog: unreadable images replaced so far
   ckpts: Any = None  # checkpoint.TrainCheckpoints of the running round
   watch: Any = None  # PreemptionWatch: SIGTERM / preemption notice
   monitor: Any = None  # monitor.Monitor: TensorBoard events (process 0 writes)
 
 
-def ticket_dir(workdir: str, branch: str, round_: int) -> str:
-  return os.path.join(workdir, "tickets", branch, f"round_{round_:02d}")
+@dataclasses.dataclass
+class Replicate:
+  """What one replicate owns: its seed (config.seed + index) and the data order drawn from it."""
+  index: int
+  key: Any
+  dataset: Any
+
+
+def replicate(s: "Setup", index: int) -> Replicate:
+  seed = s.config.seed + index
+  dataset = data.make_train_dataset(s.config, s.config.train.batch_size, jax.process_index(), jax.process_count(),
+                                    skip_log=s.skip_log, order_seed=seed)
+  return Replicate(index=index, key=jax.random.PRNGKey(seed), dataset=dataset)
 
 
 def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict]:
@@ -71,6 +81,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
   watch = PreemptionWatch().install()
   s = None
   try:
+    results.check_layout(workdir)
     _check_resume_config(config, workdir, allow_config_change)
     s = setup(config, workdir)
     s.skip_log.merge(_load_skips(workdir))
@@ -93,20 +104,32 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
 
 
 def _run_rounds(s: Setup) -> list[dict]:
-  """IMP's rounds, then the baseline branches, then the results table."""
-  config, workdir = s.config, s.workdir
-  theta_0 = initial_params(s)
+  """Every replicate's IMP rounds and baselines, then the results tables and the verdicts."""
+  for index in range(s.config.imp.get("replicates", 1)):
+    _run_replicate(s, replicate(s, index))
+  rows, summary = results.write_results(s.workdir, s.config, skipped=s.skip_log.summary())
+  log(results.format_summary(summary))
+  log(skipped_line(s.skip_log.summary()))
+  for line in results.matching_lines(summary, s.config.imp.match_tolerance):
+    log(line)
+  return rows
+
+
+def _run_replicate(s: Setup, rep: Replicate) -> None:
+  """One replicate: the dense round, IMP's rounds, then the baseline branches from IMP's masks."""
+  config = s.config
+  theta_0 = initial_params(s, rep)
   k = config.imp.rewind_step
   ones = sparsity.ones_masks(theta_0)
 
-  dense = run_round(s, "imp", 0, theta_0, ones, start_step=0, rewind_step=k)
-  theta_k = theta_0 if k == 0 else checkpoint.load_params(os.path.join(workdir, "init", f"theta_{k}"))
-
+  dense = run_round(s, rep, "imp", 0, theta_0, ones, start_step=0, rewind_step=k)
+  theta_k = theta_0 if k == 0 else checkpoint.load_params(os.path.join(results.init_dir(s.workdir, rep.index),
+                                                                       f"theta_{k}"))
   imp_tickets = [dense]
   for r in range(1, config.imp.rounds + 1):
     prev = imp_tickets[-1]
     masks = prune(config, prev.trained_params, prev.masks, s.prunable)
-    imp_tickets.append(run_round(s, "imp", r, theta_k, masks, start_step=k))
+    imp_tickets.append(run_round(s, rep, "imp", r, theta_k, masks, start_step=k))
     reached = imp_tickets[-1].sparsity["prunable"]["sparsity"]
     if config.imp.target_sparsity and reached >= config.imp.target_sparsity:
       log(f"Reached the target sparsity {config.imp.target_sparsity:.4f} at round {r} ({reached:.4f}).")
@@ -117,26 +140,15 @@ def _run_rounds(s: Setup) -> list[dict]:
     for r, imp_ticket in enumerate(imp_tickets[1:], start=1):
       init = theta_k
       if branch == "random_prune":
-        masks = sparsity.random_prune_like(imp_ticket.masks, s.prunable, seed=config.seed * 1009 + r)
+        masks = sparsity.random_prune_like(imp_ticket.masks, s.prunable, seed=(config.seed + rep.index) * 1009 + r)
       elif branch == "random_reinit":
-        if reinit is None:
-          fresh = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 2), jax.device_get(s.vgg_params)))
-          # Only trained groups are re-drawn; frozen (pre-trained) groups keep theta_k's values.
-          reinit = {g: (fresh[g] if g in s.model.trained_groups else v) for g, v in theta_k.items()}
+        if reinit is None:  # every trained group re-drawn (a trained encoder too); frozen groups keep theta_k
+          reinit = jax.device_get(s.model.reinit(jax.random.fold_in(rep.key, 2), jax.device_get(s.vgg_params),
+                                                 theta_k))
         masks, init = imp_ticket.masks, reinit
-      else:  # oneshot
-        target = imp_ticket.sparsity["prunable"]["sparsity"]
-        masks = sparsity.prune_to_sparsity(dense.trained_params, s.prunable, target)
-      run_round(s, branch, r, init, masks, start_step=k)
-
-  rows = write_results(workdir, config, skipped=s.skip_log.summary())
-  log(format_results(rows))
-  log(skipped_line(s.skip_log.summary()))
-  for branch, best in highest_matching(rows).items():
-    log(f"Highest matching sparsity ({branch}): {best['sparsity_prunable']:.4f} of the prunable weights "
-        f"({best['sparsity_total']:.4f} of all), round {best['round']}." if best else
-        f"No pruned round of {branch} matches the dense network within {config.imp.match_tolerance:.1%}.")
-  return rows
+      else:  # oneshot: the dense round's trained weights pruned at once, the way IMP prunes
+        masks = oneshot_masks(config, dense.trained_params, imp_ticket.masks, s.prunable)
+      run_round(s, rep, branch, r, init, masks, start_step=k)
 
 
 class PreemptionWatch:
@@ -266,13 +278,13 @@ def setup(config, workdir: str) -> Setup:
     raise UserError(f"config.sparsity.scope = {config.sparsity.scope!r} selects no trained kernel of {model.name} "
                     f"(trained groups: {', '.join(model.trained_groups)}): add a trained group to the scope.")
   skip_log = data.SkipLog(log)
-  dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count(),
-                                    skip_log=skip_log)
   pairs = data.eval_pairs(config, skip_log=skip_log)
+  frozen = 0 if model.train_encoder else sum(int(np.size(a)) for a in jax.tree.leaves(
+      model.encoder_params(None, vgg_params)))
   return Setup(config=config, workdir=workdir, model=model, vgg_params=parallel.replicate(vgg_params, mesh),
                prunable=prunable, mesh=mesh, tx=tx, step_fn=train.make_train_step(model, config.train, tx, mesh),
-               eval_fn=evaluate.make_eval_fn(model), dataset=dataset, pairs=pairs, root_key=root_key,
-               skip_log=skip_log)
+               eval_fn=evaluate.make_eval_fn(model), pairs=pairs, root_key=root_key, skip_log=skip_log,
+               frozen_inference_size=frozen)
 
 
 def load_or_init_vgg(config, model, key):
@@ -288,12 +300,12 @@ def load_or_init_vgg(config, model, key):
   return jax.device_get(model.init_vgg(key))
 
 
-def initial_params(s: Setup):
-  """theta_0, saved once so that a restarted run rewinds to exactly the same weights."""
-  path = os.path.join(s.workdir, "init", "theta_0")
+def initial_params(s: Setup, rep: Replicate):
+  """The replicate's theta_0, saved once so that a restarted run rewinds to exactly the same weights."""
+  path = os.path.join(results.init_dir(s.workdir, rep.index), "theta_0")
   if checkpoint.params_exist(path):
     return checkpoint.load_params(path)
-  theta_0 = jax.device_get(s.model.init(jax.random.fold_in(s.root_key, 0), jax.device_get(s.vgg_params)))
+  theta_0 = jax.device_get(s.model.init(jax.random.fold_in(rep.key, 0), jax.device_get(s.vgg_params)))
   if s.config.model.init_from:
     from jaxtickets import port
     theta_0 = port.load_init_from(s.config.model.init_from, s.model, theta_0)  # checks name, width, shapes
@@ -305,38 +317,63 @@ def initial_params(s: Setup):
 def prune(config, params, masks, prunable):
   """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights, smallest magnitude."""
   fn = {"global": sparsity.global_magnitude_prune, "layerwise": sparsity.layerwise_magnitude_prune}
-  return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction)
+  return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction,
+                                    layer_cap=config.sparsity.layer_cap)
 
 
-def run_round(s: Setup, branch: str, round_: int, init_params, masks, *, start_step: int,
+def oneshot_masks(config, dense_params, imp_masks, prunable):
+  """The one-shot baseline's masks: the dense round's trained weights pruned straight to IMP's round, globally
+  (IMP's total count, under the same layer cap) or layer-wise (IMP's count in every layer)."""
+  if config.sparsity.method == "layerwise":
+    return sparsity.prune_like(dense_params, prunable, imp_masks)
+  target = sparsity.count(imp_masks, prunable)["prunable"]["sparsity"]
+  return sparsity.prune_to_sparsity(dense_params, prunable, target, layer_cap=config.sparsity.layer_cap)
+
+
+def sparsity_report(s: Setup, masks, params) -> dict:
+  """sparsity.count plus per-group sparsity and the whole inference network's (a fixed encoder's VGG included)."""
+  report = sparsity.count(masks, s.prunable, params)
+  report["groups"] = sparsity.count_by_group(masks)
+  total = report["total"]
+  size = total["size"] + s.frozen_inference_size
+  report["inference"] = {"size": size, "remaining": total["remaining"] + s.frozen_inference_size,
+                         "sparsity": (total["size"] - total["remaining"]) / size if size else 0.0}
+  return report
+
+
+def run_round(s: Setup, rep: Replicate, branch: str, round_: int, init_params, masks, *, start_step: int,
               rewind_step: int | None = None) -> checkpoint.Ticket:
   """Trains init_params * masks from start_step to train.steps, evaluates and saves the ticket; skips a saved one.
 
   A round interrupted earlier continues from its last train-state checkpoint (same step, params, optimizer state,
   data position); every `checkpoint.every_steps` steps the state is saved again.
   """
-  path = ticket_dir(s.workdir, branch, round_)
+  path = ticket_dir(s.workdir, branch, round_, rep.index)
+  label = f"[rep {rep.index} {branch} round {round_}]"
   if checkpoint.ticket_exists(path):
-    log(f"[{branch} round {round_}] already done, loading {path}")
+    log(f"{label} already done, loading {path}")
     return checkpoint.load_ticket(path)
   cfg = s.config
-  label = f"[{branch} round {round_}]"
-  report = sparsity.count(masks, s.prunable, init_params)
+  report = sparsity_report(s, masks, init_params)
   log(f"{label} sparsity {report['prunable']['sparsity']:.4f} of prunable weights, "
-      f"{report['total']['sparsity']:.4f} of all; training steps {start_step}..{cfg.train.steps}")
+      f"{report['inference']['sparsity']:.4f} of the inference network; training steps {start_step}..{cfg.train.steps}")
+  collapsed = sparsity.collapsed_layers(report)
+  if collapsed and branch in ("imp", "oneshot"):
+    log(f"WARNING: {label} layer collapse: {', '.join(collapsed)} above 99% sparsity (global pruning empties a "
+        "layer first when its weights are smallest); config.sparsity.layer_cap (e.g. 0.95) stops it.")
 
   state = train.create_state(init_params, masks, start_step, s.tx, s.mesh, s.model.trained_groups)
   device_masks = parallel.replicate(masks, s.mesh)
-  state = _resume_state(s, branch, round_, state, masks, label)
-  key = jax.random.fold_in(s.root_key, 3)
+  state = _resume_state(s, rep, branch, round_, state, masks, label)
+  key = jax.random.fold_in(rep.key, 3)
   # Element i of the dataset is global step i, so the iterator's whole state is the step it starts at.
-  batches = data.make_train_iterator(s.dataset, start_step=int(jax.device_get(state.step)),
+  batches = data.make_train_iterator(rep.dataset, start_step=int(jax.device_get(state.step)),
                                      num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch)
   last_good = s.ckpts.latest if s.ckpts is not None else (lambda: "none")
   policy = cfg.train.get("nan_policy", "stop")
 
   on_step = None
-  theta_k_path = os.path.join(s.workdir, "init", f"theta_{rewind_step}")
+  theta_k_path = os.path.join(results.init_dir(s.workdir, rep.index), f"theta_{rewind_step}")
   if rewind_step and not checkpoint.params_exist(theta_k_path):  # keep theta_k, the weights after k dense steps
     def on_step(step, state):
       if step == rewind_step:
@@ -349,43 +386,44 @@ def run_round(s: Setup, branch: str, round_: int, init_params, masks, *, start_s
   if s.ckpts is not None:
     def save(step, state):
       s.ckpts.save(step, train.state_dict(state), device_masks,
-                   {"branch": branch, "round": round_, "start_step": start_step,
+                   {"branch": branch, "round": round_, "replicate": rep.index, "start_step": start_step,
                     "data_iterator": {"next_index": int(step)}})
       _save_skips(s)
 
+  tag = f"{branch}/rep_{rep.index}"
   state = train.train(s.step_fn, state, device_masks, s.vgg_params, batches, cfg.train.steps, key, s.mesh,
                       log_every=cfg.train.log_every, label=label, on_step=on_step, log=log, nan_policy=policy,
                       save=save, save_every=cfg.checkpoint.every_steps, stop=s.watch, last_good=last_good,
-                      on_log=s.monitor.train_callback(branch, round_, cfg.train) if s.monitor else None)
+                      on_log=s.monitor.train_callback(tag, round_, cfg.train) if s.monitor else None)
   trained = jax.device_get(state.params)
   metrics = evaluate.evaluate(s.eval_fn, state.params, device_masks, s.vgg_params, s.pairs, cfg.eval.batch_size)
-  dense_total = metrics["total"] if round_ == 0 else _dense_total(s.workdir)
-  metrics.update(branch=branch, round=round_, steps=cfg.train.steps - start_step,
-                 relative_to_dense=metrics["total"] / dense_total - 1.0,
-                 matches=bool(metrics["total"] <= dense_total * (1.0 + cfg.imp.match_tolerance)),
+  dense_total = metrics["total"] if round_ == 0 else _dense_total(s.workdir, rep.index)
+  metrics.update(branch=branch, round=round_, replicate=rep.index, steps=cfg.train.steps - start_step,
+                 rewind_step=cfg.imp.rewind_step, relative_to_dense=metrics["total"] / dense_total - 1.0,
                  nan_skips=train.health(state)[1])
   if s.monitor is not None and s.monitor.enabled:
     sample = {k: s.pairs[k][:4] for k in ("content", "style")}
     images = evaluate.stylize_pairs(s.model, trained, jax.device_get(masks), jax.device_get(s.vgg_params), sample)
-    s.monitor.round_end(branch, round_, metrics, report, images)
+    scalars = {k: v for k, v in metrics.items() if k != "per_pair"}
+    s.monitor.round_end(tag, round_, scalars, report, images)
   log(f"{label} eval: total {metrics['total']:.4f} (content {metrics['content']:.4f}, "
-      f"style {metrics['style']:.4f}), {metrics['relative_to_dense']:+.2%} vs dense -> "
-      f"{'matches' if metrics['matches'] else 'does not match'}")
+      f"style {metrics['style']:.4f}) on {len(s.pairs['content'])} pairs, {metrics['relative_to_dense']:+.2%} vs "
+      "this replicate's dense round (the verdicts come from all replicates at the end)")
   checkpoint.save_ticket(path, masks=jax.device_get(masks), rewind_params=jax.device_get(init_params),
                          trained_params=trained, metrics=metrics, sparsity=report)
   if s.ckpts is not None:
     s.ckpts.clear()  # the ticket supersedes the round's train-state checkpoints
-  write_results(s.workdir, cfg, skipped=s.skip_log.summary() if s.skip_log is not None else None)
+  results.write_results(s.workdir, cfg, skipped=s.skip_log.summary() if s.skip_log is not None else None)
   return checkpoint.Ticket(
       path=path, masks=jax.device_get(masks), rewind_params=jax.device_get(init_params), trained_params=trained,
       metrics=metrics, sparsity=report)
 
 
-def _resume_state(s: Setup, branch: str, round_: int, state, masks, label: str):
+def _resume_state(s: Setup, rep: Replicate, branch: str, round_: int, state, masks, label: str):
   """The round's last checkpointed state if there is one (a resumed run), else `state` (a fresh round)."""
   if s.ckpts is None:
     return state
-  restored = s.ckpts.restore(branch, round_, train.state_dict(state), masks)
+  restored = s.ckpts.restore(branch, round_, train.state_dict(state), masks, replicate=rep.index)
   if restored is None:
     return state
   state = train.state_from_dict(restored[0])
@@ -394,73 +432,5 @@ def _resume_state(s: Setup, branch: str, round_: int, state, masks, label: str):
   return state
 
 
-def _dense_total(workdir: str) -> float:
-  return float(checkpoint.load_ticket(ticket_dir(workdir, "imp", 0)).metrics["total"])
-
-
-def collect_rows(workdir: str) -> list[dict]:
-  """One row per saved ticket, IMP first, by round."""
-  rows = []
-  root = os.path.join(workdir, "tickets")
-  order = {b: i for i, b in enumerate(config_lib.BRANCHES)}
-  branches = sorted(os.listdir(root), key=lambda b: (order.get(b, 99), b)) if os.path.isdir(root) else []
-  for branch in branches:
-    for name in sorted(os.listdir(os.path.join(root, branch))):
-      path = os.path.join(root, branch, name)
-      if not (name.startswith("round_") and checkpoint.ticket_exists(path)):
-        continue
-      meta = checkpoint.load_ticket_metadata(path)
-      m, sp = meta["metrics"], meta["sparsity"]
-      rows.append(dict(branch=branch, round=int(m["round"]), steps=int(m["steps"]),
-                       sparsity_prunable=sp["prunable"]["sparsity"], sparsity_total=sp["total"]["sparsity"],
-                       remaining_prunable=sp["prunable"]["remaining"], remaining_total=sp["total"]["remaining"],
-                       content=m["content"], style=m["style"], total=m["total"],
-                       relative_to_dense=m["relative_to_dense"], matches=bool(m["matches"])))
-  return rows
-
-
-def write_results(workdir: str, config, skipped: dict | None = None) -> list[dict]:
-  """results.csv (one row per branch and round) and summary.json (highest matching sparsity per branch, skips).
-
-  `skipped` is a data.SkipLog summary; None reads the workdir's record of skipped images.
-  """
-  rows = collect_rows(workdir)
-  tmp = os.path.join(workdir, "results.csv.tmp")
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-  os.replace(tmp, os.path.join(workdir, "results.csv"))
-  skipped = _load_skips(workdir) if skipped is None else skipped
-  summary = {"model": config.model.name, "match_tolerance": config.imp.match_tolerance,
-             "highest_matching": highest_matching(rows),
-             "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])}}
-  checkpoint.save_json(os.path.join(workdir, "summary.json"), summary)
-  return rows
-
-
-def highest_matching(rows: list[dict]) -> dict:
-  """Per branch, the matching pruned round of highest sparsity (None if no pruned round matches)."""
-  best = {}
-  for row in rows:
-    if row["round"] == 0:
-      continue
-    cur = best.get(row["branch"])
-    if row["matches"] and (cur is None or row["sparsity_prunable"] > cur["sparsity_prunable"]):
-      best[row["branch"]] = row
-    else:
-      best.setdefault(row["branch"], None)
-  return best
-
-
-def format_results(rows: list[dict]) -> str:
-  """The results table printed at the end of a run."""
-  head = f"{'branch':<14}{'round':>6}{'sparsity':>10}{'(all)':>9}{'remaining':>12}{'content':>10}{'style':>10}" \
-         f"{'total':>10}{'vs dense':>10}  match"
-  lines = [head, "-" * len(head)]
-  for r in rows:
-    lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['sparsity_total']:>9.4f}"
-                 f"{r['remaining_prunable']:>12,}{r['content']:>10.4f}{r['style']:>10.4f}{r['total']:>10.4f}"
-                 f"{r['relative_to_dense']:>+10.2%}  {'yes' if r['matches'] else 'no'}")
-  return "\n".join(lines)
+def _dense_total(workdir: str, replicate: int) -> float:
+  return float(checkpoint.load_ticket_metadata(ticket_dir(workdir, "imp", 0, replicate))["metrics"]["total"])

@@ -131,13 +131,18 @@ class Stylizer:
 
   @classmethod
   def from_ticket(cls, ticket_dir: str, which: str = "trained") -> "Stylizer":
-    """The ticket at workdir/tickets/<branch>/round_NN; the model config comes from workdir/config.json."""
+    """The ticket at workdir/tickets/<branch>/rep_<r>/round_NN; the model config comes from workdir/config.json."""
     if which not in WHICH:
       raise UserError(f"which = {which!r} is not allowed: use 'trained' (the round's result) or 'rewind'.")
     ticket_dir = os.path.abspath(os.fspath(ticket_dir))
     if not checkpoint.ticket_exists(ticket_dir):
       checkpoint.load_ticket_metadata(ticket_dir)  # raises the UserError that names what is wrong
-    workdir = os.path.dirname(os.path.dirname(os.path.dirname(ticket_dir)))  # WORKDIR/tickets/<branch>/round_NN
+    rep_dir = os.path.dirname(ticket_dir)
+    if not os.path.basename(rep_dir).startswith("rep_"):
+      raise UserError(f"The ticket '{ticket_dir}' is not at WORKDIR/tickets/<branch>/rep_<r>/round_NN: a single-seed "
+                      "run of an older jaxtickets (tickets/<branch>/round_NN) cannot be read by this version; run "
+                      "it again in a new --workdir.")
+    workdir = os.path.dirname(os.path.dirname(os.path.dirname(rep_dir)))
     config = load_run_config(workdir, ticket_dir)
     model, vgg = model_and_vgg(config)
     ticket = checkpoint.load_ticket(ticket_dir)
@@ -197,7 +202,7 @@ def load_run_config(workdir: str, ticket_dir: str | None = None) -> ml_collectio
   if not os.path.isfile(path):
     if ticket_dir:
       raise UserError(f"The ticket '{ticket_dir}' is not inside a run's workdir: '{path}' does not exist; pass a "
-                      "ticket at WORKDIR/tickets/<branch>/round_NN of a run made by jaxtickets.main.")
+                      "ticket at WORKDIR/tickets/<branch>/rep_<r>/round_NN of a run made by jaxtickets.main.")
     raise UserError(f"No run at '{workdir}': '{path}' does not exist; pass the workdir of a run made by "
                     "jaxtickets.main.")
   data = checkpoint.load_json(path)

@@ -46,7 +46,7 @@ def main(argv):
     sys.exit(f"error: {e}")
   except train.Preempted as e:
     train.exit_preempted(e, "jaxtickets.main")
-  print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/round_NN.")
+  print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/rep_<r>/round_NN.")
 
 
 if __name__ == "__main__":

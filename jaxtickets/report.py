@@ -1,12 +1,13 @@
 """The evidence of a run: python -m jaxtickets.report --workdir=DIR (main runs it at the end, too).
 
 Writes into the workdir (process 0 only):
-  results.csv    one row per branch and round, rebuilt from the saved tickets (imp.write_results)
-  curves.png     total, content and style loss vs sparsity, one line per branch, the dense result as a band of
-                 +- match_tolerance, each branch's highest matching sparsity starred
-  layers.png     per-layer sparsity of the final IMP ticket (which layers IMP empties first)
-  grid.png       rows = held-out content/style pairs, columns = content, style, dense and each IMP round
-  report.md      the run's settings, the highest matching sparsity per branch, the parameters left, the figures
+  results.csv, summary.csv, summary.json   rebuilt from the saved tickets (results.write_results)
+  curves.png     relative difference to the dense network in total, content and style loss vs sparsity, one line
+                 per branch with its 95% interval as a band, the tolerance as a line, each branch's highest
+                 matching sparsity starred
+  layers.png     per-layer sparsity of replicate 0's final IMP ticket (which layers IMP empties first)
+  grid.png       rows = held-out content/style pairs, columns = content, style, dense and each IMP round (rep 0)
+  report.md      the settings (replicates, pairs, rewind point), the verdicts, IMP vs each baseline, the figures
 """
 
 import os
@@ -18,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from jaxtickets import checkpoint, config as config_lib, imp
+from jaxtickets import checkpoint, config as config_lib, results
 from jaxtickets.errors import UserError
 
 FIGURES = {"curves": "curves.png", "layers": "layers.png", "grid": "grid.png"}
@@ -27,37 +28,48 @@ MAX_GRID_ROWS = 8
 _GROUP_COLORS = {"encoder": "tab:blue", "decoder": "tab:orange", "transform": "tab:green"}
 
 
-def _by_branch(rows: list[dict]) -> dict[str, list[dict]]:
-  """Rows per branch by round; every branch starts at the dense round it was pruned from."""
-  dense = [r for r in rows if r["branch"] == "imp" and r["round"] == 0]
+def _by_branch(summary: list[dict]) -> dict[str, list[dict]]:
+  """Summary rows per branch by round; every branch starts at the dense round it was pruned from."""
+  dense = [r for r in summary if r["branch"] == "imp" and r["round"] == 0]
   out = {}
-  for r in rows:
+  for r in summary:
     out.setdefault(r["branch"], []).append(r)
   return {b: sorted((dense if b != "imp" else []) + rs, key=lambda r: r["round"]) for b, rs in out.items()}
 
 
-def plot_curves(rows: list[dict], tolerance: float, path: str, title: str = "") -> None:
-  """One panel per metric: loss vs prunable sparsity per branch, the dense band, the best matching starred."""
+_VERDICT_MARKERS = {"matches": dict(marker="o"), "does not match": dict(marker="X"),
+                    "inconclusive": dict(marker="o", mfc="white"), "": dict(marker="s")}
+
+
+def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "") -> None:
+  """One panel per metric: the mean relative difference to the dense network vs prunable sparsity, per branch, with
+  its 95% interval as a band; filled dots match, hollow ones are inconclusive, crosses do not match."""
   fig = Figure(figsize=(15, 5.2), layout="constrained")
   axes = fig.subplots(1, len(METRICS))
-  dense = next((r for r in rows if r["branch"] == "imp" and r["round"] == 0), None)
-  best = imp.highest_matching(rows)
+  best = results.highest_matching(summary)
   for ax, metric in zip(axes, METRICS):
-    if dense is not None:
-      d = dense[metric]
-      ax.axhspan(d * (1 - tolerance), d * (1 + tolerance), color="0.85", label=f"dense ± {tolerance:.1%}")
-      ax.axhline(d, color="0.5", lw=1)
-    for i, (branch, rs) in enumerate(_by_branch(rows).items()):
+    rel, low, high = (("relative_to_dense", "ci_low", "ci_high") if metric == "total" else
+                      (f"{metric}_relative", f"{metric}_ci_low", f"{metric}_ci_high"))
+    ax.axhline(0.0, color="0.5", lw=1)
+    if metric == "total":
+      ax.axhline(100 * tolerance, color="k", ls="--", lw=1, label=f"tolerance +{tolerance:.1%}")
+    for i, (branch, rs) in enumerate(_by_branch(summary).items()):
+      rs = [r for r in rs if rel in r]
+      if not rs:
+        continue
       color = f"C{i}"
-      ax.plot([100 * r["sparsity_prunable"] for r in rs], [r[metric] for r in rs], "o-", color=color, label=branch,
-              ms=4)
-      b = best.get(branch)
+      x = [100 * r["sparsity_prunable"] for r in rs]
+      ax.fill_between(x, [100 * r[low] for r in rs], [100 * r[high] for r in rs], color=color, alpha=0.18, lw=0)
+      ax.plot(x, [100 * r[rel] for r in rs], "-", color=color, label=branch)
+      for r, xi in zip(rs, x):
+        ax.plot(xi, 100 * r[rel], color=color, ms=6, ls="", **_VERDICT_MARKERS.get(r.get("verdict", ""), {}))
+      b = best.get(branch, (None, None))[0]
       if b is not None and metric == "total":
-        ax.plot(100 * b["sparsity_prunable"], b[metric], "*", color=color, ms=16, mec="k",
+        ax.plot(100 * b["sparsity_prunable"], 100 * b[rel], "*", color=color, ms=16, mec="k",
                 label=f"{branch}: highest matching {b['sparsity_prunable']:.1%}")
     ax.set_xlabel("sparsity of the prunable weights (%)")
-    ax.set_ylabel(f"{metric} loss (held-out pairs)")
-    ax.set_title(f"{metric} loss" + (" (matching: within the band)" if metric == "total" else ""))
+    ax.set_ylabel(f"{metric} loss vs dense (%, held-out pairs)")
+    ax.set_title(f"{metric} loss" + (" (matches: whole interval below the tolerance)" if metric == "total" else ""))
     ax.grid(alpha=0.3)
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
@@ -98,7 +110,7 @@ def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
   model, vgg = inference.model_and_vgg(config)
   columns = [("content", pairs["content"]), ("style", pairs["style"])]
   for r in tqdm(imp_rows, desc="report grid", unit="round", disable=None, leave=False):
-    ticket = checkpoint.load_ticket(imp.ticket_dir(workdir, "imp", r["round"]))
+    ticket = checkpoint.load_ticket(results.ticket_dir(workdir, "imp", r["round"], r["replicate"]))
     out = evaluate.stylize_pairs(model, ticket.trained_params, ticket.masks, vgg, pairs)
     label = "dense" if r["round"] == 0 else f"round {r['round']}\n{r['sparsity_prunable']:.1%} sparse"
     columns.append((label, out))
@@ -135,50 +147,69 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
   return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
 
 
-def format_markdown(config, rows: list[dict], workdir: str, figures: dict, notes: list[str]) -> str:
-  """report.md: settings, highest matching sparsity per branch, parameters left, figures, all results."""
+def _pct(v) -> str:
+  return "" if v is None else f"{v:+.2%}"
+
+
+def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str, figures: dict,
+                    notes: list[str]) -> str:
+  """report.md: settings, the verdicts with intervals, IMP vs the baselines, figures, all results."""
   m, sp, ip = config.model, config.sparsity, config.imp
-  dense = next((r for r in rows if r["branch"] == "imp" and r["round"] == 0), None)
+  dense = [r for r in rows if r["branch"] == "imp" and r["round"] == 0]
+  reps = sorted({r["replicate"] for r in rows})
+  pairs = sorted({len(r["per_pair"]["total"]) for r in rows})
   done = max((r["round"] for r in rows if r["branch"] == "imp"), default=0)
   vgg = f"`{m.vgg_weights}`" if m.vgg_weights else "**random** (no pretrained VGG: the losses are not meaningful)"
-  rewind = "0 (the initial weights)" if ip.rewind_step == 0 else f"{ip.rewind_step} (weights after that many steps)"
+  rewinds = sorted({r["rewind_step"] for r in rows})
+  rewind = ", ".join("0 (the initial weights)" if k == 0 else f"{k} (the weights after {k} dense steps)"
+                     for k in rewinds)
+  cap = f", no layer pruned beyond {sp.layer_cap:.0%}" if sp.get("layer_cap", 1.0) < 1.0 else ""
   settings = [
       ["model", f"{m.name} (width {m.width:g}, {m.dtype})"],
       ["encoder", "trained (part of the pruned network)" if m.train_encoder else "fixed (the frozen VGG)"],
       ["VGG weights", vgg],
       ["pruning scope", f"`{sp.scope}` ({sp.method} magnitude, {sp.fraction:.0%} of the remaining weights per "
-                        "round)"],
-      ["rewind step", rewind],
+                        f"round{cap})"],
+      ["rewind point used", rewind],
       ["rounds", f"{done} pruned round(s) done of {ip.rounds} configured; {config.train.steps:,} steps per round"],
+      ["replicates", f"{len(reps)} done of {ip.get('replicates', 1)} configured (seeds {config.seed} + r); each "
+                     f"point rests on {len(reps)} replicate(s) x {', '.join(map(str, pairs))} held-out pairs"],
       ["branches", _branches_line(config, rows)],
-      ["matching", f"total held-out loss at most {ip.match_tolerance:.1%} above the dense network's"
-                   + (f" ({dense['total']:.6g})" if dense else "")],
+      ["matching", results.match_rule(ip.match_tolerance)],
   ]
   if dense:
-    settings.append(["parameters (dense)", f"{dense['remaining_total']:,} in all, {dense['remaining_prunable']:,} "
-                                           "prunable"])
+    settings.append(["parameters (dense)", f"{dense[0]['remaining_total']:,} in all, "
+                                           f"{dense[0]['remaining_prunable']:,} prunable"])
   text = [f"# Lottery tickets of {m.name}", "", f"Workdir `{workdir}`, made by `python -m jaxtickets.report`.", "",
           _table(["setting", "value"], settings), "", "## Highest matching sparsity", ""]
-  best_lines = []
-  for branch, b in imp.highest_matching(rows).items():
-    if b is None:
-      best_lines.append([branch, "none", "-", "-", "-", "-", "-", "-"])
-    else:
-      best_lines.append([branch, str(b["round"]), f"{b['sparsity_prunable']:.4f}", f"{b['sparsity_total']:.4f}",
-                         f"{b['remaining_prunable']:,}", f"{b['remaining_total']:,}", f"{b['total']:.6g}",
-                         f"{b['relative_to_dense']:+.2%}"])
-  text += [_table(["branch", "round", "sparsity (prunable)", "sparsity (all)", "remaining prunable",
-                   "remaining (all)", "total loss", "vs dense"], best_lines) if best_lines
-           else "No pruned round yet.", ""]
-  captions = {"curves": "Quality vs sparsity (lower loss is better; the grey band is dense ± the tolerance)",
-              "layers": "Per-layer sparsity of the final IMP ticket",
-              "grid": "Held-out pairs: content, style, dense, then each IMP round"}
+  text += [f"- {line.strip()}" for line in results.matching_lines(summary, ip.match_tolerance)] + [""]
+  lines = [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['sparsity_inference']:.4f}",
+            f"{r['replicates']} x {r['pairs']}", f"{r['total']:.6g}", _pct(r["relative_to_dense"]),
+            f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["verdict"] else "",
+            r["verdict"] or "(dense reference)",
+            f"{_pct(r.get('content_relative'))} / {_pct(r.get('style_relative'))}"] for r in summary]
+  text += ["## Verdicts (summary.csv)", "",
+           _table(["branch", "round", "sparsity (prunable)", "sparsity (inference)", "replicates x pairs",
+                   "total loss", "vs dense", "95% interval", "verdict", "content / style vs dense"], lines), ""]
+  vs = [r for r in summary if "vs_imp" in r]
+  if vs:
+    text += ["## IMP against each baseline at the same round", "",
+             "The baseline's held-out total loss minus IMP's, relative to the dense network's, paired by replicate "
+             "and pair: above zero means IMP's ticket is better.", "",
+             _table(["branch", "round", "sparsity", "baseline - IMP", "95% interval", "comparison"],
+                    [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", _pct(r["vs_imp"]),
+                      f"[{_pct(r['vs_imp_ci_low'])}, {_pct(r['vs_imp_ci_high'])}]", r["vs_imp_verdict"]]
+                     for r in vs]), ""]
+  captions = {"curves": "Quality vs sparsity with 95% intervals (the dashed line is the tolerance)",
+              "layers": "Per-layer sparsity of the final IMP ticket (replicate 0)",
+              "grid": "Held-out pairs: content, style, dense, then each IMP round (replicate 0)"}
   text += ["## Figures", ""]
   for key, name in figures.items():
     text += [f"### {captions[key]}", "", f"![{captions[key]}]({name})", ""]
   text += [f"- {n}" for n in notes] + ([""] if notes else [])
-  keys = list(imp.RESULT_FIELDS)
-  text += ["## All results (results.csv)", "", _table(keys, [[_fmt(r[k], k) for k in keys] for r in rows]), ""]
+  keys = [k for k in results.RESULT_FIELDS if any(k in r for r in rows)]
+  text += ["## All results (results.csv)", "", _table(keys, [[_fmt(r.get(k, ""), k) for k in keys] for r in rows]),
+           ""]
   return "\n".join(text)
 
 
@@ -190,44 +221,63 @@ def _branches_line(config, rows) -> str:
 
 
 def _branch_order(branch: str):
-  order = {b: i for i, b in enumerate(config_lib.BRANCHES)}
-  return order.get(branch, 99), branch
+  return results._branch_order(branch)  # pylint: disable=protected-access
 
 
 def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
-  """Writes results.csv, the figures and report.md into `workdir`; returns report.md's path (None off process 0)."""
+  """Writes the results tables, the figures and report.md into `workdir`; returns report.md's path (None off
+  process 0)."""
   if jax.process_index() != 0:
     return None
   from jaxtickets import inference
 
   config = config if config is not None else inference.load_run_config(workdir)
-  rows = imp.write_results(workdir, config)
+  rows, summary = results.write_results(workdir, config)
   if not rows:
     raise UserError(f"No finished ticket in '{os.path.join(workdir, 'tickets')}': run python -m jaxtickets.main "
                     f"--workdir={workdir} first.")
   figures, notes = {}, []
-  title = f"{config.model.name}: held-out loss vs sparsity"
-  plot_curves(rows, config.imp.match_tolerance, os.path.join(workdir, FIGURES["curves"]), title)
+  title = f"{config.model.name}: held-out loss vs sparsity, relative to the dense network"
+  plot_curves(summary, config.imp.match_tolerance, os.path.join(workdir, FIGURES["curves"]), title)
   figures["curves"] = FIGURES["curves"]
-  imp_rows = sorted((r for r in rows if r["branch"] == "imp"), key=lambda r: r["round"])
-  final = imp_rows[-1]
-  meta = checkpoint.load_ticket_metadata(imp.ticket_dir(workdir, "imp", final["round"]))
-  plot_layers(meta["sparsity"], os.path.join(workdir, FIGURES["layers"]),
-              f"{config.model.name}: per-layer sparsity, IMP round {final['round']}")
-  figures["layers"] = FIGURES["layers"]
-  if grid:
+  notes += _collapse_notes(workdir, rows)
+  first_rep = min(r["replicate"] for r in rows)
+  imp_rows = sorted((r for r in rows if r["branch"] == "imp" and r["replicate"] == first_rep), key=lambda r: r["round"])
+  if imp_rows:
+    final = imp_rows[-1]
+    meta = checkpoint.load_ticket_metadata(results.ticket_dir(workdir, "imp", final["round"], first_rep))
+    plot_layers(meta["sparsity"], os.path.join(workdir, FIGURES["layers"]),
+                f"{config.model.name}: per-layer sparsity, IMP round {final['round']} (replicate {first_rep})")
+    figures["layers"] = FIGURES["layers"]
+  if grid and imp_rows:
     try:
       plot_grid(config, imp_rows, workdir, os.path.join(workdir, FIGURES["grid"]))
       figures["grid"] = FIGURES["grid"]
     except UserError as e:  # e.g. the evaluation images moved since the run: the rest of the report still holds
       notes.append(f"The image grid was skipped: {e}")
   path = os.path.join(workdir, "report.md")
-  text = format_markdown(config, rows, workdir, figures, notes)
+  text = format_markdown(config, rows, summary, workdir, figures, notes)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
   return path
+
+
+def _collapse_notes(workdir: str, rows: list[dict]) -> list[str]:
+  """A warning per IMP ticket with a layer above 99% sparsity (layer collapse), the first round each replicate."""
+  from jaxtickets import sparsity
+
+  notes = []
+  for rep in sorted({r["replicate"] for r in rows}):
+    for r in sorted((r for r in rows if r["branch"] == "imp" and r["replicate"] == rep), key=lambda r: r["round"]):
+      report = checkpoint.load_ticket_metadata(results.ticket_dir(workdir, "imp", r["round"], rep))["sparsity"]
+      collapsed = sparsity.collapsed_layers(report)
+      if collapsed:
+        notes.append(f"WARNING, layer collapse: from IMP round {r['round']} of replicate {rep}, "
+                     f"{', '.join(collapsed)} is above 99% sparsity (config.sparsity.layer_cap caps it).")
+        break
+  return notes
 
 
 FLAGS = flags.FLAGS

@@ -6,6 +6,7 @@ prunable trees live on the host as numpy; only `apply_masks` runs inside jit.
 
 from collections.abc import Sequence
 import fnmatch
+import math
 from typing import Any
 
 import jax
@@ -97,6 +98,21 @@ def _check_fraction(value: float, name: str) -> float:
   return float(value)
 
 
+def _check_cap(layer_cap: float) -> float:
+  if not 0.0 < layer_cap <= 1.0:
+    raise UserError(f'The layer cap is {layer_cap}; give the largest sparsity a layer may reach, a fraction '
+                    'above 0 and at most 1 (1 = no cap).')
+  return float(layer_cap)
+
+
+def _allowances(masks: PyTree, leaves, layer_cap: float) -> dict[int, int]:
+  """Per prunable leaf index: how many more weights it may lose, floor(cap * size) minus those already pruned."""
+  sizes = [int(np.size(m)) for m in jax.tree.leaves(masks)]
+  # Already beyond the cap (older masks, or a cap lowered between rounds): the leaf loses nothing more. The tiny
+  # slack keeps a product like 0.29 * 100 = 28.999... at 29.
+  return {i: max(0, math.floor(layer_cap * sizes[i] + 1e-9) - (sizes[i] - alive.size)) for i, alive, _ in leaves}
+
+
 def _alive_scores(params: PyTree, masks: PyTree, prunable: PyTree):
   """Per prunable leaf: (index, flat alive positions, |w| at those positions), host-side numpy."""
   _check_structure(masks, params, 'masks')
@@ -147,37 +163,66 @@ def _masks_without(masks: PyTree, removals: dict[int, np.ndarray]) -> PyTree:
   return jax.tree.unflatten(treedef, new)
 
 
-def _prune_n_globally(params, masks, prunable, n: int) -> PyTree:
-  """Removes the n alive prunable weights with the smallest |w|, across all prunable leaves."""
-  leaves = _alive_scores(params, masks, prunable)
-  if not leaves:
-    return _masks_without(masks, {})
-  chosen = _smallest(np.concatenate([s for _, _, s in leaves]), n)
-  removals, start = {}, 0
-  for i, alive, scores in leaves:
-    removals[i] = alive[chosen[start:start + scores.size]]
-    start += scores.size
+def _prune_n_globally(params, masks, prunable, n: int, layer_cap: float = 1.0) -> PyTree:
+  """Removes the n alive prunable weights with the smallest |w|, across all prunable leaves.
+
+  No leaf ends with more than floor(layer_cap * size) pruned; what a capped leaf cannot give comes from the
+  others. When the allowances add up to fewer than n, every allowed weight is pruned.
+  """
+  pool = _alive_scores(params, masks, prunable)
+  allowed = _allowances(masks, pool, layer_cap)
+  removals = {}
+  # A leaf holding more than its allowance among the pool's n smallest also fills its allowance in the exact
+  # solution (the stable sort, skipping full leaves), with its own smallest: fix it, and solve the rest again.
+  # Every pass fixes at least one leaf; with no cap binding the first pass is the plain global choice.
+  while pool:
+    chosen = _smallest(np.concatenate([s for _, _, s in pool]), n)
+    parts = np.split(chosen, np.cumsum([s.size for _, _, s in pool])[:-1])
+    over = {k for k, ((i, _, _), part) in enumerate(zip(pool, parts)) if np.count_nonzero(part) > allowed[i]}
+    if not over:
+      removals.update({i: alive[part] for (i, alive, _), part in zip(pool, parts)})
+      break
+    for k in over:
+      i, alive, scores = pool[k]
+      removals[i] = alive[_smallest(scores, allowed[i])]
+      n -= allowed[i]
+    pool = [leaf for k, leaf in enumerate(pool) if k not in over]
   return _masks_without(masks, removals)
 
 
-def global_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float) -> PyTree:
-  """Prunes round(fraction * alive) of the alive prunable weights with the smallest |w|, globally."""
+def global_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float,
+                           layer_cap: float = 1.0) -> PyTree:
+  """Prunes round(fraction * alive) of the alive prunable weights with the smallest |w|, globally.
+
+  layer_cap < 1 keeps every leaf at or below floor(layer_cap * size) pruned (see _prune_n_globally).
+  """
   fraction = _check_fraction(fraction, 'fraction')
+  layer_cap = _check_cap(layer_cap)
   alive = sum(a.size for _, a, _ in _alive_scores(params, masks, prunable))
-  return _prune_n_globally(params, masks, prunable, round(fraction * alive))
+  return _prune_n_globally(params, masks, prunable, round(fraction * alive), layer_cap)
 
 
-def layerwise_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float) -> PyTree:
-  """Prunes round(fraction * alive_in_leaf) of the smallest |w| in every prunable leaf."""
+def layerwise_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float,
+                              layer_cap: float = 1.0) -> PyTree:
+  """Prunes min(round(fraction * alive_in_leaf), its cap allowance) of the smallest |w| in every prunable leaf."""
   fraction = _check_fraction(fraction, 'fraction')
-  removals = {i: alive[_smallest(scores, round(fraction * alive.size))]
-              for i, alive, scores in _alive_scores(params, masks, prunable)}
+  layer_cap = _check_cap(layer_cap)
+  leaves = _alive_scores(params, masks, prunable)
+  allowed = _allowances(masks, leaves, layer_cap)
+  removals = {i: alive[_smallest(scores, min(round(fraction * alive.size), allowed[i]))]
+              for i, alive, scores in leaves}
   return _masks_without(masks, removals)
 
 
-def prune_to_sparsity(params: PyTree, prunable: PyTree, sparsity: float, masks: PyTree = None) -> PyTree:
-  """One-shot global pruning until exactly round(sparsity * prunable size) prunable weights are zero."""
+def prune_to_sparsity(params: PyTree, prunable: PyTree, sparsity: float, masks: PyTree = None,
+                      layer_cap: float = 1.0) -> PyTree:
+  """One-shot global pruning until exactly round(sparsity * prunable size) prunable weights are zero.
+
+  With layer_cap < 1 the target may be out of reach; then every weight the caps allow is pruned, and the
+  caller reads the reached sparsity from `count`.
+  """
   sparsity = _check_fraction(sparsity, 'sparsity')
+  layer_cap = _check_cap(layer_cap)
   masks = ones_masks(params) if masks is None else masks
   total = count(masks, prunable)['prunable']
   already = total['size'] - total['remaining']
@@ -185,7 +230,32 @@ def prune_to_sparsity(params: PyTree, prunable: PyTree, sparsity: float, masks: 
   if target < already:
     raise UserError(f'The masks already prune {already / total["size"]:.4f} of the prunable weights, more '
                     f'than the requested sparsity {sparsity}; ask for a higher sparsity or start from all-ones masks.')
-  return _prune_n_globally(params, masks, prunable, target - already)
+  return _prune_n_globally(params, masks, prunable, target - already, layer_cap)
+
+
+def prune_like(params: PyTree, prunable: PyTree, reference_masks: PyTree, masks: PyTree = None) -> PyTree:
+  """Layer-wise one shot: every prunable leaf loses its smallest |w| until it has the reference's pruned count.
+
+  The one-shot baseline of layer-wise IMP: the same per-layer counts, positions from these params' magnitudes.
+  """
+  _check_structure(reference_masks, params, 'reference masks')
+  masks = ones_masks(params) if masks is None else masks
+  leaves = _alive_scores(params, masks, prunable)
+  paths, shapes = leaf_paths(params), [np.shape(p) for p in jax.tree.leaves(params)]
+  refs = jax.tree.leaves(reference_masks)
+  removals = {}
+  for i, alive, scores in leaves:
+    ref = np.asarray(refs[i], dtype=np.bool_)
+    if ref.shape != shapes[i]:
+      raise UserError(f'The reference mask of {paths[i]} has shape {ref.shape}, the parameter {shapes[i]}; '
+                      'use reference masks made for this model.')
+    size = ref.size
+    target, already = size - int(np.count_nonzero(ref)), size - alive.size
+    if already > target:
+      raise UserError(f'The masks already prune {already} weights of {paths[i]}, more than the {target} of the '
+                      'reference masks; start from all-ones masks or from an earlier round.')
+    removals[i] = alive[_smallest(scores, target - already)]
+  return _masks_without(masks, removals)
 
 
 def random_prune_like(reference_masks: PyTree, prunable: PyTree, seed: int) -> PyTree:
@@ -209,14 +279,19 @@ def _entry(size: int, remaining: int) -> dict:
           'sparsity': float((size - remaining) / size) if size else 0.0}
 
 
+def _check_shapes(masks: PyTree, params: PyTree) -> None:
+  """Raises UserError unless every mask leaf has its parameter's shape (params, or ShapeDtypeStructs)."""
+  _check_structure(masks, params, 'masks')
+  for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)):
+    if np.shape(p) != np.shape(m):
+      raise UserError(f'A mask of shape {np.shape(m)} does not fit a parameter of shape {np.shape(p)}; '
+                      'use masks made for this model.')
+
+
 def count(masks: PyTree, prunable: PyTree, params: PyTree = None) -> dict:
   """Sparsity report: per prunable layer, over prunable leaves, and over all params (others count as kept)."""
   if params is not None:
-    _check_structure(masks, params, 'masks')
-    for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)):
-      if np.shape(p) != np.shape(m):
-        raise UserError(f'A mask of shape {np.shape(m)} does not fit a parameter of shape {np.shape(p)}; '
-                        'use masks made for this model.')
+    _check_shapes(masks, params)
   _check_structure(prunable, masks, 'prunable flags')
   layers = {}
   total_size = total_pruned = 0
@@ -232,6 +307,23 @@ def count(masks: PyTree, prunable: PyTree, params: PyTree = None) -> dict:
   return {'layers': layers,
           'prunable': _entry(p_size, p_remaining),
           'total': _entry(total_size, total_size - total_pruned)}
+
+
+def count_by_group(masks: PyTree, params_or_shapes: PyTree = None) -> dict:
+  """Per top-level group ('encoder', ...): size, remaining and sparsity over all its leaves, biases included."""
+  if params_or_shapes is not None:
+    _check_shapes(masks, params_or_shapes)
+  sizes, remaining = {}, {}
+  for kp, m in jax.tree.leaves_with_path(masks):
+    group = path_name(kp).split('/', 1)[0]
+    sizes[group] = sizes.get(group, 0) + int(np.size(m))
+    remaining[group] = remaining.get(group, 0) + int(np.count_nonzero(np.asarray(m)))
+  return {g: _entry(sizes[g], remaining[g]) for g in sizes}
+
+
+def collapsed_layers(report: dict, threshold: float = 0.99) -> list[str]:
+  """Paths of the layers in a `count` report pruned beyond `threshold`: near-empty layers can cut the signal."""
+  return [path for path, e in report['layers'].items() if e['sparsity'] > threshold]
 
 
 def format_sparsity_table(report: dict) -> str:

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxtickets import config as config_lib, imp, train
+from jaxtickets import config as config_lib, imp, results, train
 from jaxtickets.errors import UserError
 
 COMPARISONS = ("encoder", "transform", "baselines")
@@ -154,18 +154,20 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
       report.write_report(sub.workdir, sub.config)
   if jax.process_index() != 0:
     return None
-  results = {(s.model, s.name): imp.collect_rows(s.workdir) for s in runs}
-  plot_study(runs, results, os.path.join(workdir, "study.png"))
+  tables = {(s.model, s.name): results.summarize(results.collect_rows(s.workdir), s.config.imp.match_tolerance)
+            for s in runs}
+  plot_study(runs, tables, os.path.join(workdir, "study.png"))
   path = os.path.join(workdir, "study.md")
   with open(path + ".tmp", "w") as f:
-    f.write(format_study(study_config, runs, results, notes, reports))
+    f.write(format_study(study_config, runs, tables, notes, reports))
   os.replace(path + ".tmp", path)
   imp.log(f"Study report: {path}")
   return path
 
 
-def _best(rows, branch="imp"):
-  return imp.highest_matching(rows).get(branch)
+def _best(summary, branch="imp"):
+  """The conservative highest matching round of `branch` (summary rows), or None."""
+  return results.highest_matching(summary).get(branch, (None, None))[0]
 
 
 def _dense(rows):
@@ -196,8 +198,8 @@ def _panels(runs) -> list[tuple[str, str, list[tuple[str, str]]]]:
   return panels
 
 
-def plot_study(runs, results, path: str) -> None:
-  """One panel per model and comparison: total loss vs its run's dense (%) against sparsity."""
+def plot_study(runs, tables, path: str) -> None:
+  """One panel per model and comparison: total loss vs its run's dense (%) against sparsity, with 95% intervals."""
   panels = _panels(runs)
   models = list(dict.fromkeys(s.model for s in runs))
   cols = max(1, max((sum(p[0] == m for p in panels) for m in models), default=1))
@@ -211,14 +213,16 @@ def plot_study(runs, results, path: str) -> None:
       ax.set_visible(True)
       cfg = next(s.config for s in runs if s.model == model)
       tol = 100 * cfg.imp.match_tolerance
-      ax.axhspan(-tol, tol, color="0.85", label=f"dense ± {tol:.1f}%")
-      for run_name, branch in lines:
-        rows = [r for r in results[(model, run_name)] if r["branch"] in (branch, "imp") and
+      ax.axhline(tol, color="k", ls="--", lw=1, label=f"tolerance +{tol:.1f}%")
+      for k, (run_name, branch) in enumerate(lines):
+        rows = [r for r in tables[(model, run_name)] if r["branch"] in (branch, "imp") and
                 (r["branch"] == branch or r["round"] == 0)]
         rows.sort(key=lambda r: r["round"])
         label = branch if comp == "baselines" else f"{run_name} ({branch})"
-        ax.plot([100 * r["sparsity_prunable"] for r in rows], [100 * r["relative_to_dense"] for r in rows], "o-",
-                ms=4, label=label)
+        x = [100 * r["sparsity_prunable"] for r in rows]
+        ax.fill_between(x, [100 * r["ci_low"] for r in rows], [100 * r["ci_high"] for r in rows], color=f"C{k}",
+                        alpha=0.18, lw=0)
+        ax.plot(x, [100 * r["relative_to_dense"] for r in rows], "o-", color=f"C{k}", ms=4, label=label)
       ax.set_title(f"{model}: {_TITLES[comp]}", fontsize=10)
       ax.set_xlabel("sparsity of the prunable weights (%)")
       ax.set_ylabel("total loss vs its dense run (%)")
@@ -227,15 +231,17 @@ def plot_study(runs, results, path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
-def format_study(study_config, runs, results, notes, reports: bool) -> str:
+def format_study(study_config, runs, tables, notes, reports: bool) -> str:
   """study.md: the sub-runs, one table per finding, the combined figure."""
   text = [f"# Study: {study_config.models}", "",
           f"Variant {study_config.variant!r} of each configs/<model>.py, overrides "
-          f"`{study_config.overrides or 'none'}`. Matching = total held-out loss at most match_tolerance above the "
-          "run's own dense network.", "", "## Runs", ""]
+          f"`{study_config.overrides or 'none'}`. Highest matching sparsity = the sparsest round that matches together "
+          "with every round below it, where a round matches when the whole 95% interval of its held-out total loss "
+          "relative to its run's dense network (over replicates and pairs) lies below match_tolerance.", "",
+          "## Runs", ""]
   lines = []
   for s in runs:
-    rows = results[(s.model, s.name)]
+    rows = tables[(s.model, s.name)]
     done = max((r["round"] for r in rows if r["branch"] == "imp"), default=-1)
     dense = _dense(rows)
     link = f"[report]({s.model}/{s.name}/report.md)" if reports else f"`{s.workdir}`"
@@ -250,7 +256,7 @@ def format_study(study_config, runs, results, notes, reports: bool) -> str:
     for m in models:
       alts = [n for (mm, n) in by if mm == m and n.startswith(comp)]
       for name in (["reference"] + alts) if alts else []:
-        s, rows = by[(m, name)], results[(m, name)]
+        s, rows = by[(m, name)], tables[(m, name)]
         if comp == "encoder":
           state = "trained" if s.config.model.train_encoder else "fixed"
         else:
@@ -262,15 +268,15 @@ def format_study(study_config, runs, results, notes, reports: bool) -> str:
       text += _table(["model", "run", comp, "dense total", "highest matching sparsity (IMP)"], lines)
   lines = []
   for m in models:
-    rows = results[(m, "reference")]
-    for branch, best in imp.highest_matching(rows).items():
+    rows = tables[(m, "reference")]
+    for branch, (best, _) in results.highest_matching(rows).items():
       lines.append([m, branch, _sp(best)])
   if lines:
     text += ["", f"## {_TITLES['baselines']}", ""]
     text += _table(["model", "branch", "highest matching sparsity"], lines)
   text += ["", "## Finding 4: tickets in every model", ""]
   text += _table(["model", "highest matching sparsity (IMP, reference run)"],
-                 [[m, _sp(_best(results[(m, "reference")]))] for m in models])
+                 [[m, _sp(_best(tables[(m, "reference")]))] for m in models])
   text += ["", "## Figure", "", "![study](study.png)", ""]
   text += [f"- {n}" for n in notes]
   return "\n".join(text) + "\n"

@@ -1,6 +1,6 @@
 """Stylize images with a ticket, ported weights or an export file.
 
-  python -m jaxtickets.stylize --ticket=runs/adain/tickets/imp/round_10 --content=photo.jpg --style=wave.jpg \
+  python -m jaxtickets.stylize --ticket=runs/adain/tickets/imp/rep_0/round_10 --content=photo.jpg --style=wave.jpg \
       --out=out.png [--alpha=0.8] [--size=512] [--preserve_color]
   python -m jaxtickets.stylize --weights=adain.npz --content=photos/ --style=a.jpg,b.jpg --style_weights=0.7,0.3 \
       --out=stylized/
@@ -112,7 +112,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Only when run as a program: other CLIs (export, main) define flags of the same names."""
-  flags.DEFINE_string("ticket", None, "A ticket directory, WORKDIR/tickets/<branch>/round_NN.")
+  flags.DEFINE_string("ticket", None, "A ticket directory, WORKDIR/tickets/<branch>/rep_<r>/round_NN.")
   flags.DEFINE_string("weights", None, "Ported weights (a directory with model.json) or an export file.")
   flags.DEFINE_enum("which", "trained", ["trained", "rewind"], "With --ticket: the trained weights or the rewind "
                     "point.")
@@ -133,7 +133,7 @@ def main(argv):
 
   try:
     if bool(FLAGS.ticket) == bool(FLAGS.weights):
-      raise UserError("Pass exactly one of --ticket=WORKDIR/tickets/<branch>/round_NN and --weights=DIR|FILE.")
+      raise UserError("Pass exactly one of --ticket=WORKDIR/tickets/<branch>/rep_<r>/round_NN and --weights=DIR|FILE.")
     missing = [f"--{f}" for f in ("content", "style", "out") if not getattr(FLAGS, f)]
     if missing:
       raise UserError(f"Pass {', '.join(missing)}: e.g. --content=photo.jpg --style=art.jpg --out=result.png.")

@@ -29,6 +29,7 @@ def tiny_config(**overrides):
   c.train.lr = 1e-3
   c.train.log_every = 1
   c.imp.rounds = 3
+  c.imp.replicates = 1
   c.eval.num_pairs = 2
   c.eval.batch_size = 2
   for key, value in overrides.items():

@@ -1,5 +1,7 @@
 """Tests for jaxtickets.sparsity on small hand-made param dicts."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -317,3 +319,242 @@ def test_nan_params_and_bad_fraction_raise_user_error():
     sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.2)
   with pytest.raises(UserError, match='-0.1'):
     sp.layerwise_magnitude_prune(params, sp.ones_masks(params), prunable, -0.1)
+
+
+def _greedy_capped(params, masks, prunable, n, cap):
+  """Independent capped global pruning: a plain loop over (|w|, flat index) that skips weights of full leaves."""
+  entries, room = [], {}
+  trees = zip(jax.tree.leaves(params), jax.tree.leaves(masks), jax.tree.leaves(prunable))
+  for leaf, (p, m, f) in enumerate(trees):
+    if not f:
+      continue
+    w, m = np.abs(np.asarray(p, dtype=np.float64)).ravel(), np.asarray(m).ravel()
+    room[leaf] = max(0, int(np.floor(cap * m.size)) - int((~m).sum()))
+    entries += [(float(w[pos]), len(entries), leaf, pos) for pos in range(m.size) if m[pos]]
+  out = [np.array(m, dtype=bool) for m in jax.tree.leaves(masks)]
+  for _, _, leaf, pos in sorted(entries):  # ties: the lower flat index first
+    if n == 0:
+      break
+    if room[leaf] > 0:
+      out[leaf].reshape(-1)[pos] = False
+      room[leaf] -= 1
+      n -= 1
+  return jax.tree.unflatten(jax.tree.structure(masks), out)
+
+
+def _pruned_counts(masks, prunable):
+  return [int((~np.asarray(m)).sum()) for m, f in zip(jax.tree.leaves(masks), jax.tree.leaves(prunable)) if f]
+
+
+def _prunable_sizes(params, prunable):
+  return [int(np.size(p)) for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(prunable)) if f]
+
+
+def _assert_same_masks(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == np.bool_ and x.shape == y.shape
+    np.testing.assert_array_equal(x, y)
+
+
+def _tiny_encoder_params(seed=0, decimals=None):
+  """Toy params whose encoder/conv1 kernel is 1000x smaller, so uncapped global pruning empties it first."""
+  params = _toy_params(seed)
+  params['encoder']['conv1']['kernel'] *= 1e-3
+  if decimals is not None:  # coarse values: many exact ties across and within leaves
+    params = jax.tree.map(lambda p: np.round(p, decimals), params)
+  return params
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_layer_cap_one_is_the_uncapped_global_prune(seed):
+  params = _toy_params(seed)
+  params['decoder']['dense']['kernel'] = np.round(params['decoder']['dense']['kernel'], 1)  # some ties
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  w, _ = _flat_prunable(params, masks, prunable)
+  for fraction in (0.2, 0.2, 0.5, 0.9):
+    new = sp.global_magnitude_prune(params, masks, prunable, fraction, layer_cap=1.0)
+    _assert_same_masks(new, sp.global_magnitude_prune(params, masks, prunable, fraction))
+    # Against the plain stable sort of the survivors, independent of the module.
+    _, alive = _flat_prunable(params, masks, prunable)
+    survivors = np.flatnonzero(alive)
+    n = round(fraction * survivors.size)
+    smallest = survivors[np.argsort(w[survivors], kind='stable')[:n]]
+    assert set(_pruned_positions(masks, new, prunable)) == set(smallest)
+    masks = new
+  for s in (0.3, 0.75):
+    _assert_same_masks(sp.prune_to_sparsity(params, prunable, s, layer_cap=1.0),
+                       sp.prune_to_sparsity(params, prunable, s))
+  _assert_same_masks(sp.layerwise_magnitude_prune(params, masks, prunable, 0.3, layer_cap=1.0),
+                     sp.layerwise_magnitude_prune(params, masks, prunable, 0.3))
+
+
+@pytest.mark.parametrize('decimals', [None, 1])
+def test_layer_cap_moves_the_excess_to_other_layers(decimals):
+  params = _tiny_encoder_params(decimals=decimals)
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  sizes = _prunable_sizes(params, prunable)  # decoder/conv1, decoder/dense, encoder/conv1, encoder/conv2
+  masks = sp.ones_masks(params)
+  uncapped = sp.global_magnitude_prune(params, masks, prunable, 0.3)
+  assert not uncapped['encoder']['conv1']['kernel'].any()  # without the cap, the tiny layer collapses
+  n = round(0.3 * sum(sizes))
+  capped = sp.global_magnitude_prune(params, masks, prunable, 0.3, layer_cap=0.5)
+  counts = _pruned_counts(capped, prunable)
+  assert sum(counts) == n
+  assert all(c <= s // 2 for c, s in zip(counts, sizes))
+  assert counts[2] == 72 // 2  # the tiny layer is full, the rest came from the others
+  _assert_same_masks(capped, _greedy_capped(params, masks, prunable, n, 0.5))
+  _pruned_positions(masks, capped, prunable)  # asserts no revival
+
+  # Later rounds, and a leaf already beyond the cap (older masks) that must lose nothing more.
+  masks = capped
+  masks['decoder']['dense']['kernel'].reshape(-1)[:12] = False  # 12 of 16 > floor(0.5 * 16)
+  for cap, fraction in ((0.5, 0.2), (0.5, 0.4), (0.3, 0.2), (0.8, 0.5)):
+    _, alive = _flat_prunable(params, masks, prunable)
+    n = round(fraction * alive.sum())
+    new = sp.global_magnitude_prune(params, masks, prunable, fraction, layer_cap=cap)
+    _assert_same_masks(new, _greedy_capped(params, masks, prunable, n, cap))
+    before, after = _pruned_counts(masks, prunable), _pruned_counts(new, prunable)
+    for b, a, s in zip(before, after, sizes):
+      assert a == b if b >= np.floor(cap * s) else a <= np.floor(cap * s)
+    masks = new
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_layer_cap_choice_minimises_the_pruned_magnitude(seed):
+  # Brute force over every allowed set on a tiny model: the capped choice is the cheapest one.
+  rng = np.random.default_rng(seed)
+  params = {'encoder': {'a': {'kernel': rng.standard_normal((2, 3)) * 0.01},
+                        'b': {'kernel': rng.standard_normal((2, 2))},
+                        'c': {'kernel': rng.standard_normal((3, 2)) * 0.1}}}
+  prunable = sp.prunable_leaves(params, ['encoder'])
+  w = np.concatenate([np.abs(p).ravel() for p in jax.tree.leaves(params)])
+  leaf_of = np.repeat([0, 1, 2], [6, 4, 6])
+  for cap, n in ((0.5, 7), (0.34, 5), (0.75, 10)):
+    limits = [np.floor(cap * 6), np.floor(cap * 4), np.floor(cap * 6)]
+    sets = np.array(list(itertools.combinations(range(w.size), n)))
+    per_leaf = np.stack([(leaf_of[sets] == k).sum(axis=1) for k in range(3)], axis=1)
+    sets = sets[np.all(per_leaf <= limits, axis=1)]
+    best = sets[np.argmin(w[sets].sum(axis=1))]
+    got = sp.prune_to_sparsity(params, prunable, n / w.size, layer_cap=cap)
+    _, alive = _flat_prunable(params, got, prunable)
+    np.testing.assert_array_equal(np.flatnonzero(~alive), sorted(best))
+
+
+def test_layer_cap_below_the_request_prunes_every_allowance_without_error():
+  params = _tiny_encoder_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  sizes = _prunable_sizes(params, prunable)
+  start = sp.ones_masks(params)
+  start['encoder']['conv2']['kernel'].reshape(-1)[:5] = False
+  for masks in (sp.global_magnitude_prune(params, start, prunable, 0.9, layer_cap=0.2),
+                sp.prune_to_sparsity(params, prunable, 0.9, masks=start, layer_cap=0.2)):
+    assert _pruned_counts(masks, prunable) == [s // 5 for s in sizes]  # floor(0.2 * size), each
+    _pruned_positions(start, masks, prunable)
+  # Layer-wise: min(round(fraction * alive), allowance) per leaf.
+  layer = sp.layerwise_magnitude_prune(params, start, prunable, 0.5, layer_cap=0.3)
+  before = _pruned_counts(start, prunable)
+  expected = [b + min(round(0.5 * (s - b)), int(np.floor(0.3 * s)) - b) for b, s in zip(before, sizes)]
+  assert _pruned_counts(layer, prunable) == expected
+  assert not layer['encoder']['conv2']['kernel'].reshape(-1)[:5].any()
+
+
+def test_prune_to_sparsity_with_a_cap_hits_the_exact_count():
+  params = _tiny_encoder_params(decimals=2)
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  sizes = _prunable_sizes(params, prunable)
+  total = sum(sizes)
+  for s, cap in ((0.3, 0.4), (0.5, 0.6), (0.55, 0.6)):  # allowances: 208 at 0.4, 310 at 0.6
+    masks = sp.prune_to_sparsity(params, prunable, s, layer_cap=cap)
+    assert sum(_pruned_counts(masks, prunable)) == round(s * total)
+    assert all(c <= np.floor(cap * size) for c, size in zip(_pruned_counts(masks, prunable), sizes))
+    _assert_same_masks(masks, _greedy_capped(params, sp.ones_masks(params), prunable, round(s * total), cap))
+  start = sp.global_magnitude_prune(params, sp.ones_masks(params), prunable, 0.2, layer_cap=0.5)
+  masks = sp.prune_to_sparsity(params, prunable, 0.45, masks=start, layer_cap=0.5)
+  assert sum(_pruned_counts(masks, prunable)) == round(0.45 * total)
+  _pruned_positions(start, masks, prunable)
+
+
+def test_prune_like_copies_the_per_layer_counts_with_its_own_magnitudes():
+  params = _toy_params(0)
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  reference = sp.global_magnitude_prune(_toy_params(5), sp.ones_masks(params), prunable, 0.6)
+  reference['decoder']['conv1']['bias'][:3] = False  # not prunable: ignored
+  like = sp.prune_like(params, prunable, reference)
+  assert _pruned_counts(like, prunable) == _pruned_counts(reference, prunable)
+  assert len(set(_pruned_counts(like, prunable))) > 1  # the layers really differ
+  for path, p, m, f in zip(sp.leaf_paths(params), jax.tree.leaves(params), jax.tree.leaves(like),
+                           jax.tree.leaves(prunable)):
+    assert isinstance(m, np.ndarray) and m.dtype == np.bool_ and m.shape == p.shape
+    if not f:
+      assert m.all(), path
+      continue
+    k = int((~m).sum())
+    assert set(np.flatnonzero(~m.ravel())) == set(np.argsort(np.abs(p).ravel(), kind='stable')[:k]), path
+
+  # From existing masks: old zeros stay, the rest are the smallest alive of each leaf.
+  start = sp.layerwise_magnitude_prune(_toy_params(7), sp.ones_masks(params), prunable, 0.1)
+  like = sp.prune_like(params, prunable, reference, masks=start)
+  assert _pruned_counts(like, prunable) == _pruned_counts(reference, prunable)
+  for p, m0, m, f in zip(jax.tree.leaves(params), jax.tree.leaves(start), jax.tree.leaves(like),
+                         jax.tree.leaves(prunable)):
+    if f:
+      m0, m, w = m0.ravel(), m.ravel(), np.abs(p).ravel()
+      assert not np.any(m & ~m0)
+      alive = np.flatnonzero(m0)
+      k = int((m0 & ~m).sum())
+      assert set(np.flatnonzero(m0 & ~m)) == set(alive[np.argsort(w[alive], kind='stable')[:k]])
+
+  too_many = sp.ones_masks(params)
+  too_many['encoder']['conv2']['kernel'][...] = False
+  with pytest.raises(UserError, match='encoder/conv2/kernel'):
+    sp.prune_like(params, prunable, reference, masks=too_many)
+  with pytest.raises(UserError, match='structure'):
+    sp.prune_like(params, prunable, {'encoder': reference['encoder']})
+
+
+def test_count_by_group_matches_a_hand_computation():
+  masks = {'decoder': {'a': {'kernel': np.array([[True, False, True], [False, True, True]]),
+                             'bias': np.array([False, True, True])}},
+           'encoder': {'b': {'kernel': np.ones((2, 2), bool)}},
+           'transform': {'c': {'kernel': np.zeros((3, 1), bool), 'bias': np.array([True])}}}
+  groups = sp.count_by_group(masks)
+  assert groups == {'decoder': {'size': 9, 'remaining': 6, 'sparsity': 3 / 9},
+                    'encoder': {'size': 4, 'remaining': 4, 'sparsity': 0.0},
+                    'transform': {'size': 4, 'remaining': 1, 'sparsity': 3 / 4}}
+  assert all(isinstance(e['sparsity'], float) for e in groups.values())
+  shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, jnp.float32), masks)
+  assert sp.count_by_group(masks, shapes) == groups
+  shapes['encoder']['b']['kernel'] = jax.ShapeDtypeStruct((4,), jnp.float32)
+  with pytest.raises(UserError, match='shape'):
+    sp.count_by_group(masks, shapes)
+
+
+def test_collapsed_layers_are_those_above_the_threshold():
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  masks['encoder']['conv1']['kernel'][...] = False  # 1.0
+  masks['decoder']['conv1']['kernel'].reshape(-1)[:286] = False  # 286 / 288 = 0.9931
+  masks['decoder']['dense']['kernel'].reshape(-1)[:15] = False  # 15 / 16 = 0.9375
+  report = sp.count(masks, prunable)
+  assert sp.collapsed_layers(report) == ['decoder/conv1/kernel', 'encoder/conv1/kernel']
+  assert sp.collapsed_layers(report, threshold=0.9) == ['decoder/conv1/kernel', 'decoder/dense/kernel',
+                                                        'encoder/conv1/kernel']
+  assert sp.collapsed_layers(report, threshold=0.995) == ['encoder/conv1/kernel']
+  assert sp.collapsed_layers(report, threshold=1.0) == []
+  assert sp.collapsed_layers(sp.count(sp.ones_masks(params), prunable), threshold=0.0) == []
+
+
+@pytest.mark.parametrize('cap', [0, 0.0, 1.5, -0.2, float('nan')])
+def test_bad_layer_cap_raises_user_error(cap):
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  with pytest.raises(UserError, match='layer cap'):
+    sp.global_magnitude_prune(params, masks, prunable, 0.2, layer_cap=cap)
+  with pytest.raises(UserError, match='layer cap'):
+    sp.prune_to_sparsity(params, prunable, 0.2, layer_cap=cap)
+  with pytest.raises(UserError, match='layer cap'):
+    sp.layerwise_magnitude_prune(params, masks, prunable, 0.2, layer_cap=cap)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.layers import init_params
+from jaxtickets.models.layers import init_params, torch_default_init
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -72,6 +72,18 @@ class StyleModel:
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:
     """The trainable params, keyed by group."""
     raise NotImplementedError
+
+  def reinit(self, rng: jax.Array, vgg_params: dict, params: dict) -> dict:
+    """The random-reinitialisation baseline's weights: every trained group re-drawn, frozen groups kept from `params`.
+
+    A trained encoder (a copy of the VGG in theta_0) is re-drawn too, with the decoder's initializer, so the
+    baseline owes nothing to pretrained weights.
+    """
+    fresh = self.init(rng, vgg_params)
+    if "encoder" in fresh:
+      module = self.encoder.clone(kernel_init=torch_default_init)
+      fresh["encoder"] = init_params(module, jax.random.fold_in(rng, 1), jnp.zeros((1, 16, 16, 3), jnp.float32))
+    return {g: (fresh[g] if g in self.trained_groups else v) for g, v in params.items()}
 
   def stylize(self, params: dict, vgg_params: dict, content: jax.Array, style: jax.Array,
               alpha: float = 1.0) -> jax.Array:

@@ -65,18 +65,19 @@ class VGGEncoder(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   ceil_pool: bool = True
+  kernel_init: Any = vgg_init  # the random stand-in's; random_reinit re-draws a trained encoder with the decoder's
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     last = _check_depth(self.depth)
     x = nn.Conv(3, (1, 1), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=vgg_init, name="conv0")(x.astype(self.dtype))
+                kernel_init=self.kernel_init, name="conv0")(x.astype(self.dtype))
     taps = {}
     for b, (n, c) in enumerate(_BLOCKS[:last + 1]):
       if b:
         x = layers.max_pool_ceil(x) if self.ceil_pool else max_pool_floor(x)
       for i in range(n if b < last else 1):
-        x = layers.ReflectConv(channels(c, self.width), dtype=self.dtype, kernel_init=vgg_init,
+        x = layers.ReflectConv(channels(c, self.width), dtype=self.dtype, kernel_init=self.kernel_init,
                                name=f"conv{b + 1}_{i + 1}")(x)
         x = nn.relu(x)
         if i == 0:

@@ -1,0 +1,250 @@
+"""A run's results as tables, rebuilt from its saved tickets; where the tickets live.
+
+  tickets/<branch>/rep_<r>/round_NN/   one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)
+  results.csv    one row per branch x round x replicate: sparsities, held-out losses, difference to the replicate's
+                 own dense round
+  summary.csv    one row per branch x round: the mean relative difference to the dense network over replicates and
+                 pairs, its interval (ci_low, ci_high), the verdict, and each baseline against IMP at the same round
+  summary.json   the highest matching sparsity per branch, the match rule, the unreadable images skipped
+"""
+
+import csv
+import os
+import zlib
+
+import jax
+import numpy as np
+
+from jaxtickets import checkpoint, config as config_lib, stats
+from jaxtickets.errors import UserError
+
+GROUPS = ("encoder", "decoder", "transform")
+METRICS = ("total", "content", "style")  # total decides the verdict; content and style are reported beside it
+CONFIDENCE = 0.95
+
+RESULT_FIELDS = ("branch", "replicate", "round", "steps", "rewind_step", "sparsity_prunable", "sparsity_total",
+                 "sparsity_inference", *(f"sparsity_{g}" for g in GROUPS), "remaining_prunable", "remaining_total",
+                 "content", "style", "total", "relative_to_dense")
+SUMMARY_FIELDS = ("branch", "round", "replicates", "pairs", "sparsity_prunable", "sparsity_total",
+                  "sparsity_inference", "total", "relative_to_dense", "ci_low", "ci_high", "verdict",
+                  "content_relative", "content_ci_low", "content_ci_high", "style_relative", "style_ci_low",
+                  "style_ci_high", "vs_imp", "vs_imp_ci_low", "vs_imp_ci_high", "vs_imp_verdict")
+MATCH_RULE = ("A round matches when the whole {conf:.0%} interval of its mean relative difference in held-out total "
+              "loss to the dense network lies below +{tol:.1%}, does not match when the whole interval lies above, "
+              "and is inconclusive otherwise (always with a single replicate, which cannot measure seed noise).")
+
+
+def ticket_dir(workdir: str, branch: str, round_: int, replicate: int = 0) -> str:
+  return os.path.join(workdir, "tickets", branch, f"rep_{replicate}", f"round_{round_:02d}")
+
+
+def init_dir(workdir: str, replicate: int) -> str:
+  """Where replicate r keeps theta_0 and theta_k (the weights its rounds rewind to)."""
+  return os.path.join(workdir, "init", f"rep_{replicate}")
+
+
+def check_layout(workdir: str) -> None:
+  """Refuses a workdir written before replicates existed (tickets/<branch>/round_NN): it must not be misread."""
+  root = os.path.join(workdir, "tickets")
+  old = os.path.isdir(os.path.join(workdir, "init", "theta_0"))
+  if os.path.isdir(root):
+    old = old or any(name.startswith("round_") for branch in os.listdir(root)
+                     if os.path.isdir(os.path.join(root, branch)) for name in os.listdir(os.path.join(root, branch)))
+  if old:
+    raise UserError(f"'{workdir}' holds a single-seed run of an older jaxtickets (tickets/<branch>/round_NN), which "
+                    "this version cannot read: it keeps tickets per replicate (tickets/<branch>/rep_<r>/round_NN), "
+                    "so run again in a new --workdir.")
+
+
+def _branch_order(branch: str):
+  order = {b: i for i, b in enumerate(config_lib.BRANCHES)}
+  return order.get(branch, 99), branch
+
+
+def _sub_dirs(path: str, prefix: str) -> list[tuple[int, str]]:
+  """(number, path) of the entries 'prefix<number>' in `path`, by number."""
+  out = []
+  for name in os.listdir(path) if os.path.isdir(path) else ():
+    tail = name[len(prefix):]
+    if name.startswith(prefix) and tail.isdigit():
+      out.append((int(tail), os.path.join(path, name)))
+  return sorted(out)
+
+
+def collect_rows(workdir: str) -> list[dict]:
+  """One row per saved ticket (IMP first, then by replicate and round), with the per-pair losses under 'per_pair'."""
+  check_layout(workdir)
+  root = os.path.join(workdir, "tickets")
+  branches = sorted(os.listdir(root), key=_branch_order) if os.path.isdir(root) else []
+  rows = []
+  for branch in branches:
+    for replicate, rep_path in _sub_dirs(os.path.join(root, branch), "rep_"):
+      for _, path in _sub_dirs(rep_path, "round_"):
+        if checkpoint.ticket_exists(path):
+          rows.append(_row(branch, replicate, checkpoint.load_ticket_metadata(path)))
+  return rows
+
+
+def _row(branch: str, replicate: int, meta: dict) -> dict:
+  m, sp = meta["metrics"], meta["sparsity"]
+  groups = sp.get("groups", {})
+  row = dict(branch=branch, replicate=replicate, round=int(m["round"]), steps=int(m["steps"]),
+             rewind_step=int(m.get("rewind_step", 0)), sparsity_prunable=sp["prunable"]["sparsity"],
+             sparsity_total=sp["total"]["sparsity"], sparsity_inference=sp.get("inference", sp["total"])["sparsity"])
+  for g in GROUPS:
+    if g in groups:
+      row[f"sparsity_{g}"] = groups[g]["sparsity"]
+  row.update(remaining_prunable=sp["prunable"]["remaining"], remaining_total=sp["total"]["remaining"],
+             content=m["content"], style=m["style"], total=m["total"], relative_to_dense=m["relative_to_dense"],
+             per_pair=m.get("per_pair") or {k: [m[k]] for k in METRICS})
+  return row
+
+
+def _csv_value(v):
+  if isinstance(v, float):
+    return "" if np.isnan(v) else f"{v:.6f}"
+  return "" if v is None else v
+
+
+def _write_csv(path: str, fields, rows: list[dict]) -> None:
+  present = [f for f in fields if any(f in r for r in rows)] if rows else list(fields)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=present, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: _csv_value(row.get(k)) for k in present})
+  os.replace(tmp, path)
+
+
+def summarize(rows: list[dict], tolerance: float) -> list[dict]:
+  """One row per branch x round: means over replicates, intervals over replicates and pairs, the verdicts.
+
+  Each ticket is paired with its own replicate's dense round on the same held-out pairs; a baseline is paired with
+  IMP's ticket of the same replicate and round. Replicates without a dense round yet are left out.
+  """
+  dense = {r["replicate"]: r for r in rows if r["branch"] == "imp" and r["round"] == 0}
+  cells: dict[tuple[str, int], list[dict]] = {}
+  for r in rows:
+    if r["replicate"] in dense:
+      cells.setdefault((r["branch"], r["round"]), []).append(r)
+  out = []
+  for (branch, round_), rs in sorted(cells.items(), key=lambda kv: (_branch_order(kv[0][0]), kv[0][1])):
+    rs = sorted(rs, key=lambda r: r["replicate"])
+    losses = lambda group, metric: np.array([r["per_pair"][metric] for r in group], np.float64)
+    ref = [dense[r["replicate"]] for r in rs]
+    seed = zlib.crc32(f"{branch}/{round_}".encode())  # the same table every time it is rebuilt
+    row = dict(branch=branch, round=round_, replicates=len(rs), pairs=losses(rs, "total").shape[1])
+    for key in ("sparsity_prunable", "sparsity_total", "sparsity_inference"):
+      row[key] = float(np.mean([r[key] for r in rs]))
+    row["total"] = float(np.mean([r["total"] for r in rs]))
+    for metric in METRICS:
+      if not all(metric in r["per_pair"] for r in rs + ref):
+        continue
+      if round_ == 0 and branch == "imp":  # the reference itself
+        iv, verdict = None, ""
+      else:
+        iv = stats.relative_difference_interval(losses(rs, metric), losses(ref, metric), confidence=CONFIDENCE,
+                                                seed=seed)
+        verdict = stats.verdict(iv, tolerance)
+      prefix = "" if metric == "total" else f"{metric}_"
+      row[f"{prefix}relative_to_dense" if metric == "total" else f"{metric}_relative"] = iv.estimate if iv else 0.0
+      row[f"{prefix}ci_low"] = iv.low if iv else 0.0
+      row[f"{prefix}ci_high"] = iv.high if iv else 0.0
+      if metric == "total":
+        row["verdict"] = verdict
+    imp_cells = {r["replicate"]: r for r in cells.get(("imp", round_), [])}
+    paired = [r for r in rs if r["replicate"] in imp_cells]
+    if branch != "imp" and paired:
+      iv = stats.paired_difference_interval(losses(paired, "total"),
+                                            losses([imp_cells[r["replicate"]] for r in paired], "total"),
+                                            losses([dense[r["replicate"]] for r in paired], "total"),
+                                            confidence=CONFIDENCE, seed=seed)
+      row.update(vs_imp=iv.estimate, vs_imp_ci_low=iv.low, vs_imp_ci_high=iv.high, vs_imp_verdict=stats.comparison(iv))
+    out.append(row)
+  return out
+
+
+def highest_matching(summary: list[dict]) -> dict[str, tuple[dict | None, dict | None]]:
+  """Per branch: (the conservative highest matching round, the sparsest matching round) of summary rows."""
+  out = {}
+  for branch in sorted({r["branch"] for r in summary}, key=_branch_order):
+    out[branch] = stats.highest_matching([r for r in summary if r["branch"] == branch and r["round"] > 0])
+  return out
+
+
+def _brief(row: dict | None) -> dict | None:
+  keys = ("round", "sparsity_prunable", "sparsity_total", "sparsity_inference", "relative_to_dense", "ci_low",
+          "ci_high", "replicates", "pairs")
+  return None if row is None else {k: row[k] for k in keys}
+
+
+def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[list[dict], list[dict]]:
+  """results.csv, summary.csv and summary.json from the saved tickets (process 0 writes); returns (rows, summary).
+
+  `skipped` is a data.SkipLog summary; None reads the workdir's record of skipped images.
+  """
+  rows = collect_rows(workdir)
+  summary = summarize(rows, config.imp.match_tolerance)
+  if jax.process_index() != 0:
+    return rows, summary
+  _write_csv(os.path.join(workdir, "results.csv"), RESULT_FIELDS, rows)
+  _write_csv(os.path.join(workdir, "summary.csv"), SUMMARY_FIELDS, summary)
+  if skipped is None:
+    path = os.path.join(workdir, "skipped_images.json")
+    try:
+      skipped = checkpoint.load_json(path) if os.path.exists(path) else {}
+    except UserError:
+      skipped = {}
+  best = highest_matching(summary)
+  checkpoint.save_json(os.path.join(workdir, "summary.json"), {
+      "model": config.model.name, "match_tolerance": config.imp.match_tolerance, "confidence": CONFIDENCE,
+      "rule": match_rule(config.imp.match_tolerance),
+      "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.get("replicates", 1),
+      "highest_matching": {b: _brief(c) for b, (c, _) in best.items()},
+      "sparsest_matching": {b: _brief(s) for b, (c, s) in best.items() if s is not c},
+      "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])}})
+  return rows, summary
+
+
+def match_rule(tolerance: float) -> str:
+  return MATCH_RULE.format(conf=CONFIDENCE, tol=tolerance)
+
+
+def _pct(v) -> str:
+  return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:+.2%}"
+
+
+def format_summary(summary: list[dict]) -> str:
+  """The verdict table printed at the end of a run."""
+  head = (f"{'branch':<14}{'round':>6}{'sparsity':>10}{'reps':>6}{'pairs':>7}{'total':>10}{'vs dense':>10}"
+          f"{'95% interval':>22}  verdict")
+  lines = [head, "-" * len(head)]
+  for r in summary:
+    interval = f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["verdict"] else ""
+    lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
+                 f"{r['total']:>10.4f}{_pct(r['relative_to_dense']):>10}{interval:>22}  "
+                 f"{r['verdict'] or '(dense reference)'}")
+  return "\n".join(lines)
+
+
+def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
+  """The run's answer in words: the highest matching sparsity per branch (and the sparsest, if it differs)."""
+  lines = []
+  for branch, (best, sparsest) in highest_matching(summary).items():
+    if best is None:
+      counts = {}
+      for r in summary:
+        if r["branch"] == branch and r["round"] > 0:
+          counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+      said = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+      lines.append(f"Highest matching sparsity ({branch}): none; no pruned round has its whole interval below "
+                   f"+{tolerance:.1%} together with every round before it ({said}).")
+    else:
+      lines.append(f"Highest matching sparsity ({branch}): {best['sparsity_prunable']:.4f} of the prunable weights "
+                   f"({best['sparsity_inference']:.4f} of the inference network), round {best['round']}: it and "
+                   f"every round below it match ({best['replicates']} replicates x {best['pairs']} pairs).")
+    if sparsest is not None and sparsest is not best:
+      lines.append(f"  The sparsest matching round ({branch}) is round {sparsest['round']} at "
+                   f"{sparsest['sparsity_prunable']:.4f}, but a round below it does not match.")
+  return lines
