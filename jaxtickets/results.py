@@ -53,7 +53,7 @@ def check_layout(workdir: str) -> None:
   if old:
     raise UserError(f"'{workdir}' holds a single-seed run of an older jaxtickets (tickets/<branch>/round_NN), which "
                     "this version cannot read: it keeps tickets per replicate (tickets/<branch>/rep_<r>/round_NN), "
-                    "so run again in a new --workdir.")
+                    "so run again in a new --workdir (or set --config.resume=false to move the old run aside).")
 
 
 def _branch_order(branch: str):

@@ -1,4 +1,4 @@
-"""The IMP driver end to end at tiny size: tickets, sparsities, branches, determinism, rewinding."""
+"""The IMP driver end to end at tiny size: replicates, tickets, exact sparsities, branches, rewinding, the tables."""
 
 import csv
 import os
@@ -7,40 +7,59 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, load_ticket, sparsity
+from jaxtickets import checkpoint, imp, load_ticket, results, sparsity, stats
+from jaxtickets.errors import UserError
 from conftest import tiny_config
+
+BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
+ROUNDS, REPLICATES = 2, 2
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+  """A tiny replicated run with all four branches (the encoder trained, so random_reinit re-draws it)."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(imp__branches="imp,random_prune,random_reinit,oneshot")
+  config = tiny_config(imp__branches=",".join(BRANCHES), imp__rounds=ROUNDS, imp__replicates=REPLICATES,
+                       eval__num_pairs=4, eval__batch_size=4)
+  assert config.model.train_encoder
   rows = imp.run(config, workdir)
   return workdir, config, rows
 
 
-def prunable_of(ticket, config):
-  return sparsity.prunable_leaves(ticket.masks, config.sparsity.scope.split(","), allow_missing_groups=True)
+def ticket(workdir, branch, round_, rep):
+  return load_ticket(imp.ticket_dir(workdir, branch, round_, rep))
 
 
-def test_imp_sparsities_follow_0_8_powers(run_dir):
+def prunable_of(ticket_, config):
+  return sparsity.prunable_leaves(ticket_.masks, config.sparsity.scope.split(","), allow_missing_groups=True)
+
+
+def test_tickets_are_stored_per_replicate(run_dir):
+  workdir, _, _ = run_dir
+  for branch in BRANCHES:
+    assert sorted(os.listdir(os.path.join(workdir, "tickets", branch))) == ["rep_0", "rep_1"]
+  assert imp.ticket_dir(workdir, "imp", 2, 1) == os.path.join(workdir, "tickets", "imp", "rep_1", "round_02")
+  assert sorted(os.listdir(os.path.join(workdir, "init"))) == ["rep_0", "rep_1"]
+
+
+def test_imp_prunes_exactly_20_percent_of_the_survivors_each_round(run_dir):
   workdir, config, _ = run_dir
-  for r, expected in [(0, 0.0), (1, 0.2), (2, 0.36), (3, 0.488)]:
-    t = load_ticket(os.path.join(workdir, "tickets", "imp", f"round_{r:02d}"))
-    report = sparsity.count(t.masks, prunable_of(t, config))
-    n_layers = len(report["layers"])
-    size = report["prunable"]["size"]
-    assert abs(report["prunable"]["sparsity"] - expected) <= n_layers / size
-    assert t.sparsity["prunable"]["sparsity"] == pytest.approx(report["prunable"]["sparsity"])
-    # Weights outside the mask are exactly zero in the trained and rewound-and-masked weights.
-    for p, m in zip(jax.tree.leaves(t.trained_params), jax.tree.leaves(t.masks)):
-      assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
+  for rep in range(REPLICATES):
+    alive = None
+    for r in range(ROUNDS + 1):
+      t = ticket(workdir, "imp", r, rep)
+      report = sparsity.count(t.masks, prunable_of(t, config))
+      alive = report["prunable"]["size"] if alive is None else alive - round(0.2 * alive)
+      assert report["prunable"]["remaining"] == alive  # pruning counts are exact
+      assert t.sparsity["prunable"]["remaining"] == alive
+      # Weights outside the mask are exactly zero in the trained weights.
+      for p, m in zip(jax.tree.leaves(t.trained_params), jax.tree.leaves(t.masks)):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
 
 
 def test_imp_masks_are_nested_and_smallest_magnitudes_go(run_dir):
   workdir, config, _ = run_dir
-  prev = load_ticket(os.path.join(workdir, "tickets", "imp", "round_01"))
-  cur = load_ticket(os.path.join(workdir, "tickets", "imp", "round_02"))
+  prev, cur = ticket(workdir, "imp", 1, 1), ticket(workdir, "imp", 2, 1)
   prunable = prunable_of(cur, config)
   alive_prev, alive_cur, mags = [], [], []
   for m0, m1, w, pr in zip(jax.tree.leaves(prev.masks), jax.tree.leaves(cur.masks),
@@ -53,75 +72,177 @@ def test_imp_masks_are_nested_and_smallest_magnitudes_go(run_dir):
   assert removed.max() <= kept.min()
 
 
-def test_rewind_restores_theta_0_times_mask(run_dir):
+def test_each_replicate_rewinds_to_its_own_theta_0(run_dir):
   workdir, _, _ = run_dir
-  theta_0 = checkpoint.load_params(os.path.join(workdir, "init", "theta_0"))
-  t = load_ticket(os.path.join(workdir, "tickets", "imp", "round_02"))
-  for a, b in zip(jax.tree.leaves(t.rewind_params), jax.tree.leaves(theta_0)):
+  thetas = [checkpoint.load_params(os.path.join(workdir, "init", f"rep_{rep}", "theta_0")) for rep in (0, 1)]
+  for rep in (0, 1):
+    t = ticket(workdir, "imp", 2, rep)
+    for a, b in zip(jax.tree.leaves(t.rewind_params), jax.tree.leaves(thetas[rep])):
+      np.testing.assert_array_equal(a, b)
+  # The decoder's init is the replicate's own; the encoder is the same VGG copy in both.
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(thetas[0]["decoder"]), jax.tree.leaves(thetas[1]["decoder"])))
+  for a, b in zip(jax.tree.leaves(thetas[0]["encoder"]), jax.tree.leaves(thetas[1]["encoder"])):
     np.testing.assert_array_equal(a, b)
 
 
-def test_branches_use_imp_sparsity(run_dir):
+def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
+  """Replicate 1 of seed 0 and replicate 0 of seed 1 are the same run: init, data order, masks, weights."""
+  from jaxtickets import weights
+  from jaxtickets.models import get_model
+
   workdir, config, _ = run_dir
-  for r in (1, 2, 3):
-    ref = load_ticket(os.path.join(workdir, "tickets", "imp", f"round_{r:02d}"))
-    rp = load_ticket(os.path.join(workdir, "tickets", "random_prune", f"round_{r:02d}"))
-    ri = load_ticket(os.path.join(workdir, "tickets", "random_reinit", f"round_{r:02d}"))
-    one = load_ticket(os.path.join(workdir, "tickets", "oneshot", f"round_{r:02d}"))
-    for a, b in zip(jax.tree.leaves(ref.masks), jax.tree.leaves(rp.masks)):
-      assert a.sum() == b.sum()  # same per-layer counts
-    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(ref.masks), jax.tree.leaves(rp.masks)))
-    for a, b in zip(jax.tree.leaves(ref.masks), jax.tree.leaves(ri.masks)):
-      np.testing.assert_array_equal(a, b)
-    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(ref.rewind_params), jax.tree.leaves(ri.rewind_params)))
-    assert abs(one.sparsity["prunable"]["sparsity"] - ref.sparsity["prunable"]["sparsity"]) < 1e-3
+  # The VGG is shared by all replicates (it stands for pretrained weights): give the seed-1 run seed 0's.
+  model = get_model("adain")(config.model)
+  vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
+  weights.save_vgg_weights(str(tmp_path / "vgg.npz"), vgg)
+  alone = tiny_config(seed=1, imp__branches="imp,random_prune", imp__rounds=1, imp__replicates=1,
+                      eval__num_pairs=4, eval__batch_size=4, model__vgg_weights=str(tmp_path / "vgg.npz"))
+  imp.run(alone, str(tmp_path / "run"))
+  for branch in ("imp", "random_prune"):
+    a, b = ticket(workdir, branch, 1, 1), ticket(str(tmp_path / "run"), branch, 1, 0)
+    for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
+      np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(a.trained_params), jax.tree.leaves(b.trained_params)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  # The held-out pairs follow config.seed, not the replicate: the other seed scores other pairs, so only the
+  # trained weights are compared above.
 
 
-def test_results_csv_has_a_row_per_branch_and_round(run_dir):
+def test_baselines_take_imps_counts_and_what_they_promise(run_dir):
+  workdir, config, _ = run_dir
+  for rep in range(REPLICATES):
+    dense = ticket(workdir, "imp", 0, rep)
+    theta_0 = checkpoint.load_params(os.path.join(workdir, "init", f"rep_{rep}", "theta_0"))
+    for r in range(1, ROUNDS + 1):
+      ref, rp = ticket(workdir, "imp", r, rep), ticket(workdir, "random_prune", r, rep)
+      ri, one = ticket(workdir, "random_reinit", r, rep), ticket(workdir, "oneshot", r, rep)
+      for a, b in zip(jax.tree.leaves(ref.masks), jax.tree.leaves(rp.masks)):
+        assert a.sum() == b.sum()  # same per-layer counts
+      assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(ref.masks), jax.tree.leaves(rp.masks)))
+      for a, b in zip(jax.tree.leaves(ref.masks), jax.tree.leaves(ri.masks)):
+        np.testing.assert_array_equal(a, b)
+      # random_reinit re-draws every trained group, the encoder included: no kernel equals theta_0's.
+      for group in ("encoder", "decoder"):
+        for path, a, b in zip(sparsity.leaf_paths(ri.rewind_params[group]), jax.tree.leaves(ri.rewind_params[group]),
+                              jax.tree.leaves(theta_0[group])):
+          if path.endswith("kernel"):
+            assert not np.allclose(a, b), f"{group}/{path} was not re-drawn"
+      # oneshot: exactly the dense round's trained weights pruned globally to IMP's count.
+      prunable = prunable_of(ref, config)
+      target = sparsity.count(ref.masks, prunable)["prunable"]["sparsity"]
+      want = sparsity.prune_to_sparsity(dense.trained_params, prunable, target)
+      for a, b in zip(jax.tree.leaves(one.masks), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_results_csv_has_a_row_per_branch_round_and_replicate(run_dir):
   workdir, _, rows = run_dir
   with open(os.path.join(workdir, "results.csv")) as f:
     table = list(csv.DictReader(f))
-  got = {(r["branch"], int(r["round"])) for r in table}
-  want = {("imp", r) for r in range(4)} | {(b, r) for b in ("random_prune", "random_reinit", "oneshot")
-                                          for r in (1, 2, 3)}
-  assert got == want
-  dense = [r for r in table if r["round"] == "0"][0]
+  got = {(r["branch"], int(r["round"]), int(r["replicate"])) for r in table}
+  want = {("imp", 0, rep) for rep in range(REPLICATES)} | {
+      (b, r, rep) for b in BRANCHES for r in range(1, ROUNDS + 1) for rep in range(REPLICATES)}
+  assert got == want and len(rows) == len(table) == len(want)
+  assert {"sparsity_encoder", "sparsity_decoder", "sparsity_inference"} <= set(table[0])
+  assert "sparsity_transform" not in table[0]  # AdaIN has no transform parameters
+  dense = {r["replicate"]: float(r["total"]) for r in table if r["round"] == "0"}
   for r in table:
-    rel = float(r["total"]) / float(dense["total"]) - 1
-    assert float(r["relative_to_dense"]) == pytest.approx(rel, abs=1e-5)
-    assert (r["matches"] == "True") == (rel <= 0.02 + 1e-9)
-  assert len(rows) == len(table)
+    # Each row is compared with its own replicate's dense round.
+    assert float(r["relative_to_dense"]) == pytest.approx(float(r["total"]) / dense[r["replicate"]] - 1, abs=1e-5)
+    # The encoder is trained, so the inference network is the params: both sparsities agree.
+    assert float(r["sparsity_inference"]) == pytest.approx(float(r["sparsity_total"]), abs=1e-6)
+    t = ticket(workdir, r["branch"], int(r["round"]), int(r["replicate"]))
+    for group in ("encoder", "decoder"):
+      leaves = jax.tree.leaves(t.masks[group])
+      pruned = sum(int(m.size - m.sum()) for m in leaves) / sum(m.size for m in leaves)
+      assert float(r[f"sparsity_{group}"]) == pytest.approx(pruned, abs=1e-6)
 
 
-def test_second_identical_run_gives_identical_masks(run_dir, tmp_path):
+def test_summary_csv_has_intervals_and_verdicts_by_the_rule(run_dir):
   workdir, config, _ = run_dir
-  config2 = tiny_config(imp__branches="imp,random_prune", imp__rounds=2)
-  imp.run(config2, str(tmp_path))
-  for branch, r in [("imp", 1), ("imp", 2), ("random_prune", 2)]:
-    a = load_ticket(os.path.join(workdir, "tickets", branch, f"round_{r:02d}"))
-    b = load_ticket(os.path.join(tmp_path, "tickets", branch, f"round_{r:02d}"))
-    for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
-      np.testing.assert_array_equal(x, y)
+  with open(os.path.join(workdir, "summary.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert {(r["branch"], int(r["round"])) for r in table} == {("imp", 0)} | {
+      (b, r) for b in BRANCHES for r in range(1, ROUNDS + 1)}
+  tol = config.imp.match_tolerance
+  for r in table:
+    if r["round"] == "0":
+      assert r["verdict"] == ""
+      continue
+    assert int(r["replicates"]) == REPLICATES and int(r["pairs"]) == 4
+    low, high, est = float(r["ci_low"]), float(r["ci_high"]), float(r["relative_to_dense"])
+    assert low <= est <= high
+    want = "matches" if high < tol else "does not match" if low > tol else "inconclusive"
+    assert r["verdict"] == want
+    # The estimate is the ratio of mean losses over every replicate and pair, from the tickets' per-pair losses.
+    losses = [ticket(workdir, r["branch"], int(r["round"]), rep).metrics["per_pair"]["total"] for rep in (0, 1)]
+    dense = [ticket(workdir, "imp", 0, rep).metrics["per_pair"]["total"] for rep in (0, 1)]
+    assert est == pytest.approx(np.mean(losses) / np.mean(dense) - 1, abs=1e-6)
+    assert r["content_relative"] and r["style_ci_high"]
+    if r["branch"] == "imp":
+      assert r["vs_imp"] == ""
+    else:
+      assert r["vs_imp_verdict"] in ("imp better", "imp worse", "inconclusive")
+      assert float(r["vs_imp_ci_low"]) <= float(r["vs_imp"]) <= float(r["vs_imp_ci_high"])
+  summary = checkpoint.load_json(os.path.join(workdir, "summary.json"))
+  assert summary["replicates"] == [0, 1] and set(summary["highest_matching"]) == set(BRANCHES)
+
+
+def test_one_replicate_never_gives_a_verdict_beyond_inconclusive():
+  rows = []
+  for rep, total in [(0, [1.0, 1.1, 0.9])]:
+    rows.append(dict(branch="imp", replicate=rep, round=0, sparsity_prunable=0.0, sparsity_total=0.0,
+                     sparsity_inference=0.0, total=1.0, per_pair={"total": total}))
+    rows.append(dict(branch="imp", replicate=rep, round=1, sparsity_prunable=0.2, sparsity_total=0.2,
+                     sparsity_inference=0.2, total=2.0, per_pair={"total": [2 * t for t in total]}))
+  summary = results.summarize(rows, 0.02)
+  assert summary[1]["verdict"] == stats.INCONCLUSIVE and summary[1]["relative_to_dense"] == pytest.approx(1.0)
+
+
+def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
+  workdir, config, _ = run_dir
+  dense = ticket(workdir, "imp", 0, 0)
+  prunable = prunable_of(dense, config)
+  capped = tiny_config(sparsity__layer_cap=0.1)
+  masks = dense.masks
+  for _ in range(3):
+    masks = imp.prune(capped, dense.trained_params, masks, prunable)
+  for e in sparsity.count(masks, prunable)["layers"].values():
+    assert e["size"] - e["remaining"] <= int(0.1 * e["size"])
+  layerwise = tiny_config(sparsity__method="layerwise")
+  imp_masks = imp.prune(layerwise, dense.trained_params, dense.masks, prunable)
+  one = imp.oneshot_masks(layerwise, dense.trained_params, imp_masks, prunable)
+  for a, b, f in zip(jax.tree.leaves(one), jax.tree.leaves(imp_masks), jax.tree.leaves(prunable)):
+    assert a.sum() == b.sum()  # IMP's count in every layer, positions from the dense weights
+  np.testing.assert_array_equal(jax.tree.leaves(one)[1], jax.tree.leaves(
+      sparsity.prune_like(dense.trained_params, prunable, imp_masks))[1])
 
 
 def test_rerun_skips_finished_rounds(run_dir, capsys):
   workdir, config, _ = run_dir
   imp.run(config, workdir)
   out = capsys.readouterr().out
-  assert "already done" in out and "step 1/3" not in out
+  assert "[rep 1 oneshot round 2] already done" in out and "step 1/3" not in out
+
+
+def test_a_single_seed_workdir_of_an_older_version_is_refused(tmp_path):
+  os.makedirs(tmp_path / "tickets" / "imp" / "round_01")
+  for call in (lambda: imp.run(tiny_config(), str(tmp_path)), lambda: results.collect_rows(str(tmp_path))):
+    with pytest.raises(UserError, match=r"single-seed run of an older jaxtickets .*tickets/<branch>/rep_<r>/round_NN"):
+      call()
 
 
 def test_rewind_to_step_k_restores_theta_k_and_restarts_the_schedule(tmp_path, capsys):
   config = tiny_config(imp__rounds=1, imp__rewind_step=2, train__steps=4)
   imp.run(config, str(tmp_path))
-  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "theta_0"))
-  theta_k = checkpoint.load_params(os.path.join(tmp_path, "init", "theta_2"))
-  t1 = load_ticket(os.path.join(tmp_path, "tickets", "imp", "round_01"))
-  for a, b, a0 in zip(jax.tree.leaves(t1.rewind_params), jax.tree.leaves(theta_k), jax.tree.leaves(theta_0)):
+  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_0"))
+  theta_k = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_2"))
+  t1 = ticket(str(tmp_path), "imp", 1, 0)
+  for a, b in zip(jax.tree.leaves(t1.rewind_params), jax.tree.leaves(theta_k)):
     np.testing.assert_array_equal(a, b)
   assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(theta_k), jax.tree.leaves(theta_0)))
-  assert t1.metrics["steps"] == 2  # steps k..T of the schedule
-  assert "[imp round 1] step 3/4" in capsys.readouterr().out
+  assert t1.metrics["steps"] == 2 and t1.metrics["rewind_step"] == 2  # steps k..T of the schedule
+  assert "[rep 0 imp round 1] step 3/4" in capsys.readouterr().out
 
 
 def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
@@ -136,6 +257,6 @@ def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
   weights.save_vgg_weights(path, vgg)
   config.model.vgg_weights = path
   imp.run(config, str(tmp_path / "run"))
-  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "run", "init", "theta_0"))
+  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "run", "init", "rep_0", "theta_0"))
   for name, layer in theta_0["encoder"].items():
     np.testing.assert_array_equal(layer["kernel"], vgg[name]["kernel"])

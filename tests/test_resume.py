@@ -1,7 +1,7 @@
 """Long runs: SIGKILL and SIGTERM then the same command, damaged checkpoints, bad images, NaNs, config changes.
 
-The command-line runs share one tiny configuration (AdaIN at 1/16 width, 32 px, 6 steps per round, 2 pruned
-rounds, a checkpoint every 2 steps) and one uninterrupted reference run to compare their tickets with.
+The command-line runs share one tiny configuration (AdaIN at 1/16 width, 32 px, 6 steps per round, 1 pruned
+round, 2 replicates, a checkpoint every 2 steps) and one uninterrupted reference run to compare their tickets with.
 """
 
 import csv
@@ -28,9 +28,11 @@ from conftest import tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/adain.py:demo", "--config.model.width=0.0625", "--config.data.load_size=40",
         "--config.data.crop_size=32", "--config.train.batch_size=2", "--config.train.steps=6",
-        "--config.train.log_every=1", "--config.imp.rounds=2", "--config.imp.branches=imp",
+        "--config.train.log_every=1", "--config.imp.rounds=1", "--config.imp.branches=imp",
+        "--config.imp.replicates=2",
         "--config.eval.num_pairs=2", "--config.eval.batch_size=2", "--config.checkpoint.every_steps=2"]
-ROUNDS = (0, 1, 2)
+ROUNDS = (0, 1)
+REPLICATES = (0, 1)
 TIMEOUT = 900  # generous: the test machine is shared
 
 
@@ -104,9 +106,9 @@ def reference(tmp_path_factory, env):
 
 
 def assert_same_tickets(a, b):
-  for r in ROUNDS:
-    ta = checkpoint.load_ticket(imp.ticket_dir(a, "imp", r))
-    tb = checkpoint.load_ticket(imp.ticket_dir(b, "imp", r))
+  for rep, r in [(rep, r) for rep in REPLICATES for r in ROUNDS]:
+    ta = checkpoint.load_ticket(imp.ticket_dir(a, "imp", r, rep))
+    tb = checkpoint.load_ticket(imp.ticket_dir(b, "imp", r, rep))
     for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
       np.testing.assert_array_equal(x, y)
     for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
@@ -117,29 +119,32 @@ def assert_same_tickets(a, b):
 
   def table(workdir):
     with open(os.path.join(workdir, "results.csv")) as f:
-      return [{k: row[k] for k in ("branch", "round", "sparsity_prunable", "sparsity_total", "remaining_prunable")}
-              for row in csv.DictReader(f)]
+      return [{k: row[k] for k in ("branch", "replicate", "round", "sparsity_prunable", "sparsity_total",
+                                   "remaining_prunable")} for row in csv.DictReader(f)]
 
-  assert table(a) == table(b) and len(table(a)) == len(ROUNDS)
+  assert table(a) == table(b) and len(table(a)) == len(ROUNDS) * len(REPLICATES)
 
 
-def test_sigkill_in_round_2_then_the_same_command_gives_the_same_tickets(reference, env, tmp_path):
+def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(reference, env, tmp_path):
   workdir = str(tmp_path / "run")
   child = Child(workdir, env)
-  round_2_saved = lambda: any(m["round"] == 2 and m["step"] < 6 for m in state_checkpoints(workdir).values())
-  child.wait_for(round_2_saved, "a checkpoint of round 2")
+  saved = lambda: any(m.get("replicate") == 1 and m["round"] == 1 and m["step"] < 6
+                      for m in state_checkpoints(workdir).values())
+  child.wait_for(saved, "a checkpoint of replicate 1's round 1")
   child.proc.send_signal(signal.SIGKILL)
   child.finish()
-  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1))
-  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 2)), "killed too late: round 2 had finished"
+  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 0))
+  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 0, 1))
+  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 1)), "killed too late: the round had finished"
   assert os.path.exists(os.path.join(workdir, "run.lock"))  # a killed run cannot clean up
 
   r = run_to_end(workdir, env)
   assert r.returncode == 0, r.stdout + r.stderr
   assert "taking over the stale lock" in r.stdout
-  assert "[imp round 0] already done" in r.stdout and "[imp round 1] already done" in r.stdout
-  assert re.search(r"\[imp round 2\] resuming at step [24] from the checkpoint", r.stdout), r.stdout
-  assert "[imp round 1] step" not in r.stdout and "[imp round 2] step 1/6" not in r.stdout  # nothing redone
+  for done in ("[rep 0 imp round 0]", "[rep 0 imp round 1]", "[rep 1 imp round 0]"):
+    assert f"{done} already done" in r.stdout and f"{done} step" not in r.stdout  # nothing redone
+  assert re.search(r"\[rep 1 imp round 1\] resuming at step [24] from the checkpoint", r.stdout), r.stdout
+  assert "[rep 1 imp round 1] step 1/6" not in r.stdout
   assert not os.path.exists(os.path.join(workdir, "run.lock"))
   assert_same_tickets(reference, workdir)
 
@@ -149,7 +154,7 @@ def sigtermed(tmp_path_factory, env):
   """A run sent SIGTERM during round 1, and what it left."""
   workdir = str(tmp_path_factory.mktemp("sigterm"))
   child = Child(workdir, env)
-  child.wait_for(lambda: any("[imp round 1] step 3/6" in line for line in child.out), "round 1's step 3")
+  child.wait_for(lambda: any("[rep 0 imp round 1] step 3/6" in line for line in child.out), "round 1's step 3")
   child.proc.send_signal(signal.SIGTERM)
   rc, out, err = child.finish()
   return dict(workdir=workdir, rc=rc, out=out, err=err, checkpoints=state_checkpoints(workdir),
@@ -158,7 +163,7 @@ def sigtermed(tmp_path_factory, env):
 
 def test_sigterm_saves_a_fresh_checkpoint_and_exits_cleanly(sigtermed):
   out = sigtermed["out"]
-  m = re.search(r"Stopped by SIGTERM at step (\d) of \[imp round (\d)\]; the checkpoint is step (\d) in '(.*)'\. "
+  m = re.search(r"Stopped by SIGTERM at step (\d) of \[rep 0 imp round (\d)\]; the checkpoint is step (\d) in '(.*)'\. "
                 r"To resume, run the same command again: python\S* -m jaxtickets\.main --config=configs/adain\.py:demo",
                 out)
   assert m, out + sigtermed["err"]
@@ -168,7 +173,7 @@ def test_sigterm_saves_a_fresh_checkpoint_and_exits_cleanly(sigtermed):
   assert int(m.group(3)) == step and os.path.samefile(m.group(4), os.path.join(sigtermed["workdir"], "state"))
   assert max(sigtermed["checkpoints"]) == step  # saved at the step it stopped, not only at the interval
   assert sigtermed["checkpoints"][step]["round"] == round_ == 1
-  assert f"[imp round 1] step {step + 1}/6" not in out
+  assert f"[rep 0 imp round 1] step {step + 1}/6" not in out
   assert not sigtermed["lock"]
 
 
@@ -184,7 +189,7 @@ def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigterme
   r = run_to_end(workdir, env)
   assert r.returncode == 0, r.stdout + r.stderr
   assert f"the checkpoint '{os.path.join(workdir, 'state', str(latest))}' is damaged" in r.stdout
-  m = re.search(r"\[imp round 1\] resuming at step (\d) from the checkpoint", r.stdout)
+  m = re.search(r"\[rep 0 imp round 1\] resuming at step (\d) from the checkpoint", r.stdout)
   assert m and int(m.group(1)) < latest, r.stdout
   assert_same_tickets(reference, workdir)
 
@@ -209,8 +214,8 @@ def test_changed_config_is_refused_on_the_command_line_unless_allowed(reference,
 
 def test_config_checks_before_anything_runs(tmp_path):
   workdir = str(tmp_path / "w")
-  os.makedirs(os.path.join(workdir, "init", "theta_0"))
-  open(os.path.join(workdir, "init", "theta_0", "x"), "w").close()  # progress worth protecting
+  os.makedirs(os.path.join(workdir, "init", "rep_0", "theta_0"))
+  open(os.path.join(workdir, "init", "rep_0", "theta_0", "x"), "w").close()  # progress worth protecting
   checkpoint.save_json(os.path.join(workdir, "config.json"), json.loads(tiny_config().to_json()))
   with pytest.raises(UserError, match=r"holds a run with another config \(imp.rounds: 3 -> 5; train.lr: 0.001 -> "
                                       r"0.002\): .*--config.resume=false to move it aside"):
@@ -227,7 +232,7 @@ def test_config_checks_before_anything_runs(tmp_path):
   finally:
     imp.log = log
   aside = glob.glob(workdir + ".old-*")
-  assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], "init", "theta_0"))
+  assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], "init", "rep_0", "theta_0"))
   assert os.listdir(workdir) == [] and "moved the previous run" in logs[-1]
 
 
@@ -326,7 +331,7 @@ def test_non_finite_loss_stops_the_round_and_keeps_the_last_good_checkpoint(tmp_
   workdir = str(tmp_path / "run")
   config = tiny_config(imp__rounds=0, train__steps=6, train__log_every=3, checkpoint__every_steps=2)
   state_dir = os.path.join(workdir, "state")
-  with pytest.raises(train.NonFiniteLoss, match=rf"non-finite at step 4 of \[imp round 0\] .*the last good "
+  with pytest.raises(train.NonFiniteLoss, match=rf"non-finite at step 4 of \[rep 0 imp round 0\] .*the last good "
                                                 rf"checkpoint is step 2 in '{state_dir}'"):
     imp.run(config, workdir)
   assert sorted(state_checkpoints(workdir)) == [2]
