@@ -322,7 +322,7 @@ def test_configs():
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="adaattn", imp__rounds=2, train__steps=2)  # trains the encoder too
   imp.run(config, str(tmp_path))
-  t = checkpoint.load_ticket(os.path.join(str(tmp_path), "tickets", "imp", "round_02"))
+  t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
   pruned = {k: int(np.sum(~m)) for k, m in jax.tree.leaves_with_path(t.masks["transform"])}
   assert sum(pruned.values()) > 0

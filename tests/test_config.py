@@ -18,6 +18,12 @@ def demo():
   return mod.get_config("demo")
 
 
+def test_paper_scale_defaults_give_replicates_and_enough_pairs():
+  paper = config_lib.default_config()
+  assert paper.imp.replicates >= 3 and paper.eval.num_pairs >= 64 and paper.sparsity.layer_cap == 1.0
+  assert paper.imp.rewind_step == 0  # the paper's rewind point
+
+
 def test_demo_and_paper_configs_are_valid_once_data_is_set():
   config_lib.validate(demo())
   paper = demo()
@@ -36,6 +42,10 @@ def test_demo_and_paper_configs_are_valid_once_data_is_set():
     ("imp.branches", "imp,random", "config.imp.branches = 'random' is not allowed"),
     ("imp.rewind_step", 40, "config.imp.rewind_step = 40 is not allowed: use an integer in [0, train.steps = 40)"),
     ("imp.match_tolerance", -0.1, "config.imp.match_tolerance = -0.1 is not allowed"),
+    ("imp.replicates", 0, "config.imp.replicates = 0 is not allowed: use an integer >= 1"),
+    ("imp.replicates", 2.0, "config.imp.replicates = 2.0 is not allowed"),
+    ("sparsity.layer_cap", 0.0, "config.sparsity.layer_cap = 0.0 is not allowed: use a fraction in (0, 1]"),
+    ("sparsity.layer_cap", 1.5, "config.sparsity.layer_cap = 1.5 is not allowed"),
     ("imp.target_sparsity", 1.0, "config.imp.target_sparsity = 1.0 is not allowed"),
     ("train.batch_size", 0, "config.train.batch_size = 0 is not allowed: use a positive integer"),
     ("train.steps", 0, "config.train.steps = 0 is not allowed"),

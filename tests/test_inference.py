@@ -14,7 +14,7 @@ from conftest import tiny_config
 
 
 def make_workdir(root, config, rounds=3):
-  """A run's layout without training: config.json and tickets/imp/round_NN with `rounds` IMP prunings."""
+  """A run's layout without training: config.json and tickets/imp/rep_0/round_NN with `rounds` IMP prunings."""
   workdir = str(root)
   checkpoint.save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
   model, vgg = inference.model_and_vgg(config)
@@ -133,15 +133,21 @@ def test_from_ported_loads_model_json_and_params(tmp_path, ticket):
 
 
 def test_from_ticket_errors_name_the_path(tmp_path, ticket):
-  missing = tmp_path / "runs" / "tickets" / "imp" / "round_09"
+  missing = tmp_path / "runs" / "tickets" / "imp" / "rep_0" / "round_09"
   with pytest.raises(UserError, match=re.escape(f"No ticket at '{missing}'")):
     inference.Stylizer.from_ticket(str(missing))
-  # A ticket moved out of its workdir has no config.json two levels up.
-  moved = tmp_path / "a" / "b" / "c" / "round_03"
+  # A ticket moved out of its workdir has no config.json three levels up.
+  moved = tmp_path / "a" / "b" / "c" / "rep_0" / "round_03"
   os.makedirs(moved.parent)
   os.symlink(ticket[0], moved)
   with pytest.raises(UserError, match=re.escape(f"'{tmp_path / 'a' / 'config.json'}' does not exist")):
     inference.Stylizer.from_ticket(str(moved))
+  # A ticket of the older single-seed layout (tickets/<branch>/round_NN) is refused, not misread.
+  old = tmp_path / "old" / "tickets" / "imp" / "round_03"
+  os.makedirs(old.parent)
+  os.symlink(ticket[0], old)
+  with pytest.raises(UserError, match=r"not at WORKDIR/tickets/<branch>/rep_<r>/round_NN: a single-seed run"):
+    inference.Stylizer.from_ticket(str(old))
   with pytest.raises(UserError, match="which = 'best'"):
     inference.Stylizer.from_ticket(ticket[0], which="best")
   with pytest.raises(UserError, match=r"shape \(4, 4\)"):

@@ -248,7 +248,7 @@ def test_stylize_alpha_and_any_size(setup):
 def test_imp_prunes_only_the_transform_and_keeps_the_decoder(tmp_path):
   config = tiny_config(model__name="lst", model__train_encoder=False, imp__rounds=2, train__steps=2)
   imp.run(config, str(tmp_path))
-  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "theta_0"))
+  theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_0"))
   assert set(theta_0) == {"decoder", "transform"}
   for r in range(3):
     ticket = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", r))

@@ -261,7 +261,7 @@ def test_two_round_imp_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="mccnet", model__train_encoder=False, sparsity__scope="decoder,transform",
                        imp__rounds=2, train__steps=2)
   imp.run(config, str(tmp_path))
-  t = checkpoint.load_ticket(os.path.join(str(tmp_path), "tickets", "imp", "round_02"))
+  t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"decoder", "transform"}
   for name in ("f", "g", "out_conv", "fc"):
     mask = np.asarray(t.masks["transform"][name]["kernel"])

@@ -1,4 +1,4 @@
-"""The report of a tiny 3-round run: every figure, results.csv, and report.md numbers that match it."""
+"""The report of a tiny replicated run: every figure, the tables, and report.md numbers that match them."""
 
 import csv
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, evaluate, imp, inference, report
+from jaxtickets import checkpoint, evaluate, imp, inference, report, results
 from conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,15 +19,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(imp__branches="imp,random_prune", train__steps=2)
+  config = tiny_config(imp__branches="imp,random_prune", train__steps=2, imp__rounds=2, imp__replicates=2)
   imp.run(config, workdir)
-  os.remove(os.path.join(workdir, "results.csv"))  # the report rebuilds it from the tickets
+  for name in ("results.csv", "summary.csv"):
+    os.remove(os.path.join(workdir, name))  # the report rebuilds them from the tickets
   path = report.write_report(workdir)
   return workdir, config, path
 
 
-def read_csv(workdir):
-  with open(os.path.join(workdir, "results.csv")) as f:
+def read_csv(workdir, name="results.csv"):
+  with open(os.path.join(workdir, name)) as f:
     return list(csv.DictReader(f))
 
 
@@ -43,13 +44,12 @@ def test_every_figure_is_a_sensible_png(run):
       assert pixels.std() > 5, name  # something is drawn
 
 
-def test_results_csv_has_one_row_per_branch_and_round(run):
+def test_results_csv_has_one_row_per_branch_round_and_replicate(run):
   workdir, _, _ = run
   rows = read_csv(workdir)
-  assert [(r["branch"], int(r["round"])) for r in rows] == [("imp", 0), ("imp", 1), ("imp", 2), ("imp", 3),
-                                                             ("random_prune", 1), ("random_prune", 2),
-                                                             ("random_prune", 3)]
-  assert list(rows[0]) == list(imp.RESULT_FIELDS)
+  assert [(r["branch"], int(r["replicate"]), int(r["round"])) for r in rows] == [
+      ("imp", rep, r) for rep in (0, 1) for r in (0, 1, 2)] + [("random_prune", rep, r) for rep in (0, 1) for r in (1, 2)]
+  assert list(rows[0]) == [f for f in results.RESULT_FIELDS if f != "sparsity_transform"]
 
 
 def _md_table(text, first_header):
@@ -69,32 +69,41 @@ def _num(text):
   return float(text.replace(",", "").rstrip("%")) / (100 if text.endswith("%") else 1)
 
 
-def test_report_md_numbers_match_results_csv(run):
+def test_report_md_numbers_match_the_tables(run):
   workdir, config, path = run
   text = open(path).read()
   csv_rows = read_csv(workdir)
-  md_rows = _md_table(text, "branch | round | steps")
+  md_rows = _md_table(text, "branch | replicate | round")
   assert len(md_rows) == len(csv_rows)
   for md, cs in zip(md_rows, csv_rows):
-    assert (md["branch"], md["round"]) == (cs["branch"], cs["round"])
-    for key in ("sparsity_prunable", "sparsity_total", "remaining_prunable", "remaining_total", "content", "style",
-                "total", "relative_to_dense"):
+    assert (md["branch"], md["replicate"], md["round"]) == (cs["branch"], cs["replicate"], cs["round"])
+    for key in ("sparsity_prunable", "sparsity_total", "sparsity_inference", "sparsity_decoder", "remaining_prunable",
+                "remaining_total", "content", "style", "total", "relative_to_dense"):
       assert _num(md[key]) == pytest.approx(float(cs[key]), rel=1e-3, abs=1e-4), key
-    assert md["matches"] == ("yes" if cs["matches"] == "True" else "no")
-  # Highest matching sparsity per branch: the matching pruned round of highest sparsity in the csv.
-  best = {r["branch"]: r for r in _md_table(text, "branch | round | sparsity (prunable)")}
-  for branch in ("imp", "random_prune"):
-    matching = [r for r in csv_rows if r["branch"] == branch and r["round"] != "0" and r["matches"] == "True"]
-    if matching:
-      top = max(matching, key=lambda r: float(r["sparsity_prunable"]))
-      assert best[branch]["round"] == top["round"]
-      assert _num(best[branch]["sparsity (prunable)"]) == pytest.approx(float(top["sparsity_prunable"]), abs=1e-4)
-      assert _num(best[branch]["remaining (all)"]) == int(top["remaining_total"])
-    else:
-      assert best[branch]["round"] == "none"
+  summary = read_csv(workdir, "summary.csv")
+  verdicts = _md_table(text, "branch | round | sparsity (prunable) | sparsity (inference)")
+  assert len(verdicts) == len(summary)
+  for md, cs in zip(verdicts, summary):
+    assert (md["branch"], md["round"]) == (cs["branch"], cs["round"])
+    assert md["verdict"] == (cs["verdict"] or "(dense reference)")
+    assert md["replicates x pairs"] == "2 x 2"
+    assert _num(md["vs dense"]) == pytest.approx(float(cs["relative_to_dense"]), abs=1e-4)
+    if cs["verdict"]:
+      low, high = (_num(v.strip()) for v in md["95% interval"].strip("[]").split(","))
+      assert (low, high) == (pytest.approx(float(cs["ci_low"]), abs=1e-4), pytest.approx(float(cs["ci_high"]), abs=1e-4))
+  against = _md_table(text, "branch | round | sparsity | baseline - IMP")
+  assert [(r["branch"], r["round"]) for r in against] == [("random_prune", "1"), ("random_prune", "2")]
+  for md, cs in zip(against, [r for r in summary if r["branch"] == "random_prune"]):
+    assert md["comparison"] == cs["vs_imp_verdict"] and _num(md["baseline - IMP"]) == pytest.approx(
+        float(cs["vs_imp"]), abs=1e-4)
   dense = csv_rows[0]
   assert f"{int(dense['remaining_total']):,} in all, {int(dense['remaining_prunable']):,} prunable" in text
-  assert f"`{config.sparsity.scope}`" in text and "rewind step | 0" in text and "3 pruned round(s) done of 3" in text
+  assert f"`{config.sparsity.scope}`" in text and "rewind point used | 0 (the initial weights)" in text
+  assert "2 pruned round(s) done of 2" in text
+  assert "2 done of 2 configured (seeds 0 + r); each point rests on 2 replicate(s) x 2 held-out pairs" in text
+  assert results.match_rule(config.imp.match_tolerance) in text
+  for line in results.matching_lines(results.summarize(results.collect_rows(workdir), 0.02), 0.02):
+    assert line.strip() in text
   for name in ("curves.png", "layers.png", "grid.png"):
     assert f"]({name})" in text
 
@@ -102,7 +111,7 @@ def test_report_md_numbers_match_results_csv(run):
 def test_the_ticket_stylizer_reproduces_the_runs_evaluation(run):
   """from_ticket rebuilds the run's random VGG and masked weights: re-scoring the last ticket gives its metrics."""
   workdir, config, _ = run
-  path = imp.ticket_dir(workdir, "imp", 3)
+  path = imp.ticket_dir(workdir, "imp", 2, 1)
   st = inference.Stylizer.from_ticket(path)
   from jaxtickets import data
   pairs = data.eval_pairs(config)

@@ -153,7 +153,7 @@ def test_stylize_alpha_and_any_size(setup):
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="sanet", imp__rounds=2, train__steps=2)
   imp.run(config, str(tmp_path))
-  t = checkpoint.load_ticket(os.path.join(str(tmp_path), "tickets", "imp", "round_02"))
+  t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
   sparsity = lambda tree: 1 - np.mean(np.concatenate(
       [np.asarray(leaf).ravel() for path, leaf in jax.tree.leaves_with_path(tree) if path[-1].key == "kernel"]))

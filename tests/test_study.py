@@ -5,12 +5,13 @@ import os
 
 import pytest
 
-from jaxtickets import imp, study
+from jaxtickets import imp, results, study
 from jaxtickets.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("model.width=0.0625; data.load_size=40; data.crop_size=32; train.steps=2; train.batch_size=2; "
-        "train.log_every=1; train.lr=1e-3; imp.rounds=1; eval.num_pairs=2; eval.batch_size=2")
+        "train.log_every=1; train.lr=1e-3; imp.rounds=1; imp.replicates=1; eval.num_pairs=2; "
+        "eval.batch_size=2")
 
 
 def study_config(variant="demo"):
@@ -52,7 +53,8 @@ def test_overrides_and_bad_values():
 def _ticket_times(workdir):
   out = {}
   for root, _, files in os.walk(os.path.join(workdir)):
-    if os.path.basename(os.path.dirname(root)) in ("imp", "random_prune") and "_CHECKPOINT_METADATA" in files:
+    branch = os.path.basename(os.path.dirname(os.path.dirname(root)))  # <branch>/rep_<r>/round_NN
+    if branch in ("imp", "random_prune") and "_CHECKPOINT_METADATA" in files:
       out[root] = os.path.getmtime(os.path.join(root, "_CHECKPOINT_METADATA"))
   return out
 
@@ -66,7 +68,7 @@ def test_tiny_study_writes_one_report_and_resumes(tmp_path):
   assert path == str(tmp_path / "study.md") and os.path.getsize(tmp_path / "study.png") > 10_000
   text = open(path).read()
   for name in ("reference", "encoder_fixed"):
-    rows = imp.collect_rows(str(tmp_path / "adain" / name))
+    rows = results.collect_rows(str(tmp_path / "adain" / name))
     assert [(r["branch"], r["round"]) for r in rows] == (
         [("imp", 0), ("imp", 1)] + ([("random_prune", 1)] if name == "reference" else []))
     dense = rows[0]["total"]
