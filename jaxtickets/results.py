@@ -143,6 +143,8 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
         continue
       if round_ == 0 and branch == "imp":  # the reference itself
         iv, verdict = None, ""
+      elif metric != "total" and np.any(losses(ref, metric) <= 0):
+        continue  # a term the dense network drives to zero has no relative difference; the total decides anyway
       else:
         iv = stats.relative_difference_interval(losses(rs, metric), losses(ref, metric), confidence=CONFIDENCE,
                                                 seed=seed)

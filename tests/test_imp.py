@@ -260,3 +260,19 @@ def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
   theta_0 = checkpoint.load_params(os.path.join(tmp_path, "run", "init", "rep_0", "theta_0"))
   for name, layer in theta_0["encoder"].items():
     np.testing.assert_array_equal(layer["kernel"], vgg[name]["kernel"])
+
+
+def test_inference_sparsity_counts_a_fixed_encoders_vgg_as_dense_weights(tmp_path):
+  from jaxtickets.models import vgg as vgg_lib
+
+  s = imp.setup(tiny_config(model__train_encoder=False), str(tmp_path))
+  frozen = vgg_lib.truncate(jax.device_get(s.vgg_params), s.model.encoder_depth)
+  assert s.frozen_inference_size == sum(int(np.size(a)) for a in jax.tree.leaves(frozen)) > 0
+  params = jax.device_get(s.model.init(jax.random.PRNGKey(0), jax.device_get(s.vgg_params)))
+  assert set(params) == {"decoder"}
+  masks = sparsity.global_magnitude_prune(params, sparsity.ones_masks(params), s.prunable, 0.5)
+  report = imp.sparsity_report(s, masks, params)
+  pruned = report["total"]["size"] - report["total"]["remaining"]
+  assert report["inference"]["size"] == report["total"]["size"] + s.frozen_inference_size
+  assert report["inference"]["sparsity"] == pytest.approx(pruned / report["inference"]["size"])
+  assert report["groups"]["decoder"]["sparsity"] == pytest.approx(report["total"]["sparsity"])
