@@ -77,8 +77,12 @@ def _to_json(obj: Any) -> Any:
   return obj
 
 
-def _checkpointer(items) -> ocp.Checkpointer:
-  """A synchronous Composite checkpointer that knows each item's handler, so a fresh process can read metadata."""
+def _checkpointer(items, *, local: bool = False) -> ocp.Checkpointer:
+  """A synchronous Composite checkpointer that knows each item's handler, so a fresh process can read metadata.
+
+  `local` makes it this process's alone: reads then need no barrier with the other processes, so process 0 can
+  load tickets for the report while the others have finished (a collective read would wait for them forever).
+  """
   registry = ocp.DefaultCheckpointHandlerRegistry()
   for item in items:
     if item in _JSON_ITEMS:
@@ -87,7 +91,12 @@ def _checkpointer(items) -> ocp.Checkpointer:
       handler, save, restore = ocp.StandardCheckpointHandler(), ocp.args.StandardSave, ocp.args.StandardRestore
     registry.add(item, save, handler)
     registry.add(item, restore, handler)
-  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
+  options = ocp.options.MultiprocessingOptions()
+  if local and jax.process_count() > 1:
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                                 barrier_sync_key_prefix=f'read{me}')
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry), multiprocessing_options=options)
 
 
 def _is_complete(path: epath.Path, items) -> bool:
@@ -207,7 +216,7 @@ def ticket_exists(path) -> bool:
 def load_ticket(path) -> Ticket:
   """Loads a ticket saved by `save_ticket`; arrays come back as numpy, masks as bool."""
   where = _check_present(path, _ARRAY_ITEMS + _JSON_ITEMS, 'ticket')
-  checkpointer = _checkpointer(_ARRAY_ITEMS + _JSON_ITEMS)
+  checkpointer = _checkpointer(_ARRAY_ITEMS + _JSON_ITEMS, local=True)
   loaded = {item: _restore_item(checkpointer, where, item, 'ticket') for item in _ARRAY_ITEMS + _JSON_ITEMS}
   for item in _ARRAY_ITEMS:
     loaded[item] = _numpy_tree(loaded[item])
@@ -217,7 +226,7 @@ def load_ticket(path) -> Ticket:
 def load_ticket_metadata(path) -> dict:
   """Only a ticket's JSON items ({'metrics': ..., 'sparsity': ...}), without reading its arrays."""
   where = _check_present(path, _ARRAY_ITEMS + _JSON_ITEMS, 'ticket')
-  checkpointer = _checkpointer(_JSON_ITEMS)
+  checkpointer = _checkpointer(_JSON_ITEMS, local=True)
   return {item: _restore_item(checkpointer, where, item, 'ticket') for item in _JSON_ITEMS}
 
 
@@ -234,7 +243,7 @@ def params_exist(path) -> bool:
 def load_params(path) -> dict:
   """Loads a params tree saved by `save_params` as numpy arrays with their saved dtypes."""
   where = _check_present(path, (_PARAMS_ITEM,), 'params checkpoint')
-  checkpointer = _checkpointer((_PARAMS_ITEM,))
+  checkpointer = _checkpointer((_PARAMS_ITEM,), local=True)
   return _numpy_tree(_restore_item(checkpointer, where, _PARAMS_ITEM, 'params checkpoint'))
 
 

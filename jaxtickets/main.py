@@ -41,7 +41,10 @@ def main(argv):
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
     from jaxtickets import report
-    report.write_report(workdir, config)
+    report.write_report(workdir, config)  # process 0 writes it, reading tickets without the others
+    if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("jaxtickets: report written")
   except UserError as e:
     sys.exit(f"error: {e}")
   except train.Preempted as e:

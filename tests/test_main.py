@@ -61,3 +61,31 @@ def test_image_folders_train_end_to_end(tmp_path):
   config.eval.num_pairs = 1
   rows = imp.run(config, str(tmp_path / "run"))
   assert [(r["branch"], r["round"]) for r in rows] == [("imp", 0), ("imp", 1)]
+
+
+def test_two_processes_on_one_workdir_from_the_command_line(tmp_path):
+  """How a pod runs it: the same command per process on one shared workdir; process 0 writes the shared files."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  args = ["--config=configs/adain.py:demo", "--config.model.width=0.0625", "--config.data.load_size=40",
+          "--config.data.crop_size=32", "--config.train.batch_size=2", "--config.train.steps=2",
+          "--config.imp.rounds=1", "--config.imp.branches=imp,random_prune", "--config.imp.replicates=2",
+          "--config.eval.num_pairs=2", f"--workdir={tmp_path / 'w'}", f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-m", "jaxtickets.main", *args, f"--process_id={i}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, out + err
+  import csv
+
+  with open(tmp_path / "w" / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert sorted((r["branch"], r["replicate"], r["round"]) for r in rows) == sorted(
+      [("imp", rep, r) for rep in "01" for r in "01"] + [("random_prune", rep, "1") for rep in "01"])
+  assert (tmp_path / "w" / "report.md").exists() and (tmp_path / "w" / "summary.csv").exists()
+  assert "Highest matching sparsity (imp)" in outs[0][0] and "Highest matching sparsity" not in outs[1][0]
