@@ -25,7 +25,7 @@ def get_config(arg: str = ""):
   c.train.steps = 160_000
   c.imp.rounds = 10
   if arg == "demo":
-    config_lib.use_demo_data(c, steps=40, rounds=4)  # 2 replicates
+    config_lib.use_demo_data(c, steps=30, rounds=4)  # 2 replicates
     c.model.width = 0.5  # two replicates at half width cost about what one took at full width
   elif arg == "cpu_study":
     config_lib.use_demo_data(c, steps=STUDY_STEPS, rounds=4, replicates=3)

@@ -220,12 +220,12 @@ def _pct(v) -> str:
 def format_summary(summary: list[dict]) -> str:
   """The verdict table printed at the end of a run."""
   head = (f"{'branch':<14}{'round':>6}{'sparsity':>10}{'reps':>6}{'pairs':>7}{'total':>10}{'vs dense':>10}"
-          f"{'95% interval':>22}  verdict")
+          f"{'95% interval':>28}  verdict")
   lines = [head, "-" * len(head)]
   for r in summary:
     interval = f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["verdict"] else ""
     lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
-                 f"{r['total']:>10.4f}{_pct(r['relative_to_dense']):>10}{interval:>22}  "
+                 f"{r['total']:>10.4f}{_pct(r['relative_to_dense']):>10}{interval:>28}  "
                  f"{r['verdict'] or '(dense reference)'}")
   return "\n".join(lines)
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from jaxtickets import imp, results, study
+from jaxtickets import results, study
 from jaxtickets.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
