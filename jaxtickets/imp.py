@@ -152,32 +152,37 @@ def _run_replicate(s: Setup, rep: Replicate) -> None:
 
 
 class PreemptionWatch:
-  """SIGTERM (and JAX's preemption notice) as a host-side flag that the train loop reads after each step.
+  """SIGTERM, Ctrl-C (SIGINT) and JAX's preemption notice as a host-side flag that the train loop reads after each step.
 
-  The signal handler only sets the flag (no I/O in a handler); install() replaces the SIGTERM handler and
-  restore() puts the previous one back. In a multi-process run the processes agree at log and checkpoint
+  The signal handlers only set the flag (no I/O in a handler), so the step finishes, a checkpoint is saved and the
+  command prints how to resume, instead of a KeyboardInterrupt tearing through the input pipeline's threads. A
+  second Ctrl-C gets Python's default (an immediate KeyboardInterrupt). install() replaces the handlers and
+  restore() puts the previous ones back. In a multi-process run the processes agree at log and checkpoint
   intervals (a tiny allgather), or at JAX's preemption sync point where the preemption service runs.
   """
 
+  SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
+
   def __init__(self):
     self.reason: str | None = None
-    self._previous = None
-    self._installed = False
+    self._previous = {}
     self._sync_point = True
 
   def install(self) -> "PreemptionWatch":
     if threading.current_thread() is threading.main_thread():  # Python allows handlers in the main thread only
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-      self._installed = True
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._on_signal)
     return self
 
   def restore(self) -> None:
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-      self._installed = False
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+    self._previous = {}
 
   def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
-    self.reason = self.reason or "SIGTERM"
+    self.reason = self.reason or self.SIGNALS.get(signum, f"signal {signum}")
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
 
   def __call__(self, step: int, synced: bool) -> bool:
     """Whether to checkpoint and stop after `step`; `synced` marks steps where every process asks."""

@@ -1,7 +1,8 @@
 """Finds lottery tickets in a style transfer model: python -m jaxtickets.main --config=configs/adain.py[:demo].
 
 Running the same command again on the same --workdir resumes an interrupted run. On SIGTERM (preemption) the run
-saves a checkpoint and exits with status 75 (EX_TEMPFAIL: "try again"), so job schedulers restart it.
+saves a checkpoint and exits with status 75 (EX_TEMPFAIL: "try again"), so job schedulers restart it; on Ctrl-C it
+does the same and exits with status 130.
 """
 
 import os
@@ -25,6 +26,8 @@ config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ada
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # JAX's probing for absent TPU/GPU backends is INFO noise; -v 0 shows it
   import jax
 
   from jaxtickets import imp, train
@@ -38,7 +41,8 @@ def main(argv):
     from jaxtickets import parallel
     # Before anything touches the devices: every host of a pod joins one run.
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+    if jax.process_count() > 1:
+      imp.log(f"{jax.process_count()} processes, {jax.device_count()} devices: {jax.devices()}")
     imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
     from jaxtickets import report
     report.write_report(workdir, config)  # process 0 writes it, reading tickets without the others

@@ -35,13 +35,14 @@ class Preempted(Exception):
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL ("try again"): job schedulers restart the job
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for Ctrl-C: the user stopped it, a scheduler should not retry
 
 
 def exit_preempted(e: Preempted, module: str):
-  """The command lines' answer to Preempted: say how to resume (the same command), exit with status 75."""
+  """The command lines' answer to Preempted: say how to resume (the same command), exit with 75 (130 after Ctrl-C)."""
   command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m", module, *sys.argv[1:]])
   print(f"{e} To resume, run the same command again: {command}", flush=True)
-  sys.exit(PREEMPTED_EXIT_CODE)
+  sys.exit(INTERRUPTED_EXIT_CODE if "SIGINT" in e.reason else PREEMPTED_EXIT_CODE)
 
 
 class NonFiniteLoss(UserError):

@@ -177,6 +177,22 @@ def test_sigterm_saves_a_fresh_checkpoint_and_exits_cleanly(sigtermed):
   assert not sigtermed["lock"]
 
 
+def test_ctrl_c_finishes_the_step_saves_and_exits_130_without_a_traceback(env, tmp_path):
+  workdir = str(tmp_path / "run")
+  child = Child(workdir, env)
+  child.wait_for(lambda: any("[rep 0 imp round 0] step 2/6" in line for line in child.out), "round 0's step 2")
+  child.proc.send_signal(signal.SIGINT)
+  rc, out, err = child.finish()
+  assert rc == 130, out + err
+  m = re.search(r"Stopped by Ctrl-C \(SIGINT\) at step (\d) of \[rep 0 imp round 0\]; the checkpoint is step \d+ "
+                r"in '.*'\. To resume, run the same command again: python\S* -m jaxtickets\.main", out)
+  assert m, out + err
+  assert int(m.group(1)) in state_checkpoints(workdir)
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
+  # The backend probing (no TPU or GPU here) stays quiet; warnings would still show.
+  assert "Unable to initialize backend" not in err
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigtermed, reference, env):
   workdir = sigtermed["workdir"]
@@ -252,6 +268,7 @@ def test_second_run_on_a_workdir_stops(tmp_path):
 def test_preemption_watch_restores_the_previous_handler():
   seen = []
   previous = signal.signal(signal.SIGTERM, lambda *a: seen.append(a))
+  previous_int = signal.getsignal(signal.SIGINT)
   try:
     watch = imp.PreemptionWatch().install()
     assert not watch(1, False)
@@ -262,8 +279,26 @@ def test_preemption_watch_restores_the_previous_handler():
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0.05)
     assert len(seen) == 1
+    assert signal.getsignal(signal.SIGINT) is previous_int
+    # Ctrl-C sets the flag once; a second one is Python's KeyboardInterrupt again.
+    watch = imp.PreemptionWatch().install()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    assert watch(3, False) and watch.reason == "Ctrl-C (SIGINT)"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    watch.restore()
+    assert signal.getsignal(signal.SIGINT) is previous_int
   finally:
     signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, previous_int)
+
+
+def test_exit_codes_say_preempted_or_interrupted(capsys):
+  for reason, code in (("SIGTERM", 75), ("Ctrl-C (SIGINT)", 130)):
+    with pytest.raises(SystemExit) as e:
+      train.exit_preempted(train.Preempted(4, "[rep 0 imp round 1]", reason, "step 4"), "jaxtickets.main")
+    assert e.value.code == code
+    assert f"Stopped by {reason} at step 4 of [rep 0 imp round 1]" in capsys.readouterr().out
 
 
 def _png16_rgb(path, arr):
