@@ -40,7 +40,7 @@ def test_demo_and_paper_configs_are_valid_once_data_is_set():
     ("sparsity.scope", "encoder,decodr", "config.sparsity.scope names 'decodr'"),
     ("sparsity.scope", "", "config.sparsity.scope = '' is not allowed"),
     ("imp.branches", "imp,random", "config.imp.branches = 'random' is not allowed"),
-    ("imp.rewind_step", 40, "config.imp.rewind_step = 40 is not allowed: use an integer in [0, train.steps = 40)"),
+    ("imp.rewind_step", 30, "config.imp.rewind_step = 30 is not allowed: use an integer in [0, train.steps = 30)"),
     ("imp.match_tolerance", -0.1, "config.imp.match_tolerance = -0.1 is not allowed"),
     ("imp.replicates", 0, "config.imp.replicates = 0 is not allowed: use an integer >= 1"),
     ("imp.replicates", 2.0, "config.imp.replicates = 2.0 is not allowed"),
