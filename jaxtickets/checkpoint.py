@@ -369,10 +369,11 @@ class WorkdirLock:
 class TrainCheckpoints:
   """The running round's train state in `<workdir>/state`: an Orbax CheckpointManager keyed by step.
 
-  Each step holds three items: 'state' (the TrainState's fields as a dict: step, params, opt_state, counters),
-  'masks' (the round's masks, to check that a resumed round prunes the same weights) and 'meta' (JSON: branch,
-  round, replicate, step, the data iterator's state). The directory only ever holds the current round: a round that starts
-  afresh deletes what an earlier round left, so step keys always grow. Orbax writes each step into a temporary
+  Each step holds a pack of runs trained side by side (one run without packing) in three items: 'state' (the
+  TrainState's fields as a dict, each with a leading slot axis), 'masks' (the runs' masks, to check that a resumed
+  run prunes the same weights) and 'meta' (JSON: pack_size and, per slot, the run's branch, round, replicate, step
+  and data iterator state). The directory only ever holds the current pack: a pack that starts afresh deletes what
+  an earlier one left, so step keys always grow. Orbax writes each step into a temporary
   directory and renames it when complete, so a crash never leaves a half checkpoint under a step's name.
   """
 
@@ -404,23 +405,30 @@ class TrainCheckpoints:
   def meta(self, step: int) -> dict:
     return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
-  def restore(self, branch: str, round_: int, state_target: dict, masks_target,
-              replicate: int = 0) -> tuple[dict, dict] | None:
-    """(state, meta) of the newest readable checkpoint of this round, or None (nothing of it is saved).
+  def restore_runs(self, names: list[dict], state_template: dict, masks: list) -> list[dict | None]:
+    """Each named run's state (host numpy, from its slot of the newest readable checkpoint holding it), or None.
 
-    A damaged checkpoint (truncated, half-written, unreadable) is reported, deleted and the one before it tried.
-    Checkpoints of another round are stale (that round finished or is to be redone) and are deleted.
+    A checkpoint holds a pack of runs (meta 'runs' names them in slot order); a run is found by its name
+    (branch, round, replicate), so a resumed run may be packed differently. A damaged checkpoint (truncated,
+    half-written, unreadable) is reported, deleted and the one before it tried. A slot whose masks differ from
+    the run's (a changed config) is not used.
     """
     self.wait()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_target)
-    masks_abstract = jax.tree.map(lambda m: np.zeros(np.shape(m), bool), jax.device_get(masks_target))
+    found: list[dict | None] = [None] * len(names)
+    key = lambda name: (name.get('branch'), name.get('round'), name.get('replicate', 0))
+    wanted = {key(name): i for i, name in enumerate(names)}
     for step in reversed(self.steps()):
       try:
         meta = self.meta(step)
-        if (meta.get('branch'), meta.get('round'), meta.get('replicate', 0)) != (branch, round_, replicate):
-          break
+        runs = meta.get('runs', [])
+        slots = {wanted[key(run)]: slot for slot, run in enumerate(runs) if key(run) in wanted}
+        if not slots:
+          break  # the newest checkpoint is another pack's: nothing older can be ours
+        size = int(meta['pack_size'])
+        target = jax.tree.map(lambda x: np.zeros((size,) + np.shape(x), np.asarray(x).dtype), state_template)
+        masks_target = jax.tree.map(lambda m: np.zeros((size,) + np.shape(m), bool), masks[0])
         got = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), masks=ocp.args.StandardRestore(masks_abstract)))
+            state=ocp.args.StandardRestore(target), masks=ocp.args.StandardRestore(masks_target)))
       except Exception as err:  # Orbax/tensorstore raise many types; any of them means this step is unusable.
         reason = str(err).split(' [tensorstore_spec', 1)[0].strip().splitlines()
         reason = f'{type(err).__name__}: {reason[0][:200]}' if reason else type(err).__name__
@@ -428,14 +436,17 @@ class TrainCheckpoints:
                  'falling back to the previous one.')
         self._delete(step)
         continue
-      if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(got['masks'])),
-                                                      jax.tree.leaves(jax.device_get(masks_target)))):
-        self.log(f"WARNING: the checkpoint '{self.directory / str(step)}' holds other masks than {branch} round "
-                 f'{round_} has now (a changed config); starting the round afresh.')
-        break
-      return dict(got['state']), meta
-    self.clear()
-    return None
+      saved_masks = jax.device_get(got['masks'])
+      for i, slot in slots.items():
+        same = all(np.array_equal(np.asarray(a)[slot], b) for a, b in zip(jax.tree.leaves(saved_masks),
+                                                                           jax.tree.leaves(masks[i])))
+        if not same:
+          self.log(f"WARNING: the checkpoint '{self.directory / str(step)}' holds other masks for "
+                   f"{names[i]} than it has now (a changed config); starting that run afresh.")
+          continue
+        found[i] = jax.tree.map(lambda x, slot=slot: np.asarray(x)[slot], dict(got['state']))
+      break
+    return found
 
   def _delete(self, step: int) -> None:
     try:

@@ -15,10 +15,11 @@ DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("stop", "skip")
 # Sections whose fields are all known here; config.model also takes per-model fields, other top-level sections
 # (e.g. a study's) belong to their tools.
-CLOSED_SECTIONS = ("data", "train", "sparsity", "imp", "eval", "checkpoint")
+CLOSED_SECTIONS = ("data", "train", "sparsity", "imp", "eval", "checkpoint", "parallel")
 # Fields that change how a run is driven but not what it computes: a resumed run may change them freely.
+# Packing is one of them: a packed run is the same run, and resuming finds each run's state by its name.
 RESUME_SAFE_FIELDS = ("resume", "data.num_threads", "data.prefetch", "train.log_every", "checkpoint.every_steps",
-                      "checkpoint.keep", "checkpoint.async_save")
+                      "checkpoint.keep", "checkpoint.async_save", "parallel.pack_runs", "parallel.runs_per_step")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -85,6 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 1000  # train-state checkpoint interval in <workdir>/state; resume starts there
   c.checkpoint.keep = 3  # the last few, so a damaged latest one falls back to the one before
   c.checkpoint.async_save = True  # write in the background while training goes on
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.pack_runs = True  # train independent runs (replicates, baseline rounds) side by side in one step
+  c.parallel.runs_per_step = 0  # the most runs per packed step; 0 = auto (devices and memory), 1 = one at a time
   return c
 
 
@@ -220,7 +225,12 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
              f"use e.g. {max(divisor, d.crop_size // divisor * divisor)}.")
   for f in ("batch_size", "steps", "log_every"):
     need(is_int(t[f]) and t[f] > 0, f"train.{f}", t[f], "use a positive integer")
-  p += _batch_problems(t.batch_size)
+  pl = config.parallel
+  need(isinstance(pl.pack_runs, bool), "parallel.pack_runs", pl.pack_runs, "use True or False")
+  need(is_int(pl.runs_per_step) and pl.runs_per_step >= 0, "parallel.runs_per_step", pl.runs_per_step,
+       "use an integer >= 0 (0 = as many as the devices and memory allow)")
+  if is_int(pl.runs_per_step) and pl.runs_per_step >= 0 and isinstance(pl.pack_runs, bool):
+    p += _batch_problems(t.batch_size, pl.runs_per_step if pl.pack_runs else 1)
   need(is_num(t.lr) and t.lr > 0, "train.lr", t.lr, "use a positive learning rate")
   need(is_num(t.lr_decay) and t.lr_decay >= 0, "train.lr_decay", t.lr_decay, "use a non-negative number")
   need(is_num(t.adam_eps) and t.adam_eps > 0, "train.adam_eps", t.adam_eps, "use a small positive number like 1e-8")
@@ -272,13 +282,22 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   return p
 
 
-def _batch_problems(batch_size) -> list[str]:
-  """The global batch must split evenly over every device of every process."""
+def _batch_problems(batch_size, runs_per_step: int) -> list[str]:
+  """Each run's batch must split evenly over the devices that share it (every device, without packing)."""
   import jax  # only here: the rest of validation must not start a backend
 
+  from jaxtickets import pack  # pylint: disable=g-import-not-at-top
+
+  if not (_is_int(batch_size) and batch_size > 0):
+    return []
   n = jax.device_count()
-  if _is_int(batch_size) and batch_size > 0 and batch_size % n:
-    return [f"config.train.batch_size = {batch_size} does not split over the {n} devices: use a multiple of {n}."]
+  if runs_per_step == 1 and batch_size % n:
+    return [f"config.train.batch_size = {batch_size} does not split over the {n} devices: use a multiple of {n}, "
+            "or pack runs side by side (config.parallel.runs_per_step = 0)."]
+  if runs_per_step > 1 and not pack.runs_axis_sizes(n, batch_size, runs_per_step):
+    return [f"config.parallel.runs_per_step = {runs_per_step} does not fit {n} devices at batch "
+            f"{batch_size}: no number of runs side by side divides both {runs_per_step} and {n} and leaves "
+            f"each run's batch splitting over the rest; use 0 (auto) or a multiple of {n}."]
   return []
 
 

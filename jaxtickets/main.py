@@ -30,7 +30,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # JAX's probing for absent TPU/GPU backends is INFO noise; -v 0 shows it
   import jax
 
-  from jaxtickets import imp, train
+  from jaxtickets import imp, preempt
   from jaxtickets.errors import UserError
 
   config = FLAGS.config
@@ -51,8 +51,8 @@ def main(argv):
       multihost_utils.sync_global_devices("jaxtickets: report written")
   except UserError as e:
     sys.exit(f"error: {e}")
-  except train.Preempted as e:
-    train.exit_preempted(e, "jaxtickets.main")
+  except preempt.Preempted as e:
+    preempt.exit_preempted(e, "jaxtickets.main")
   print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/rep_<r>/round_NN.")
 
 

@@ -1,7 +1,8 @@
-"""Device mesh, data placement and multi-process start-up for data-parallel training.
+"""Device mesh, data placement and multi-process start-up.
 
-One jitted step runs over a 1-D mesh of every device of every process: the batch is sharded over 'data', the
-state is replicated, and XLA inserts the gradient all-reduce itself (no pmap, no shard_map).
+One jitted step runs over a 2-D mesh ('runs', 'data') of every device of every process. Independent runs (a
+pack) are spread over 'runs'; each run's batch is sharded over 'data' and XLA inserts the gradient all-reduce
+itself. With one run per step ('runs' of size 1) this is plain data parallelism: the state is replicated.
 """
 
 import os
@@ -11,6 +12,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"
 
 # Environment variables read by initialize_distributed (the first is also jax.distributed's own).
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -73,11 +75,12 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   return True
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process, named 'data'."""
+def make_mesh(runs: int = 1) -> jax.sharding.Mesh:
+  """A 2-D mesh ('runs', 'data') over every device of every process; `runs` must divide the device count."""
   # Auto axes: jit propagates the shardings itself (Explicit, the 0.10 default, would type them in every op and
   # make shard_map reject unsharded inputs).
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  n = jax.device_count()
+  return jax.make_mesh((runs, n // runs), (RUNS_AXIS, DATA_AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def replicated(mesh) -> NamedSharding:
@@ -86,6 +89,16 @@ def replicated(mesh) -> NamedSharding:
 
 def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def runs_sharding(mesh) -> NamedSharding:
+  """A pack's state, masks and keys: the leading run axis over 'runs', replicated over 'data'."""
+  return NamedSharding(mesh, P(RUNS_AXIS))
+
+
+def packed_batch_sharding(mesh) -> NamedSharding:
+  """A pack's batches (runs, batch, ...): runs over 'runs', each run's batch over 'data'."""
+  return NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
 
 
 def replicate(tree, mesh):
@@ -117,3 +130,62 @@ def check_batch_size(global_batch: int) -> None:
   if global_batch % jax.device_count():
     raise UserError(f"config.train.batch_size = {global_batch} does not split over {jax.device_count()} devices "
                     f"({jax.process_count()} processes): use a multiple of {jax.device_count()}.")
+
+
+def put_runs(tree, mesh):
+  """Places a host tree whose leaves have a leading run axis on the mesh, runs over 'runs' (every process passes
+  the whole tree and each device takes its runs' slice)."""
+  sharding = runs_sharding(mesh)
+
+  def put(x):
+    x = np.array(x, copy=True)  # never aliases the caller's buffers, which the donated step would delete
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
+def fetch(tree):
+  """A device tree as host numpy on every process, gathering the slices other processes hold when needed."""
+  def get(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(get, tree)
+
+
+def local_rows(mesh, runs: int, batch_size: int) -> dict[int, tuple[int, int]]:
+  """For each run of a pack that this process holds a piece of: the rows [lo, hi) of its batch it must load.
+
+  Devices of one process hold a contiguous block of each run's batch (the mesh's data axis is ordered by device),
+  so each process loads only its own rows of only its own runs.
+  """
+  shape = (runs, batch_size)
+  rows: dict[int, list[int]] = {}
+  for index in packed_batch_sharding(mesh).addressable_devices_indices_map(shape).values():
+    run_slice, row_slice = index[0], index[1]
+    for run in range(*run_slice.indices(runs)):
+      lo, hi, _ = row_slice.indices(batch_size)
+      got = rows.setdefault(run, [lo, hi])
+      got[0], got[1] = min(got[0], lo), max(got[1], hi)
+  return {run: (lo, hi) for run, (lo, hi) in rows.items()}
+
+
+def assemble_packed_batch(local: dict, rows: dict, runs: int, batch_size: int, mesh):
+  """One global (runs, batch, ...) array per field from this process's rows of its runs.
+
+  `local[run]` holds rows rows[run][0]:rows[run][1] of the run's batch (a dict of arrays) for every run in `rows`.
+  """
+  sharding = packed_batch_sharding(mesh)
+  out = {}
+  for field, sample in next(iter(local.values())).items():
+    shape = (runs, batch_size) + np.shape(sample)[1:]
+
+    def piece(index, field=field):
+      start, stop, _ = index[1].indices(batch_size)
+      return np.stack([np.asarray(local[run][field])[start - rows[run][0]:stop - rows[run][0]]
+                       for run in range(*index[0].indices(runs))])
+
+    out[field] = jax.make_array_from_callback(shape, sharding, piece)
+  return out

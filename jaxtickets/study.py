@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxtickets import config as config_lib, imp, results, train
+from jaxtickets import config as config_lib, imp, preempt, results
 from jaxtickets.errors import UserError
 
 COMPARISONS = ("encoder", "transform", "baselines")
@@ -303,8 +303,8 @@ def main(argv):
     path = run(config, FLAGS.workdir or config.workdir)
   except UserError as e:
     sys.exit(f"error: {e}")
-  except train.Preempted as e:  # the sub-run's checkpoint is saved; the same command resumes the whole study
-    train.exit_preempted(e, "jaxtickets.study")
+  except preempt.Preempted as e:  # the sub-run's checkpoint is saved; the same command resumes the whole study
+    preempt.exit_preempted(e, "jaxtickets.study")
   if path:
     print(f"The study's report is {path}.")
 

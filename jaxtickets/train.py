@@ -1,17 +1,14 @@
 """Train state, optimizer, learning-rate schedule and the jitted, data-parallel, masked train step."""
 
 import functools
-import os
-import shlex
-import sys
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from jaxtickets import parallel, sparsity
 from jaxtickets.errors import UserError
@@ -24,25 +21,6 @@ class TrainState:
   opt_state: Any
   nan_skips: Any = None  # int32: batches skipped for a non-finite loss or gradient (nan_policy 'skip')
   first_bad: Any = None  # int32: the first step (1-based, as logged) whose loss was non-finite; -1 if none
-
-
-class Preempted(Exception):
-  """Training stopped at a preemption notice (SIGTERM) after saving a checkpoint; the same command resumes."""
-
-  def __init__(self, step: int, label: str, reason: str, where: str):
-    super().__init__(f"Stopped by {reason} at step {step} of {label.strip()}; the checkpoint is {where}.")
-    self.step, self.label, self.reason, self.where = step, label, reason, where
-
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL ("try again"): job schedulers restart the job
-INTERRUPTED_EXIT_CODE = 130  # the shell's code for Ctrl-C: the user stopped it, a scheduler should not retry
-
-
-def exit_preempted(e: Preempted, module: str):
-  """The command lines' answer to Preempted: say how to resume (the same command), exit with 75 (130 after Ctrl-C)."""
-  command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m", module, *sys.argv[1:]])
-  print(f"{e} To resume, run the same command again: {command}", flush=True)
-  sys.exit(INTERRUPTED_EXIT_CODE if "SIGINT" in e.reason else PREEMPTED_EXIT_CODE)
 
 
 class NonFiniteLoss(UserError):
@@ -99,7 +77,47 @@ def create_state(params, masks, step: int, tx, mesh, trained_groups=None) -> Tra
 
 
 def make_train_step(model, train_config, tx, mesh) -> Callable:
-  """Returns step(state, masks, vgg_params, batch, key) -> (state, metrics), compiled once for all rounds.
+  """Returns step(state, masks, vgg_params, batch, key) -> (state, metrics) of one run, jitted, data-parallel."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(_step_fn(model, train_config, tx), donate_argnums=(0,), out_shardings=(replicated, replicated))
+
+
+def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vmap: bool = True) -> Callable:
+  """step(state, masks, vgg_params, batch, keys, ends) -> (state, metrics) for a pack of independent runs.
+
+  Every argument but vgg_params has a leading run axis, sharded over the mesh's 'runs' axis; each run's batch is
+  also sharded over 'data' (XLA all-reduces its gradients there). A device with one run of the pack calls the
+  plain step on it; several runs per device are vmapped, or with vmap=False traced one after the other into the
+  same program (vmapped conv weights become grouped convolutions, which XLA's CPU backend runs slowly). A run whose step has reached its `ends` entry is
+  left as it is (a padded slot, or a run resumed further than its pack-mates), so one compiled step serves every
+  pack.
+  """
+  step_fn = _step_fn(model, train_config, tx)
+
+  def local_step(state, masks, vgg_params, batch, keys, ends):
+    if runs_per_device == 1:
+      first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+      new, metrics = step_fn(first(state), first(masks), vgg_params, first(batch), keys[0])
+      new, metrics = jax.tree.map(lambda x: x[None], (new, metrics))
+    elif vmap:
+      new, metrics = jax.vmap(step_fn, in_axes=(0, 0, None, 0, 0))(state, masks, vgg_params, batch, keys)
+    else:
+      row = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+      outs = [step_fn(row(state, i), row(masks, i), vgg_params, row(batch, i), keys[i]) for i in range(runs_per_device)]
+      new, metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    active = state.step < ends
+    keep = lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
+    return jax.tree.map(keep, new, state), metrics
+
+  runs = P(parallel.RUNS_AXIS)
+  packed = jax.shard_map(local_step, mesh=mesh, in_specs=(runs, runs, P(), runs, runs, runs),
+                         out_specs=(runs, runs), axis_names={parallel.RUNS_AXIS},
+                         check_vma=False)  # the models' custom VJPs do not type the run axis
+  return jax.jit(packed, donate_argnums=(0,))
+
+
+def _step_fn(model, train_config, tx) -> Callable:
+  """The un-jitted masked train step of one run: step(state, masks, vgg_params, batch, key) -> (state, metrics).
 
   A non-finite loss or gradient leaves params and optimizer state as they were (decided on device, no host sync)
   and records the step in state.first_bad; under nan_policy 'stop' every later step is a no-op too, so the host
@@ -130,8 +148,7 @@ def make_train_step(model, train_config, tx, mesh) -> Callable:
                      first_bad=state.first_bad)
     return (new if state.first_bad is None else _guard(state, new, metrics["total"], grads, policy)), metrics
 
-  replicated = parallel.replicated(mesh)
-  return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+  return step_fn
 
 
 def _guard(old: TrainState, new: TrainState, loss, grads, policy: str) -> TrainState:
@@ -160,55 +177,3 @@ def non_finite_error(first_bad: int, label: str, last_good: str) -> NonFiniteLos
       f"the round stopped without saving anything after it; the last good checkpoint is {last_good}: lower "
       "config.train.lr or check the data and the VGG weights and resume with --allow_config_change, or set "
       "config.train.nan_policy='skip' to skip such batches.")
-
-
-def train(step_fn, state, masks, vgg_params, batches: Iterator, end_step: int, key, mesh, *, log_every: int,
-          label: str = "", on_step: Callable | None = None, log: Callable = print, nan_policy: str = "stop",
-          save: Callable | None = None, save_every: int = 0, stop: Callable | None = None,
-          last_good: Callable = lambda: "none", on_log: Callable | None = None) -> TrainState:
-  """Runs the step from state.step to end_step; the host syncs only at log and checkpoint intervals.
-
-  save(step, state) writes a checkpoint every `save_every` steps; stop(step, synced) is asked after each step
-  whether a preemption notice came (a host-side flag); if so the state is saved and Preempted raised.
-  on_log(step, metrics, steps_per_sec) gets the host metrics at each log interval (e.g. for TensorBoard).
-  """
-  start = int(jax.device_get(state.step))
-  last_t, last_step = time.perf_counter(), start
-  for i in range(start, end_step):
-    batch = parallel.shard_batch(next(batches), mesh)
-    state, metrics = step_fn(state, masks, vgg_params, batch, key)
-    done = i + 1
-    if on_step is not None:
-      on_step(done, state)
-    at_log = done % log_every == 0 or done == end_step
-    at_save = save is not None and save_every > 0 and done % save_every == 0
-    stopping = stop is not None and stop(done, at_log or at_save)
-    if not (at_log or at_save or stopping):
-      continue
-    first_bad, skips = health(state)
-    if first_bad >= 0 and nan_policy == "stop":
-      raise non_finite_error(first_bad, label, last_good())
-    if at_log:
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      rate = (done - last_step) / max(now - last_t, 1e-9)
-      eta = (end_step - done) / rate if rate > 0 else float("nan")
-      log(f"{label} step {done}/{end_step}  loss {float(metrics['total']):.4f}  "
-          f"(content {float(metrics['content']):.4f}, style {float(metrics['style']):.4f})  "
-          f"{rate:.2f} steps/s  ETA {_fmt_seconds(eta)}"
-          + (f"  [{skips} non-finite batches skipped, the first at step {first_bad}]" if skips else ""))
-      if on_log is not None:
-        on_log(done, metrics, rate)
-      last_t, last_step = now, done
-    if (at_save or stopping) and save is not None:
-      save(done, state)
-    if stopping:
-      raise Preempted(done, label, stop.reason if hasattr(stop, "reason") else "a preemption notice", last_good())
-  return state
-
-
-def _fmt_seconds(s: float) -> str:
-  if not np.isfinite(s):
-    return "?"
-  s = int(s)
-  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

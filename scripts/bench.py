@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from jaxtickets import config as config_lib, data, parallel, sparsity, tcmalloc, train  # pylint: disable=wrong-import-position
+from jaxtickets import config as config_lib, data, pack, parallel, sparsity, tcmalloc, train  # pylint: disable=wrong-import-position
 from jaxtickets.models import get_model, layers, model_names  # pylint: disable=wrong-import-position
 from jaxtickets.models.vgg import channels  # pylint: disable=wrong-import-position
 
@@ -49,6 +49,9 @@ def parse_args(argv=None):
   p.add_argument("--data", default="demo", help="input pipeline source: 'demo' or a folder of images")
   p.add_argument("--pipeline_batches", type=int, default=12)
   p.add_argument("--matmul_size", type=int, default=2048, help="side of the square float32 matmul for the peak")
+  p.add_argument("--runs", type=int, default=0,
+                 help="also time N independent runs packed in one step (plain vmap, traced one after the other, and "
+                      "what config.parallel.runs_per_step=0 chooses) against N one-run steps: runs_speedup")
   return p.parse_args(argv)
 
 
@@ -175,6 +178,84 @@ def bench_model(name: str, args, mesh, with_dense: bool = True, extra_runs: dict
   for kind in extra_runs:
     out[f"{kind}_step_times"] = times[kind]
     out[f"masked_over_{kind}"] = statistics.median(m / e for m, e in zip(times["masked"], times[kind]))
+  return out
+
+
+def bench_runs(name: str, args) -> dict:
+  """N runs one after the other (the one-run packed step, N calls) against N runs in packed steps, in one loop.
+
+  runs_speedup = N x (one-run step time) / (time of the packed step(s) for N runs), for the plain jax.vmap over
+  the N runs on one device, for the N runs traced one after the other into one program, and for the layout that
+  config.parallel.runs_per_step = 0 (auto) chooses on these devices.
+  """
+  n = args.runs
+  config = model_config(name, args)
+  model = get_model(name)(config.model)
+  vgg = jax.device_get(model.init_vgg(jax.random.PRNGKey(0)))
+  tx = train.make_optimizer()
+  rng = np.random.default_rng(0)
+  host_batch = {k: rng.random((args.batch, args.size, args.size, 3), np.float32) for k in ("content", "style")}
+  params = [jax.device_get(model.init(jax.random.PRNGKey(10 + r), vgg)) for r in range(n)]
+  prunable = sparsity.prunable_leaves(params[0], ["encoder", "decoder", "transform"], allow_missing_groups=True)
+  prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
+  masks = [sparsity.global_magnitude_prune(p, sparsity.ones_masks(p), prunable, 0.5) for p in params]
+  config.parallel.runs_per_step = 0
+  auto = pack.choose_layout(config, concurrent=n)
+  layouts = {"one_run": (pack.Layout(1, 1), True), "vmap": (pack.Layout(n, 1), True),
+             "traced": (pack.Layout(n, 1), False), "auto": (auto, True)}
+
+  def runner(layout, vmap):
+    mesh = parallel.make_mesh(layout.runs_axis)
+    step = train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device, vmap=vmap)
+    p = layout.runs_per_step
+    calls = -(-n // p)
+    stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+    slots = [[(c * p + i) % n for i in range(p)] for c in range(calls)]
+    fresh = lambda r: jax.device_get(train.state_dict(train.create_state(
+        params[r], masks[r], 0, tx, parallel.make_mesh(jax.device_count()), model.trained_groups)))
+    states = [train.state_from_dict(parallel.put_runs(stack([fresh(r) for r in rs]), mesh)) for rs in slots]
+    masks_d = [parallel.put_runs(stack([masks[r] for r in rs]), mesh) for rs in slots]
+    keys = parallel.put_runs(np.stack([np.asarray(jax.random.PRNGKey(r)) for r in range(p)]), mesh)
+    ends = parallel.put_runs(np.full(p, 10 ** 9, np.int32), mesh)
+    vgg_r = parallel.replicate(vgg, mesh)
+    rows = parallel.local_rows(mesh, p, args.batch)
+    batch = parallel.assemble_packed_batch({r: {k: v[lo:hi] for k, v in host_batch.items()}
+                                            for r, (lo, hi) in rows.items()}, rows, p, args.batch, mesh)
+
+    def run():
+      t = time.perf_counter()
+      for c in range(calls):
+        states[c], metrics = step(states[c], masks_d[c], vgg_r, batch, keys, ends)
+      jax.block_until_ready([st.params for st in states])
+      return time.perf_counter() - t
+
+    return run
+
+  runs = {}
+  for label, (layout, vmap) in layouts.items():
+    try:
+      runs[label] = runner(layout, vmap)
+    except Exception as e:  # pylint: disable=broad-except  (e.g. out of memory for a large plain vmap)
+      runs[label] = e
+  times = {label: [] for label, r in runs.items() if callable(r)}
+  order = list(times)
+  for i in range(args.steps + 1):  # the first round compiles and warms up
+    for label in (order if i % 2 else order[::-1]):
+      elapsed = runs[label]()
+      if i:
+        times[label].append(elapsed)
+  one = statistics.median(times["one_run"])
+  out = {"runs": n, "one_run_step_s": one / n, "auto_layout": {"runs_per_step": auto.runs_per_step,
+                                                                "runs_axis": auto.runs_axis,
+                                                                "runs_per_device": auto.runs_per_device}}
+  for label in ("vmap", "traced", "auto"):
+    if label not in times:
+      out[f"{label}_error"] = f"{type(runs[label]).__name__}: {str(runs[label]).splitlines()[0][:160]}"
+      continue
+    out[f"{label}_pack_s"] = statistics.median(times[label])
+    # Per-iteration ratios: each ran right after the N one-run steps, so a drifting load cancels out.
+    out[f"runs_speedup_{label}"] = statistics.median(o / t for o, t in zip(times["one_run"], times[label]))
+  out["runs_speedup"] = out.get("runs_speedup_auto", float("nan"))
   return out
 
 
@@ -335,6 +416,14 @@ def fmt_table(result: dict) -> str:
   if tr:
     lines.append(f"PyTorch {tr['version']} AdaIN step ({tr['threads']} threads, {tr['device']}): {tr['step_s']:.3f} s;"
                  f" JAX/PyTorch = {tr['jax_over_torch']:.2f} (median of step-by-step ratios)")
+  pk = result.get("packing")
+  if pk:
+    auto = pk["auto_layout"]
+    lines.append(f"packing {pk['runs']} runs (one run alone: {pk['one_run_step_s']:.3f} s/step): runs_speedup "
+                 + ", ".join(f"{label} {pk[f'runs_speedup_{label}']:.2f}" if f"runs_speedup_{label}" in pk
+                             else f"{label} failed ({pk[f'{label}_error']})" for label in ("vmap", "traced", "auto"))
+                 + f" (auto = {auto['runs_per_step']} per step, {auto['runs_axis']} on 'runs' x "
+                   f"{auto['runs_per_device']} per device)")
   tc = result["tcmalloc"]
   lines.append(f"tcmalloc: {'loaded' if tc['loaded'] else 'NOT loaded'}"
                f" (library on this machine: {tc['library'] or 'none found; scripts/install_tcmalloc.sh'})")
@@ -366,6 +455,9 @@ def main(argv=None):
       result["models"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
   if args.conv_paths:
     result["conv_paths"] = bench_conv_paths(args, mesh)
+  if args.runs:
+    result["packing"] = bench_runs(names[0], args)
+    result["runs_speedup"] = result["packing"]["runs_speedup"]
   # Re-measured after the models so a drifting machine shows up as two different peaks.
   result["matmul_peak_after_flops_per_s"] = matmul_peak(args.matmul_size)
   result["peak_flops_per_s"] = max(result["matmul_peak_flops_per_s"], result["matmul_peak_after_flops_per_s"])
