@@ -83,15 +83,21 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
   """Runs every configured branch and round and returns the results rows.
 
   Re-running on the same workdir resumes: finished rounds are loaded, running ones continue from their last
-  train-state checkpoint. SIGTERM or Ctrl-C saves a checkpoint and raises preempt.Preempted.
+  train-state checkpoint. SIGTERM or Ctrl-C saves a checkpoint and raises preempt.Preempted. In a multi-process
+  run a problem one process finds while preparing stops every process with that process's sentence.
   """
-  config_lib.validate(config)
-  lock = _lock_workdir(config, workdir)
+  lock = None
   try:
     with preempt.PreemptionWatch() as watch:
-      results.check_layout(workdir)
-      _check_resume_config(config, workdir, allow_config_change)
-      s = setup(config, workdir, watch=watch, resumable=True)
+      def prepare() -> Setup:
+        nonlocal lock
+        config_lib.validate(config)
+        lock = _lock_workdir(config, workdir)
+        results.check_layout(workdir)
+        _check_resume_config(config, workdir, allow_config_change)
+        return setup(config, workdir, watch=watch)
+
+      s = with_run_state(parallel.agree(prepare))
       try:
         return _run_rounds(s)
       finally:
@@ -99,6 +105,16 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
   finally:
     if lock is not None:
       lock.release()
+
+
+def with_run_state(s: Setup) -> Setup:
+  """`s` with the workdir's train-state checkpoints, TensorBoard monitor and record of skipped images."""
+  from jaxtickets.monitor import Monitor
+
+  s.skip_log.merge(_load_skips(s.workdir))
+  ckpts = checkpoint.TrainCheckpoints(os.path.join(s.workdir, "state"), keep=s.config.checkpoint.keep,
+                                      async_save=s.config.checkpoint.async_save, log=log)
+  return dataclasses.replace(s, ckpts=ckpts, monitor=Monitor(s.workdir))
 
 
 def _run_rounds(s: Setup) -> list[dict]:
@@ -296,9 +312,8 @@ def skipped_line(summary: dict) -> str:
           f"({first}{more}); the list is in summary.json.")
 
 
-def setup(config, workdir: str, *, watch=None, resumable: bool = False) -> Setup:
-  """Builds the model, loss VGG, masks' scope, the pack layout and mesh, the compiled functions; with `resumable`
-  also the train-state checkpoints, the TensorBoard monitor and the record of unreadable images of `workdir`."""
+def setup(config, workdir: str, *, watch=None) -> Setup:
+  """Builds the model, loss VGG, masks' scope, eval pairs, the pack layout and mesh, and the compiled functions."""
   model = get_model(config.model.name)(config_lib.model_config(config))
   root_key = jax.random.PRNGKey(config.seed)
   vgg_params = load_or_init_vgg(config, model, jax.random.fold_in(root_key, 1))
@@ -313,17 +328,9 @@ def setup(config, workdir: str, *, watch=None, resumable: bool = False) -> Setup
     raise UserError(f"config.sparsity.scope = {config.sparsity.scope!r} selects no trained kernel of {model.name} "
                     f"(trained groups: {', '.join(model.trained_groups)}): add a trained group to the scope.")
   skip_log = data.SkipLog(log)
-  if resumable:
-    skip_log.merge(_load_skips(workdir))
   pairs = data.eval_pairs(config, skip_log=skip_log)
   frozen = 0 if model.train_encoder else sum(int(np.size(a)) for a in jax.tree.leaves(
       model.encoder_params(None, vgg_params)))
-  ckpts = monitor = None
-  if resumable:
-    from jaxtickets.monitor import Monitor
-    ckpts = checkpoint.TrainCheckpoints(os.path.join(workdir, "state"), keep=config.checkpoint.keep,
-                                        async_save=config.checkpoint.async_save, log=log)
-    monitor = Monitor(workdir)
   if layout.runs_per_step > 1:
     log(f"Packing: up to {layout.runs_per_step} runs side by side per step ({layout.runs_axis} on the mesh's 'runs' "
         f"axis x {layout.runs_per_device} per device, each run's batch over {mesh.shape[parallel.DATA_AXIS]} "
@@ -332,8 +339,7 @@ def setup(config, workdir: str, *, watch=None, resumable: bool = False) -> Setup
                prunable=prunable, mesh=mesh, layout=layout, tx=tx,
                packed_step=train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device),
                eval_fn=evaluate.make_eval_fn(model), pairs=pairs, root_key=root_key, frozen_inference_size=frozen,
-               skip_log=skip_log, ckpts=ckpts, watch=watch if watch is not None else preempt.PreemptionWatch(),
-               monitor=monitor, log=log)
+               skip_log=skip_log, watch=watch if watch is not None else preempt.PreemptionWatch(), log=log)
 
 
 def load_or_init_vgg(config, model, key):

@@ -189,3 +189,44 @@ def assemble_packed_batch(local: dict, rows: dict, runs: int, batch_size: int, m
 
     out[field] = jax.make_array_from_callback(shape, sharding, piece)
   return out
+
+
+_MESSAGE_BYTES = 2048
+
+
+def agree(fn):
+  """fn() on every process, and the first failure (by process id) raised on all of them.
+
+  A problem one host alone sees (a file missing on its disk, a lock another run holds) would otherwise end that
+  process while the others wait in their next collective until the coordination service aborts them. So the
+  processes compare outcomes once fn is done: a UserError is raised everywhere with the failing process's
+  sentence; another exception is re-raised where it happened and reported as that process's failure elsewhere.
+  fn must not itself contain collectives.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils
+
+  from jaxtickets.errors import UserError
+
+  result, error, message = None, None, ""
+  try:
+    result = fn()
+  except UserError as e:
+    error, message = e, "U" + str(e)
+  except Exception as e:  # pylint: disable=broad-except  (reported to the others, re-raised here below)
+    error, message = e, "E" + f"{type(e).__name__}: {e}"
+  encoded = np.zeros(_MESSAGE_BYTES, np.uint8)
+  raw = message.encode()[:_MESSAGE_BYTES]
+  encoded[:len(raw)] = np.frombuffer(raw, np.uint8)
+  everyone = np.asarray(multihost_utils.process_allgather(encoded))
+  for pid, row in enumerate(everyone.reshape(jax.process_count(), _MESSAGE_BYTES)):
+    text = bytes(row).rstrip(b"\0").decode(errors="replace")
+    if not text:
+      continue
+    if pid == jax.process_index():
+      raise error
+    if text[0] == "U":
+      raise UserError(text[1:])
+    raise RuntimeError(f"process {pid} failed: {text[1:]}")
+  return result

@@ -197,24 +197,44 @@ def _state(step):
           'nan_skips': jnp.int32(0), 'first_bad': jnp.int32(-1)}
 
 
+RUNS = [{'branch': 'imp', 'round': 1, 'replicate': 0}, {'branch': 'imp', 'round': 1, 'replicate': 1}]
+
+
+def _pack(step, masks):
+  """A pack of two runs: run 1's params are run 0's + 100, so a slot mix-up shows."""
+  one, two = _state(step), jax.tree.map(lambda x: x + 100, _state(step))
+  two['step'] = jnp.int32(step)
+  stack = lambda a, b: jax.tree.map(lambda x, y: np.stack([np.asarray(x), np.asarray(y)]), a, b)
+  return stack(one, two), stack(masks, masks)
+
+
 def _saved_manager(tmp_path, steps=(2, 4, 6), round_=1, keep=3, async_save=True):
   logs = []
   ck = checkpoint.TrainCheckpoints(tmp_path / 'state', keep=keep, async_save=async_save, log=logs.append)
   masks = _masks(_params(0))
+  runs = [dict(r, round=round_) for r in RUNS]
   for s in steps:
-    ck.save(s, _state(s), masks, {'branch': 'imp', 'round': round_})
+    state, packed_masks = _pack(s, masks)
+    ck.save(s, state, packed_masks, {'pack_size': 2, 'runs': [dict(r, step=s) for r in runs]})
   ck.wait()
   return ck, masks, logs
 
 
-def test_train_checkpoints_round_trip_and_keep(tmp_path):
+def _restore(ck, masks, names=RUNS):
+  return ck.restore_runs(names, jax.device_get(_state(0)), [masks] * len(names))
+
+
+def test_train_checkpoints_round_trip_and_keep_each_runs_slot(tmp_path):
   ck, masks, logs = _saved_manager(tmp_path, steps=(2, 4, 6, 8), keep=3)
   assert ck.steps() == [4, 6, 8]  # only the last `keep`
-  state, meta = ck.restore('imp', 1, _state(0), masks)
-  assert meta['step'] == 8 and meta['branch'] == 'imp' and meta['round'] == 1
-  assert int(state['step']) == 8
-  for got, want in zip(jax.tree.leaves(state['params']), jax.tree.leaves(_state(8)['params'])):
-    np.testing.assert_array_equal(np.asarray(got), want)
+  # Found by name, whatever the order asked in: a resumed run may be packed differently.
+  second, first = _restore(ck, masks, [RUNS[1], RUNS[0]])
+  assert int(first['step']) == int(second['step']) == 8
+  for got, want in zip(jax.tree.leaves(first['params']), jax.tree.leaves(_state(8)['params'])):
+    np.testing.assert_array_equal(got, want)
+  for got, want in zip(jax.tree.leaves(second['params']), jax.tree.leaves(_state(8)['params'])):
+    np.testing.assert_array_equal(got, np.asarray(want) + 100)
+  assert ck.meta(8)['runs'][1]['replicate'] == 1
   assert not logs
   assert "step 8 in '" in ck.latest()
   ck.close()
@@ -239,24 +259,27 @@ def test_damaged_latest_train_checkpoint_falls_back_to_the_previous(tmp_path, da
   # What a crash mid-save leaves beside them is never taken for a checkpoint.
   shutil.copytree(tmp_path / 'state' / '2', tmp_path / 'state' / '10.orbax-checkpoint-tmp')
   ck = checkpoint.TrainCheckpoints(tmp_path / 'state', keep=3, async_save=True, log=logs.append)
-  state, meta = ck.restore('imp', 1, _state(0), masks)
-  assert meta['step'] == 4 and int(state['step']) == 4
+  first, second = _restore(ck, masks)
+  assert int(first['step']) == int(second['step']) == 4
   assert len(logs) == 1 and f"'{latest}' is damaged" in logs[0] and 'falling back to the previous one' in logs[0]
   assert not latest.exists() and ck.steps() == [2, 4]
   assert not (tmp_path / 'state' / '10.orbax-checkpoint-tmp').exists()  # the leftover is swept away
-  ck.save(6, _state(6), masks, {'branch': 'imp', 'round': 1})  # the step can be written again
+  state, packed_masks = _pack(6, masks)
+  ck.save(6, state, packed_masks, {'pack_size': 2, 'runs': RUNS})  # the step can be written again
   ck.close()
 
 
-def test_train_checkpoints_of_another_round_or_masks_are_stale(tmp_path):
+def test_train_checkpoints_of_another_round_or_masks_are_not_used(tmp_path):
   ck, masks, logs = _saved_manager(tmp_path, round_=1)
-  assert ck.restore('imp', 2, _state(0), masks) is None  # round 1 finished: its states are stale
-  assert ck.steps() == [] and not logs
-  for s in (2, 4):
-    ck.save(s, _state(s), masks, {'branch': 'imp', 'round': 2})
+  round_2 = [dict(r, round=2) for r in RUNS]
+  assert _restore(ck, masks, round_2) == [None, None]  # round 1's states are not round 2's
+  assert not logs
   other = jax.tree.map(lambda m: ~m, masks)
-  assert ck.restore('imp', 2, _state(0), other) is None
-  assert 'other masks' in logs[0] and ck.steps() == []
+  got = ck.restore_runs(RUNS, jax.device_get(_state(0)), [masks, other])
+  assert got[0] is not None and got[1] is None  # run 1's masks changed (a changed config): it starts afresh
+  assert 'other masks' in logs[0]
+  ck.clear()
+  assert ck.steps() == []
   ck.close()
 
 

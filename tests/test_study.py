@@ -83,10 +83,10 @@ def test_tiny_study_writes_one_report_and_resumes(tmp_path):
 PREEMPTED_STUDY = """
 import sys
 from absl import app
-from jaxtickets import study, train
+from jaxtickets import preempt, study
 
 def preempted_run(config, workdir):
-  raise train.Preempted(7, "[imp round 1]", "SIGTERM", "step 7")
+  raise preempt.Preempted(7, "[imp round 1]", "SIGTERM", "step 7")
 
 study.run = preempted_run
 study.define_flags()

@@ -140,34 +140,58 @@ def test_non_finite_loss_keeps_the_old_state_and_is_recorded(pieces, policy):
     assert int(state.opt_state.count) == 3
 
 
-def test_train_loop_stops_on_non_finite_loss_and_saves_nothing_after_it(pieces):
-  _, _, vgg, params, masks, mesh, tx, step_fn, batch = pieces
-  state = train.create_state(params, masks, 0, tx, mesh)
-  bad = dict(batch, content=np.full_like(batch["content"], np.nan))
-  saved = []
-  batches = iter([batch, batch, bad, batch, batch, batch])
-  with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 3 of \[imp round 1\].*last good checkpoint "
-                                                 r"is step 2 in 'X'"):
-    train.train(step_fn, state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh), batches, 6,
-                jax.random.PRNGKey(0), mesh, log_every=4, label="[imp round 1]", log=lambda m: None,
-                save=lambda step, st: saved.append(step), save_every=2, last_good=lambda: "step 2 in 'X'")
-  assert saved == [2]  # the interval at step 4 found the bad step and saved nothing
+def _packed(pieces, runs_per_device, vmap=True):
+  """Two runs (other inits, masks, batches and keys) as a pack on this device, and each alone with the plain step."""
+  config, model, vgg, params, masks, mesh, tx, step_fn, batch = pieces
+  other = jax.device_get(model.init(jax.random.PRNGKey(7), vgg))
+  prunable = sparsity.prunable_leaves(other, ["encoder", "decoder"])
+  runs = [(params, masks), (other, sparsity.global_magnitude_prune(other, sparsity.ones_masks(other), prunable, 0.3))]
+  batches = [batch, {k: v[::-1] * 0.5 for k, v in batch.items()}]
+  keys = [np.asarray(jax.random.PRNGKey(3)), np.asarray(jax.random.PRNGKey(4))]
+  states = [jax.device_get(train.create_state(p, m, 0, tx, mesh, model.trained_groups)) for p, m in runs]
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+  n = runs_per_device
+  packed = train.make_packed_step(model, config.train, tx, mesh, runs_per_device=n, vmap=vmap)
+  put = lambda tree: parallel.put_runs(tree, mesh)
+  args = dict(masks=put(stack([m for _, m in runs][:n])), batch=put(stack(batches[:n])), keys=put(np.stack(keys[:n])))
+  return runs[:n], batches[:n], keys[:n], train.state_from_dict(put(stack([train.state_dict(s) for s in states[:n]]))), \
+      packed, args
 
 
-def test_train_loop_saves_and_raises_when_asked_to_stop(pieces):
-  _, _, vgg, params, masks, mesh, tx, step_fn, batch = pieces
-  state = train.create_state(params, masks, 0, tx, mesh)
-  saved, asked = [], []
+@pytest.mark.parametrize("runs_per_device, vmap", [(1, True), (2, True), (2, False)])
+def test_packed_step_trains_each_run_as_it_trains_alone(pieces, runs_per_device, vmap):
+  config, model, vgg, _, _, mesh, tx, step_fn, _ = pieces
+  runs, batches, keys, state, packed, a = _packed(pieces, runs_per_device, vmap)
+  vgg_r = parallel.replicate(vgg, mesh)
+  ends = parallel.put_runs(np.full(len(runs), 100, np.int32), mesh)
+  for _ in range(2):
+    state, metrics = packed(state, a["masks"], vgg_r, a["batch"], a["keys"], ends)
+  got = parallel.fetch(state.params)
+  for i, ((params, masks), batch, key) in enumerate(zip(runs, batches, keys)):
+    alone = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
+    for _ in range(2):
+      alone, alone_metrics = step_fn(alone, parallel.replicate(masks, mesh), vgg_r, parallel.shard_batch(batch, mesh),
+                                     key)
+    want = jax.device_get(alone.params)
+    for g, w in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], got)), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert float(metrics["total"][i]) == pytest.approx(float(alone_metrics["total"]), rel=1e-5)
+    assert int(jax.device_get(state.step)[i]) == 2
+  if len(runs) == 2:  # the two runs did differ: a pack that trained one run twice would fail above
+    assert float(metrics["total"][0]) != pytest.approx(float(metrics["total"][1]), rel=1e-3)
 
-  def stop(step, synced):
-    asked.append((step, synced))
-    return step == 3
 
-  stop.reason = "SIGTERM"
-  with pytest.raises(train.Preempted, match=r"Stopped by SIGTERM at step 3 of \[x\]; the checkpoint is step 3"):
-    train.train(step_fn, state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh), iter([batch] * 6),
-                6, jax.random.PRNGKey(0), mesh, log_every=5, label="[x]", log=lambda m: None,
-                save=lambda step, st: saved.append((step, int(st.step))), save_every=2, stop=stop,
-                last_good=lambda: "step 3")
-  assert saved == [(2, 2), (3, 3)]
-  assert asked == [(1, False), (2, True), (3, False)]
+def test_packed_step_leaves_a_run_at_its_end_as_it_is(pieces):
+  _, _, vgg, _, _, mesh, _, _, _ = pieces
+  runs, _, _, state, packed, a = _packed(pieces, 2)
+  before = jax.device_get(train.state_dict(state))
+  vgg_r = parallel.replicate(vgg, mesh)
+  ends = parallel.put_runs(np.array([2, 0], np.int32), mesh)  # run 1 is at its end already (a padded slot)
+  for _ in range(3):
+    state, _ = packed(state, a["masks"], vgg_r, a["batch"], a["keys"], ends)
+  after = jax.device_get(train.state_dict(state))
+  assert list(after["step"]) == [2, 0]  # run 0 stopped at its end too
+  for x, y in zip(jax.tree.leaves(after["params"]), jax.tree.leaves(before["params"])):
+    np.testing.assert_array_equal(x[1], y[1])
+  assert any(not np.array_equal(x[0], y[0]) for x, y in zip(jax.tree.leaves(after["params"]),
+                                                            jax.tree.leaves(before["params"])))

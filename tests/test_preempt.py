@@ -1,0 +1,45 @@
+"""Stopping cleanly: the signal flag, its handlers, the Preempted message and the exit codes."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from jaxtickets import preempt
+
+
+def test_preemption_watch_restores_the_previous_handler():
+  seen = []
+  previous = signal.signal(signal.SIGTERM, lambda *a: seen.append(a))
+  previous_int = signal.getsignal(signal.SIGINT)
+  try:
+    watch = preempt.PreemptionWatch().install()
+    assert not watch(1, False)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    assert watch(2, False) and watch.reason == "SIGTERM" and not seen
+    watch.restore()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    assert len(seen) == 1
+    assert signal.getsignal(signal.SIGINT) is previous_int
+    # Ctrl-C sets the flag once; a second one is Python's KeyboardInterrupt again.
+    watch = preempt.PreemptionWatch().install()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    assert watch(3, False) and watch.reason == "Ctrl-C (SIGINT)"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    watch.restore()
+    assert signal.getsignal(signal.SIGINT) is previous_int
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, previous_int)
+
+
+def test_exit_codes_say_preempted_or_interrupted(capsys):
+  for reason, code in (("SIGTERM", 75), ("Ctrl-C (SIGINT)", 130)):
+    with pytest.raises(SystemExit) as e:
+      preempt.exit_preempted(preempt.Preempted(4, "[rep 0 imp round 1]", reason, "step 4"), "jaxtickets.main")
+    assert e.value.code == code
+    assert f"Stopped by {reason} at step 4 of [rep 0 imp round 1]" in capsys.readouterr().out
