@@ -95,7 +95,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
         lock = _lock_workdir(config, workdir)
         results.check_layout(workdir)
         _check_resume_config(config, workdir, allow_config_change)
-        return setup(config, workdir, watch=watch)
+        return setup(config, workdir, watch=watch, place=False)
 
       s = with_run_state(parallel.agree(prepare))
       try:
@@ -108,9 +108,12 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
 
 
 def with_run_state(s: Setup) -> Setup:
-  """`s` with the workdir's train-state checkpoints, TensorBoard monitor and record of skipped images."""
+  """`s` with the loss VGG on the devices, the workdir's train-state checkpoints, TensorBoard monitor and record of
+  skipped images (the first collective steps of a multi-process run: after parallel.agree)."""
   from jaxtickets.monitor import Monitor
 
+  if not isinstance(jax.tree.leaves(s.vgg_params)[0], jax.Array):
+    s = dataclasses.replace(s, vgg_params=parallel.replicate(s.vgg_params, s.mesh))
   s.skip_log.merge(_load_skips(s.workdir))
   ckpts = checkpoint.TrainCheckpoints(os.path.join(s.workdir, "state"), keep=s.config.checkpoint.keep,
                                       async_save=s.config.checkpoint.async_save, log=log)
@@ -312,8 +315,12 @@ def skipped_line(summary: dict) -> str:
           f"({first}{more}); the list is in summary.json.")
 
 
-def setup(config, workdir: str, *, watch=None) -> Setup:
-  """Builds the model, loss VGG, masks' scope, eval pairs, the pack layout and mesh, and the compiled functions."""
+def setup(config, workdir: str, *, watch=None, place: bool = True) -> Setup:
+  """Builds the model, loss VGG, masks' scope, eval pairs, the pack layout and mesh, and the compiled functions.
+
+  With place=False the loss VGG stays in host memory: nothing here is collective then, so a multi-process run can
+  agree on problems first (with_run_state places it).
+  """
   model = get_model(config.model.name)(config_lib.model_config(config))
   root_key = jax.random.PRNGKey(config.seed)
   vgg_params = load_or_init_vgg(config, model, jax.random.fold_in(root_key, 1))
@@ -335,7 +342,8 @@ def setup(config, workdir: str, *, watch=None) -> Setup:
     log(f"Packing: up to {layout.runs_per_step} runs side by side per step ({layout.runs_axis} on the mesh's 'runs' "
         f"axis x {layout.runs_per_device} per device, each run's batch over {mesh.shape[parallel.DATA_AXIS]} "
         "device(s)); config.parallel.pack_runs=false trains one run at a time.")
-  return Setup(config=config, workdir=workdir, model=model, vgg_params=parallel.replicate(vgg_params, mesh),
+  return Setup(config=config, workdir=workdir, model=model,
+               vgg_params=parallel.replicate(vgg_params, mesh) if place else vgg_params,
                prunable=prunable, mesh=mesh, layout=layout, tx=tx,
                packed_step=train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device),
                eval_fn=evaluate.make_eval_fn(model), pairs=pairs, root_key=root_key, frozen_inference_size=frozen,

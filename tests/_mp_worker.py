@@ -28,6 +28,15 @@ def config_for_tests():
   return tiny_config(train__batch_size=BATCH, imp__rounds=2, train__adam_eps=1e-6)
 
 
+def packed_config_for_tests(pack_runs: bool = True):
+  """2 replicates, IMP and random pruning for 2 rounds, batch 4; packed, 4 runs per step: on 8 devices that is
+  'runs' = 4 x 'data' = 2, and the 4 random-pruning runs fill one pack."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  return tiny_config(train__batch_size=4, imp__rounds=2, imp__replicates=2, imp__branches="imp,random_prune",
+                     train__adam_eps=1e-6, parallel__pack_runs=pack_runs, parallel__runs_per_step=4)
+
+
 def sample_hash(batch: dict, k: int) -> str:
   """A content hash of sample k of a host batch (its content and style crops)."""
   return hashlib.sha1(np.ascontiguousarray(batch["content"][k]).tobytes()
@@ -74,6 +83,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", required=True)
   parser.add_argument("--imp", default="", help="also run imp.run (2 rounds) into this workdir")
+  parser.add_argument("--imp_packed", default="", help="also run imp.run packed (packed_config_for_tests) here")
   parser.add_argument("--coordinator", default=None)
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
@@ -90,6 +100,12 @@ def main():
   if args.imp:
     from jaxtickets import imp  # pylint: disable=g-import-not-at-top
     imp.run(config, args.imp)
+  if args.imp_packed:
+    from jaxtickets import imp  # pylint: disable=g-import-not-at-top
+    from jaxtickets import pack  # pylint: disable=g-import-not-at-top
+    imp.run(packed_config_for_tests(), args.imp_packed)
+    layout = pack.choose_layout(packed_config_for_tests(), concurrent=2)
+    result["packed_layout"] = [layout.runs_per_step, layout.runs_axis]
   result["distributed"] = distributed
   with open(os.path.join(args.out, f"run_{pid}.json"), "w") as f:
     json.dump(result, f)

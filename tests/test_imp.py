@@ -20,7 +20,8 @@ def run_dir(tmp_path_factory):
   """A tiny replicated run with all four branches (the encoder trained, so random_reinit re-draws it)."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(imp__branches=",".join(BRANCHES), imp__rounds=ROUNDS, imp__replicates=REPLICATES,
-                       eval__num_pairs=4, eval__batch_size=4)
+                       eval__num_pairs=4, eval__batch_size=4,
+                       train__adam_eps=1e-6)  # above rounding noise: the packed run below must give the same masks
   assert config.model.train_encoder
   rows = imp.run(config, workdir)
   return workdir, config, rows
@@ -216,6 +217,34 @@ def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
     assert a.sum() == b.sum()  # IMP's count in every layer, positions from the dense weights
   np.testing.assert_array_equal(jax.tree.leaves(one)[1], jax.tree.leaves(
       sparsity.prune_like(dense.trained_params, prunable, imp_masks))[1])
+
+
+def test_packed_runs_give_the_same_masks_and_table_as_one_run_at_a_time(run_dir, tmp_path, capsys):
+  """The same config with 2 runs per step (vmapped on this one device): the same runs, so the same tickets."""
+  workdir, config, _ = run_dir
+  packed = config_from(config, parallel__runs_per_step=2)
+  imp.run(packed, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "Packing: up to 2 runs side by side per step" in out and "[2 runs side by side]" in out
+  read = lambda d: list(csv.DictReader(open(os.path.join(d, "results.csv"))))
+  columns = [k for k in read(workdir)[0] if k.startswith(("sparsity", "remaining"))] + ["branch", "replicate", "round"]
+  assert [{k: r[k] for k in columns} for r in read(str(tmp_path))] == [{k: r[k] for k in columns}
+                                                                       for r in read(workdir)]
+  for branch in BRANCHES:
+    for rep in range(REPLICATES):
+      for round_ in range(0 if branch == "imp" else 1, ROUNDS + 1):
+        a, b = ticket(workdir, branch, round_, rep), ticket(str(tmp_path), branch, round_, rep)
+        for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
+          np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {round_} rep {rep}")
+        assert b.metrics["total"] == pytest.approx(a.metrics["total"], rel=1e-4)
+
+
+def config_from(config, **overrides):
+  c = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return c
 
 
 def test_rerun_skips_finished_rounds(run_dir, capsys):

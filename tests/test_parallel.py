@@ -58,7 +58,7 @@ def runs(tmp_path_factory):
   for d in dirs.values():
     d.mkdir()
   port = _free_port()
-  procs = [_launch(dirs["eight"], "--imp", root / "imp_eight", devices=8)]
+  procs = [_launch(dirs["eight"], "--imp", root / "imp_eight", "--imp_packed", root / "packed_eight", devices=8)]
   procs += [_launch(dirs["multi"], "--coordinator", f"127.0.0.1:{port}", "--num_processes", 2, "--process_id", i)
             for i in range(2)]
   # The 1-device reference runs here meanwhile (the test process has one CPU device).
@@ -66,10 +66,12 @@ def runs(tmp_path_factory):
   one = worker.train_steps(config)
   one["params"] = worker.flat(one.pop("params"))
   imp.run(config, str(root / "imp_one"))
+  imp.run(worker.packed_config_for_tests(pack_runs=False), str(root / "sequential_one"))
   for p in procs:
     _wait(p)
   return {"one": one, "eight": _load(dirs["eight"]), "multi": [_load(dirs["multi"], i) for i in range(2)],
-          "imp_one": root / "imp_one", "imp_eight": root / "imp_eight"}
+          "imp_one": root / "imp_one", "imp_eight": root / "imp_eight", "sequential_one": root / "sequential_one",
+          "packed_eight": root / "packed_eight"}
 
 
 def _assert_params_close(got, want):
@@ -106,6 +108,28 @@ def test_eight_devices_imp_gives_identical_masks(runs):
     np.testing.assert_array_equal(_flat_masks(eight), _flat_masks(one), err_msg=f"round {round_}")
   assert 0 < _flat_masks(one).sum() < _flat_masks(one).size  # round 2 did prune
   assert one.sparsity["prunable"]["sparsity"] == pytest.approx(1 - 0.8 ** 2, abs=1e-3)  # two rounds of 20%
+
+
+def test_eight_devices_packed_four_by_two_give_the_sequential_runs_tickets(runs):
+  """4 runs side by side ('runs' = 4) with each run's batch over 2 devices ('data' = 2), against one run after the
+  other on one device: every ticket's masks identical, losses equal up to float rounding."""
+  import csv
+
+  assert runs["eight"]["packed_layout"] == [4, 4]  # 4 runs per step, 'runs' = 4 devices, so 'data' = 2
+  seq, packed = str(runs["sequential_one"]), str(runs["packed_eight"])
+  table = lambda d: [{k: r[k] for k in ("branch", "replicate", "round", "sparsity_prunable", "remaining_prunable")}
+                     for r in csv.DictReader(open(os.path.join(d, "results.csv")))]
+  assert table(packed) == table(seq) and len(table(seq)) == 2 * 3 + 2 * 2
+  for branch, rounds in (("imp", (0, 1, 2)), ("random_prune", (1, 2))):
+    for rep in (0, 1):
+      for round_ in rounds:
+        a = checkpoint.load_ticket(imp.ticket_dir(seq, branch, round_, rep))
+        b = checkpoint.load_ticket(imp.ticket_dir(packed, branch, round_, rep))
+        np.testing.assert_array_equal(_flat_masks(b), _flat_masks(a), err_msg=f"{branch} {round_} {rep}")
+        assert b.metrics["total"] == pytest.approx(a.metrics["total"], rel=1e-4)
+  # The replicates are different runs: a pack that mixed up its slots would give both the same weights.
+  r0, r1 = (checkpoint.load_ticket(imp.ticket_dir(packed, "random_prune", 2, rep)) for rep in (0, 1))
+  assert not np.array_equal(_flat_masks(r0), _flat_masks(r1))
 
 
 def test_two_processes_agree_and_split_the_data(runs):

@@ -107,7 +107,7 @@ def reference(tmp_path_factory, env):
   return workdir
 
 
-def assert_same_tickets(a, b, atol=1e-7):
+def assert_same_tickets(a, b, atol=1e-7, rel=1e-5):
   """Masks and rewind points identical, trained weights equal up to float rounding (`atol`: a vmapped run sums in
   another order)."""
   for rep, r in [(rep, r) for rep in REPLICATES for r in ROUNDS]:
@@ -119,7 +119,7 @@ def assert_same_tickets(a, b, atol=1e-7):
       np.testing.assert_array_equal(x, y)
     for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol)
-    assert ta.metrics["total"] == pytest.approx(tb.metrics["total"], rel=1e-5)
+    assert ta.metrics["total"] == pytest.approx(tb.metrics["total"], rel=rel)
 
   def table(workdir):
     with open(os.path.join(workdir, "results.csv")) as f:
@@ -171,7 +171,9 @@ def test_sigkill_of_a_packed_run_then_the_same_command_gives_the_unpacked_runs_t
   for rep in REPLICATES:
     assert f"[rep {rep} imp round 0] already done" in r.stdout
     assert re.search(rf"\[rep {rep} imp round 1\] resuming at step [24] from its checkpoint", r.stdout), r.stdout
-  assert_same_tickets(reference, workdir, atol=1e-6)
+  # Weights move by up to lr x steps = 1.2e-3 here; a vmapped step rounds differently, and Adam's normalisation
+  # turns a rounding-level gradient of a nearly idle weight into a visible step.
+  assert_same_tickets(reference, workdir, atol=1e-5, rel=1e-4)
 
 
 @pytest.fixture(scope="module")
