@@ -5,6 +5,8 @@ kept fixed; AdaIN's transform has no parameters, so finding 3 is noted as not ap
 --config.models=adain,sanet (each uses configs/<model>.py with the same variant).
 '' (default): paper scale, each model's configs/<model>.py as it is (10 rounds of 160k steps per sub-run).
 'demo':       tiny: each model's demo config at 1/4 width, 32 px crops, 2 pruned rounds of 6 steps; minutes.
+'sweep':      the rewind sweep (k = 0, 0.5% and 2% of a round) with each round's stability, and early-bird
+              tickets against full IMP, at paper scale; 'demo_sweep' is the same at the demo's tiny size.
 """
 
 import ml_collections
@@ -22,10 +24,19 @@ def get_config(arg: str = ""):
   # Applied to every sub-run's config, 'section.field=value' separated by ';' (a string, so that the command
   # line can set any field): e.g. --config.overrides='train.steps=100; imp.rounds=2'.
   c.overrides = ""
-  if arg == "demo":
-    c.workdir = "runs/study_adain_demo"
+  c.rewind_steps = ""  # 'rewind' comparison: comma-separated steps or shares of a round, e.g. '0,0.5%,2%'
+  if arg in ("sweep", "demo_sweep"):
+    c.variant = "demo" if arg == "demo_sweep" else ""
+    c.comparisons = "rewind,early_bird"
+    c.rewind_steps = "0,0.5%,2%" if arg == "sweep" else "0,2"
+    c.workdir = f"runs/study_adain_{arg}"
+  if arg in ("demo", "demo_sweep"):
+    c.workdir = c.workdir if arg == "demo_sweep" else "runs/study_adain_demo"
     c.overrides = ("model.width=0.25; data.load_size=48; data.crop_size=32; train.steps=6; train.batch_size=2; "
                    "train.log_every=3; train.lr=1e-3; imp.rounds=2; eval.num_pairs=2; eval.batch_size=2")
-  elif arg:
-    raise ValueError(f"Unknown variant {arg!r} of configs/study_adain.py: use '' (paper scale) or 'demo'.")
+  if arg == "demo_sweep":  # the demo's rounds are 6 steps: draw the early-bird mask every 2
+    c.overrides += "; imp.early_bird_every=2; imp.early_bird_epsilon=0.5; imp.early_bird_patience=1"
+  if arg not in ("", "demo", "sweep", "demo_sweep"):
+    raise ValueError(f"Unknown variant {arg!r} of configs/study_adain.py: use '' (paper scale), 'demo', 'sweep' "
+                     "or 'demo_sweep'.")
   return c

@@ -406,7 +406,8 @@ class TrainCheckpoints:
     return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
   def restore_runs(self, names: list[dict], state_template: dict, masks: list) -> list[dict | None]:
-    """Each named run's state (host numpy, from its slot of the newest readable checkpoint holding it), or None.
+    """Each named run's state (host numpy, from its slot of the newest readable checkpoint holding it, with the
+    slot's meta entry under 'run'), or None.
 
     A checkpoint holds a pack of runs (meta 'runs' names them in slot order); a run is found by its name
     (branch, round, replicate), so a resumed run may be packed differently. A damaged checkpoint (truncated,
@@ -445,6 +446,7 @@ class TrainCheckpoints:
                    f"{names[i]} than it has now (a changed config); starting that run afresh.")
           continue
         found[i] = jax.tree.map(lambda x, slot=slot: np.asarray(x)[slot], dict(got['state']))
+        found[i]['run'] = runs[slot]  # what the slot's meta says of the run (step, data position, early bird)
       break
     return found
 

@@ -77,6 +77,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.imp.branches = "imp"  # comma-separated: imp, random_prune, random_reinit, oneshot
   c.imp.match_tolerance = 0.02  # relative to the dense round's total loss
   c.imp.replicates = 3  # independent repeats (seed + r): the verdict's interval needs at least 2
+  # Early-bird tickets: stop the dense round once the mask pruning would give has settled (see early_bird.py).
+  c.imp.early_bird = False
+  c.imp.early_bird_every = 1000  # steps between mask draws
+  c.imp.early_bird_epsilon = 0.1  # normalised Hamming distance between consecutive masks that counts as settled
+  c.imp.early_bird_patience = 3  # settled checks in a row that stop the dense round
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_pairs = 64  # fixed held-out pairs, enough to resolve a 2% difference
@@ -265,6 +270,13 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   need(isinstance(i.branches, (str, list, tuple)), "imp.branches", i.branches, "use a comma-separated string")
   for b in split_list(i.branches) if isinstance(i.branches, (str, list, tuple)) else []:
     need(b in BRANCHES, "imp.branches", b, f"choose from {', '.join(BRANCHES)}")
+  need(isinstance(i.early_bird, bool), "imp.early_bird", i.early_bird, "use True or False")
+  need(is_int(i.early_bird_every) and i.early_bird_every > 0, "imp.early_bird_every", i.early_bird_every,
+       "use a positive number of steps between mask draws")
+  need(is_num(i.early_bird_epsilon) and 0 < i.early_bird_epsilon < 1, "imp.early_bird_epsilon",
+       i.early_bird_epsilon, "use a fraction in (0, 1), e.g. 0.1")
+  need(is_int(i.early_bird_patience) and i.early_bird_patience >= 1, "imp.early_bird_patience",
+       i.early_bird_patience, "use an integer >= 1, e.g. 3")
   need(is_num(i.match_tolerance) and i.match_tolerance >= 0, "imp.match_tolerance", i.match_tolerance,
        "use a non-negative relative tolerance, e.g. 0.02")
   for f in ("num_pairs", "batch_size"):

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib, data, evaluate, pack, parallel, preempt, results, sparsity, train
+from jaxtickets import (checkpoint, config as config_lib, data, early_bird, evaluate, pack, parallel, preempt, results,
+                        sparsity, train)
 from jaxtickets.results import ticket_dir
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model
@@ -144,7 +145,7 @@ def _imp_rounds(s: Setup, reps: list[Replicate]) -> dict[int, list[checkpoint.Ti
   config, k = s.config, s.config.imp.rewind_step
   theta_0 = {rep.index: initial_params(s, rep) for rep in reps}
   jobs = [pack.Job("imp", 0, rep, theta_0[rep.index], sparsity.ones_masks(theta_0[rep.index]), start_step=0,
-                   keep_theta_at=k) for rep in reps]
+                   keep_theta_at=k, early_bird=early_bird_watch(s, theta_0[rep.index])) for rep in reps]
   tickets = {rep.index: [t] for rep, t in zip(reps, _train_jobs(s, jobs))}
   going = list(reps)
   for r in range(1, config.imp.rounds + 1):
@@ -165,6 +166,21 @@ def _imp_rounds(s: Setup, reps: list[Replicate]) -> dict[int, list[checkpoint.Ti
     if not going:
       break
   return tickets
+
+
+def early_bird_watch(s: Setup, params):
+  """The dense round's early-bird test (config.imp.early_bird), or None: masks drawn as round 1 would prune them,
+  or straight to imp.target_sparsity when that is set."""
+  i = s.config.imp
+  if not i.early_bird:
+    return None
+  ones = sparsity.ones_masks(params)
+  if i.target_sparsity:
+    draw = lambda p: sparsity.prune_to_sparsity(p, s.prunable, i.target_sparsity, layer_cap=s.config.sparsity.layer_cap)
+  else:
+    draw = lambda p: prune(s.config, p, ones, s.prunable)
+  return early_bird.Watch(every=i.early_bird_every, epsilon=i.early_bird_epsilon, patience=i.early_bird_patience,
+                          draw=draw, prunable=s.prunable)
 
 
 def rewind_params(s: Setup, rep: Replicate, theta_0):
@@ -241,9 +257,13 @@ def _finish_run(s: Setup, job: pack.Job, trained, nan_skips: int) -> checkpoint.
   metrics = evaluate.evaluate(s.eval_fn, jax.device_put(trained), jax.device_put(job.masks), s.vgg_params, s.pairs,
                               cfg.eval.batch_size)
   dense_total = metrics["total"] if job.round == 0 else _dense_total(s.workdir, rep.index)
-  metrics.update(branch=job.branch, round=job.round, replicate=rep.index, steps=cfg.train.steps - job.start_step,
+  bird = job.early_bird
+  end = bird.stop_step if bird is not None and bird.stop_step is not None else cfg.train.steps
+  metrics.update(branch=job.branch, round=job.round, replicate=rep.index, steps=end - job.start_step,
                  rewind_step=cfg.imp.rewind_step, relative_to_dense=metrics["total"] / dense_total - 1.0,
                  nan_skips=nan_skips)
+  if bird is not None:
+    metrics.update(early_bird_step=bird.stop_step, early_bird_history=bird.history)
   tag = f"{job.branch}/rep_{rep.index}"
   if s.monitor is not None and s.monitor.enabled:
     sample = {k: s.pairs[k][:4] for k in ("content", "style")}

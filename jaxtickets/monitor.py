@@ -10,7 +10,6 @@ Only process 0 writes (the default); a disabled Monitor does nothing and creates
 
 import numbers
 import os
-from typing import Callable
 
 import jax
 import numpy as np
@@ -67,17 +66,6 @@ class Monitor:
     """One logged training step of a round: its losses, learning rate and speed."""
     extra = {k: v for k, v in (("lr", lr), ("steps_per_sec", steps_per_sec)) if v is not None}
     self.scalars(f"{branch}/round_{round_:02d}", step, {**metrics, **extra}, "train")
-
-  def train_callback(self, branch: str, round_: int, train_config=None) -> Callable:
-    """fn(step, metrics, steps_per_sec) for train.train; the lr comes from train_config's schedule if given."""
-    def on_log(step, metrics, steps_per_sec=None):
-      lr = None
-      if train_config is not None:
-        from jaxtickets import train  # pylint: disable=g-import-not-at-top
-
-        lr = float(train.learning_rate(train_config, step))
-      self.train_step(branch, round_, step, jax.device_get(metrics), lr, steps_per_sec)
-    return on_log
 
   def round_end(self, branch: str, round_: int, metrics: dict, sparsity_report: dict | None = None,
                 images=None) -> None:

@@ -65,6 +65,7 @@ class Job:
   masks: Any  # host bool tree
   start_step: int
   keep_theta_at: int = 0  # the dense round saves the weights after this many steps (the rewind point), if > 0
+  early_bird: Any = None  # early_bird.Watch: stop once the mask pruning would give has settled (dense round)
 
   @property
   def label(self) -> str:
@@ -123,12 +124,18 @@ def train_pack(s, jobs: list[Job], finish) -> None:
     s.ckpts.clear()  # what is there belongs to runs whose tickets are saved, or to another config's runs
   for i, (job, got) in enumerate(zip(jobs, restored)):
     if got is not None:
+      run = got.pop("run")
       states[i] = got
+      if job.early_bird is not None:
+        job.early_bird.restore(run.get("early_bird"), job.masks)
       s.log(f"{job.label} resuming at step {int(got['step'])} from its checkpoint in '{s.ckpts.directory}'")
   steps = [int(st["step"]) for st in states]
   # Padded slots copy the first run and never move (their end is their step), so one compiled step serves all.
   pad = n - len(jobs)
   ends = [end] * len(jobs) + [steps[0]] * pad
+  for i, job in enumerate(jobs):
+    if job.early_bird is not None and job.early_bird.stop_step is not None:
+      ends[i] = steps[i]  # its mask had settled before the checkpoint
   state = train.state_from_dict(parallel.put_runs(_stack(states + [states[0]] * pad), mesh))
   masks = parallel.put_runs(_stack([job.masks for job in jobs] + [jobs[0].masks] * pad), mesh)
   keys = parallel.put_runs(np.stack([np.asarray(jax.random.fold_in(job.replicate.key, 3)) for job in jobs]
@@ -183,6 +190,18 @@ def train_pack(s, jobs: list[Job], finish) -> None:
     for i in [i for i in theta_paths if steps[i] == jobs[i].keep_theta_at]:  # the rewind point theta_k
       check_health(state)
       checkpoint.save_params(theta_paths.pop(i), _row(parallel.fetch(state.params), i))
+    birds = [i for i in live if jobs[i].early_bird is not None and steps[i] < ends[i]
+             and jobs[i].early_bird.due(steps[i])]
+    if birds:
+      check_health(state)
+      params = parallel.fetch(state.params)
+      for i in birds:
+        if jobs[i].early_bird.check(steps[i], _row(params, i)):
+          ends[i] = steps[i]
+          ends_device = parallel.put_runs(np.asarray(ends, np.int32), mesh)
+          s.log(f"{jobs[i].label} early bird: the mask settled (distance below "
+                f"{jobs[i].early_bird.epsilon} for {jobs[i].early_bird.patience} checks); the dense round stops at "
+                f"step {steps[i]} of {end}")
     finished = all(steps[i] >= ends[i] for i in live)
     at_log = done % cfg.train.log_every == 0 or finished
     at_save = done % cfg.checkpoint.every_steps == 0 and not finished
@@ -197,7 +216,7 @@ def train_pack(s, jobs: list[Job], finish) -> None:
       rate = (done - last_step) / max(now - last_t, 1e-9)
       eta = (end - done) / rate if rate > 0 else float("nan")
       for i in live:
-        s.log(f"{jobs[i].label} step {steps[i]}/{end}  {_loss_line(host, i)}  {rate:.2f} steps/s  "
+        s.log(f"{jobs[i].label} step {steps[i]}/{ends[i]}  {_loss_line(host, i)}  {rate:.2f} steps/s  "
               f"ETA {fmt_seconds(eta)}" + (f"  [{int(skips[i])} non-finite batches skipped]" if skips[i] else "")
               + (f"  [{len(jobs)} runs side by side]" if len(jobs) > 1 and i == live[-1] else ""))
         if s.monitor is not None:
@@ -206,7 +225,9 @@ def train_pack(s, jobs: list[Job], finish) -> None:
       last_t, last_step = now, done
     if at_save or stopping:
       meta = {"pack_size": n, "runs": [dict(job.name, start_step=job.start_step, step=steps[i],
-                                            data_iterator={"next_index": steps[i]}) for i, job in enumerate(jobs)]}
+                                            data_iterator={"next_index": steps[i]},
+                                            **({"early_bird": job.early_bird.state()} if job.early_bird else {}))
+                                       for i, job in enumerate(jobs)]}
       s.ckpts.save(done, train.state_dict(state), masks, meta)
       s.save_skips()
     if stopping:

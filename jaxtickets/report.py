@@ -257,6 +257,10 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
       notes.append(f"The image grid was skipped: {e}")
   path = os.path.join(workdir, "report.md")
   text = format_markdown(config, rows, summary, workdir, figures, notes)
+  from jaxtickets import stability  # its section, when the run's stability was measured
+  section = stability.markdown_section(workdir)
+  if section:
+    text = text.rstrip("\n") + "\n\n" + "\n".join(section)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)

@@ -97,6 +97,8 @@ def _row(branch: str, replicate: int, meta: dict) -> dict:
   row.update(remaining_prunable=sp["prunable"]["remaining"], remaining_total=sp["total"]["remaining"],
              content=m["content"], style=m["style"], total=m["total"], relative_to_dense=m["relative_to_dense"],
              per_pair=m.get("per_pair") or {k: [m[k]] for k in METRICS})
+  if m.get("early_bird_step") is not None:
+    row.update(early_bird_step=int(m["early_bird_step"]), early_bird_history=m.get("early_bird_history", []))
   return row
 
 
@@ -205,7 +207,13 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
       "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.get("replicates", 1),
       "highest_matching": {b: _brief(c) for b, (c, _) in best.items()},
       "sparsest_matching": {b: _brief(s) for b, (c, s) in best.items() if s is not c},
-      "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])}})
+      "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])},
+      # Per replicate: the dense round's step where the mask settled (None: it trained to the end), and the
+      # [step, distance to the previous check's mask] history.
+      **({"early_bird": [{"replicate": r["replicate"], "early_bird_step": r.get("early_bird_step"),
+                          "steps_trained": r["steps"], "history": r.get("early_bird_history", [])}
+                         for r in rows if r["branch"] == "imp" and r["round"] == 0]}
+         if config.imp.get("early_bird", False) else {})})
   return rows, summary
 
 

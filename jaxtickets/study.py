@@ -6,6 +6,10 @@ own config (configs/<model>.py:<config.variant>, then config.overrides):
   encoder_fixed    the other choice of model.train_encoder (finding 1: training the encoder beats fixing it)
   transform_dense  the scope without the transform group, or transform_pruned with it (finding 3), only for
                    models that have transform parameters
+  rewind_<k>       ('rewind') IMP rewound to step k, for each k of config.rewind_steps, with the stability
+                   (linear mode connectivity) of each round: which rewind point makes tickets, and why
+  early_bird       ('early_bird') IMP whose dense round stops once its mask settles, against the reference's
+                   IMP at the same sparsity: the quality it costs and the steps it saves
 Then WORKDIR/study.md and WORKDIR/study.png compare them (finding 4: tickets for every model). imp.run skips
 finished tickets, so running the same command again resumes.
 """
@@ -26,9 +30,10 @@ from matplotlib.figure import Figure
 from jaxtickets import config as config_lib, imp, preempt, results
 from jaxtickets.errors import UserError
 
-COMPARISONS = ("encoder", "transform", "baselines")
+COMPARISONS = ("encoder", "transform", "baselines", "rewind", "early_bird")
 _TITLES = {"encoder": "Finding 1: encoder trained vs fixed", "baselines": "Finding 2: IMP vs baselines",
-           "transform": "Finding 3: transform pruned vs not"}
+           "transform": "Finding 3: transform pruned vs not", "rewind": "Rewind sweep: which rewind point makes tickets",
+           "early_bird": "Early-bird tickets vs full IMP"}
 
 
 @dataclasses.dataclass
@@ -137,8 +142,36 @@ def plan(study_config, workdir: str) -> tuple[list[SubRun], list[str]]:
           out.append(("transform_dense" if rest != scope else "transform_pruned", alt))
         else:
           notes.append(f"{name}'s scope prunes only the transform, so there is no run without it.")
+    if "rewind" in comparisons:
+      points = rewind_points(study_config, base)
+      for k in points:
+        alt = copy.deepcopy(base)
+        alt.imp.rewind_step, alt.imp.branches = k, "imp"
+        out.append((f"rewind_{k}", alt))
+    if "early_bird" in comparisons:
+      alt = copy.deepcopy(base)
+      alt.imp.early_bird, alt.imp.branches = True, "imp"
+      out.append(("early_bird", alt))
     runs += [SubRun(name, run, cfg, os.path.join(workdir, name, run)) for run, cfg in out]
   return runs, notes
+
+
+def rewind_points(study_config, base) -> list[int]:
+  """config.rewind_steps as step numbers; entries like '0.5%' are that share of a round's steps."""
+  points = []
+  for item in config_lib.split_list(study_config.get("rewind_steps", "")):
+    try:
+      k = round(float(item[:-1]) / 100 * base.train.steps) if item.endswith("%") else int(item)
+    except ValueError:
+      raise UserError(f"config.rewind_steps has {item!r}: write step numbers or shares of a round like "
+                      "'0,0.5%,2%'.") from None
+    if not 0 <= k < base.train.steps:
+      raise UserError(f"config.rewind_steps has {item!r} = step {k}, outside [0, train.steps = {base.train.steps}).")
+    points.append(k)
+  if not points:
+    raise UserError("config.comparisons has 'rewind' but config.rewind_steps is empty: list the rewind points, e.g. "
+                    "'0,0.5%,2%'.")
+  return list(dict.fromkeys(points))
 
 
 def run(study_config, workdir: str, *, reports: bool | None = None) -> str | None:
@@ -148,6 +181,10 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
   for i, sub in enumerate(runs, start=1):
     imp.log(f"=== study {i}/{len(runs)}: {sub.model} / {sub.name} -> {sub.workdir}")
     imp.run(sub.config, sub.workdir)
+    if sub.name.startswith("rewind_"):
+      from jaxtickets import stability
+
+      stability.run(sub.workdir)
     if reports:
       from jaxtickets import report
 
@@ -157,6 +194,8 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
   tables = {(s.model, s.name): results.summarize(results.collect_rows(s.workdir), s.config.imp.match_tolerance)
             for s in runs}
   plot_study(runs, tables, os.path.join(workdir, "study.png"))
+  if any(s.name.startswith("rewind_") for s in runs):
+    plot_rewind(runs, tables, os.path.join(workdir, "rewind.png"))
   path = os.path.join(workdir, "study.md")
   with open(path + ".tmp", "w") as f:
     f.write(format_study(study_config, runs, tables, notes, reports))
@@ -231,6 +270,83 @@ def plot_study(runs, tables, path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
+def _stability_rows(workdir: str) -> list[dict]:
+  from jaxtickets import stability
+
+  path = os.path.join(workdir, stability.CSV)
+  return stability.read_csv(path) if os.path.exists(path) else []
+
+
+def _rewind_section(runs, tables) -> list[str]:
+  sweep = [s for s in runs if s.name.startswith("rewind_")]
+  if not sweep:
+    return []
+  lines = []
+  for s in sweep:
+    barriers = ", ".join(f"r{r['round']} {r['barrier_relative']:+.1%}" for r in _stability_rows(s.workdir))
+    lines.append([s.model, s.config.imp.rewind_step, _sp(_best(tables[(s.model, s.name)])), barriers or "-"])
+  return ["", f"## {_TITLES['rewind']}", "",
+          "One IMP per rewind point k (the weights after k dense steps), and the error barrier between two copies "
+          "of each round's start trained on other data orders (replicate 0, relative to the ends' mean loss).", ""] + \
+      _table(["model", "rewind step", "highest matching sparsity (IMP)", "barrier per round"], lines) + \
+      ["", "![rewind sweep](rewind.png)"]
+
+
+def _early_bird_section(runs) -> list[str]:
+  """Each early-bird round against the reference's IMP round at the same sparsity: paired per replicate and pair."""
+  from jaxtickets import stats
+
+  lines = []
+  for bird in (s for s in runs if s.name == "early_bird"):
+    ref = next(s for s in runs if s.model == bird.model and s.name == "reference")
+    a, b = results.collect_rows(bird.workdir), results.collect_rows(ref.workdir)
+    pick = lambda rows, r: sorted((x for x in rows if x["branch"] == "imp" and x["round"] == r),
+                                  key=lambda x: x["replicate"])
+    spent = lambda rows, r: np.mean([sum(x["steps"] for x in rows if x["branch"] == "imp" and x["round"] <= r
+                                         and x["replicate"] == rep) for rep in {x["replicate"] for x in rows}])
+    for r in sorted({x["round"] for x in a if x["branch"] == "imp"}):
+      ra, rb, dense = pick(a, r), pick(b, r), pick(b, 0)
+      reps = sorted({x["replicate"] for x in ra} & {x["replicate"] for x in rb})
+      if not reps:
+        continue
+      grid = lambda rows: np.array([next(x for x in rows if x["replicate"] == rep)["per_pair"]["total"] for rep in reps])
+      interval = stats.paired_difference_interval(grid(ra), grid(rb), grid(dense))
+      lines.append([bird.model, r, f"{ra[0]['sparsity_prunable']:.4f}", f"{np.mean(grid(rb)):.4g}",
+                    f"{np.mean(grid(ra)):.4g}", f"{interval.estimate:+.2%} [{interval.low:+.2%}, {interval.high:+.2%}]",
+                    stats.comparison(interval), f"{spent(b, r):.0f}", f"{spent(a, r):.0f}"])
+  if not lines:
+    return []
+  return ["", f"## {_TITLES['early_bird']}", "",
+          "The early-bird run's rounds against the reference's IMP rounds at the same sparsity. Difference = "
+          "(early bird - IMP) / the reference's dense loss, paired by replicate and held-out pair, with its 95% "
+          "interval; steps = training steps spent up to that round (mean over replicates).", ""] + \
+      _table(["model", "round", "sparsity", "IMP total", "early-bird total", "difference (95%)", "verdict",
+              "IMP steps", "early-bird steps"], lines)
+
+
+def plot_rewind(runs, tables, path: str) -> None:
+  """Left: highest matching sparsity against the rewind point. Right: the barrier against sparsity per point."""
+  fig = Figure(figsize=(11, 4.2), layout="constrained")
+  left, right = fig.subplots(1, 2)
+  for m, model in enumerate(dict.fromkeys(s.model for s in runs)):
+    sweep = [s for s in runs if s.model == model and s.name.startswith("rewind_")]
+    best = [_best(tables[(s.model, s.name)]) for s in sweep]
+    left.plot([s.config.imp.rewind_step for s in sweep], [100 * b["sparsity_prunable"] if b else 0.0 for b in best],
+              "o-", color=f"C{m}", label=model)
+    for k, s in enumerate(sweep):
+      rows = _stability_rows(s.workdir)
+      right.plot([100 * r["sparsity"] for r in rows], [100 * r["barrier_relative"] for r in rows], "o-",
+                 color=f"C{k}", label=f"{model}, k = {s.config.imp.rewind_step}")
+  left.set_xlabel("rewind step k")
+  left.set_ylabel("highest matching sparsity (%)")
+  left.legend(fontsize=8)
+  right.axhline(0.0, color="0.5", lw=1)
+  right.set_xlabel("sparsity of the prunable weights (%)")
+  right.set_ylabel("error barrier (% of the ends' mean)")
+  right.legend(fontsize=7)
+  fig.savefig(path, dpi=100)
+
+
 def format_study(study_config, runs, tables, notes, reports: bool) -> str:
   """study.md: the sub-runs, one table per finding, the combined figure."""
   text = [f"# Study: {study_config.models}", "",
@@ -277,6 +393,8 @@ def format_study(study_config, runs, tables, notes, reports: bool) -> str:
   text += ["", "## Finding 4: tickets in every model", ""]
   text += _table(["model", "highest matching sparsity (IMP, reference run)"],
                  [[m, _sp(_best(tables[(m, "reference")]))] for m in models])
+  text += _rewind_section(runs, tables)
+  text += _early_bird_section(runs)
   text += ["", "## Figure", "", "![study](study.png)", ""]
   text += [f"- {n}" for n in notes]
   return "\n".join(text) + "\n"

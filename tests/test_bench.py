@@ -24,10 +24,11 @@ def test_bench_prints_table_and_json(bench, capsys):
 
   conv, apply_masks = layers.conv3x3_reflect, sparsity.apply_masks
   result = bench.main(["--width", "0.0625", "--size", "16", "--batch", "2", "--steps", "2", "--torch",
-                       "--conv_paths", "--pipeline_batches", "2", "--matmul_size", "128"])
+                       "--conv_paths", "--pipeline_batches", "2", "--matmul_size", "128", "--runs", "2"])
   out = capsys.readouterr().out
   assert layers.conv3x3_reflect is conv and sparsity.apply_masks is apply_masks  # the patches were undone
-  for words in ("mask/dense", "matmul peak", "input pipeline", "PyTorch", "tcmalloc", "adain [SAME + matmul dW]"):
+  for words in ("mask/dense", "matmul peak", "input pipeline", "PyTorch", "tcmalloc", "adain [SAME + matmul dW]",
+                "packing 2 runs", "runs_speedup vmap"):
     assert words in out, words
   line = next(l for l in out.splitlines() if l.startswith("JSON "))
   parsed = json.loads(line[len("JSON "):])
@@ -47,6 +48,12 @@ def test_bench_prints_table_and_json(bench, capsys):
   losses = [p["loss"] for p in parsed["conv_paths"].values()]
   assert max(losses) - min(losses) <= 1e-4 * abs(losses[0])
   assert result["peak_flops_per_s"] >= result["matmul_peak_flops_per_s"]
+  packing = parsed["packing"]
+  for label in ("vmap", "traced", "auto"):
+    assert math.isfinite(packing[f"runs_speedup_{label}"]) and packing[f"runs_speedup_{label}"] > 0, label
+  # One CPU device: auto trains one run at a time (never the grouped convolutions of a vmap).
+  assert packing["auto_layout"] == {"runs_per_step": 1, "runs_axis": 1, "runs_per_device": 1}
+  assert parsed["runs_speedup"] == packing["runs_speedup_auto"]
 
 
 def test_bench_reports_a_broken_model_and_goes_on(bench, capsys, monkeypatch):

@@ -97,7 +97,8 @@ def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
   vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
   weights.save_vgg_weights(str(tmp_path / "vgg.npz"), vgg)
   alone = tiny_config(seed=1, imp__branches="imp,random_prune", imp__rounds=1, imp__replicates=1,
-                      eval__num_pairs=4, eval__batch_size=4, model__vgg_weights=str(tmp_path / "vgg.npz"))
+                      eval__num_pairs=4, eval__batch_size=4, model__vgg_weights=str(tmp_path / "vgg.npz"),
+                      train__adam_eps=config.train.adam_eps)
   imp.run(alone, str(tmp_path / "run"))
   for branch in ("imp", "random_prune"):
     a, b = ticket(workdir, branch, 1, 1), ticket(str(tmp_path / "run"), branch, 1, 0)

@@ -32,9 +32,10 @@ def read_events(folder):
 def test_training_and_round_scalars_and_images(tmp_path):
   config = tiny_config()
   with Monitor(str(tmp_path), enabled=True) as mon:
-    on_log = mon.train_callback("imp", 2, config.train)
-    on_log(5, {"total": np.float32(1.5), "content": 0.25, "style": np.array(0.125)}, 3.0)
-    on_log(10, {"total": 1.25, "content": 0.2, "style": 0.1}, 4.0)
+    lr = lambda step: float(train.learning_rate(config.train, step))
+    mon.train_step("imp", 2, 5, {"total": np.float32(1.5), "content": 0.25, "style": np.array(0.125)}, lr(5), 3.0)
+    mon.train_step("imp", 2, 10, {"total": 1.25, "content": 0.2, "style": 0.1, "lr": np.float32(lr(10))},
+                   steps_per_sec=4.0)  # the packed loop passes the step's own lr among the metrics
     report = {"layers": {"decoder/conv1_1/kernel": {"sparsity": 0.36}}, "prunable": {"sparsity": 0.36},
               "total": {"sparsity": 0.35}}
     images = np.random.default_rng(0).random((6, 16, 16, 3), dtype=np.float32)

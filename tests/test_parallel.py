@@ -221,7 +221,8 @@ def test_shard_batch_and_batch_size_check(monkeypatch):
   batch = {"content": np.ones((4, 2, 2, 3), np.float32)}
   sharded = parallel.shard_batch(batch, mesh)
   assert sharded["content"].sharding == parallel.batch_sharding(mesh) and sharded["content"].shape == (4, 2, 2, 3)
-  assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,) * 2
+  assert mesh.axis_names == (parallel.RUNS_AXIS, parallel.DATA_AXIS) and mesh.shape[parallel.RUNS_AXIS] == 1
   parallel.check_batch_size(jax.device_count() * 3)
   monkeypatch.setattr(jax, "device_count", lambda: 8)
   with pytest.raises(UserError, match="batch_size = 12 does not split over 8 devices.*multiple of 8"):

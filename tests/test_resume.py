@@ -232,7 +232,7 @@ def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigterme
   r = run_to_end(workdir, env)
   assert r.returncode == 0, r.stdout + r.stderr
   assert f"the checkpoint '{os.path.join(workdir, 'state', str(latest))}' is damaged" in r.stdout
-  m = re.search(r"\[rep 0 imp round 1\] resuming at step (\d) from the checkpoint", r.stdout)
+  m = re.search(r"\[rep 0 imp round 1\] resuming at step (\d) from its checkpoint", r.stdout)
   assert m and int(m.group(1)) < latest, r.stdout
   assert_same_tickets(reference, workdir)
 

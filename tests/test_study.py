@@ -107,3 +107,30 @@ def test_preempted_study_exits_75_and_says_how_to_resume():
                                        f"{os.path.basename(sys.executable)} -m jaxtickets.study "
                                        "--config=configs/study_adain.py:demo --workdir=w")
   assert "Traceback" not in done.stderr
+
+
+def test_rewind_sweep_and_early_bird_study(tmp_path):
+  """One IMP per rewind point with each round's stability, and early-bird IMP against the reference's IMP."""
+  c = study_config("demo_sweep")
+  c.overrides = (TINY.replace("train.steps=2", "train.steps=4") + "; imp.replicates=2; imp.early_bird_every=1; "
+                 "imp.early_bird_epsilon=0.99; imp.early_bird_patience=1")
+  c.rewind_steps = "0,25%"  # 25% of 4 steps = step 1
+  c.reports = False
+  runs, _ = study.plan(c, str(tmp_path))
+  assert [(r.name, r.config.imp.rewind_step, r.config.imp.early_bird) for r in runs] == [
+      ("reference", 0, False), ("rewind_0", 0, False), ("rewind_1", 1, False), ("early_bird", 0, True)]
+  path = study.run(c, str(tmp_path))
+  text = open(path).read()
+  assert "## Rewind sweep" in text and "## Early-bird tickets vs full IMP" in text
+  assert os.path.getsize(tmp_path / "rewind.png") > 10_000
+  for k in (0, 1):
+    rows = list(open(tmp_path / "adain" / f"rewind_{k}" / "stability.csv"))
+    assert len(rows) == 3  # header, rounds 0 and 1
+    assert f"| adain | {k} | " in text
+  # The early-bird run stopped its dense rounds at step 2 of 4: round 1 has cost 2 + 4 steps against IMP's 4 + 4.
+  line = next(l for l in text.splitlines() if l.startswith("| adain | 1 | 0.2000 |"))
+  cells = [x.strip() for x in line.strip("|").split("|")]
+  assert cells[-2:] == ["8", "6"] and cells[6] in ("imp better", "imp worse", "inconclusive")
+  with pytest.raises(UserError, match="rewind_steps is empty"):
+    c.rewind_steps = ""
+    study.plan(c, str(tmp_path))

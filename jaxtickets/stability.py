@@ -1,0 +1,252 @@
+"""Linear mode connectivity of a finished run's IMP rounds: python -m jaxtickets.stability --workdir=W.
+
+For each chosen round (replicate 0 by default) two copies of the round's start, theta_k * mask, are trained with
+two different data orders (and step keys) over the round's steps; the held-out loss is then evaluated at
+`points` evenly spaced weights on the straight line between the two trained networks (masked). The error
+barrier is the highest loss on that path minus the mean of its two ends (Frankle et al. 2020): a round is stable
+when the barrier is about zero, i.e. training from its start ends in one linearly connected basin whatever the
+data order.
+
+Writes into the workdir (process 0 writes the files): stability.csv (round, sparsity, rewind_step, barrier,
+barrier_relative, the path's losses), stability.png (the loss along the path per round; the barrier against
+sparsity), and a section of report.md. The copies are trained like any run (packed side by side, checkpointed
+in W/stability/state, resumable: the same command continues); trained copies are kept in
+W/stability/rep_<r>/round_NN/copy_<a|b>.
+"""
+
+import csv
+import os
+import sys
+
+from absl import app, flags
+import jax
+import numpy as np
+from matplotlib.figure import Figure
+
+from jaxtickets import checkpoint, evaluate, imp, pack, preempt, results
+from jaxtickets.errors import UserError
+
+CSV = "stability.csv"
+FIGURE = "stability.png"
+COPIES = ("a", "b")
+# Seeds of the copies' data orders, far from the run's own seed + replicate: the copies see other orders than
+# the round did, and than each other.
+_COPY_SEED_OFFSET = 7919
+
+
+def barrier(path_losses) -> tuple[float, float]:
+  """(absolute, relative) error barrier of losses along a path: max - mean of the two ends, and that over the
+  mean of the ends. 0 when the path never rises above its ends' mean."""
+  losses = np.asarray(path_losses, np.float64)
+  ends = 0.5 * (losses[0] + losses[-1])
+  value = float(np.max(losses) - ends)
+  return value, (value / ends if ends else float("nan"))
+
+
+def interpolate(a, b, alpha: float, masks):
+  """(1 - alpha) a + alpha b, masked (both ends share the mask, so the line stays in the ticket's subspace)."""
+  return jax.tree.map(lambda x, y, m: np.where(m, (1.0 - alpha) * np.asarray(x) + alpha * np.asarray(y), 0)
+                      .astype(np.asarray(x).dtype), a, b, masks)
+
+
+def path_losses(s, a, b, masks, points: int) -> list[float]:
+  """The held-out total loss at `points` evenly spaced weights from a (alpha = 0) to b (alpha = 1)."""
+  out = []
+  for alpha in np.linspace(0.0, 1.0, points):
+    params = interpolate(a, b, float(alpha), masks)
+    out.append(evaluate.evaluate(s.eval_fn, params, masks, s.vgg_params, s.pairs, s.config.eval.batch_size)["total"])
+  return out
+
+
+def _copy_dir(workdir: str, replicate: int, round_: int, copy: str) -> str:
+  return os.path.join(workdir, "stability", f"rep_{replicate}", f"round_{round_:02d}", f"copy_{copy}")
+
+
+def _copies(s, ticket, replicate: int, round_: int, same_order: bool) -> list[pack.Job]:
+  """The round's two copies as jobs: the ticket's start, each with its own data order (unless same_order)."""
+  jobs = []
+  for i, copy in enumerate(COPIES):
+    seed = s.config.seed + replicate + _COPY_SEED_OFFSET * (1 if same_order else i + 1)
+    rep = imp.Replicate(index=replicate, seed=seed, key=jax.random.PRNGKey(seed))
+    start = s.config.imp.rewind_step
+    jobs.append(pack.Job(f"stability_{copy}", round_, rep, ticket.rewind_params, ticket.masks, start_step=start))
+  return jobs
+
+
+def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replicate: int = 0,
+        same_order: bool = False) -> list[dict]:
+  """Trains the copies of each chosen round (skipping saved ones), measures the paths, writes the outputs."""
+  if points < 3:
+    raise UserError(f"--points={points} is too few for a path: use at least 3 (11 is usual).")
+  config = _load_config(workdir)
+  done = {r: results.ticket_dir(workdir, "imp", r, replicate) for r in range(config.imp.rounds + 1)}
+  done = {r: p for r, p in done.items() if checkpoint.ticket_exists(p)}
+  if not done:
+    raise UserError(f"The workdir '{workdir}' has no IMP ticket of replicate {replicate}: run "
+                    f"`python -m jaxtickets.main --workdir={workdir}` first, or pick another --replicate.")
+  chosen = sorted(done) if not rounds else rounds
+  missing = [r for r in chosen if r not in done]
+  if missing:
+    raise UserError(f"--rounds names round(s) {', '.join(map(str, missing))} that the run in '{workdir}' has not "
+                    f"finished (replicate {replicate} has rounds {', '.join(map(str, sorted(done)))}).")
+  with preempt.PreemptionWatch() as watch:
+    s = imp.setup(config, os.path.join(workdir, "stability"), watch=watch, place=False)
+    s = imp.with_run_state(s)
+    try:
+      rows = [_measure(s, workdir, done[r], replicate, r, points, same_order) for r in chosen]
+    finally:
+      s.close()
+  if jax.process_index() == 0:
+    write_csv(os.path.join(workdir, CSV), rows)
+    plot(rows, os.path.join(workdir, FIGURE))
+  return rows
+
+
+def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, points: int, same_order: bool) -> dict:
+  ticket = checkpoint.load_ticket(ticket_path)
+  trained = {}
+  todo = []
+  for copy, job in zip(COPIES, _copies(s, ticket, replicate, round_, same_order)):
+    path = _copy_dir(workdir, replicate, round_, copy)
+    if checkpoint.params_exist(path):
+      trained[copy] = checkpoint.load_params(path)
+    else:
+      todo.append((copy, job))
+  if todo:
+    s.log(f"[stability rep {replicate} round {round_}] training {len(todo)} copies of theta_k * mask "
+          f"(steps {s.config.imp.rewind_step}..{s.config.train.steps}), each with its own data order")
+
+    def finish(job, params, nan_skips, todo=todo):  # pylint: disable=unused-argument
+      copy = next(c for c, j in todo if j is job)
+      checkpoint.save_params(_copy_dir(workdir, replicate, round_, copy), params)
+      trained[copy] = params
+
+    for start in range(0, len(todo), s.layout.runs_per_step):
+      pack.train_pack(s, [j for _, j in todo[start:start + s.layout.runs_per_step]], finish)
+  losses = path_losses(s, trained["a"], trained["b"], ticket.masks, points)
+  value, relative = barrier(losses)
+  s.log(f"[stability rep {replicate} round {round_}] sparsity {ticket.sparsity['prunable']['sparsity']:.4f}: "
+        f"barrier {value:.4g} ({relative:+.2%} of the ends' mean); path {', '.join(f'{x:.4g}' for x in losses)}")
+  return {"round": round_, "replicate": replicate, "sparsity": ticket.sparsity["prunable"]["sparsity"],
+          "rewind_step": s.config.imp.rewind_step, "barrier": value, "barrier_relative": relative,
+          "path": losses}
+
+
+def _load_config(workdir: str):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"'{workdir}' holds no run (no config.json): pass the --workdir of a finished "
+                    "`python -m jaxtickets.main` run.")
+  results.check_layout(workdir)
+  from jaxtickets import config as config_lib, inference
+
+  # On today's defaults, so a run saved before a section existed (e.g. config.parallel) still loads.
+  config = config_lib.default_config()
+  for key, value in inference.load_run_config(workdir).items():
+    if hasattr(value, "items") and key in config:
+      for field, v in value.items():
+        config[key][field] = v
+    else:
+      config[key] = value
+  return config
+
+
+def path_columns(points: int) -> list[str]:
+  return [f"loss_at_{a:.2f}" for a in np.linspace(0.0, 1.0, points)]
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+  columns = path_columns(len(rows[0]["path"])) if rows else []
+  with open(path + ".tmp", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["round", "replicate", "sparsity", "rewind_step", "barrier", "barrier_relative", *columns])
+    for r in rows:
+      writer.writerow([r["round"], r["replicate"], f"{r['sparsity']:.6f}", r["rewind_step"], f"{r['barrier']:.6g}",
+                       f"{r['barrier_relative']:.6g}", *(f"{x:.6g}" for x in r["path"])])
+  os.replace(path + ".tmp", path)
+
+
+def read_csv(path: str) -> list[dict]:
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  out = []
+  for r in rows:
+    path_keys = [k for k in r if k.startswith("loss_at_")]
+    out.append({"round": int(r["round"]), "replicate": int(r["replicate"]), "sparsity": float(r["sparsity"]),
+                "rewind_step": int(r["rewind_step"]), "barrier": float(r["barrier"]),
+                "barrier_relative": float(r["barrier_relative"]), "path": [float(r[k]) for k in path_keys]})
+  return out
+
+
+def plot(rows: list[dict], path: str, title: str = "") -> None:
+  """Left: the loss along the path per round. Right: the relative barrier against sparsity."""
+  fig = Figure(figsize=(11, 4.4), layout="constrained")
+  left, right = fig.subplots(1, 2)
+  for i, r in enumerate(rows):
+    alphas = np.linspace(0.0, 1.0, len(r["path"]))
+    left.plot(alphas, r["path"], marker=".", color=f"C{i}", label=f"round {r['round']} ({r['sparsity']:.1%})")
+  left.set_xlabel("interpolation alpha (copy a -> copy b)")
+  left.set_ylabel("held-out total loss")
+  left.legend(fontsize=8)
+  right.axhline(0.0, color="0.5", lw=1)
+  right.plot([100 * r["sparsity"] for r in rows], [100 * r["barrier_relative"] for r in rows], marker="o")
+  right.set_xlabel("sparsity of the prunable weights (%)")
+  right.set_ylabel("error barrier (% of the ends' mean loss)")
+  fig.suptitle(title or "Linear mode connectivity: two copies of each round's start, other data orders")
+  fig.savefig(path, dpi=110)
+
+
+def markdown_section(workdir: str) -> list[str]:
+  """The report's section, when stability.csv exists."""
+  path = os.path.join(workdir, CSV)
+  if not os.path.exists(path):
+    return []
+  rows = read_csv(path)
+  lines = ["## Stability (linear mode connectivity)", "",
+           "Two copies of each round's start (theta_k * mask) trained with other data orders; the barrier is the "
+           "highest held-out loss on the straight line between them minus the mean of its ends. About zero: the "
+           "round is stable to the data order (Frankle et al. 2020). One replicate, one pair of copies per round: "
+           "no interval.", "",
+           "| round | replicate | sparsity | rewind step | barrier | barrier / ends' mean |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['round']} | {r['replicate']} | {r['sparsity']:.4f} | {r['rewind_step']} | "
+                 f"{r['barrier']:.4g} | {r['barrier_relative']:+.2%} |")
+  lines += ["", f"![stability]({FIGURE})", ""]
+  return lines
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "A finished run's workdir (holds config.json and tickets/).")
+  flags.DEFINE_list("rounds", [], "IMP rounds to measure (default: every finished round).")
+  flags.DEFINE_integer("points", 11, "Points on the path, both ends included.")
+  flags.DEFINE_integer("replicate", 0, "Which replicate's tickets.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.workdir:
+    sys.exit("error: pass --workdir=DIR, the workdir of a finished run (e.g. runs/adain).")
+  try:
+    try:
+      rounds = [int(r) for r in FLAGS.rounds]
+    except ValueError:
+      raise UserError(f"--rounds={','.join(FLAGS.rounds)} is not a list of round numbers: write e.g. --rounds=0,2,4.")
+    run(FLAGS.workdir, rounds, FLAGS.points, FLAGS.replicate)
+    from jaxtickets import report
+    report.write_report(FLAGS.workdir, grid=False)
+  except UserError as e:
+    sys.exit(f"error: {e}")
+  except preempt.Preempted as e:
+    preempt.exit_preempted(e, "jaxtickets.stability")
+  print(f"Wrote {os.path.join(FLAGS.workdir, CSV)} and {FIGURE} beside it; report.md has the section.")
+
+
+if __name__ == "__main__":
+  from jaxtickets import tcmalloc
+  tcmalloc.preload()
+  define_flags()
+  app.run(main)

@@ -1,0 +1,73 @@
+"""Linear mode connectivity: the barrier's arithmetic, the path's ends, identical copies, unrelated networks."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtickets import evaluate, imp, stability
+from jaxtickets.errors import UserError
+from conftest import tiny_config
+
+
+def test_barrier_is_the_paths_peak_above_the_mean_of_its_ends():
+  assert stability.barrier([1.0, 3.0, 1.0]) == (2.0, 2.0)
+  assert stability.barrier([2.0, 1.5, 1.0, 2.0]) == (0.0, 0.0)  # a dip: no barrier
+  value, relative = stability.barrier([1.0, 1.2, 2.0])  # unequal ends: the peak is an end
+  assert value == pytest.approx(0.5) and relative == pytest.approx(0.5 / 1.5)
+
+
+def test_interpolation_ends_are_the_two_networks_and_stay_masked():
+  a = {"w": np.array([1.0, 2.0, 3.0], np.float32)}
+  b = {"w": np.array([3.0, 6.0, -3.0], np.float32)}
+  masks = {"w": np.array([True, True, False])}
+  np.testing.assert_array_equal(stability.interpolate(a, b, 0.0, masks)["w"], [1.0, 2.0, 0.0])
+  np.testing.assert_array_equal(stability.interpolate(a, b, 1.0, masks)["w"], [3.0, 6.0, 0.0])
+  np.testing.assert_allclose(stability.interpolate(a, b, 0.25, masks)["w"], [1.5, 3.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  imp.run(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4), workdir)
+  return workdir
+
+
+def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(finished):
+  rows = stability.run(finished, rounds=[1], points=5, same_order=True)
+  (row,) = rows
+  assert row["round"] == 1 and row["sparsity"] == pytest.approx(0.2, abs=1e-3) and len(row["path"]) == 5
+  assert abs(row["barrier"]) < 1e-5 * row["path"][0]
+  np.testing.assert_allclose(row["path"], row["path"][0], rtol=1e-5)
+  # The ends are the trained copies themselves, scored as any ticket is.
+  from jaxtickets import checkpoint
+  s = imp.setup(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4), finished)
+  ticket = checkpoint.load_ticket(imp.ticket_dir(finished, "imp", 1, 0))
+  for copy, end in (("a", 0), ("b", -1)):
+    params = checkpoint.load_params(os.path.join(finished, "stability", "rep_0", "round_01", f"copy_{copy}"))
+    got = evaluate.evaluate(s.eval_fn, params, ticket.masks, s.vgg_params, s.pairs, s.config.eval.batch_size)
+    assert got["total"] == pytest.approx(row["path"][end], rel=1e-6)
+  # Copies that trained on other data orders differ (the default run): the files and report section appear.
+  rows = stability.run(finished, rounds=[0, 1], points=3)
+  assert [r["round"] for r in rows] == [0, 1]
+  assert os.path.exists(os.path.join(finished, stability.CSV)) and os.path.exists(os.path.join(finished, stability.FIGURE))
+  back = stability.read_csv(os.path.join(finished, stability.CSV))
+  assert [r["barrier"] for r in back] == pytest.approx([r["barrier"] for r in rows], rel=1e-5)
+  assert "## Stability (linear mode connectivity)" in "\n".join(stability.markdown_section(finished))
+
+
+def test_a_path_between_unrelated_random_networks_has_a_barrier(finished):
+  s = imp.setup(tiny_config(), finished)
+  vgg = jax.device_get(s.vgg_params)
+  a, b = (jax.device_get(s.model.init(jax.random.PRNGKey(k), vgg)) for k in (11, 12))
+  masks = jax.tree.map(lambda x: np.ones(np.shape(x), bool), a)
+  losses = stability.path_losses(s, a, b, masks, 5)
+  assert stability.barrier(losses)[0] > 0
+
+
+def test_rounds_that_are_not_finished_are_named(finished):
+  with pytest.raises(UserError, match=r"--rounds names round\(s\) 5 that the run in .* has not finished"):
+    stability.run(finished, rounds=[5])
+  with pytest.raises(UserError, match="holds no run"):
+    stability.run(os.path.dirname(finished), rounds=[0])
