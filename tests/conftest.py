@@ -38,6 +38,25 @@ def tiny_config(**overrides):
   return c
 
 
+EARLY_BIRD = dict(imp__early_bird=True, imp__early_bird_every=1, imp__early_bird_epsilon=0.99,
+                  imp__early_bird_patience=1)  # any two masks count as settled: a dense round of 3 steps stops at step 2
+
+
+def assert_early_bird_and_stability_work(workdir: str, round_: int) -> None:
+  """For a run made with EARLY_BIRD: its dense round recorded the stop, and the stability of `round_` measures."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from jaxtickets import stability  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(workdir, "summary.json")) as f:
+    (bird,) = json.load(f)["early_bird"]
+  assert bird["early_bird_step"] == 2 and bird["steps_trained"] == 2 and len(bird["history"]) == 1
+  (row,) = stability.run(workdir, rounds=[round_], points=3)
+  assert row["round"] == round_ and len(row["path"]) == 3 and np.all(np.isfinite(row["path"]))
+
+
 @pytest.fixture
 def tiny():
   return tiny_config

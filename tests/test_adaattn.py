@@ -12,7 +12,7 @@ import pytest
 from jaxtickets import checkpoint, imp
 from jaxtickets.models import adaattn, get_model, layers
 from jaxtickets.models.vgg import VGGEncoder
-from conftest import tiny_config
+from conftest import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 
 W = 1 / 16
 TAPS = ("r11", "r21", "r31", "r41", "r51")
@@ -320,8 +320,9 @@ def test_configs():
 
 
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
-  config = tiny_config(model__name="adaattn", imp__rounds=2, train__steps=2)  # trains the encoder too
+  config = tiny_config(model__name="adaattn", imp__rounds=2, train__steps=3, **EARLY_BIRD)  # trains the encoder
   imp.run(config, str(tmp_path))
+  assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
   pruned = {k: int(np.sum(~m)) for k, m in jax.tree.leaves_with_path(t.masks["transform"])}

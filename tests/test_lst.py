@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 from jaxtickets import checkpoint, config as config_lib, imp
 from jaxtickets.models import get_model, layers, lst
 from jaxtickets.models import vgg as vgg_lib
@@ -246,8 +246,9 @@ def test_stylize_alpha_and_any_size(setup):
 
 
 def test_imp_prunes_only_the_transform_and_keeps_the_decoder(tmp_path):
-  config = tiny_config(model__name="lst", model__train_encoder=False, imp__rounds=2, train__steps=2)
+  config = tiny_config(model__name="lst", model__train_encoder=False, imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))
+  assert_early_bird_and_stability_work(str(tmp_path), 2)
   theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_0"))
   assert set(theta_0) == {"decoder", "transform"}
   for r in range(3):

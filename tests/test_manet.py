@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 from jaxtickets import checkpoint, imp
 from jaxtickets.errors import UserError
 from jaxtickets.models import StyleModel, get_model, manet
@@ -196,8 +196,9 @@ def test_stylize_alpha_and_any_size(setup):
 
 
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
-  config = tiny_config(model__name="manet", imp__rounds=2, train__steps=2)
+  config = tiny_config(model__name="manet", imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))
+  assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
   kernels = np.concatenate([np.asarray(t.masks["transform"][b][c]["kernel"]).ravel()

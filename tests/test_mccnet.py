@@ -13,7 +13,7 @@ import pytest
 from jaxtickets import checkpoint, imp
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model, mccnet
-from conftest import tiny_config
+from conftest import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 
 W = 1 / 16
 TAPS = ("r11", "r21", "r31", "r41", "r51")
@@ -259,8 +259,9 @@ def test_stylize_alpha_blends_mcc_outputs_and_any_size(setup):
 def test_two_round_imp_prunes_the_transform(tmp_path):
   # A frozen encoder keeps the compile (the bulk of this test) short; the trained-encoder loss is tested above.
   config = tiny_config(model__name="mccnet", model__train_encoder=False, sparsity__scope="decoder,transform",
-                       imp__rounds=2, train__steps=2)
+                       imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))
+  assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"decoder", "transform"}
   for name in ("f", "g", "out_conv", "fc"):
