@@ -298,7 +298,7 @@ def _batch_problems(batch_size, runs_per_step: int) -> list[str]:
   """Each run's batch must split evenly over the devices that share it (every device, without packing)."""
   import jax  # only here: the rest of validation must not start a backend
 
-  from jaxtickets import pack  # pylint: disable=g-import-not-at-top
+  from jaxtickets import parallel  # pylint: disable=g-import-not-at-top
 
   if not (_is_int(batch_size) and batch_size > 0):
     return []
@@ -306,7 +306,7 @@ def _batch_problems(batch_size, runs_per_step: int) -> list[str]:
   if runs_per_step == 1 and batch_size % n:
     return [f"config.train.batch_size = {batch_size} does not split over the {n} devices: use a multiple of {n}, "
             "or pack runs side by side (config.parallel.runs_per_step = 0)."]
-  if runs_per_step > 1 and not pack.runs_axis_sizes(n, batch_size, runs_per_step):
+  if runs_per_step > 1 and not parallel.runs_axis_sizes(n, batch_size, runs_per_step):
     return [f"config.parallel.runs_per_step = {runs_per_step} does not fit {n} devices at batch "
             f"{batch_size}: no number of runs side by side divides both {runs_per_step} and {n} and leaves "
             f"each run's batch splitting over the rest; use 0 (auto) or a multiple of {n}."]

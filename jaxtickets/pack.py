@@ -30,13 +30,6 @@ class Layout:
     return self.runs_per_step // self.runs_axis
 
 
-def runs_axis_sizes(devices: int, batch_size: int, runs_per_step: int | None = None) -> list[int]:
-  """The sizes of the 'runs' axis that divide the devices (and `runs_per_step` when given) and leave each run's
-  batch splitting evenly over the remaining 'data' devices, smallest first."""
-  return [a for a in range(1, devices + 1) if devices % a == 0 and batch_size % (devices // a) == 0
-          and (runs_per_step is None or runs_per_step % a == 0)]
-
-
 def choose_layout(config, concurrent: int, platform: str | None = None) -> Layout:
   """The pack for this run: one run at a time without packing; else config.parallel.runs_per_step, or (0, auto)
   enough 'runs' devices for the `concurrent` runs a round has (its replicates), with data parallelism over the
@@ -47,8 +40,8 @@ def choose_layout(config, concurrent: int, platform: str | None = None) -> Layou
   if requested == 1:
     return Layout(1, 1)
   if requested > 1:
-    return Layout(requested, max(runs_axis_sizes(n, batch, requested)))
-  sizes = runs_axis_sizes(n, batch)
+    return Layout(requested, max(parallel.runs_axis_sizes(n, batch, requested)))
+  sizes = parallel.runs_axis_sizes(n, batch)
   axis = next((a for a in sizes if a >= concurrent), sizes[-1])
   platform = platform or jax.default_backend()
   per_device = 1 if platform == "cpu" else max(1, math.ceil(concurrent / axis))

@@ -257,8 +257,7 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
       notes.append(f"The image grid was skipped: {e}")
   path = os.path.join(workdir, "report.md")
   text = format_markdown(config, rows, summary, workdir, figures, notes)
-  from jaxtickets import stability  # its section, when the run's stability was measured
-  section = stability.markdown_section(workdir)
+  section = _stability_section(workdir)  # when the run's stability was measured (jaxtickets.stability)
   if section:
     text = text.rstrip("\n") + "\n\n" + "\n".join(section)
   tmp = f"{path}.tmp-{os.getpid()}"
@@ -266,6 +265,25 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
     f.write(text)
   os.replace(tmp, path)
   return path
+
+
+def _stability_section(workdir: str) -> list[str]:
+  """The stability section, when stability.csv exists."""
+  path = os.path.join(workdir, results.STABILITY_CSV)
+  if not os.path.exists(path):
+    return []
+  rows = results.read_stability_csv(path)
+  lines = ["## Stability (linear mode connectivity)", "",
+           "Two copies of each round's start (theta_k * mask) trained with other data orders; the barrier is the "
+           "highest held-out loss on the straight line between them minus the mean of its ends. About zero: the "
+           "round is stable to the data order (Frankle et al. 2020). One replicate, one pair of copies per round: "
+           "no interval.", "",
+           "| round | replicate | sparsity | rewind step | barrier | barrier / ends' mean |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['round']} | {r['replicate']} | {r['sparsity']:.4f} | {r['rewind_step']} | "
+                 f"{r['barrier']:.4g} | {r['barrier_relative']:+.2%} |")
+  lines += ["", f"![stability]({results.STABILITY_FIGURE})", ""]
+  return lines
 
 
 def _collapse_notes(workdir: str, rows: list[dict]) -> list[str]:

@@ -258,3 +258,37 @@ def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
       lines.append(f"  The sparsest matching round ({branch}) is round {sparsest['round']} at "
                    f"{sparsest['sparsity_prunable']:.4f}, but a round below it does not match.")
   return lines
+
+
+# ----------------------------------------------------------------------------- stability (jaxtickets.stability)
+
+STABILITY_CSV = "stability.csv"
+STABILITY_FIGURE = "stability.png"
+
+
+def _path_columns(points: int) -> list[str]:
+  return [f"loss_at_{a:.2f}" for a in np.linspace(0.0, 1.0, points)]
+
+
+def write_stability_csv(path: str, rows: list[dict]) -> None:
+  """stability.csv: one row per measured round, the path's losses as loss_at_<alpha> columns."""
+  columns = _path_columns(len(rows[0]["path"])) if rows else []
+  with open(path + ".tmp", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["round", "replicate", "sparsity", "rewind_step", "barrier", "barrier_relative", *columns])
+    for r in rows:
+      writer.writerow([r["round"], r["replicate"], f"{r['sparsity']:.6f}", r["rewind_step"], f"{r['barrier']:.6g}",
+                       f"{r['barrier_relative']:.6g}", *(f"{x:.6g}" for x in r["path"])])
+  os.replace(path + ".tmp", path)
+
+
+def read_stability_csv(path: str) -> list[dict]:
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  out = []
+  for r in rows:
+    path_keys = [k for k in r if k.startswith("loss_at_")]
+    out.append({"round": int(r["round"]), "replicate": int(r["replicate"]), "sparsity": float(r["sparsity"]),
+                "rewind_step": int(r["rewind_step"]), "barrier": float(r["barrier"]),
+                "barrier_relative": float(r["barrier_relative"]), "path": [float(r[k]) for k in path_keys]})
+  return out

@@ -14,7 +14,6 @@ in W/stability/state, resumable: the same command continues); trained copies are
 W/stability/rep_<r>/round_NN/copy_<a|b>.
 """
 
-import csv
 import os
 import sys
 
@@ -26,8 +25,8 @@ from matplotlib.figure import Figure
 from jaxtickets import checkpoint, evaluate, imp, pack, preempt, results
 from jaxtickets.errors import UserError
 
-CSV = "stability.csv"
-FIGURE = "stability.png"
+CSV = results.STABILITY_CSV
+FIGURE = results.STABILITY_FIGURE
 COPIES = ("a", "b")
 # Seeds of the copies' data orders, far from the run's own seed + replicate: the copies see other orders than
 # the round did, and than each other.
@@ -97,7 +96,7 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
     finally:
       s.close()
   if jax.process_index() == 0:
-    write_csv(os.path.join(workdir, CSV), rows)
+    results.write_stability_csv(os.path.join(workdir, CSV), rows)
     plot(rows, os.path.join(workdir, FIGURE))
   return rows
 
@@ -151,33 +150,6 @@ def _load_config(workdir: str):
   return config
 
 
-def path_columns(points: int) -> list[str]:
-  return [f"loss_at_{a:.2f}" for a in np.linspace(0.0, 1.0, points)]
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-  columns = path_columns(len(rows[0]["path"])) if rows else []
-  with open(path + ".tmp", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["round", "replicate", "sparsity", "rewind_step", "barrier", "barrier_relative", *columns])
-    for r in rows:
-      writer.writerow([r["round"], r["replicate"], f"{r['sparsity']:.6f}", r["rewind_step"], f"{r['barrier']:.6g}",
-                       f"{r['barrier_relative']:.6g}", *(f"{x:.6g}" for x in r["path"])])
-  os.replace(path + ".tmp", path)
-
-
-def read_csv(path: str) -> list[dict]:
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  out = []
-  for r in rows:
-    path_keys = [k for k in r if k.startswith("loss_at_")]
-    out.append({"round": int(r["round"]), "replicate": int(r["replicate"]), "sparsity": float(r["sparsity"]),
-                "rewind_step": int(r["rewind_step"]), "barrier": float(r["barrier"]),
-                "barrier_relative": float(r["barrier_relative"]), "path": [float(r[k]) for k in path_keys]})
-  return out
-
-
 def plot(rows: list[dict], path: str, title: str = "") -> None:
   """Left: the loss along the path per round. Right: the relative barrier against sparsity."""
   fig = Figure(figsize=(11, 4.4), layout="constrained")
@@ -194,25 +166,6 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
   right.set_ylabel("error barrier (% of the ends' mean loss)")
   fig.suptitle(title or "Linear mode connectivity: two copies of each round's start, other data orders")
   fig.savefig(path, dpi=110)
-
-
-def markdown_section(workdir: str) -> list[str]:
-  """The report's section, when stability.csv exists."""
-  path = os.path.join(workdir, CSV)
-  if not os.path.exists(path):
-    return []
-  rows = read_csv(path)
-  lines = ["## Stability (linear mode connectivity)", "",
-           "Two copies of each round's start (theta_k * mask) trained with other data orders; the barrier is the "
-           "highest held-out loss on the straight line between them minus the mean of its ends. About zero: the "
-           "round is stable to the data order (Frankle et al. 2020). One replicate, one pair of copies per round: "
-           "no interval.", "",
-           "| round | replicate | sparsity | rewind step | barrier | barrier / ends' mean |", "|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['round']} | {r['replicate']} | {r['sparsity']:.4f} | {r['rewind_step']} | "
-                 f"{r['barrier']:.4g} | {r['barrier_relative']:+.2%} |")
-  lines += ["", f"![stability]({FIGURE})", ""]
-  return lines
 
 
 FLAGS = flags.FLAGS

@@ -271,10 +271,8 @@ def plot_study(runs, tables, path: str) -> None:
 
 
 def _stability_rows(workdir: str) -> list[dict]:
-  from jaxtickets import stability
-
-  path = os.path.join(workdir, stability.CSV)
-  return stability.read_csv(path) if os.path.exists(path) else []
+  path = os.path.join(workdir, results.STABILITY_CSV)
+  return results.read_stability_csv(path) if os.path.exists(path) else []
 
 
 def _rewind_section(runs, tables) -> list[str]:

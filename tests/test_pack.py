@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import imp, pack, preempt, sparsity
+from jaxtickets import imp, pack, parallel, preempt, sparsity
 from conftest import tiny_config
 
 
@@ -17,10 +17,10 @@ def _layout(monkeypatch, devices, platform="cpu", concurrent=2, **parallel):
 
 
 def test_runs_axis_sizes_leave_each_runs_batch_splitting_evenly():
-  assert pack.runs_axis_sizes(8, 4) == [2, 4, 8]  # 'data' of 4, 2, 1 devices: batch 4 splits over each
-  assert pack.runs_axis_sizes(8, 3) == [8]
-  assert pack.runs_axis_sizes(8, 4, runs_per_step=6) == [2]
-  assert pack.runs_axis_sizes(1, 4) == [1]
+  assert parallel.runs_axis_sizes(8, 4) == [2, 4, 8]  # 'data' of 4, 2, 1 devices: batch 4 splits over each
+  assert parallel.runs_axis_sizes(8, 3) == [8]
+  assert parallel.runs_axis_sizes(8, 4, runs_per_step=6) == [2]
+  assert parallel.runs_axis_sizes(1, 4) == [1]
 
 
 @pytest.mark.parametrize("devices, platform, concurrent, parallel, want", [

@@ -52,9 +52,13 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   rows = stability.run(finished, rounds=[0, 1], points=3)
   assert [r["round"] for r in rows] == [0, 1]
   assert os.path.exists(os.path.join(finished, stability.CSV)) and os.path.exists(os.path.join(finished, stability.FIGURE))
-  back = stability.read_csv(os.path.join(finished, stability.CSV))
+  from jaxtickets import report, results
+  back = results.read_stability_csv(os.path.join(finished, stability.CSV))
   assert [r["barrier"] for r in back] == pytest.approx([r["barrier"] for r in rows], rel=1e-5)
-  assert "## Stability (linear mode connectivity)" in "\n".join(stability.markdown_section(finished))
+  report.write_report(finished, grid=False)
+  text = open(os.path.join(finished, "report.md")).read()
+  assert "## Stability (linear mode connectivity)" in text and "![stability](stability.png)" in text
+  assert f"| 1 | 0 | {rows[1]['sparsity']:.4f} | 0 |" in text
 
 
 def test_a_path_between_unrelated_random_networks_has_a_barrier(finished):
