@@ -22,7 +22,7 @@ from tqdm import tqdm
 from jaxtickets import checkpoint, config as config_lib, results
 from jaxtickets.errors import UserError
 
-FIGURES = {"curves": "curves.png", "layers": "layers.png", "grid": "grid.png"}
+FIGURES = {"curves": "curves.png", "layers": "layers.png", "grid": "grid.png", "early_bird": "early_bird.png"}
 METRICS = ("total", "content", "style")
 MAX_GRID_ROWS = 8
 _GROUP_COLORS = {"encoder": "tab:blue", "decoder": "tab:orange", "transform": "tab:green"}
@@ -76,6 +76,23 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
   if title:
     fig.suptitle(title)
   fig.savefig(path, dpi=100)
+
+
+def plot_early_bird(rows: list[dict], epsilon: float, path: str) -> None:
+  """Distance between consecutive drawn masks against the dense round's step, per replicate."""
+  fig = Figure(figsize=(6.5, 4), layout="constrained")
+  ax = fig.subplots()
+  ax.axhline(epsilon, color="k", ls="--", lw=1, label=f"epsilon {epsilon:g}")
+  for r in rows:
+    history = r.get("early_bird_history") or []
+    if history:
+      ax.plot([h[0] for h in history], [h[1] for h in history], "o-", ms=3, label=f"replicate {r['replicate']}")
+    if r.get("early_bird_step") is not None:
+      ax.axvline(r["early_bird_step"], color="0.6", lw=1)
+  ax.set_xlabel("dense round step")
+  ax.set_ylabel("mask distance (fraction of prunable weights)")
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=110)
 
 
 def plot_layers(report: dict, path: str, title: str) -> None:
@@ -202,7 +219,19 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
                      for r in vs]), ""]
   captions = {"curves": "Quality vs sparsity with 95% intervals (the dashed line is the tolerance)",
               "layers": "Per-layer sparsity of the final IMP ticket (replicate 0)",
-              "grid": "Held-out pairs: content, style, dense, then each IMP round (replicate 0)"}
+              "grid": "Held-out pairs: content, style, dense, then each IMP round (replicate 0)",
+              "early_bird": "Early bird: distance between consecutive drawn masks during the dense round"}
+  birds = [r for r in rows if r["branch"] == "imp" and r["round"] == 0 and "early_bird_step" in r]
+  if config.imp.get("early_bird", False):
+    text += ["## Early bird", "",
+             f"The dense round drew the mask pruning would give every {config.imp.early_bird_every} steps and stopped "
+             f"once consecutive masks differed in less than {config.imp.early_bird_epsilon:.1%} of the prunable "
+             f"weights for {config.imp.early_bird_patience} draws in a row. The dense round is the verdicts' "
+             "reference, so an early-stopped one is a weaker reference: the study's early_bird comparison judges "
+             "these tickets against full IMP instead.", "",
+             _table(["replicate", "stopped at step", "steps trained", "of"],
+                    [[str(r["replicate"]), str(r["early_bird_step"]), str(r["steps"]), str(config.train.steps)]
+                     for r in birds]) if birds else "No dense round stopped early: the masks never settled.", ""]
   text += ["## Figures", ""]
   for key, name in figures.items():
     text += [f"### {captions[key]}", "", f"![{captions[key]}]({name})", ""]
@@ -249,6 +278,10 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
     plot_layers(meta["sparsity"], os.path.join(workdir, FIGURES["layers"]),
                 f"{config.model.name}: per-layer sparsity, IMP round {final['round']} (replicate {first_rep})")
     figures["layers"] = FIGURES["layers"]
+  birds = [r for r in rows if r["branch"] == "imp" and r["round"] == 0 and r.get("early_bird_history")]
+  if birds:
+    plot_early_bird(birds, config.imp.early_bird_epsilon, os.path.join(workdir, FIGURES["early_bird"]))
+    figures["early_bird"] = FIGURES["early_bird"]
   if grid and imp_rows:
     try:
       plot_grid(config, imp_rows, workdir, os.path.join(workdir, FIGURES["grid"]))
