@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import sys
 from typing import Sequence
 
 import ml_collections
@@ -367,3 +369,32 @@ def config_changes(saved: dict, config) -> list[str]:
       show = lambda v: "(absent)" if v is _ABSENT else repr(v)
       changes.append(f"{key}: {show(a)} -> {show(b)}")
   return changes
+
+
+# ----------------------------------------------------------------------------- command lines
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags_parser for the command lines that take --config: a misspelled override (--config.imp.round=3)
+  ends in one sentence and exit status 2, not ml_collections' traceback."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # a value of the wrong type, an unknown flag: absl's own sentence
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
+      e = e.args[0]
+    text = str(e.args[0]) if e.args else str(e)
+    name = text.splitlines()[0].strip().strip("'\"")
+    overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    path = next((o for o in overrides if o.rsplit(".", 1)[-1] == name), None)
+    if path is None:
+      raise
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    hint = (f"did you mean {path.rsplit('.', 1)[0]}.{suggestion.group(1)}?" if suggestion else
+            "check the spelling against jaxtickets/config.py, which lists every field.")
+    print(f"error: {path} does not exist; {hint}", file=sys.stderr)
+    sys.exit(2)

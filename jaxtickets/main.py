@@ -59,4 +59,5 @@ def main(argv):
 if __name__ == "__main__":
   from jaxtickets import tcmalloc
   tcmalloc.preload()  # first: it may re-execute this command under tcmalloc (CPU only)
-  app.run(main)
+  from jaxtickets import config as config_lib_flags  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=config_lib_flags.parse_flags)

@@ -429,4 +429,4 @@ if __name__ == "__main__":
   from jaxtickets import tcmalloc
   tcmalloc.preload()  # first: it may re-execute this command under tcmalloc (CPU only)
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

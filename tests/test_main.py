@@ -32,6 +32,17 @@ def test_cli_bad_input_is_one_sentence(tmp_path, override, expected):
   assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("--config.imp.round=3", "error: config.imp.round does not exist; did you mean config.imp.rounds?"),
+    ("--config.imp.zzzq=1", "error: config.imp.zzzq does not exist; check the spelling against jaxtickets/config.py"),
+    ("--config.imp.rounds=x", "error: flag --config.imp.rounds=x: invalid literal for int()"),
+])
+def test_cli_misspelled_or_mistyped_override_is_one_line_and_exit_2(tmp_path, override, expected):
+  r = run_main("--config=configs/adain.py:demo", f"--workdir={tmp_path}", override)
+  assert r.returncode == 2 and r.stderr.startswith(expected), r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
 def test_cli_without_data_names_the_fields_and_the_demo(tmp_path):
   r = run_main("--config=configs/adain.py", f"--workdir={tmp_path}")
   assert r.returncode != 0
