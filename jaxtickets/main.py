@@ -31,13 +31,12 @@ def main(argv):
   import jax
 
   from jaxtickets import imp, preempt
-  from jaxtickets.errors import UserError
 
   config = FLAGS.config
   if config is None:
     sys.exit("Pass a config: python -m jaxtickets.main --config=configs/adain.py:demo")
   workdir = FLAGS.workdir or os.path.join("runs", config.model.name)
-  try:
+  def work():
     from jaxtickets import parallel
     # Before anything touches the devices: every host of a pod joins one run.
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -49,10 +48,8 @@ def main(argv):
     if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("jaxtickets: report written")
-  except UserError as e:
-    sys.exit(f"error: {e}")
-  except preempt.Preempted as e:
-    preempt.exit_preempted(e, "jaxtickets.main")
+
+  preempt.run_command(work, "jaxtickets.main")
   print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/rep_<r>/round_NN.")
 
 

@@ -33,6 +33,19 @@ def exit_preempted(e: Preempted, module: str):
   sys.exit(INTERRUPTED_EXIT_CODE if "SIGINT" in e.reason else PREEMPTED_EXIT_CODE)
 
 
+def run_command(work, module: str):
+  """A command line's work: a UserError ends in its one sentence (exit 1), a preemption or Ctrl-C in the resume
+  hint (exit_preempted); returns what `work()` returns."""
+  from jaxtickets.errors import UserError
+
+  try:
+    return work()
+  except UserError as e:
+    sys.exit(f"error: {e}")
+  except Preempted as e:
+    exit_preempted(e, module)
+
+
 class PreemptionWatch:
   """SIGTERM, Ctrl-C (SIGINT) and JAX's preemption notice as a host-side flag that the train loop reads after each step.
 

@@ -183,18 +183,17 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir:
     sys.exit("error: pass --workdir=DIR, the workdir of a finished run (e.g. runs/adain).")
-  try:
+  def work():
     try:
       rounds = [int(r) for r in FLAGS.rounds]
     except ValueError:
       raise UserError(f"--rounds={','.join(FLAGS.rounds)} is not a list of round numbers: write e.g. --rounds=0,2,4.")
+    from jaxtickets import parallel, report
+    parallel.initialize_distributed()  # a pod's launcher environment (TPU, SLURM, JAX_* variables), if any
     run(FLAGS.workdir, rounds, FLAGS.points, FLAGS.replicate)
-    from jaxtickets import report
     report.write_report(FLAGS.workdir, grid=False)
-  except UserError as e:
-    sys.exit(f"error: {e}")
-  except preempt.Preempted as e:
-    preempt.exit_preempted(e, "jaxtickets.stability")
+
+  preempt.run_command(work, "jaxtickets.stability")
   print(f"Wrote {os.path.join(FLAGS.workdir, CSV)} and {FIGURE} beside it; report.md has the section.")
 
 

@@ -415,12 +415,8 @@ def main(argv):
   config = FLAGS.config
   if config is None:
     sys.exit("error: pass a study config: python -m jaxtickets.study --config=configs/study_adain.py:demo")
-  try:
-    path = run(config, FLAGS.workdir or config.workdir)
-  except UserError as e:
-    sys.exit(f"error: {e}")
-  except preempt.Preempted as e:  # the sub-run's checkpoint is saved; the same command resumes the whole study
-    preempt.exit_preempted(e, "jaxtickets.study")
+  # A preempted sub-run's checkpoint is saved; the same command resumes the whole study.
+  path = preempt.run_command(lambda: run(config, FLAGS.workdir or config.workdir), "jaxtickets.study")
   if path:
     print(f"The study's report is {path}.")
 

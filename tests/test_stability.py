@@ -75,3 +75,16 @@ def test_rounds_that_are_not_finished_are_named(finished):
     stability.run(finished, rounds=[5])
   with pytest.raises(UserError, match="holds no run"):
     stability.run(os.path.dirname(finished), rounds=[0])
+
+
+def test_the_command_line_answers_bad_input_in_one_sentence(tmp_path):
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = lambda *a: subprocess.run([sys.executable, "-m", "jaxtickets.stability", *a], cwd=root, capture_output=True,
+                                  text=True, timeout=300)
+  r = run(f"--workdir={tmp_path}")
+  assert r.returncode == 1 and "holds no run (no config.json)" in r.stderr and "Traceback" not in r.stderr
+  r = run(f"--workdir={tmp_path}", "--rounds=a,b")
+  assert r.returncode == 1 and "--rounds=a,b is not a list of round numbers" in r.stderr
