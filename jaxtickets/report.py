@@ -309,12 +309,15 @@ def _stability_section(workdir: str) -> list[str]:
   lines = ["## Stability (linear mode connectivity)", "",
            "Two copies of each round's start (theta_k * mask) trained with other data orders; the barrier is the "
            "highest held-out loss on the straight line between them minus the mean of its ends. About zero: the "
-           "round is stable to the data order (Frankle et al. 2020). One replicate, one pair of copies per round: "
-           "no interval.", "",
-           "| round | replicate | sparsity | rewind step | barrier | barrier / ends' mean |", "|---|---|---|---|---|---|"]
+           "round is stable to the data order (Frankle et al. 2020). When the two ends differ, a path that only falls "
+           "from the worse end to the better one still has a barrier by this measure; the last column, the "
+           "largest rise above the straight line between the ends' losses, is 0 for such a path. One replicate, "
+           "one pair of copies per round: no interval.", "",
+           "| round | replicate | sparsity | rewind step | barrier | barrier / ends' mean | rise above the line between the ends |",
+           "|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['round']} | {r['replicate']} | {r['sparsity']:.4f} | {r['rewind_step']} | "
-                 f"{r['barrier']:.4g} | {r['barrier_relative']:+.2%} |")
+                 f"{r['barrier']:.4g} | {r['barrier_relative']:+.2%} | {r['barrier_linear']:.4g} |")
   lines += ["", f"![stability]({results.STABILITY_FIGURE})", ""]
   return lines
 

@@ -275,10 +275,11 @@ def write_stability_csv(path: str, rows: list[dict]) -> None:
   columns = _path_columns(len(rows[0]["path"])) if rows else []
   with open(path + ".tmp", "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["round", "replicate", "sparsity", "rewind_step", "barrier", "barrier_relative", *columns])
+    writer.writerow(["round", "replicate", "sparsity", "rewind_step", "barrier", "barrier_relative", "barrier_linear",
+                     *columns])
     for r in rows:
       writer.writerow([r["round"], r["replicate"], f"{r['sparsity']:.6f}", r["rewind_step"], f"{r['barrier']:.6g}",
-                       f"{r['barrier_relative']:.6g}", *(f"{x:.6g}" for x in r["path"])])
+                       f"{r['barrier_relative']:.6g}", f"{r['barrier_linear']:.6g}", *(f"{x:.6g}" for x in r["path"])])
   os.replace(path + ".tmp", path)
 
 
@@ -290,5 +291,6 @@ def read_stability_csv(path: str) -> list[dict]:
     path_keys = [k for k in r if k.startswith("loss_at_")]
     out.append({"round": int(r["round"]), "replicate": int(r["replicate"]), "sparsity": float(r["sparsity"]),
                 "rewind_step": int(r["rewind_step"]), "barrier": float(r["barrier"]),
-                "barrier_relative": float(r["barrier_relative"]), "path": [float(r[k]) for k in path_keys]})
+                "barrier_relative": float(r["barrier_relative"]),
+                "barrier_linear": float(r.get("barrier_linear") or "nan"), "path": [float(r[k]) for k in path_keys]})
   return out

@@ -42,6 +42,14 @@ def barrier(path_losses) -> tuple[float, float]:
   return value, (value / ends if ends else float("nan"))
 
 
+def linear_barrier(path_losses) -> float:
+  """The path's largest rise above the straight line between its two ends' losses. Unlike barrier(), a path that
+  falls monotonically from a worse end to a better one has none."""
+  losses = np.asarray(path_losses, np.float64)
+  line = np.linspace(losses[0], losses[-1], len(losses))
+  return float(np.max(losses - line))
+
+
 def interpolate(a, b, alpha: float, masks):
   """(1 - alpha) a + alpha b, masked (both ends share the mask, so the line stays in the ticket's subspace)."""
   return jax.tree.map(lambda x, y, m: np.where(m, (1.0 - alpha) * np.asarray(x) + alpha * np.asarray(y), 0)
@@ -125,10 +133,11 @@ def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, poi
   losses = path_losses(s, trained["a"], trained["b"], ticket.masks, points)
   value, relative = barrier(losses)
   s.log(f"[stability rep {replicate} round {round_}] sparsity {ticket.sparsity['prunable']['sparsity']:.4f}: "
-        f"barrier {value:.4g} ({relative:+.2%} of the ends' mean); path {', '.join(f'{x:.4g}' for x in losses)}")
+        f"barrier {value:.4g} ({relative:+.2%} of the ends' mean; {linear_barrier(losses):.4g} above the line "
+        f"between the ends); path {', '.join(f'{x:.4g}' for x in losses)}")
   return {"round": round_, "replicate": replicate, "sparsity": ticket.sparsity["prunable"]["sparsity"],
           "rewind_step": s.config.imp.rewind_step, "barrier": value, "barrier_relative": relative,
-          "path": losses}
+          "barrier_linear": linear_barrier(losses), "path": losses}
 
 
 def _load_config(workdir: str):

@@ -18,6 +18,13 @@ def test_barrier_is_the_paths_peak_above_the_mean_of_its_ends():
   assert value == pytest.approx(0.5) and relative == pytest.approx(0.5 / 1.5)
 
 
+def test_linear_barrier_is_the_rise_above_the_line_between_the_ends():
+  assert stability.linear_barrier([2.0, 1.5, 1.0]) == 0.0  # falls along the line: no rise
+  assert stability.linear_barrier([2.0, 1.2, 1.0]) == pytest.approx(0.0)  # below the line: none either
+  assert stability.linear_barrier([2.0, 2.5, 1.0]) == pytest.approx(1.0)  # 2.5 against the line's 1.5
+  assert stability.barrier([2.0, 1.5, 1.0])[0] == pytest.approx(0.5)  # the ends' mean measure counts the slope
+
+
 def test_interpolation_ends_are_the_two_networks_and_stay_masked():
   a = {"w": np.array([1.0, 2.0, 3.0], np.float32)}
   b = {"w": np.array([3.0, 6.0, -3.0], np.float32)}
@@ -55,6 +62,7 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   from jaxtickets import report, results
   back = results.read_stability_csv(os.path.join(finished, stability.CSV))
   assert [r["barrier"] for r in back] == pytest.approx([r["barrier"] for r in rows], rel=1e-5)
+  assert [r["barrier_linear"] for r in back] == pytest.approx([r["barrier_linear"] for r in rows], rel=1e-5, abs=1e-9)
   report.write_report(finished, grid=False)
   text = open(os.path.join(finished, "report.md")).read()
   assert "## Stability (linear mode connectivity)" in text and "![stability](stability.png)" in text
