@@ -190,6 +190,9 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.WARNING)  # JAX's probing for absent TPU/GPU backends is INFO noise
   if not FLAGS.workdir:
     sys.exit("error: pass --workdir=DIR, the workdir of a finished run (e.g. runs/adain).")
   def work():
