@@ -117,7 +117,8 @@ def _save(path, items: dict, kind: str, overwrite: bool) -> None:
       if _is_complete(path, items):
         raise UserError(f"A {kind} already exists at '{path}'; pass overwrite=True to replace it or choose "
                         'another path.')
-      raise UserError(f"'{path}' already exists and is not a {kind}; delete it or choose another path.")
+      raise UserError(f"'{path}' already exists and is not a {kind}: choose another path (what is there is not "
+                      "ours to replace).")
   path.parent.mkdir(parents=True, exist_ok=True)
   checkpointer = _checkpointer(items)
   # force=True removes the old directory first: a crash then loses it but never leaves a half checkpoint.
@@ -160,6 +161,10 @@ def _check_present(path, items, kind: str) -> epath.Path:
     what = 'the path is a file, not a directory' if path.exists() else 'the directory does not exist'
     raise UserError(f"No {kind} at '{path}': {what}; check the path (or run the step that writes it).")
   missing = [item for item in items if not (path / item).is_dir()]
+  if len(missing) == len(items) and not (path / '_CHECKPOINT_METADATA').exists():
+    # Nothing of a checkpoint here: someone else's directory, never ours to advise deleting.
+    raise UserError(f"'{path}' is not a {kind}: it holds none of a {kind}'s parts ({', '.join(items)}); pass the "
+                    f"directory of a {kind}.")
   if missing:
     raise UserError(f"The {kind} at '{path}' is incomplete or damaged: missing "
                     f"{', '.join(repr(str(path / m)) for m in missing)}; delete the directory and save it again.")

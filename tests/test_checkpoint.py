@@ -315,3 +315,15 @@ def test_workdir_lock(tmp_path):
   (tmp_path / 'run.lock').write_text('{"pi')
   checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire().release()
   assert 'unreadable' in logs[-1]
+
+
+def test_a_directory_that_is_not_a_ticket_is_named_so_and_never_to_be_deleted(tmp_path):
+  (tmp_path / 'notes.txt').write_text('mine')
+  with pytest.raises(UserError) as e:
+    checkpoint.load_ticket(tmp_path)
+  assert f"'{tmp_path}' is not a ticket: it holds none of a ticket's parts" in str(e.value)
+  assert 'delete' not in str(e.value)
+  with pytest.raises(UserError) as e:  # saving onto it does not advise deleting it either
+    checkpoint.save_params(tmp_path, {'w': np.zeros(2, np.float32)})
+  assert 'choose another path' in str(e.value) and 'delete' not in str(e.value)
+
