@@ -335,16 +335,11 @@ def validate(config) -> None:
 # ----------------------------------------------------------------------------- resuming
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def _flatten(tree: dict) -> dict:
   """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "."))
-    else:
-      out[name] = value
-  return out
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  return traverse_util.flatten_dict(tree, sep=".")
 
 
 _ABSENT = object()

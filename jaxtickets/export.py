@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxtickets import sparsity
+from jaxtickets import sparsity, weights
 from jaxtickets.errors import UserError
 
 FORMAT = "jaxtickets-export"
@@ -43,17 +43,6 @@ class Exported:
 
 def _leaves(tree) -> list[tuple[str, np.ndarray]]:
   return [(sparsity.path_name(kp), np.asarray(v)) for kp, v in jax.tree.leaves_with_path(tree)]
-
-
-def _unflatten(flat: dict) -> dict:
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, last = path.split("/")
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[last] = value
-  return tree
 
 
 def _check_out(out: str) -> str:
@@ -171,13 +160,13 @@ def load_export(path: str) -> Exported:
         masks[name] = np.ones(shape, bool)
     vgg = None
     if meta.get("vgg") is not None:
-      vgg = _unflatten({n: tensors[f"vgg/{n}"].reshape(e["shape"]).astype(jnp.dtype(e["dtype"]))
+      vgg = weights.unflatten({n: tensors[f"vgg/{n}"].reshape(e["shape"]).astype(jnp.dtype(e["dtype"]))
                       for n, e in meta["vgg"].items()})
   except (KeyError, ValueError, TypeError) as err:
     raise UserError(f"The export '{path}' is damaged ({type(err).__name__}: {err}); export the ticket "
                     "again.") from None
-  return Exported(model_name=meta["model"], model_config=meta["model_config"], params=_unflatten(params),
-                  masks=_unflatten(masks), vgg_params=vgg, metadata=meta)
+  return Exported(model_name=meta["model"], model_config=meta["model_config"], params=weights.unflatten(params),
+                  masks=weights.unflatten(masks), vgg_params=vgg, metadata=meta)
 
 
 def export_ticket(ticket_dir: str, out: str, which: str = "trained") -> dict:

@@ -10,6 +10,7 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
+from flax import traverse_util
 import numpy as np
 
 from jaxtickets.errors import UserError
@@ -22,28 +23,17 @@ _MAX_LISTED = 12  # problems named in one message; the rest are counted
 
 def flatten(tree: Mapping) -> dict[str, Any]:
   """{'a': {'b': {'kernel': x}}} -> {'a/b/kernel': x}; anything that is not a mapping is a leaf."""
-  flat = {}
-  for key, value in tree.items():
-    key = str(key)
-    if _SEP in key:
-      raise ValueError(f'Parameter name {key!r} contains {_SEP!r}, which flat keys use as the separator.')
-    if isinstance(value, Mapping):
-      flat.update({f'{key}{_SEP}{k}': v for k, v in flatten(value).items()})
-    else:
-      flat[key] = value
-  return flat
+  flat = traverse_util.flatten_dict(dict(tree), is_leaf=lambda _, x: not isinstance(x, Mapping))
+  for path in flat:
+    for key in path:
+      if _SEP in str(key):
+        raise ValueError(f'Parameter name {str(key)!r} contains {_SEP!r}, which flat keys use as the separator.')
+  return {_SEP.join(map(str, path)): value for path, value in flat.items()}
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict:
   """{'a/b/kernel': x} -> {'a': {'b': {'kernel': x}}}, the inverse of `flatten`."""
-  tree: dict = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split(_SEP)
-    node = tree
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(dict(flat), sep=_SEP)
 
 
 def save_vgg_weights(path, params, *, overwrite: bool = False) -> None:
