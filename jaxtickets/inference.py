@@ -175,9 +175,9 @@ class Stylizer:
   @classmethod
   def from_export(cls, path: str) -> "Stylizer":
     """A file written by `python -m jaxtickets.export` (.npz or .safetensors)."""
-    from jaxtickets import export  # export builds on this module
+    from jaxtickets import export_format
 
-    e = export.load_export(path)
+    e = export_format.load_export(path)
     model = build_model(e.model_name, e.model_config)
     vgg = e.vgg_params if e.vgg_params is not None else unused_vgg(model)
     return cls(model, e.params, vgg, e.masks, model_config=e.model_config)

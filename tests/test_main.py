@@ -161,7 +161,8 @@ def test_two_processes_packed_killed_and_resumed_give_the_one_process_tickets(on
   deadline = time.time() + 900
   while not any(key[1] == 1 and step < 6 for key, step in _state_steps(workdir).items()):
     assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-    assert time.time() < deadline, "no checkpoint of round 1 appeared"
+    if time.time() > deadline:  # a hang guard, not a speed check
+      pytest.fail("no checkpoint of round 1 appeared")
     time.sleep(0.05)
   for p in procs:
     p.send_signal(signal.SIGKILL)
