@@ -27,6 +27,11 @@ from jaxtickets import config as config_lib
 EPOCH_STEPS = 10_348  # ceil(82,783 / 8): derived, see above
 
 
+def demo(c):
+  config_lib.use_demo_data(c, steps=30, rounds=3, lr=None)
+  c.train.epoch_steps = c.train.steps  # one epoch per round: the lr stays at 2e-4
+
+
 def get_config(arg: str = ""):
   c = config_lib.default_config()
   c.model.name = "adaattn"
@@ -45,9 +50,4 @@ def get_config(arg: str = ""):
   c.train.steps = 5 * EPOCH_STEPS
   c.imp.rounds = 10
   c.sparsity.scope = "encoder,decoder,transform"
-  if arg == "demo":
-    config_lib.use_demo_data(c, steps=30, rounds=3, lr=None)
-    c.train.epoch_steps = c.train.steps  # one epoch per round: the lr stays at 2e-4
-  elif arg:
-    raise ValueError(f"Unknown variant {arg!r} of configs/adaattn.py: use '' (paper scale) or 'demo'.")
-  return c
+  return config_lib.pick_variant(c, arg, {"demo": demo}, __file__)

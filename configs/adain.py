@@ -14,6 +14,22 @@ from jaxtickets import config as config_lib
 STUDY_STEPS = 500  # per round: the dense loss is flat from about step 250 at lr 1e-3 (docs/study_cpu/dense_curve.png)
 
 
+def demo(c):
+  config_lib.use_demo_data(c, steps=30, rounds=4)  # 2 replicates
+  c.model.width = 0.5  # two replicates at half width cost about what one took at full width
+
+
+def cpu_study(c):
+  config_lib.use_demo_data(c, steps=STUDY_STEPS, rounds=4, replicates=3)
+  c.model.width = 0.25
+  c.train.lr = 1e-3  # at 2e-4 the loss sat on its first plateau for 300 steps and still fell at step 600
+  c.sparsity.fraction = 0.36
+  c.train.log_every = 25
+  c.checkpoint.every_steps = 200
+  c.imp.branches = "imp,random_prune,random_reinit"
+  c.eval.num_pairs = 64
+
+
 def get_config(arg: str = ""):
   c = config_lib.default_config()
   c.model.name = "adain"
@@ -24,18 +40,4 @@ def get_config(arg: str = ""):
   c.train.batch_size = 8
   c.train.steps = 160_000
   c.imp.rounds = 10
-  if arg == "demo":
-    config_lib.use_demo_data(c, steps=30, rounds=4)  # 2 replicates
-    c.model.width = 0.5  # two replicates at half width cost about what one took at full width
-  elif arg == "cpu_study":
-    config_lib.use_demo_data(c, steps=STUDY_STEPS, rounds=4, replicates=3)
-    c.model.width = 0.25
-    c.train.lr = 1e-3  # at 2e-4 the loss sat on its first plateau for 300 steps and still fell at step 600
-    c.sparsity.fraction = 0.36
-    c.train.log_every = 25
-    c.checkpoint.every_steps = 200
-    c.imp.branches = "imp,random_prune,random_reinit"
-    c.eval.num_pairs = 64
-  elif arg:
-    raise ValueError(f"Unknown variant {arg!r} of configs/adain.py: use '' (paper scale), 'demo' or 'cpu_study'.")
-  return c
+  return config_lib.pick_variant(c, arg, {"demo": demo, "cpu_study": cpu_study}, __file__)

@@ -21,6 +21,11 @@
 from jaxtickets import config as config_lib
 
 
+def demo(c):
+  config_lib.use_demo_data(c, steps=40, rounds=4)
+  c.model.train_decoder = True  # no pre-trained decoder is available offline
+
+
 def get_config(arg: str = ""):
   c = config_lib.default_config()
   c.model.name = "lst"
@@ -37,9 +42,4 @@ def get_config(arg: str = ""):
   c.train.steps = 100_000
   c.imp.rounds = 10
   c.sparsity.scope = "encoder,decoder,transform"
-  if arg == "demo":
-    c.model.train_decoder = True  # no pre-trained decoder is available offline
-    config_lib.use_demo_data(c, steps=40, rounds=4)
-  elif arg:
-    raise ValueError(f"Unknown variant {arg!r} of configs/lst.py: use '' (paper scale) or 'demo'.")
-  return c
+  return config_lib.pick_variant(c, arg, {"demo": demo}, __file__)

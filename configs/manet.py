@@ -41,8 +41,5 @@ def get_config(arg: str = ""):
   c.data.crop_size = 256
   c.sparsity.scope = "encoder,decoder,transform"
   c.imp.rounds = 10
-  if arg == "demo":
-    config_lib.use_demo_data(c, steps=15, rounds=3)
-  elif arg:
-    raise ValueError(f"Unknown variant {arg!r} of configs/manet.py: use '' (paper scale) or 'demo'.")
-  return c
+  return config_lib.pick_variant(c, arg, {"demo": lambda c: config_lib.use_demo_data(c, steps=15, rounds=3)},
+                                 __file__)

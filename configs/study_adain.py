@@ -11,11 +11,38 @@ kept fixed; AdaIN's transform has no parameters, so finding 3 is noted as not ap
 
 import ml_collections
 
+from jaxtickets import config as config_lib
+
+# Each model's demo config at 1/4 width, 32 px crops, 2 pruned rounds of 6 steps.
+DEMO_OVERRIDES = ("model.width=0.25; data.load_size=48; data.crop_size=32; train.steps=6; train.batch_size=2; "
+                  "train.log_every=3; train.lr=1e-3; imp.rounds=2; eval.num_pairs=2; eval.batch_size=2")
+
+
+def demo(c):
+  c.variant = "demo"
+  c.workdir = "runs/study_adain_demo"
+  c.overrides = DEMO_OVERRIDES
+
+
+def sweep(c):
+  c.comparisons = "rewind,early_bird"
+  c.rewind_steps = "0,0.5%,2%"
+  c.workdir = "runs/study_adain_sweep"
+
+
+def demo_sweep(c):
+  sweep(c)
+  c.variant = "demo"
+  c.rewind_steps = "0,2"
+  c.workdir = "runs/study_adain_demo_sweep"
+  # the demo's rounds are 6 steps: draw the early-bird mask every 2
+  c.overrides = DEMO_OVERRIDES + "; imp.early_bird_every=2; imp.early_bird_epsilon=0.5; imp.early_bird_patience=1"
+
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.models = "adain"  # comma-separated model names
-  c.variant = arg  # passed to each configs/<model>.py get_config
+  c.variant = ""  # passed to each configs/<model>.py get_config
   c.comparisons = "encoder,transform,baselines"
   c.baselines = "random_prune,random_reinit,oneshot"
   c.workdir = "runs/study_adain"
@@ -25,18 +52,4 @@ def get_config(arg: str = ""):
   # line can set any field): e.g. --config.overrides='train.steps=100; imp.rounds=2'.
   c.overrides = ""
   c.rewind_steps = ""  # 'rewind' comparison: comma-separated steps or shares of a round, e.g. '0,0.5%,2%'
-  if arg in ("sweep", "demo_sweep"):
-    c.variant = "demo" if arg == "demo_sweep" else ""
-    c.comparisons = "rewind,early_bird"
-    c.rewind_steps = "0,0.5%,2%" if arg == "sweep" else "0,2"
-    c.workdir = f"runs/study_adain_{arg}"
-  if arg in ("demo", "demo_sweep"):
-    c.workdir = c.workdir if arg == "demo_sweep" else "runs/study_adain_demo"
-    c.overrides = ("model.width=0.25; data.load_size=48; data.crop_size=32; train.steps=6; train.batch_size=2; "
-                   "train.log_every=3; train.lr=1e-3; imp.rounds=2; eval.num_pairs=2; eval.batch_size=2")
-  if arg == "demo_sweep":  # the demo's rounds are 6 steps: draw the early-bird mask every 2
-    c.overrides += "; imp.early_bird_every=2; imp.early_bird_epsilon=0.5; imp.early_bird_patience=1"
-  if arg not in ("", "demo", "sweep", "demo_sweep"):
-    raise ValueError(f"Unknown variant {arg!r} of configs/study_adain.py: use '' (paper scale), 'demo', 'sweep' "
-                     "or 'demo_sweep'.")
-  return c
+  return config_lib.pick_variant(c, arg, {"demo": demo, "sweep": sweep, "demo_sweep": demo_sweep}, __file__)

@@ -4,7 +4,7 @@ import json
 import os
 import re
 import sys
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -119,6 +119,18 @@ def use_demo_data(c: ml_collections.ConfigDict, *, steps: int, rounds: int, lr: 
   c.imp.replicates = replicates
   c.eval.num_pairs = 16
   c.eval.batch_size = 8
+
+
+def pick_variant(config: ml_collections.ConfigDict, arg: str, variants: Mapping[str, Callable], path: str):
+  """`config` (a configs/*.py's paper-scale setting) changed by its variant `arg` ('' = paper scale): the one way
+  every config file picks `--config=configs/<file>.py:<variant>`."""
+  if arg and arg not in variants:
+    names = ", ".join(repr(v) for v in variants)
+    raise ValueError(f"Unknown variant {arg!r} of configs/{os.path.basename(path)}: use '' (paper scale) or one of "
+                     f"{names}.")
+  if arg:
+    variants[arg](config)
+  return config
 
 
 def model_config(config) -> ml_collections.ConfigDict:

@@ -39,6 +39,24 @@ def test_every_config_file_and_variant_is_valid(name, variant):
   config_lib.validate(config)
 
 
+def test_pick_variant_applies_only_the_named_variant_and_names_the_choices():
+  variants = {"demo": lambda c: setattr(c.train, "steps", 7), "tiny": lambda c: setattr(c.model, "width", 0.25)}
+  paper = config_lib.pick_variant(config_lib.default_config(), "", variants, "configs/x.py")
+  assert paper.train.steps == config_lib.default_config().train.steps and paper.model.width == 1.0
+  demo = config_lib.pick_variant(config_lib.default_config(), "demo", variants, "configs/x.py")
+  assert demo.train.steps == 7 and demo.model.width == 1.0
+  with pytest.raises(ValueError, match=r"Unknown variant 'dmeo' of configs/x.py: use '' \(paper scale\) or one of "
+                     r"'demo', 'tiny'\."):
+    config_lib.pick_variant(config_lib.default_config(), "dmeo", variants, "configs/x.py")
+
+
+@pytest.mark.parametrize("name", ["adain", "sanet", "lst", "manet", "adaattn", "mccnet", "study_adain"])
+def test_every_config_file_names_its_variants_when_one_is_unknown(name):
+  with pytest.raises(ValueError, match=rf"Unknown variant 'nope' of configs/{name}.py: use '' \(paper scale\) or "
+                     "one of 'demo'"):
+    model_config(name, "nope")
+
+
 def test_paper_scale_defaults_give_replicates_and_enough_pairs():
   paper = config_lib.default_config()
   assert paper.imp.replicates >= 3 and paper.eval.num_pairs >= 64 and paper.sparsity.layer_cap == 1.0
