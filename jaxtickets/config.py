@@ -11,7 +11,7 @@ import ml_collections
 from jaxtickets.errors import UserError
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
-SCOPE_GROUPS = ("encoder", "decoder", "transform")
+GROUPS = ("encoder", "decoder", "transform")  # the top-level keys of every model's params tree
 PRUNE_METHODS = ("global", "layerwise")
 DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("stop", "skip")
@@ -136,7 +136,7 @@ def pick_variant(config: ml_collections.ConfigDict, arg: str, variants: Mapping[
 def model_config(config) -> ml_collections.ConfigDict:
   """config.model with config.train.dtype (when set) as the compute dtype the model is built with."""
   mc = ml_collections.ConfigDict(config.model.to_dict())
-  if config.train.get("dtype", ""):
+  if config.train.dtype:
     mc.dtype = config.train.dtype
   return mc
 
@@ -264,12 +264,12 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   need(t.nan_policy in NAN_POLICIES, "train.nan_policy", t.nan_policy,
        f"choose one of {', '.join(NAN_POLICIES)} ('stop' ends the round at a non-finite loss, 'skip' skips the batch)")
   scope = split_list(s.scope) if isinstance(s.scope, (str, list, tuple)) else []
-  need(bool(scope), "sparsity.scope", s.scope, f"name at least one of {', '.join(SCOPE_GROUPS)} or a glob like 'decoder/conv3_*'")
+  need(bool(scope), "sparsity.scope", s.scope, f"name at least one of {', '.join(GROUPS)} or a glob like 'decoder/conv3_*'")
   for pattern in scope:
     group = pattern.split("/")[0]
-    if not any(ch in group for ch in "*?[") and group not in SCOPE_GROUPS:
+    if not any(ch in group for ch in "*?[") and group not in GROUPS:
       p.append(f"config.sparsity.scope names {pattern!r}, whose group {group!r} is unknown: "
-               f"scopes start with one of {', '.join(SCOPE_GROUPS)}.")
+               f"scopes start with one of {', '.join(GROUPS)}.")
   need(s.method in PRUNE_METHODS, "sparsity.method", s.method, f"choose one of {', '.join(PRUNE_METHODS)}")
   need(is_num(s.fraction) and 0 < s.fraction < 1, "sparsity.fraction", s.fraction, "use a fraction in (0, 1), e.g. 0.2")
   need(is_num(s.layer_cap) and 0 < s.layer_cap <= 1, "sparsity.layer_cap", s.layer_cap,
@@ -355,6 +355,16 @@ def _flatten(tree: dict) -> dict:
 
 
 _ABSENT = object()
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A run's saved config.json as a config, with the defaults of fields written by an older version that lacked
+  them (so readers never repeat a default)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  merged = _flatten(json.loads(default_config().to_json()))
+  merged.update(_flatten(saved))
+  return ml_collections.ConfigDict(traverse_util.unflatten_dict(merged, sep="."))
 
 
 def config_changes(saved: dict, config) -> list[str]:

@@ -286,7 +286,7 @@ def _lock_workdir(config, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     return None
   lock = checkpoint.WorkdirLock(workdir, log).acquire()
-  if config.get("resume", True) or not (set(os.listdir(workdir)) - {checkpoint.WorkdirLock.NAME}):
+  if config.resume or not (set(os.listdir(workdir)) - {checkpoint.WorkdirLock.NAME}):
     return lock
   aside = f"{workdir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
   lock.release()

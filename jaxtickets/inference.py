@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtickets import checkpoint
+from jaxtickets import checkpoint, config as config_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model
 
@@ -208,7 +208,7 @@ def load_run_config(workdir: str, ticket_dir: str | None = None) -> ml_collectio
   data = checkpoint.load_json(path)
   if not isinstance(data, dict) or "model" not in data:
     raise UserError(f"'{path}' is not a jaxtickets config (no 'model' section); restore the run's config.json.")
-  return ml_collections.ConfigDict(data)
+  return config_lib.from_saved(data)
 
 
 def model_and_vgg(config):

@@ -180,7 +180,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   rewinds = sorted({r["rewind_step"] for r in rows})
   rewind = ", ".join("0 (the initial weights)" if k == 0 else f"{k} (the weights after {k} dense steps)"
                      for k in rewinds)
-  cap = f", no layer pruned beyond {sp.layer_cap:.0%}" if sp.get("layer_cap", 1.0) < 1.0 else ""
+  cap = f", no layer pruned beyond {sp.layer_cap:.0%}" if sp.layer_cap < 1.0 else ""
   settings = [
       ["model", f"{m.name} (width {m.width:g}, {m.dtype})"],
       ["encoder", "trained (part of the pruned network)" if m.train_encoder else "fixed (the frozen VGG)"],
@@ -189,7 +189,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
                         f"round{cap})"],
       ["rewind point used", rewind],
       ["rounds", f"{done} pruned round(s) done of {ip.rounds} configured; {config.train.steps:,} steps per round"],
-      ["replicates", f"{len(reps)} done of {ip.get('replicates', 1)} configured (seeds {config.seed} + r); each "
+      ["replicates", f"{len(reps)} done of {ip.replicates} configured (seeds {config.seed} + r); each "
                      f"point rests on {len(reps)} replicate(s) x {', '.join(map(str, pairs))} held-out pairs"],
       ["branches", _branches_line(config, rows)],
       ["matching", results.match_rule(ip.match_tolerance)],
@@ -222,7 +222,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
               "grid": "Held-out pairs: content, style, dense, then each IMP round (replicate 0)",
               "early_bird": "Early bird: distance between consecutive drawn masks during the dense round"}
   birds = [r for r in rows if r["branch"] == "imp" and r["round"] == 0 and "early_bird_step" in r]
-  if config.imp.get("early_bird", False):
+  if config.imp.early_bird:
     text += ["## Early bird", "",
              f"The dense round drew the mask pruning would give every {config.imp.early_bird_every} steps and stopped "
              f"once consecutive masks differed in less than {config.imp.early_bird_epsilon:.1%} of the prunable "

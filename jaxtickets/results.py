@@ -18,7 +18,7 @@ import numpy as np
 from jaxtickets import checkpoint, config as config_lib, stats
 from jaxtickets.errors import UserError
 
-GROUPS = ("encoder", "decoder", "transform")
+GROUPS = config_lib.GROUPS
 METRICS = ("total", "content", "style")  # total decides the verdict; content and style are reported beside it
 CONFIDENCE = 0.95
 
@@ -204,7 +204,7 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
   checkpoint.save_json(os.path.join(workdir, "summary.json"), {
       "model": config.model.name, "match_tolerance": config.imp.match_tolerance, "confidence": CONFIDENCE,
       "rule": match_rule(config.imp.match_tolerance),
-      "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.get("replicates", 1),
+      "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.replicates,
       "highest_matching": {b: _brief(c) for b, (c, _) in best.items()},
       "sparsest_matching": {b: _brief(s) for b, (c, s) in best.items() if s is not c},
       "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])},
@@ -213,7 +213,7 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
       **({"early_bird": [{"replicate": r["replicate"], "early_bird_step": r.get("early_bird_step"),
                           "steps_trained": r["steps"], "history": r.get("early_bird_history", [])}
                          for r in rows if r["branch"] == "imp" and r["round"] == 0]}
-         if config.imp.get("early_bird", False) else {})})
+         if config.imp.early_bird else {})})
   return rows, summary
 
 

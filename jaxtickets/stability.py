@@ -146,17 +146,9 @@ def _load_config(workdir: str):
     raise UserError(f"'{workdir}' holds no run (no config.json): pass the --workdir of a finished "
                     "`python -m jaxtickets.main` run.")
   results.check_layout(workdir)
-  from jaxtickets import config as config_lib, inference
+  from jaxtickets import inference
 
-  # On today's defaults, so a run saved before a section existed (e.g. config.parallel) still loads.
-  config = config_lib.default_config()
-  for key, value in inference.load_run_config(workdir).items():
-    if hasattr(value, "items") and key in config:
-      for field, v in value.items():
-        config[key][field] = v
-    else:
-      config[key] = value
-  return config
+  return inference.load_run_config(workdir)  # on today's defaults, so an older run's config.json still loads
 
 
 def plot(rows: list[dict], path: str, title: str = "") -> None:

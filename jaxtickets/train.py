@@ -47,7 +47,7 @@ def learning_rate(train_config, step):
   'epoch_step': lr * lr_epoch_factor ** max(0, epoch + 1 - lr_constant_epochs), epoch = i // epoch_steps
                 (AdaAttN: constant for 2 epochs, then x0.3 per epoch).
   """
-  schedule = train_config.get("schedule", "inverse")
+  schedule = train_config.schedule
   if schedule == "epoch_step":
     epoch = jnp.floor_divide(step, train_config.epoch_steps)
     exponent = jnp.maximum(0.0, epoch + 1.0 - train_config.lr_constant_epochs)
@@ -124,7 +124,7 @@ def _step_fn(model, train_config, tx) -> Callable:
   can stop at its next log or checkpoint interval with nothing non-finite in the state.
   """
   groups = model.trained_groups
-  policy = train_config.get("nan_policy", "stop")
+  policy = train_config.nan_policy
 
   def step_fn(state, masks, vgg_params, batch, key):
     key = jax.random.fold_in(key, state.step)

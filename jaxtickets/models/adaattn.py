@@ -27,10 +27,10 @@ import numpy as np
 from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.base import StyleModel
+from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
 
-LOSS_TAPS = ("r21", "r31", "r41", "r51")
-KEY_TAPS = ("r31", "r41", "r51")  # the transform's keys
+LOSS_TAPS = vgg_lib.TAPS[1:]  # r21..r51
+KEY_TAPS = vgg_lib.TAPS[2:]  # r31..r51: the transform's keys
 TRANSFORMER_MAX_SAMPLE = 256 * 256  # the reference's default: never reached at 256 or 512 px
 SKIP_MAX_SAMPLE = 64 * 64  # adaattn_3 and the local loss
 TEST_SEED = 6666  # the reference test script's seed, used by stylize when no rng is given
@@ -217,6 +217,7 @@ class AdaAttNModel(StyleModel):
   attention std's sqrt for its gradient only.
   """
   name = "adaattn"
+  own_groups = (DECODER, TRANSFORM)
   divisor = 16
   encoder_depth = "r51"
   loss_depth = "r51"
@@ -224,7 +225,6 @@ class AdaAttNModel(StyleModel):
 
   def __init__(self, model_config):
     super().__init__(model_config)
-    self.groups = ("encoder", "decoder", "transform") if self.train_encoder else ("decoder", "transform")
     self.grad_eps = float(getattr(model_config, "std_grad_eps", None) or 0.0)
     self.transform = Transform(self.grad_eps, self.dtype)
     self.decoder = SkipDecoder(self.width, self.dtype)

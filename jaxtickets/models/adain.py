@@ -32,7 +32,6 @@ class AdaIN(StyleModel):
 
   def __init__(self, model_config):
     super().__init__(model_config)
-    self.groups = ("encoder", "decoder") if self.train_encoder else ("decoder",)
     self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
 
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:

@@ -5,45 +5,48 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.layers import init_params, torch_default_init
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ENCODER, DECODER, TRANSFORM = config_lib.GROUPS
 
 
 def _field(config: Any, name: str, default: Any) -> Any:
-  """`config.name`, or `default` when the field is absent or None."""
+  """`config.name`, or `default` when the field is absent or None (a model's own fields, e.g. a loss weight, whose
+  default is the reference implementation's value)."""
   value = getattr(config, name, None)
   return default if value is None else value
+
+
+def _shared_field(config: Any, name: str) -> Any:
+  """A field every model reads (width, train_encoder, dtype); when absent, config.default_config's value, the one
+  source of defaults. Values are validated there too (config.validate), before any model is built."""
+  return _field(config, name, config_lib.default_config().model[name])
 
 
 class StyleModel:
   """A style-transfer model: pure, jittable functions of explicit params; the object holds only settings.
 
-  Params come in two trees: `params` (top-level keys = `groups`, each one of 'encoder', 'decoder', 'transform')
+  Params come in two trees: `params` (top-level keys = `groups`, each one of config.GROUPS)
   and `vgg_params` (the frozen loss VGG up to `loss_depth`). When `train_encoder` is False the stylizing encoder
   reads `vgg_params`. Only `trained_groups` (default: all of `groups`) get gradients and can be pruned; the others
   (e.g. LST's pre-trained decoder) ride along in `params` unchanged.
   """
   name: str = ""
   divisor: int = 1
-  groups: tuple[str, ...] = ()
+  own_groups: tuple[str, ...] = (DECODER,)  # the groups besides the optional trained encoder, in GROUPS order
   encoder_depth: str = "r41"
   loss_depth: str = "r41"
   loss_weights: dict[str, float] = {}
 
   def __init__(self, model_config):
     self.config = model_config
-    width = _field(model_config, "width", 1.0)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-      raise UserError(f"config.model.width is {width!r}: use a positive channel multiplier such as 1.0.")
-    self.width = float(width)
-    self.train_encoder = bool(_field(model_config, "train_encoder", False))
-    dtype = _field(model_config, "dtype", "float32")
-    if dtype not in _DTYPES:
-      raise UserError(f"config.model.dtype is {dtype!r}: use one of {', '.join(_DTYPES)}.")
-    self.dtype = _DTYPES[dtype]
+    self.width = float(_shared_field(model_config, "width"))
+    self.train_encoder = bool(_shared_field(model_config, "train_encoder"))
+    self.dtype = getattr(jnp, _shared_field(model_config, "dtype"))  # a name in config.DTYPES
+    self.groups = ((ENCODER,) if self.train_encoder else ()) + tuple(self.own_groups)
     # Each loss weight can be overridden by a config field named '<loss>_weight'.
     self.loss_weights = {k: float(_field(model_config, f"{k}_weight", v)) for k, v in self.loss_weights.items()}
     self.vgg = vgg_lib.VGGEncoder(depth=self.loss_depth, width=self.width, dtype=self.dtype)

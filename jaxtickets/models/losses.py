@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxtickets.models import layers
+from jaxtickets.models import vgg as vgg_lib
 
-ALL_TAPS = ("r11", "r21", "r31", "r41", "r51")
+ALL_TAPS = vgg_lib.TAPS
 
 
 def mse(a: jax.Array, b: jax.Array) -> jax.Array:

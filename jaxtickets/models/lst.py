@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from jaxtickets.models import decoder as decoder_lib
 from jaxtickets.models import layers
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.base import StyleModel, _field
+from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel, _field
 
-STYLE_TAPS = ("r11", "r21", "r31", "r41")
+STYLE_TAPS = vgg_lib.TAPS[:4]  # r11..r41
 CONTENT_TAP = "r41"
 MATRIX_SIZE = 32  # fixed at every width: the transform's algorithm is a 32x32 map of compressed features
 
@@ -111,6 +111,7 @@ class LST(StyleModel):
   values, a third less compute), while `vgg_params` still holds encoder5's weights up to r51.
   """
   name = "lst"
+  own_groups = (DECODER, TRANSFORM)
   divisor = 8
   encoder_depth = "r41"
   loss_depth = "r51"
@@ -119,7 +120,6 @@ class LST(StyleModel):
   def __init__(self, model_config):
     super().__init__(model_config)
     self.train_decoder = bool(_field(model_config, "train_decoder", False))
-    self.groups = (("encoder",) if self.train_encoder else ()) + ("decoder", "transform")
     # LST's encoders pool in floor mode; the loss network's r51 is never read (see the class docstring).
     self.vgg = vgg_lib.VGGEncoder(depth=self.loss_depth, width=self.width, dtype=self.dtype, ceil_pool=False)
     self.encoder = vgg_lib.VGGEncoder(depth=self.encoder_depth, width=self.width, dtype=self.dtype,

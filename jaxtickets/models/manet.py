@@ -13,7 +13,7 @@ from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import sanet
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.base import StyleModel, _field
+from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel, _field
 
 CONTENT_TAPS = ("r41", "r51")
 STYLE_TAPS = losses.ALL_TAPS
@@ -82,6 +82,7 @@ class MANet(StyleModel):
       own contents and styles), so the permuted outputs being compared share nothing by construction.
   """
   name = "manet"
+  own_groups = (DECODER, TRANSFORM)
   divisor = 8
   encoder_depth = "r41"
   loss_depth = "r51"
@@ -89,7 +90,6 @@ class MANet(StyleModel):
 
   def __init__(self, model_config):
     super().__init__(model_config)
-    self.groups = ("encoder", "decoder", "transform") if self.train_encoder else ("decoder", "transform")
     self.original_pairing = bool(_field(model_config, "manet_original_pairing", False))
     threshold = _field(model_config, "disentangle_threshold", 10.0)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):

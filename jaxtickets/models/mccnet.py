@@ -26,7 +26,7 @@ from jaxtickets.models import decoder as decoder_lib
 from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.base import StyleModel
+from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
 
 TAP = "r41"
 DEFAULT_MCC_EPS = 1e-5
@@ -81,6 +81,7 @@ class MCCNet(StyleModel):
   output for c + n and the output for c, gradient through both as in the reference), tv (raw sum).
   """
   name = "mccnet"
+  own_groups = (DECODER, TRANSFORM)
   divisor = 8
   encoder_depth = "r41"
   loss_depth = "r51"
@@ -95,7 +96,6 @@ class MCCNet(StyleModel):
       raise UserError(f"config.model.mcc_eps is {eps!r}: use a non-negative number (1e-5 guards the division, "
                       "0.0 reproduces the reference's bare division).")
     self.mcc_eps = float(eps)
-    self.groups = ("encoder", "decoder", "transform") if self.train_encoder else ("decoder", "transform")
     self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
     self.transform = MCC(eps=self.mcc_eps, dtype=self.dtype)
 

@@ -12,7 +12,7 @@ from jaxtickets.models import decoder as decoder_lib
 from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.base import StyleModel
+from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
 
 CONTENT_TAPS = ("r41", "r51")
 STYLE_TAPS = losses.ALL_TAPS
@@ -61,6 +61,7 @@ class SANet(StyleModel):
   (raw features r11..r51); total = sum of each times its weight.
   """
   name = "sanet"
+  own_groups = (DECODER, TRANSFORM)
   divisor = 16  # r41 + up2(r51) only line up when the sides are multiples of 16
   encoder_depth = "r51"
   loss_depth = "r51"
@@ -68,7 +69,6 @@ class SANet(StyleModel):
 
   def __init__(self, model_config):
     super().__init__(model_config)
-    self.groups = ("encoder", "decoder", "transform") if self.train_encoder else ("decoder", "transform")
     self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
     self.transform = Transform(dtype=self.dtype)
 
