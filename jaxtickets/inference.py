@@ -156,7 +156,7 @@ class Stylizer:
     if not os.path.isdir(weights_dir):
       raise UserError(f"No ported weights at '{weights_dir}': the directory does not exist; write it with "
                       "scripts/port_weights.py or check the path.")
-    ported = weights_lib.load_ported(weights_dir)
+    ported = weights_lib.load_ported(weights_dir, need_model=True)
     if ported.params is None:
       raise UserError(f"'{weights_dir}' holds VGG weights only: use it as config.model.vgg_weights, or port the "
                       "model's decoder (and transform) too.")

@@ -226,23 +226,24 @@ def _params_dir(path: str) -> str | None:
   return None
 
 
-def load_ported(path) -> Ported:
-  """What a directory written by `save_ported` holds (a bare params checkpoint of that tree reads as unnamed)."""
+def load_ported(path, *, need_model: bool = False) -> Ported:
+  """What a directory written by `save_ported` holds (a bare params checkpoint of that tree names no model, which
+  `need_model` refuses for model weights)."""
   from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel
   path = os.fspath(path)
   params_dir = _params_dir(path) if os.path.isdir(path) else None
   if params_dir is None:
     raise UserError(f"'{path}' is not a directory of ported weights ({MODEL_JSON} + {PARAMS_DIR}/): write one with "
                     'python scripts/port_weights.py --model=<name> --vgg=FILE ... --out=DIR.')
-  meta_path = os.path.join(os.path.dirname(params_dir) if params_dir != path else path, MODEL_JSON)
+  meta_path = os.path.join(path, MODEL_JSON)
   meta = checkpoint.load_json(meta_path) if os.path.exists(meta_path) else {}
-  meta = meta if isinstance(meta, dict) else {}  # not a JSON object: it names no model (refused below)
+  meta = meta if isinstance(meta, dict) else {}  # not a JSON object: it names no model
   tree = checkpoint.load_params(params_dir)
   if not tree or set(tree) - {'params', 'vgg'}:
     raise UserError(f"The params checkpoint in '{path}' holds {sorted(tree)}, not 'params' and 'vgg': port the "
                     'weights again.')
   model = meta.get('model')
-  if not isinstance(model, (str, type(None))) or ('params' in tree and model is None):
+  if (model is not None and not isinstance(model, str)) or (need_model and 'params' in tree and model is None):
     raise UserError(f"'{meta_path}' has no \"model\" name: write it as "
                     '{"model": NAME, "model_config": {...}}.')
   return Ported(model, meta.get('model_config'), tree.get('params'), tree.get('vgg'), meta.get('sources') or {},

@@ -6,6 +6,8 @@ tests from the facts of models.md (§1.1, §1.2, §2), independently of the Flax
 marked `needs_torch`; the others (layouts, .safetensors and .npz files) run without it.
 """
 
+from __future__ import annotations  # annotations name torch types, which a run without torch never evaluates
+
 import os
 import subprocess
 import sys
@@ -520,6 +522,8 @@ def test_saved_directory_feeds_vgg_weights_and_init_from(adain_files, tmp_path):
   got = port.load_init_from(tmp_path / 'adain', trained, theta)
   jax.tree.map(np.testing.assert_array_equal, got['decoder'], ported.params['decoder'])
   jax.tree.map(np.testing.assert_array_equal, got['encoder'], theta['encoder'])  # the VGG copy stays
+  bare = port.load_init_from(tmp_path / 'adain' / 'params', trained, theta)  # the Orbax dir itself
+  jax.tree.map(np.testing.assert_array_equal, bare['decoder'], ported.params['decoder'])
 
 
 @needs_torch

@@ -6,7 +6,7 @@ import pytest
 
 from jaxtickets import port
 
-torch = pytest.importorskip('torch')
+torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
 import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
 
 nn, F = tp.nn, tp.F

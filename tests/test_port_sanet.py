@@ -7,7 +7,7 @@ import pytest
 from jaxtickets import port
 from jaxtickets.errors import UserError
 
-torch = pytest.importorskip('torch')
+torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
 import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
 from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
 

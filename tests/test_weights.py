@@ -187,11 +187,12 @@ def test_ported_directory_layout_and_round_trip(tmp_path):
     weights.save_ported(ported, tmp_path / 'out')
 
 
-def test_load_ported_refuses_what_it_cannot_name(tmp_path):
+def test_load_ported_refuses_what_it_cannot_read_or_name(tmp_path):
   from jaxtickets import checkpoint
   checkpoint.save_params(tmp_path / 'bare' / 'params', {'params': {'d': np.zeros(2, np.float32)}, 'vgg': {}})
+  assert weights.load_ported(tmp_path / 'bare').model is None  # enough for init_from, which checks the groups
   with pytest.raises(UserError, match=r"model\.json' has no \"model\" name: write it as \{\"model\": NAME"):
-    weights.load_ported(tmp_path / 'bare')
+    weights.load_ported(tmp_path / 'bare', need_model=True)
   checkpoint.save_params(tmp_path / 'theta', {'decoder': {'k': np.zeros(2, np.float32)}})
   with pytest.raises(UserError, match=r"holds \['decoder'\], not 'params' and 'vgg': port the weights again"):
     weights.load_ported(tmp_path / 'theta')
