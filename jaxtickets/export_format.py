@@ -1,5 +1,6 @@
 """The export file format: writing and reading the compact ticket files of jaxtickets.export (its docstring has
-the layout). Kept apart from the command so that inference reads exports without importing the exporter."""
+the layout). Kept apart from the command so that inference reads exports without importing the exporter; the
+.npz and .safetensors files themselves are read by jaxtickets.weights."""
 
 import dataclasses
 import json
@@ -110,19 +111,17 @@ def _read(path: str) -> tuple[dict, dict]:
     raise UserError(f"No export file at '{path}': check the path (write one with python -m jaxtickets.export).")
   try:
     if ext == ".npz":
-      with np.load(path, allow_pickle=False) as z:
-        tensors = {k: z[k] for k in z.files}
+      tensors = weights.read_npz(path)
       text = tensors.pop(_META_KEY).tobytes().decode()
     else:
-      import safetensors  # pylint: disable=g-import-not-at-top
-      safetensors_numpy()
-      with safetensors.safe_open(path, framework="np") as f:
-        text = (f.metadata() or {})["jaxtickets"]
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+      tensors, header = weights.read_safetensors(path)
+      text = header["jaxtickets"]
     metadata = json.loads(text)
   except UserError:
     raise
-  except Exception as err:  # pylint: disable=broad-except  (zip, JSON and safetensors raise many types)
+  except weights.Unreadable as err:
+    raise UserError(f"'{path}' is not a jaxtickets export ({err}); export the ticket again.") from None
+  except Exception as err:  # pylint: disable=broad-except  (no metadata, or not JSON)
     raise UserError(f"'{path}' is not a jaxtickets export ({type(err).__name__}: {err}); export the ticket "
                     "again.") from None
   if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:

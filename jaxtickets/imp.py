@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxtickets import (checkpoint, config as config_lib, data, early_bird, evaluate, pack, parallel, preempt, results,
-                        sparsity, train)
+                        sparsity, train, weights)
 from jaxtickets.results import ticket_dir
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model
@@ -343,7 +343,7 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> Setup:
   """
   model = get_model(config.model.name)(config_lib.model_config(config))
   root_key = jax.random.PRNGKey(config.seed)
-  vgg_params = load_or_init_vgg(config, model, jax.random.fold_in(root_key, 1))
+  vgg_params = weights.load_or_init_vgg(model, config.model.vgg_weights, jax.random.fold_in(root_key, 1))
   layout = pack.choose_layout(config, concurrent=config.imp.replicates)
   mesh = parallel.make_mesh(layout.runs_axis)
   tx = train.make_optimizer(config.train.adam_eps)
@@ -368,19 +368,6 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> Setup:
                packed_step=train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device),
                eval_fn=evaluate.make_eval_fn(model), pairs=pairs, root_key=root_key, frozen_inference_size=frozen,
                skip_log=skip_log, watch=watch if watch is not None else preempt.PreemptionWatch(), log=log)
-
-
-def load_or_init_vgg(config, model, key):
-  """The pretrained VGG from config.model.vgg_weights, or random weights with a loud warning."""
-  from jaxtickets import weights
-
-  if config.model.vgg_weights:
-    expected = jax.eval_shape(model.init_vgg, key)
-    return weights.load_vgg_weights(config.model.vgg_weights, expected)
-  log("WARNING: config.model.vgg_weights is empty, so the VGG encoder and loss network are RANDOM: the run exercises "
-      "the pipeline but its results are not meaningful for style transfer. Port vgg_normalised.pth with "
-      "scripts/port_weights.py and set --config.model.vgg_weights=DIR.")
-  return jax.device_get(model.init_vgg(key))
 
 
 def initial_params(s: Setup, rep: Replicate):

@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib
+from jaxtickets import checkpoint, config as config_lib, models, weights as weights_lib
 from jaxtickets.errors import UserError
-from jaxtickets.models import get_model
 
 # FCC NTSC RGB -> YIQ; rows give Y, I, Q. The inverse is computed, so the round trip is exact to float precision.
 RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
@@ -152,25 +151,22 @@ class Stylizer:
 
   @classmethod
   def from_ported(cls, weights_dir: str) -> "Stylizer":
-    """Ported weights: DIR/model.json {"model", "model_config"} and DIR/params {"params": ..., "vgg": ...}."""
+    """A model's ported weights: a directory written by scripts/port_weights.py (see jaxtickets.weights)."""
     weights_dir = os.path.abspath(os.fspath(weights_dir))
     if not os.path.isdir(weights_dir):
       raise UserError(f"No ported weights at '{weights_dir}': the directory does not exist; write it with "
                       "scripts/port_weights.py or check the path.")
-    meta = checkpoint.load_json(os.path.join(weights_dir, "model.json"))
-    if isinstance(meta, dict) and "model" in meta and meta["model"] is None:
+    ported = weights_lib.load_ported(weights_dir, need_model=True)
+    if ported.params is None:
       raise UserError(f"'{weights_dir}' holds VGG weights only: use it as config.model.vgg_weights, or port the "
                       "model's decoder (and transform) too.")
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
-      raise UserError(f"'{os.path.join(weights_dir, 'model.json')}' has no \"model\" name: write it as "
-                      '{"model": NAME, "model_config": {...}}.')
-    model = build_model(meta["model"], meta.get("model_config") or {})
-    tree = checkpoint.load_params(os.path.join(weights_dir, "params"))
-    if set(tree) != {"params", "vgg"}:
-      raise UserError(f"The params checkpoint in '{weights_dir}' holds {sorted(tree)}, not 'params' and 'vgg': "
-                      "port the weights again.")
-    _check_fits(model, tree["vgg"], tree["params"], weights_dir)
-    return cls(model, tree["params"], tree["vgg"], model_config=model_config_dict(model.name, meta))
+    if ported.vgg is None:
+      raise UserError(f"The params checkpoint in '{weights_dir}' holds no 'vgg' part: port the weights again, "
+                      "with --vgg.")
+    model_config = {**(ported.model_config or {}), "name": ported.model}
+    model = models.build(ported.model, {**weights_lib.RELEASED_MODEL, **model_config})
+    _check_fits(model, ported.vgg, ported.params, weights_dir)
+    return cls(model, ported.params, ported.vgg, model_config=model_config)
 
   @classmethod
   def from_export(cls, path: str) -> "Stylizer":
@@ -178,22 +174,9 @@ class Stylizer:
     from jaxtickets import export_format
 
     e = export_format.load_export(path)
-    model = build_model(e.model_name, e.model_config)
+    model = models.build(e.model_name, e.model_config)
     vgg = e.vgg_params if e.vgg_params is not None else unused_vgg(model)
     return cls(model, e.params, vgg, e.masks, model_config=e.model_config)
-
-
-def model_config_dict(name: str, meta: dict) -> dict:
-  cfg = dict(meta.get("model_config") or {})
-  cfg["name"] = name
-  return cfg
-
-
-def build_model(name: str, model_config: dict):
-  """The StyleModel `name` built from a plain dict of config.model fields."""
-  cfg = ml_collections.ConfigDict(dict(model_config))
-  cfg.name = name
-  return get_model(name)(cfg)
 
 
 def load_run_config(workdir: str, ticket_dir: str | None = None) -> ml_collections.ConfigDict:
@@ -213,11 +196,9 @@ def load_run_config(workdir: str, ticket_dir: str | None = None) -> ml_collectio
 
 def model_and_vgg(config):
   """The model and the VGG params exactly as imp.setup makes them (same key, so a random VGG is reproduced)."""
-  from jaxtickets import imp  # heavy (data, train); only needed here
-
-  model = get_model(config.model.name)(config.model)
+  model = models.get_model(config.model.name)(config.model)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  return model, imp.load_or_init_vgg(config, model, key)
+  return model, weights_lib.load_or_init_vgg(model, config.model.vgg_weights, key)
 
 
 def unused_vgg(model) -> dict:
@@ -260,11 +241,11 @@ def stylize_reads_vgg(model, params, vgg) -> bool:
 
 
 def load(source: str, which: str = "trained") -> Stylizer:
-  """A Stylizer from a ticket dir, a ported-weights dir (has model.json) or an export file."""
+  """A Stylizer from a ticket dir, a ported-weights dir or an export file."""
   source = os.fspath(source)
   if os.path.isfile(source):
     return Stylizer.from_export(source)
-  if os.path.isfile(os.path.join(source, "model.json")):
+  if weights_lib.is_ported(source):
     return Stylizer.from_ported(source)
   return Stylizer.from_ticket(source, which)
 

@@ -113,7 +113,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Only when run as a program: other CLIs (export, main) define flags of the same names."""
   flags.DEFINE_string("ticket", None, "A ticket directory, WORKDIR/tickets/<branch>/rep_<r>/round_NN.")
-  flags.DEFINE_string("weights", None, "Ported weights (a directory with model.json) or an export file.")
+  flags.DEFINE_string("weights", None, "Ported weights (a directory written by scripts/port_weights.py) or an "
+                      "export file.")
   flags.DEFINE_enum("which", "trained", ["trained", "rewind"], "With --ticket: the trained weights or the rewind "
                     "point.")
   flags.DEFINE_string("content", None, "A content image or a folder of them.")

@@ -1,23 +1,41 @@
-"""Flax-format VGG weights on disk: a flat '.npz' ('conv1_1/kernel' keys), an Orbax params directory, or a
-directory written by scripts/port_weights.py (model.json + params/, whose 'vgg' part is read).
+"""Weight files on disk: the one module that reads and writes them.
 
-scripts/port_weights.py turns PyTorch state dicts into such files; `load_vgg_weights` fits one to the depth a model
-needs (deeper files are fine: the extra layers are dropped).
+  state dicts     a released PyTorch file: .pth/.pt (and any other name) through torch, imported only then (the
+                  optional extra `port`), .safetensors and .npz without torch; `read_state_dict`
+  VGG files       Flax-format VGG weights: a flat '.npz' ('conv1_1/kernel' keys), an Orbax params directory, or a
+                  ported directory's 'vgg' part; `load_vgg_weights` fits one to the depth a model needs (deeper
+                  files are fine: the extra layers are dropped), `load_or_init_vgg` is config.model.vgg_weights
+  ported dirs     what scripts/port_weights.py writes (`save_ported`, `load_ported`): model.json ({"model",
+                  "model_config", "sources", "notes"}) and params/, an Orbax params checkpoint of
+                  {"params": {group: tree}, "vgg": tree} (or {"vgg": tree} alone for a VGG-only port)
+
+Each format has one reader here; jaxtickets.export_format builds the export layout on `read_npz` and
+`read_safetensors`, and jaxtickets.port converts what `read_state_dict` gives.
 """
 
+import dataclasses
 import os
-import zipfile
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
 from flax import traverse_util
+import jax
 import numpy as np
 
 from jaxtickets.errors import UserError
 
+MODEL_JSON = 'model.json'
+PARAMS_DIR = 'params'
+# Released PyTorch weights are full width with the reference's frozen VGG encoder: a ported model's config means
+# these values where model.json leaves them out.
+RELEASED_MODEL = {'width': 1.0, 'train_encoder': False}
+
 _SEP = '/'
 _FIX = ('set config.model.vgg_weights to a Flax-format VGG file written by scripts/port_weights.py, or leave it '
         'empty for random weights')
+_INSTALL = 'pip install "jaxtickets[port]"'
+_TORCH_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.safetensors', '.bin', '.ckpt')
 _MAX_LISTED = 12  # problems named in one message; the rest are counted
 
 
@@ -36,11 +54,211 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
   return traverse_util.unflatten_dict(dict(flat), sep=_SEP)
 
 
+def shape_str(shape) -> str:
+  """(3,3,64,4): a shape as messages write it."""
+  return '(' + ','.join(str(int(d)) for d in shape) + ')'
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Readers, one per file format
+
+
+class Unreadable(Exception):
+  """A file that is not of the reader's format; the message says why (callers name the file and the fix)."""
+
+  def __init__(self, reason: str, damaged: bool = False):
+    super().__init__(reason)
+    self.damaged = damaged  # it opened as the format, but its contents could not be read
+
+
+def _why(err: BaseException) -> str:
+  """'TypeName: the first sentence of the message' (cut to a line's length)."""
+  first = (str(err).strip().splitlines() or [''])[0].split('. ')[0]
+  first = first if len(first) <= 120 else first[:117] + '...'
+  return f'{type(err).__name__}: {first}' if first else type(err).__name__
+
+
+def read_npz(path, keys=None) -> dict[str, np.ndarray]:
+  """The named arrays of an .npz archive (with `keys`, those of them it holds: the rest are not read)."""
+  try:
+    npz = np.load(path, allow_pickle=False)
+  except Exception as err:  # zipfile.BadZipFile, ValueError, OSError, EOFError, ...
+    raise Unreadable(_why(err)) from None
+  if not hasattr(npz, 'files'):  # a plain .npy array
+    raise Unreadable('it holds a single array')
+  with npz:
+    held = set(npz.files)
+    names = npz.files if keys is None else [k for k in keys if k in held]
+    try:
+      return {k: npz[k] for k in names}
+    except Exception as err:  # a damaged member: zipfile.BadZipFile (CRC), EOFError, ValueError
+      raise Unreadable(_why(err), damaged=True) from None
+
+
+def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """(the named arrays, the header's metadata) of a .safetensors file."""
+  try:
+    import safetensors  # pylint: disable=import-outside-toplevel  (a dependency, but only these files need it)
+  except ImportError:
+    raise UserError(f"Reading '{path}' needs the safetensors package: pip install safetensors.") from None
+  try:
+    with safetensors.safe_open(os.fspath(path), framework='np') as f:
+      return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+  except Exception as err:  # SafetensorError, or numpy's complaint about a dtype it lacks (bfloat16)
+    raise Unreadable(_why(err)) from None
+
+
+def _numpy(value: Any) -> np.ndarray:
+  """A torch tensor or array as numpy; floating tensors (also float16/bfloat16) become float32."""
+  if hasattr(value, 'detach'):
+    value = value.detach().cpu()
+    if value.is_floating_point():
+      value = value.float()
+    return value.numpy()
+  return np.asarray(value)
+
+
+def _tensor_dict(obj: Any, path: str) -> dict[str, Any]:
+  """The mapping of named tensors inside a loaded torch object (a state dict, or one under 'state_dict' etc.)."""
+  if isinstance(obj, Mapping):
+    if obj and all(hasattr(v, 'shape') for v in obj.values()):
+      return dict(obj)
+    for key in ('state_dict', 'model', 'net', 'params'):
+      if isinstance(obj.get(key), Mapping):
+        return _tensor_dict(obj[key], path)
+  what = f'a {type(obj).__name__}' if not isinstance(obj, Mapping) else 'a dict without tensors'
+  raise UserError(f"'{path}' holds {what}, not a state dict of named tensors: save `module.state_dict()` and "
+                  'port that file.')
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+  """The state dict of a PyTorch checkpoint, read safely (tensors only)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"Reading '{path}' needs PyTorch: {_INSTALL} (or convert the file to .safetensors or .npz "
+                    'where torch is installed).') from None
+  with open(path, 'rb') as f:
+    head = f.read(4)
+  if not (head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'):  # a zip archive or a legacy pickle
+    raise Unreadable(f'it starts with {head!r}, not a zip archive or a pickle')
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as err:
+    if 'weights_only' not in str(err):
+      raise Unreadable(_why(err)) from None
+    raise UserError(f"'{path}' holds Python objects besides tensors, which the safe loader (torch.load with "
+                    'weights_only=True) refuses: load it in PyTorch, save only the state dict '
+                    '(torch.save(model.state_dict(), FILE)) and port that file.') from None
+  except Exception as err:  # torch raises many types for a damaged file (RuntimeError, EOFError, ...)
+    raise Unreadable(_why(err)) from None
+  return {str(k): _numpy(v) for k, v in _tensor_dict(obj, path).items()}
+
+
+def read_state_dict(path) -> dict[str, np.ndarray]:
+  """Named arrays of a .pth/.pt (torch), .safetensors or .npz file, floating ones as float32 numpy."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    what = 'is a directory' if os.path.isdir(path) else 'does not exist'
+    raise UserError(f"Weights file '{path}' {what}: pass the path of a .pth, .safetensors or .npz file.")
+  if path.endswith('.safetensors'):
+    what, read = 'a readable .safetensors file', lambda p: read_safetensors(p)[0]
+  elif path.endswith('.npz'):
+    what, read = 'a readable .npz archive of named arrays', read_npz
+  else:
+    what, read = 'a readable PyTorch checkpoint', _read_torch
+  try:
+    state = read(path)
+  except Unreadable as err:
+    raise UserError(f"'{path}' is not {what} ({err}): pass the checkpoint file itself (not a web page, a text "
+                    'file or a partly downloaded file).') from None
+  if not state:
+    raise UserError(f"'{path}' holds no tensors: pass a state dict of the model's weights.")
+  return {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v) for k, v in state.items()}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Ported directories
+
+
+@dataclasses.dataclass
+class Ported:
+  """A ported model or VGG: what a ported directory holds and what model.stylize takes (params, vgg)."""
+  model: str | None  # None for a VGG-only port
+  model_config: dict | None
+  params: dict | None  # {group: tree}; None for a VGG-only port
+  vgg: dict | None  # None only in a directory that holds no 'vgg' part
+  sources: dict
+  notes: list[str]
+
+
+def is_ported(path) -> bool:
+  """Whether `path` is a directory written by `save_ported`."""
+  return os.path.isfile(os.path.join(os.fspath(path), MODEL_JSON))
+
+
+def save_ported(ported: Ported, out, *, overwrite: bool = False) -> None:
+  """Writes out/model.json and out/params ({"params": ..., "vgg": ...} or {"vgg": ...})."""
+  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel  (Orbax is slow to import)
+  out = os.fspath(out)
+  taken = [n for n in (MODEL_JSON, PARAMS_DIR) if os.path.exists(os.path.join(out, n))]
+  if taken and not overwrite:
+    raise UserError(f"'{out}' already holds ported weights ({', '.join(taken)}): pass --overwrite to replace "
+                    'them or choose another --out.')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--out '{out}' is a file: choose a directory.")
+  tree = {'vgg': ported.vgg} if ported.params is None else {'params': ported.params, 'vgg': ported.vgg}
+  checkpoint.save_params(os.path.join(out, PARAMS_DIR), tree, overwrite=overwrite)
+  checkpoint.save_json(os.path.join(out, MODEL_JSON), {
+      'model': ported.model, 'model_config': ported.model_config, 'sources': ported.sources,
+      'notes': ported.notes})
+
+
+def _params_dir(path: str) -> str | None:
+  """The Orbax params directory of a ported directory (or the path itself when it is one)."""
+  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel
+  # A ported directory's params/ is a whole checkpoint; a plain checkpoint's params/ is only its item folder.
+  for candidate in (os.path.join(path, PARAMS_DIR), path):
+    if checkpoint.params_exist(candidate):
+      return candidate
+  if os.path.exists(os.path.join(path, MODEL_JSON)):
+    return os.path.join(path, PARAMS_DIR)  # damaged: load_params names the file
+  return None
+
+
+def load_ported(path, *, need_model: bool = False) -> Ported:
+  """What a directory written by `save_ported` holds (a bare params checkpoint of that tree names no model, which
+  `need_model` refuses for model weights)."""
+  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel
+  path = os.fspath(path)
+  params_dir = _params_dir(path) if os.path.isdir(path) else None
+  if params_dir is None:
+    raise UserError(f"'{path}' is not a directory of ported weights ({MODEL_JSON} + {PARAMS_DIR}/): write one with "
+                    'python scripts/port_weights.py --model=<name> --vgg=FILE ... --out=DIR.')
+  meta_path = os.path.join(path, MODEL_JSON)
+  meta = checkpoint.load_json(meta_path) if os.path.exists(meta_path) else {}
+  meta = meta if isinstance(meta, dict) else {}  # not a JSON object: it names no model
+  tree = checkpoint.load_params(params_dir)
+  if not tree or set(tree) - {'params', 'vgg'}:
+    raise UserError(f"The params checkpoint in '{path}' holds {sorted(tree)}, not 'params' and 'vgg': port the "
+                    'weights again.')
+  model = meta.get('model')
+  if (model is not None and not isinstance(model, str)) or (need_model and 'params' in tree and model is None):
+    raise UserError(f"'{meta_path}' has no \"model\" name: write it as "
+                    '{"model": NAME, "model_config": {...}}.')
+  return Ported(model, meta.get('model_config'), tree.get('params'), tree.get('vgg'), meta.get('sources') or {},
+                meta.get('notes') or [])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# VGG files
+
+
 def save_vgg_weights(path, params, *, overwrite: bool = False) -> None:
   """Writes `params` as a '.npz' (flat keys) when the path ends in .npz, else as an Orbax params directory."""
   path = os.fspath(path)
   if not path.endswith('.npz'):
-    from jaxtickets import checkpoint  # Orbax is slow to import; only the directory format needs it.
+    from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel  (only the directory needs Orbax)
     checkpoint.save_params(path, params, overwrite=overwrite)
     return
   if os.path.exists(path) and not overwrite:
@@ -58,39 +276,25 @@ def save_vgg_weights(path, params, *, overwrite: bool = False) -> None:
       os.remove(tmp)
 
 
-def _read_npz(path: str, wanted) -> dict[str, np.ndarray]:
-  """The wanted arrays of an .npz (reading only those); anything but an .npz is a UserError."""
-  not_npz = f"VGG weights '{path}' are not an .npz archive of named arrays nor an Orbax checkpoint directory"
+def _read_vgg_npz(path: str, wanted) -> dict[str, np.ndarray]:
   try:
-    npz = np.load(path, allow_pickle=False)
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError):
-    raise UserError(f'{not_npz}; {_FIX}.') from None
-  if not hasattr(npz, 'files'):  # a plain .npy array
-    raise UserError(f'{not_npz} (it holds a single array); {_FIX}.')
-  try:
-    with npz:
-      keys = set(npz.files)
-      return {k: npz[k] for k in wanted if k in keys}
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-    raise UserError(f"VGG weights '{path}' are damaged ({type(err).__name__}: {err}); {_FIX}.") from None
+    return read_npz(path, wanted)
+  except Unreadable as err:
+    if err.damaged:
+      raise UserError(f"VGG weights '{path}' are damaged ({err}); {_FIX}.") from None
+    raise UserError(f"VGG weights '{path}' are not an .npz archive of named arrays nor an Orbax checkpoint "
+                    f'directory ({err}); {_FIX}.') from None
 
 
-_TORCH_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.safetensors', '.bin', '.ckpt')
-
-
-def _read_dir(path: str) -> dict[str, Any]:
-  """Flat arrays of an Orbax params directory or of a ported directory (its params/ checkpoint); a ported
-  tree {'vgg': ..., 'params': ...} gives its 'vgg' part."""
-  from jaxtickets import checkpoint
-  ported = os.path.join(path, 'params')
-  # A ported directory's params/ is a whole checkpoint; a plain checkpoint's params/ is only its item folder.
-  if checkpoint.params_exist(ported) or os.path.exists(os.path.join(path, 'model.json')):
-    tree = checkpoint.load_params(ported)  # a damaged one gets load_params' message naming the file
-  elif checkpoint.params_exist(path):
-    tree = checkpoint.load_params(path)
-  else:
+def _read_vgg_dir(path: str) -> dict[str, Any]:
+  """Flat arrays of an Orbax params directory or of a ported directory; a ported tree {'vgg': ...,
+  'params': ...} gives its 'vgg' part."""
+  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel
+  params_dir = _params_dir(path)
+  if params_dir is None:
     raise UserError(f"VGG weights directory '{path}' is not an Orbax params checkpoint nor a directory written "
                     f'by scripts/port_weights.py; {_FIX}.')
+  tree = checkpoint.load_params(params_dir)  # a damaged one gets load_params' message naming the file
   if 'vgg' in tree and 'conv0' not in tree:
     return flatten(tree['vgg'])
   if 'params' in tree and 'conv0' not in tree and 'conv0' not in tree['params']:
@@ -99,14 +303,14 @@ def _read_dir(path: str) -> dict[str, Any]:
   return flatten(tree)
 
 
-def _read(path: str, wanted) -> dict[str, np.ndarray]:
+def _read_vgg(path: str, wanted) -> dict[str, np.ndarray]:
   """Flat arrays from an .npz file, an Orbax params directory or a ported directory."""
   if os.path.isdir(path):
-    return _read_dir(path)
+    return _read_vgg_dir(path)
   if path.endswith(_TORCH_SUFFIXES):
     raise UserError(f"VGG weights '{path}' are a PyTorch-format file: port them first with python "
                     'scripts/port_weights.py --vgg=FILE --out=DIR and set config.model.vgg_weights=DIR.')
-  return _read_npz(path, wanted)
+  return _read_vgg_npz(path, wanted)
 
 
 def _strip_params(flat: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -117,27 +321,35 @@ def _strip_params(flat: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
   return dict(flat), False
 
 
-def _shape(shape) -> str:
-  return '(' + ','.join(str(int(d)) for d in shape) + ')'
-
-
 def load_vgg_weights(path, expected) -> dict:
   """Reads VGG weights that fit `expected` (a tree whose leaves have .shape), as float32 numpy arrays."""
   path = os.fspath(path)
   if not path or not os.path.exists(path):
     raise UserError(f"VGG weights file '{path}' does not exist; {_FIX}.")
   want, wrapped = _strip_params(flatten(expected))
-  got = _read(path, list(want) + [f'params{_SEP}{k}' for k in want])
+  got = _read_vgg(path, list(want) + [f'params{_SEP}{k}' for k in want])
   got, _ = _strip_params(got)
   problems = []
   for key, spec in want.items():
     if key not in got:
       problems.append(f'missing {key}')
     elif tuple(got[key].shape) != tuple(spec.shape):
-      problems.append(f'{key} has shape {_shape(got[key].shape)}, expected {_shape(spec.shape)}')
+      problems.append(f'{key} has shape {shape_str(got[key].shape)}, expected {shape_str(spec.shape)}')
   if problems:
     more = len(problems) - _MAX_LISTED
     listed = '; '.join(problems[:_MAX_LISTED]) + (f'; and {more} more' if more > 0 else '')
     raise UserError(f"VGG weights '{path}' do not fit the model: {listed}; {_FIX}.")
   params = unflatten({k: np.asarray(got[k], np.float32) for k in want})
   return {'params': params} if wrapped else params
+
+
+def load_or_init_vgg(model, path: str, key) -> dict:
+  """The VGG params from `path` (config.model.vgg_weights), or random ones drawn with `key` when it is empty,
+  with a loud warning."""
+  if path:
+    return load_vgg_weights(path, jax.eval_shape(model.init_vgg, key))
+  if jax.process_index() == 0:  # one warning per run, not one per host
+    print('WARNING: config.model.vgg_weights is empty, so the VGG encoder and loss network are RANDOM: the run '
+          'exercises the pipeline but its results are not meaningful for style transfer. Port vgg_normalised.pth '
+          'with scripts/port_weights.py and set --config.model.vgg_weights=DIR.', flush=True)
+  return jax.device_get(model.init_vgg(key))

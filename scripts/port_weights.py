@@ -1,4 +1,4 @@
-"""Ports released PyTorch weights to a Flax checkpoint directory (model.json + params/).
+"""Ports released PyTorch weights to a directory of Flax weights (jaxtickets.weights describes it).
 
   python scripts/port_weights.py --vgg=vgg_normalised.pth --out=weights/vgg
   python scripts/port_weights.py --model=sanet --vgg=vgg_normalised.pth --decoder=decoder_iter_500000.pth \\
@@ -23,7 +23,7 @@ flags.DEFINE_string("model", None, "adain, sanet, lst, manet, adaattn or mccnet;
 flags.DEFINE_string("vgg", None, "VGG19 weights: vgg_normalised.pth, torchvision vgg19-*.pth or LST vgg_r51.pth.")
 flags.DEFINE_string("decoder", None, "The model's released decoder file.")
 flags.DEFINE_multi_string("transform", [], "The model's released transform file(s); repeat the flag for several.")
-flags.DEFINE_string("out", None, "Output directory (model.json + params/).")
+flags.DEFINE_string("out", None, "The directory to write the ported weights to.")
 flags.DEFINE_bool("overwrite", False, "Replace ported weights already in --out.")
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, inference, sparsity
+from jaxtickets import checkpoint, imp, inference, models, sparsity
 from jaxtickets.errors import UserError
 from conftest import tiny_config
 
@@ -108,7 +108,7 @@ def test_preserve_color_keeps_the_content_chroma(stylizer):
 
 def test_stylize_reads_vgg_only_with_a_fixed_encoder(stylizer):
   assert not inference.stylize_reads_vgg(stylizer.model, stylizer.params, stylizer.vgg_params)
-  fixed = inference.build_model("adain", {**tiny_config().model.to_dict(), "train_encoder": False})
+  fixed = models.build("adain", {**tiny_config().model.to_dict(), "train_encoder": False})
   vgg = stylizer.vgg_params
   params = jax.device_get(fixed.init(jax.random.PRNGKey(0), vgg))
   assert inference.stylize_reads_vgg(fixed, params, vgg)

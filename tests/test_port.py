@@ -2,8 +2,11 @@
 ported directories (vgg_weights / init_from) and scripts/port_weights.py.
 
 The PyTorch models here (and in tests/test_port_<model>.py, which import these helpers) are written for the
-tests from the facts of models.md (§1.1, §1.2, §2), independently of the Flax models.
+tests from the facts of models.md (§1.1, §1.2, §2), independently of the Flax models. Tests that need torch are
+marked `needs_torch`; the others (layouts, .safetensors and .npz files) run without it.
 """
+
+from __future__ import annotations  # annotations name torch types, which a run without torch never evaluates
 
 import os
 import subprocess
@@ -14,13 +17,18 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxtickets import models
 from jaxtickets import port
 from jaxtickets import weights
 from jaxtickets.errors import UserError
+from jaxtickets.models.vgg import vgg_layer_names
 
-torch = pytest.importorskip('torch')
-nn = torch.nn
-F = torch.nn.functional
+try:
+  import torch
+  nn, F = torch.nn, torch.nn.functional
+except ImportError:  # only the tests marked needs_torch are skipped
+  torch = nn = F = None
+needs_torch = pytest.mark.skipif(torch is None, reason='needs PyTorch: pip install "jaxtickets[port]"')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4  # max |jax - torch| relative to the output's range
@@ -103,6 +111,24 @@ def save_torch(module_or_state, path) -> str:
   return str(path)
 
 
+def save_arrays(module_or_state, path) -> str:
+  """A state dict as .safetensors or .npz (by the extension), written with numpy: no torch needed to read it."""
+  state = module_or_state.state_dict() if hasattr(module_or_state, 'state_dict') else module_or_state
+  arrays = {k: np.ascontiguousarray(v.detach().numpy() if hasattr(v, 'detach') else v) for k, v in state.items()}
+  if str(path).endswith('.npz'):
+    np.savez(path, **arrays)
+  else:
+    from safetensors.numpy import save_file
+    save_file(arrays, str(path))
+  return str(path)
+
+
+def flax_kernel(weight):
+  """A torch weight as its Flax kernel: Conv2d OIHW -> HWIO, Linear (O, I) -> (I, O) (written out for the tests)."""
+  w = weight.detach().numpy() if hasattr(weight, 'detach') else np.asarray(weight)
+  return w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+
+
 def relative_diff(jax_out, torch_out) -> float:
   """max |jax - torch| / range(torch), comparing NHWC with NCHW."""
   want = torch_out.detach().numpy().transpose(0, 2, 3, 1)
@@ -111,9 +137,14 @@ def relative_diff(jax_out, torch_out) -> float:
   return float(np.abs(got - want).max() / (want.max() - want.min()))
 
 
-def stylize_jax(ported: port.Ported, content, style, **config):
+def released(name: str, **config):
+  """The Flax model `name` as released PyTorch weights fit it: full width, a frozen encoder."""
+  return models.build(name, {**weights.RELEASED_MODEL, **config})
+
+
+def stylize_jax(ported: weights.Ported, content, style, **config):
   """The Flax model's stylize with the ported params, in float32 at the highest matmul precision."""
-  model, _ = port.build_model(ported.model, config)
+  model = released(ported.model, **config)
   # One compiled program costs less CPU than op-by-op dispatch; alpha stays the static default 1.0.
   fn = jax.jit(lambda p, v, c, s: model.stylize(p, v, c, s))
   with jax.default_matmul_precision('highest'):
@@ -136,10 +167,37 @@ def vgg_file(tmp_path_factory):
   return vgg, path
 
 
+@pytest.fixture(scope='module')
+def vgg_safetensors(vgg_file, tmp_path_factory):
+  """The same VGG as .safetensors (so scripts/port_weights.py runs without importing torch) and its module."""
+  return vgg_file[0], save_arrays(vgg_file[0], tmp_path_factory.mktemp('vgg') / 'vgg_normalised.safetensors')
+
+
+def port_with_cli(tmp_path, model: str, vgg, decoder, transforms=()) -> weights.Ported:
+  """Runs scripts/port_weights.py for a whole model and reads its directory back."""
+  out = tmp_path / f'{model}_ported'
+  run = _cli(f'--model={model}', f'--vgg={vgg}', f'--decoder={decoder}', *[f'--transform={t}' for t in transforms],
+             f'--out={out}')
+  assert run.returncode == 0, run.stderr
+  assert f'--config.model.init_from={out}' in run.stdout
+  ported = weights.load_ported(out)
+  assert ported.model == model and ported.model_config['width'] == 1.0
+  shapes = {k: tuple(v.shape) for k, v in weights.flatten(ported.params).items()}
+  assert shapes == port.model_param_shapes(released(model))  # every param, each in its shape
+  return ported
+
+
+def check_ported_vgg(ported: weights.Ported, vgg) -> None:
+  """The ported VGG's first 3x3 conv is vgg_normalised's '2.weight' (module 2), transposed to HWIO."""
+  np.testing.assert_array_equal(ported.vgg['conv1_1']['kernel'], flax_kernel(vgg[2].weight))
+  np.testing.assert_array_equal(ported.vgg['conv1_1']['bias'], vgg[2].bias.detach().numpy())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Readers
 
 
+@needs_torch
 def test_read_formats_agree_and_strip_module_prefix(tmp_path):
   state = {'a.weight': torch.randn(4, 3, 3, 3), 'a.bias': torch.randn(4)}
   arrays = {k: v.numpy() for k, v in state.items()}
@@ -149,33 +207,35 @@ def test_read_formats_agree_and_strip_module_prefix(tmp_path):
   np.savez(tmp_path / 'w.npz', **arrays)
   torch.save({'state_dict': {k: v.half() for k, v in state.items()}}, tmp_path / 'nested.pt')
   notes = []
-  got = port.strip_module_prefix(port.read_state_dict(tmp_path / 'w.pth'), notes, 'w.pth')
+  got = port.strip_module_prefix(weights.read_state_dict(tmp_path / 'w.pth'), notes, 'w.pth')
   assert notes == ["w.pth: stripped the 'module.' prefix (a DataParallel state dict)."]
   for other in ('w.safetensors', 'w.npz'):
-    assert port.read_state_dict(tmp_path / other).keys() == got.keys()
+    assert weights.read_state_dict(tmp_path / other).keys() == got.keys()
     for k in got:
-      np.testing.assert_array_equal(port.read_state_dict(tmp_path / other)[k], got[k])
-  nested = port.read_state_dict(tmp_path / 'nested.pt')
+      np.testing.assert_array_equal(weights.read_state_dict(tmp_path / other)[k], got[k])
+  nested = weights.read_state_dict(tmp_path / 'nested.pt')
   assert nested['a.bias'].dtype == np.float32
   np.testing.assert_allclose(nested['a.bias'], arrays['a.bias'], atol=1e-2)
 
 
-@pytest.mark.parametrize('name,content', [('junk.pth', b'<html>not found</html>\n'),
+@pytest.mark.parametrize('name,content', [pytest.param('junk.pth', b'<html>not found</html>\n', marks=needs_torch),
                                           ('junk.safetensors', b'hello'), ('junk.npz', b'hello world')])
 def test_non_checkpoint_file_is_one_sentence(tmp_path, name, content):
   (tmp_path / name).write_bytes(content)
   with pytest.raises(UserError, match=rf"^'.*{name}' is not a .*: pass the checkpoint file itself") as e:
-    port.read_state_dict(tmp_path / name)
+    weights.read_state_dict(tmp_path / name)
   assert '\n' not in str(e.value)
 
 
+@needs_torch
 def test_pickled_objects_are_refused_safely(tmp_path):
   import argparse
   torch.save({'args': argparse.Namespace(lr=1), 'state_dict': {'x': torch.zeros(1)}}, tmp_path / 'ckpt.pth')
   with pytest.raises(UserError, match=r"holds Python objects besides tensors, .* save only the state dict"):
-    port.read_state_dict(tmp_path / 'ckpt.pth')
+    weights.read_state_dict(tmp_path / 'ckpt.pth')
 
 
+@needs_torch
 def test_truncated_checkpoint(tmp_path, vgg_file):
   data = open(vgg_file[1], 'rb').read()
   (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
@@ -189,19 +249,20 @@ def test_missing_torch_names_the_extra(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # import torch now raises ImportError
   (tmp_path / 'w.pth').write_bytes(b'x')
   with pytest.raises(UserError, match=r'needs PyTorch: pip install "jaxtickets\[port\]"'):
-    port.read_state_dict(tmp_path / 'w.pth')
+    weights.read_state_dict(tmp_path / 'w.pth')
 
 
 # ----------------------------------------------------------------------------------------------------------
 # VGG layouts
 
 
+@needs_torch
 def test_vgg_normalised_features_match(vgg_file):
   """Every tap r11..r51 of the ported VGG equals the PyTorch Sequential's, at an odd size (ceil pooling)."""
   vgg, path = vgg_file
   ported = port.convert(vgg=path)
   assert ported.params is None and ported.sources['vgg']['depth'] == 'r51'
-  assert sorted(ported.vgg) == sorted(port._VGG_NAMES)
+  assert sorted(ported.vgg) == sorted(vgg_layer_names('r51'))
   assert any('skipped 45.*' in n for n in ported.notes)
   from jaxtickets.models.vgg import VGGEncoder
   x, xt = images(1, 36, seed=1)
@@ -213,6 +274,7 @@ def test_vgg_normalised_features_match(vgg_file):
     assert relative_diff(taps[tap], w) <= TOL, tap
 
 
+@needs_torch
 def test_torchvision_conv0_is_the_imagenet_normalisation(tmp_path):
   """features.N land in conv1_1..conv5_1; the synthesised conv0 is exactly (x - mean) / std; the classifier and
   conv5_2..5_4 are skipped with notes, and a warning says the features differ."""
@@ -237,6 +299,7 @@ def test_torchvision_conv0_is_the_imagenet_normalisation(tmp_path):
   assert "WARNING: vgg19-dcbb9e9d.pth is torchvision's VGG19" in text and 'retuning' in text
 
 
+@needs_torch
 def test_lst_vgg_depths(tmp_path, vgg_file):
   """LST's conv1..conv14 (vgg_r51) and conv1..conv10 (vgg_r41): a model needing r51 refuses the r41 file."""
   vgg, _ = vgg_file
@@ -247,7 +310,7 @@ def test_lst_vgg_depths(tmp_path, vgg_file):
   r41 = {k: v for k, v in r51.items() if int(k.split('.')[0][4:]) <= 10}
   p51 = port.convert(vgg=save_torch(r51, tmp_path / 'vgg_r51.pth'))
   full = port.convert(vgg=vgg_file[1])
-  for name in port._VGG_NAMES:
+  for name in vgg_layer_names('r51'):
     np.testing.assert_array_equal(p51.vgg[name]['kernel'], full.vgg[name]['kernel'])
   p41 = port.convert(vgg=save_torch(r41, tmp_path / 'vgg_r41.pth'))
   assert p41.sources['vgg']['depth'] == 'r41' and 'conv5_1' not in p41.vgg
@@ -260,6 +323,7 @@ def _state(vgg):
   return {k: v.clone() for k, v in vgg.state_dict().items()}
 
 
+@needs_torch
 def test_missing_extra_and_wrong_shape_in_one_error(tmp_path, vgg_file):
   state = _state(vgg_file[0])
   del state['2.weight']
@@ -272,6 +336,7 @@ def test_missing_extra_and_wrong_shape_in_one_error(tmp_path, vgg_file):
                           '5.weight has shape (64,3,3,3), expected (64,64,3,3); unexpected foo.bar.')
 
 
+@needs_torch
 @pytest.mark.parametrize('fmt', ['safetensors', 'npz'])
 def test_missing_key_other_formats(tmp_path, vgg_file, fmt):
   arrays = {k: v.numpy() for k, v in _state(vgg_file[0]).items() if k != '42.bias'}
@@ -285,6 +350,7 @@ def test_missing_key_other_formats(tmp_path, vgg_file, fmt):
     port.convert(vgg=path)
 
 
+@needs_torch
 def test_unknown_layout(tmp_path):
   path = save_torch({'x.weight': torch.zeros(2)}, tmp_path / 'other.pth')
   with pytest.raises(UserError, match=r'matches no known VGG layout .* its first keys are x\.weight'):
@@ -295,28 +361,33 @@ def test_unknown_layout(tmp_path):
 # AdaIN
 
 
-class TorchAdaIN(nn.Module):
-  """naoto0804's test path: vgg[:31] -> AdaIN -> decoder (models.md §2)."""
+def torch_adain(vgg):
+  """naoto0804's test path: vgg[:31] -> AdaIN -> decoder (models.md §2); a class made on call, as it needs torch."""
 
-  def __init__(self, vgg):
-    super().__init__()
-    self.vgg = vgg
-    self.decoder = nn.Sequential(*decoder_layers())
+  class TorchAdaIN(nn.Module):
 
-  def forward(self, content, style):
-    fc, fs = encode(self.vgg, content, 4)[-1], encode(self.vgg, style, 4)[-1]
-    (mc, sc), (ms, ss) = mean_std(fc), mean_std(fs)
-    return self.decoder(ss * (fc - mc) / sc + ms)
+    def __init__(self):
+      super().__init__()
+      self.vgg = vgg
+      self.decoder = nn.Sequential(*decoder_layers())
+
+    def forward(self, content, style):
+      fc, fs = encode(self.vgg, content, 4)[-1], encode(self.vgg, style, 4)[-1]
+      (mc, sc), (ms, ss) = mean_std(fc), mean_std(fs)
+      return self.decoder(ss * (fc - mc) / sc + ms)
+
+  return TorchAdaIN()
 
 
 @pytest.fixture(scope='module')
 def adain_files(vgg_file, tmp_path_factory):
   torch.manual_seed(1)
-  net = TorchAdaIN(vgg_file[0]).eval()
+  net = torch_adain(vgg_file[0]).eval()
   path = save_torch(net.decoder, tmp_path_factory.mktemp('adain') / 'decoder.pth')
   return net, vgg_file[1], path
 
 
+@needs_torch
 def test_adain_parity(adain_files):
   net, vgg_path, dec_path = adain_files
   ported = port.convert('adain', vgg=vgg_path, decoder=dec_path)
@@ -328,6 +399,7 @@ def test_adain_parity(adain_files):
   check_parity('adain', stylize_jax(ported, c, s), want)
 
 
+@needs_torch
 @pytest.mark.parametrize('fmt', ['safetensors', 'npz'])
 def test_adain_parity_other_formats(adain_files, tmp_path, fmt):
   """The same decoder read from .safetensors / .npz (no torch needed to read them) gives the same params."""
@@ -344,6 +416,7 @@ def test_adain_parity_other_formats(adain_files, tmp_path, fmt):
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
 
 
+@needs_torch
 def test_lst_decoder_layout_is_accepted_for_the_shared_decoder(adain_files, tmp_path):
   net, vgg_path, dec_path = adain_files
   names = [k for k in net.decoder.state_dict() if k.endswith('.weight')]
@@ -358,6 +431,7 @@ def test_lst_decoder_layout_is_accepted_for_the_shared_decoder(adain_files, tmp_
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
 
 
+@needs_torch
 def test_adain_errors(adain_files, tmp_path):
   net, vgg_path, dec_path = adain_files
   with pytest.raises(UserError, match='The adain model has no --transform weights: drop --transform.'):
@@ -375,56 +449,96 @@ def test_adain_errors(adain_files, tmp_path):
     port.convert('adain', vgg=vgg_path, decoder=path)
 
 
-def test_every_model_layout_covers_its_flax_params():
-  """The key maps fill exactly the Flax params of each model file that exists (a renamed layer fails here)."""
-  from jaxtickets import models
-  assert set(port.MODEL_PARTS) == set(models.model_names())
-  for name in port.MODEL_PARTS:
-    port.check_coverage(name, port.model_param_shapes(port.build_model(name)[0]))
-  with pytest.raises(RuntimeError, match=r"out of date for sanet: Flax params not filled \['transform/x/kernel'\]"):
-    port.check_coverage('sanet', {**port.model_param_shapes(port.build_model('sanet')[0]),
-                                  'transform/x/kernel': (1, 1)})
+@pytest.mark.parametrize('name', models.model_names())
+def test_model_layout_covers_exactly_its_flax_params(name):
+  """Each registered model's own PyTorch layout (torch_parts) fills exactly its Flax params: a renamed layer
+  fails here, and a model without a layout cannot be registered unnoticed."""
+  model = released(name)
+  assert set(model.torch_parts) == {'decoder', 'transform'} and model.torch_parts['decoder']
+  shapes = port.model_param_shapes(model)
+  port.check_coverage(model, shapes)
+  groups = {k.split('/')[0] for k in shapes}
+  assert groups == {'decoder', 'transform'} if model.torch_parts['transform'] else groups == {'decoder'}
+
+
+def test_coverage_check_names_what_the_layout_misses():
+  model = released('sanet')
+  shapes = port.model_param_shapes(model)
+  with pytest.raises(RuntimeError, match=r"layout of sanet \(its torch_parts\) is out of date: Flax params not "
+                                         r"filled \['transform/x/kernel'\]; layout entries the model lacks \[\]"):
+    port.check_coverage(model, {**shapes, 'transform/x/kernel': (1, 1)})
+  del shapes['decoder/conv1_1/bias']
+  with pytest.raises(RuntimeError, match=r"not filled \[\]; layout entries the model lacks \['decoder/conv1_1/bias'\]"):
+    port.check_coverage(model, shapes)
+
+
+def test_vgg_files_in_safetensors_and_npz_port_without_torch(tmp_path):
+  """vgg_normalised keys (written here with numpy, from models.md §1.1) in both torch-free formats: each 3x3
+  kernel lands transposed to HWIO in its conv, and both files give the same params."""
+  rng = np.random.default_rng(0)
+  plan = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512]
+  state, index, cin = {'0.weight': rng.standard_normal((3, 3, 1, 1)), '0.bias': rng.standard_normal(3)}, 1, 3
+  for item in plan:  # (reflect pad, conv, relu) or a pool: the Sequential's module indices
+    if item == 'M':
+      index += 1
+      continue
+    state[f'{index + 1}.weight'] = rng.standard_normal((item, cin, 3, 3))
+    state[f'{index + 1}.bias'] = rng.standard_normal(item)
+    index, cin = index + 3, item
+  state = {k: v.astype(np.float32) for k, v in state.items()}
+  a = port.convert(vgg=save_arrays(state, tmp_path / 'vgg.safetensors'))
+  b = port.convert(vgg=save_arrays(state, tmp_path / 'vgg.npz'))
+  assert a.sources['vgg']['layout'] == 'vgg_normalised' and a.sources['vgg']['depth'] == 'r51'
+  jax.tree.map(np.testing.assert_array_equal, a.vgg, b.vgg)
+  np.testing.assert_array_equal(a.vgg['conv2_1']['kernel'], state['9.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(a.vgg['conv5_1']['bias'], state['42.bias'])
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Ported directories: config.model.vgg_weights and config.model.init_from
 
 
+@needs_torch
 def test_saved_directory_feeds_vgg_weights_and_init_from(adain_files, tmp_path):
   net, vgg_path, dec_path = adain_files
   ported = port.port('adain', vgg=vgg_path, decoder=dec_path, out=tmp_path / 'adain')
-  meta, tree = port.load_ported(tmp_path / 'adain')
-  assert meta['model'] == 'adain' and meta['model_config']['width'] == 1.0
-  assert meta['sources']['decoder'][0]['path'] == os.path.abspath(dec_path)
-  assert sorted(tree) == ['params', 'vgg']
+  loaded = weights.load_ported(tmp_path / 'adain')
+  assert loaded.model == 'adain' and loaded.model_config['width'] == 1.0
+  assert loaded.model_config['train_encoder'] is False  # released weights: the reference's frozen encoder
+  assert loaded.sources['decoder'][0]['path'] == os.path.abspath(dec_path)
+  assert loaded.params is not None and loaded.vgg is not None
   with pytest.raises(UserError, match='already holds ported weights'):
     port.port('adain', vgg=vgg_path, decoder=dec_path, out=tmp_path / 'adain')
 
-  model, _ = port.build_model('adain')
+  model = released('adain')
   expected = jax.eval_shape(model.init_vgg, jax.random.key(0))
   vgg = weights.load_vgg_weights(tmp_path / 'adain', expected)
   jax.tree.map(np.testing.assert_array_equal, vgg, ported.vgg)
   vgg_only = weights.load_vgg_weights(tmp_path / 'adain' / 'params', expected)  # the Orbax dir itself
   jax.tree.map(np.testing.assert_array_equal, vgg_only, ported.vgg)
 
-  trained = port.build_model('adain', {'train_encoder': True})[0]
+  trained = released('adain', train_encoder=True)
   theta = {'encoder': vgg, 'decoder': jax.tree.map(np.zeros_like, ported.params['decoder'])}  # init's structure
   got = port.load_init_from(tmp_path / 'adain', trained, theta)
   jax.tree.map(np.testing.assert_array_equal, got['decoder'], ported.params['decoder'])
   jax.tree.map(np.testing.assert_array_equal, got['encoder'], theta['encoder'])  # the VGG copy stays
+  bare = port.load_init_from(tmp_path / 'adain' / 'params', trained, theta)  # the Orbax dir itself
+  jax.tree.map(np.testing.assert_array_equal, bare['decoder'], ported.params['decoder'])
 
 
+@needs_torch
 def test_vgg_only_directory(vgg_file, tmp_path):
   port.port(vgg=vgg_file[1], out=tmp_path / 'vgg')
-  meta, tree = port.load_ported(tmp_path / 'vgg')
-  assert meta['model'] is None and list(tree) == ['vgg']
-  model, _ = port.build_model('sanet')  # reads VGG up to relu5_1
+  loaded = weights.load_ported(tmp_path / 'vgg')
+  assert loaded.model is None and loaded.params is None
+  model = released('sanet')  # reads VGG up to relu5_1
   got = weights.load_vgg_weights(tmp_path / 'vgg', jax.eval_shape(model.init_vgg, jax.random.key(0)))
-  np.testing.assert_array_equal(got['conv1_1']['kernel'], tree['vgg']['conv1_1']['kernel'])
+  np.testing.assert_array_equal(got['conv1_1']['kernel'], loaded.vgg['conv1_1']['kernel'])
   with pytest.raises(UserError, match='holds VGG weights only'):
     port.load_init_from(tmp_path / 'vgg', model, {})
 
 
+@needs_torch
 def test_init_from_checks(adain_files, tmp_path):
   net, vgg_path, dec_path = adain_files
   port.port('adain', vgg=vgg_path, decoder=dec_path, out=tmp_path / 'adain')
@@ -459,6 +573,7 @@ def _cli(*args):
                         timeout=300)
 
 
+@needs_torch
 def test_cli_vgg_only_and_full_model(adain_files, tmp_path):
   net, vgg_path, dec_path = adain_files
   run = _cli(f'--vgg={vgg_path}', f'--out={tmp_path / "vgg"}')
@@ -467,8 +582,8 @@ def test_cli_vgg_only_and_full_model(adain_files, tmp_path):
   run = _cli('--model=adain', f'--vgg={vgg_path}', f'--decoder={dec_path}', f'--out={tmp_path / "adain"}')
   assert run.returncode == 0, run.stderr
   assert f'--config.model.init_from={tmp_path / "adain"}' in run.stdout
-  meta, tree = port.load_ported(tmp_path / 'adain')
-  assert meta['model'] == 'adain' and sorted(tree['params']) == ['decoder']
+  loaded = weights.load_ported(tmp_path / 'adain')
+  assert loaded.model == 'adain' and sorted(loaded.params) == ['decoder']
   want = port.convert('adain', vgg=vgg_path, decoder=dec_path)
-  jax.tree.map(np.testing.assert_array_equal, tree['params'], want.params)
-  jax.tree.map(np.testing.assert_array_equal, tree['vgg'], want.vgg)
+  jax.tree.map(np.testing.assert_array_equal, loaded.params, want.params)
+  jax.tree.map(np.testing.assert_array_equal, loaded.vgg, want.vgg)

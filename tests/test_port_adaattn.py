@@ -8,9 +8,9 @@ import pytest
 from jaxtickets import port
 from jaxtickets.errors import UserError
 
-torch = pytest.importorskip('torch')
+torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
 import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file  # pylint: disable=unused-import,wrong-import-position  (a fixture)
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
 
 nn, F, norm = tp.nn, tp.F, tp.norm
 
@@ -93,3 +93,22 @@ def test_adaattn_parity(vgg_file, tmp_path):
     port.convert('adaattn', vgg=vgg_path, decoder=dec_path, transforms=files[:1])
   with pytest.raises(UserError, match=r"both look like latest_net_adaattn_3\.pth"):
     port.convert('adaattn', vgg=vgg_path, decoder=dec_path, transforms=[files[0], files[0]])
+
+
+def test_adaattn_cli(vgg_safetensors, tmp_path):
+  """scripts/port_weights.py on the three files in the released key layout (two --transform): read back, each
+  kernel is the torch weight transposed."""
+  vgg, vgg_path = vgg_safetensors
+  torch.manual_seed(53)
+  transformer, skip, decoder = Transformer(), AdaAttN(256, 448), Decoder()
+  ported = tp.port_with_cli(tmp_path, 'adaattn', vgg_path,
+                            tp.save_arrays(decoder, tmp_path / 'latest_net_decoder.safetensors'),
+                            [tp.save_arrays(transformer, tmp_path / 'latest_net_transformer.safetensors'),
+                             tp.save_arrays(skip, tmp_path / 'latest_net_adaattn_3.safetensors')])
+  tp.check_ported_vgg(ported, vgg)
+  got = ported.params
+  np.testing.assert_array_equal(got['decoder']['decoder_layer_2_24']['kernel'],
+                                tp.flax_kernel(decoder.decoder_layer_2[24].weight))
+  np.testing.assert_array_equal(got['transform']['transformer']['attn_adain_5_1']['g']['kernel'],
+                                tp.flax_kernel(transformer.attn_adain_5_1.g.weight))
+  np.testing.assert_array_equal(got['transform']['adaattn_3']['h']['kernel'], tp.flax_kernel(skip.h.weight))

@@ -6,7 +6,7 @@ import pytest
 
 from jaxtickets import port
 
-torch = pytest.importorskip('torch')
+torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
 import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
 
 nn, F = tp.nn, tp.F
@@ -96,3 +96,20 @@ def test_lst_parity(tmp_path):
   with torch.no_grad():
     want = dec(mul(enc(ct), enc(st)))
   tp.check_parity('lst', tp.stylize_jax(ported, c, s), want)
+
+
+def test_lst_cli(tmp_path):
+  """scripts/port_weights.py on LST's own three layouts (vgg_r51, dec_r41, r41): read back, each kernel is the
+  torch weight transposed."""
+  torch.manual_seed(43)
+  enc, dec, mul = Encoder5(), Decoder4(), MulLayer()
+  ported = tp.port_with_cli(tmp_path, 'lst', tp.save_arrays(enc, tmp_path / 'vgg_r51.safetensors'),
+                            tp.save_arrays(dec, tmp_path / 'dec_r41.safetensors'),
+                            [tp.save_arrays(mul, tmp_path / 'r41.safetensors')])
+  assert ported.sources['decoder'][0]['layout'] == 'LST dec_r41'
+  np.testing.assert_array_equal(ported.vgg['conv5_1']['kernel'], tp.flax_kernel(enc.conv14.weight))
+  got = ported.params
+  np.testing.assert_array_equal(got['decoder']['conv3_4']['kernel'], tp.flax_kernel(dec.conv12.weight))
+  np.testing.assert_array_equal(got['transform']['snet']['convs_2']['kernel'], tp.flax_kernel(mul.snet.convs[2].weight))
+  np.testing.assert_array_equal(got['transform']['cnet']['fc']['kernel'], tp.flax_kernel(mul.cnet.fc.weight))
+  np.testing.assert_array_equal(got['transform']['unzip']['bias'], mul.unzip.bias.detach().numpy())

@@ -1,13 +1,14 @@
 """MANet: released-layout files (with a DataParallel 'module.' prefix) ported and compared with a PyTorch
 formulation of models.md §5 (CSA, channel-wise SSA, CA on r41, shared decoder)."""
 
+import numpy as np
 import pytest
 
 from jaxtickets import port
 
-torch = pytest.importorskip('torch')
+torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
 import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file  # pylint: disable=unused-import,wrong-import-position  (a fixture)
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
 from test_port_sanet import SANetBlock  # pylint: disable=wrong-import-position  (CSA and CA are SANet blocks)
 
 nn, norm = tp.nn, tp.norm
@@ -52,3 +53,21 @@ def test_manet_parity(vgg_file, tmp_path):
   with torch.no_grad():
     want = decoder(ma(tp.encode(vgg, ct, 4)[-1], tp.encode(vgg, st, 4)[-1]))
   tp.check_parity('manet', tp.stylize_jax(ported, c, s), want)
+
+
+def test_manet_cli(vgg_safetensors, tmp_path):
+  """scripts/port_weights.py on files in the released key layout (ma_module with 'module.'): read back, each
+  kernel is the torch weight transposed."""
+  vgg, vgg_path = vgg_safetensors
+  torch.manual_seed(23)
+  ma, decoder = MAModule(), nn.Sequential(*tp.decoder_layers())
+  state = {f'module.{k}': v for k, v in ma.state_dict().items()}
+  ported = tp.port_with_cli(tmp_path, 'manet', vgg_path,
+                            tp.save_arrays(decoder, tmp_path / 'decoder_iter_160000.safetensors'),
+                            [tp.save_arrays(state, tmp_path / 'ma_module_iter_160000.safetensors')])
+  assert any("stripped the 'module.' prefix" in n for n in ported.notes)
+  tp.check_ported_vgg(ported, vgg)
+  got = ported.params
+  np.testing.assert_array_equal(got['decoder']['conv1_1']['kernel'], tp.flax_kernel(decoder[28].weight))
+  np.testing.assert_array_equal(got['transform']['SSA']['g']['kernel'], tp.flax_kernel(ma.SSA.g.weight))
+  np.testing.assert_array_equal(got['transform']['CA']['out_conv']['bias'], ma.CA.out_conv.bias.detach().numpy())

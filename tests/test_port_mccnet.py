@@ -7,9 +7,9 @@ import pytest
 from jaxtickets import port
 from jaxtickets.errors import UserError
 
-torch = pytest.importorskip('torch')
+torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
 import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file  # pylint: disable=unused-import,wrong-import-position  (a fixture)
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
 
 nn, norm = tp.nn, tp.norm
 
@@ -53,6 +53,22 @@ def test_mccnet_parity(vgg_file, tmp_path):
   with torch.no_grad():
     want = decoder(mcc.MCCN(tp.encode(vgg, ct, 4)[-1], tp.encode(vgg, st, 4)[-1]))
   tp.check_parity('mccnet', tp.stylize_jax(ported, c, s), want)
+
+
+def test_mccnet_cli(vgg_safetensors, tmp_path):
+  """scripts/port_weights.py on files in the released key layout (the decoder as .npz, MCCN.h kept): read back,
+  each kernel is the torch weight transposed."""
+  vgg, vgg_path = vgg_safetensors
+  torch.manual_seed(33)
+  mcc, decoder = MCCModule(), nn.Sequential(*tp.decoder_layers())
+  ported = tp.port_with_cli(tmp_path, 'mccnet', vgg_path, tp.save_arrays(decoder, tmp_path / 'decoder_iter_160000.npz'),
+                            [tp.save_arrays(mcc, tmp_path / 'mcc_module_iter_160000.safetensors')])
+  assert any('skipped MCCN.h.* (2 tensors' in n for n in ported.notes)
+  tp.check_ported_vgg(ported, vgg)
+  got = ported.params
+  np.testing.assert_array_equal(got['decoder']['conv2_1']['kernel'], tp.flax_kernel(decoder[21].weight))
+  np.testing.assert_array_equal(got['transform']['fc']['kernel'], tp.flax_kernel(mcc.MCCN.fc.weight))
+  np.testing.assert_array_equal(got['transform']['out_conv']['kernel'], tp.flax_kernel(mcc.MCCN.out_conv.weight))
 
 
 def test_mccnet_linear_fc_shape_is_checked(vgg_file, tmp_path):

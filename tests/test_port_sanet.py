@@ -7,9 +7,9 @@ import pytest
 from jaxtickets import port
 from jaxtickets.errors import UserError
 
-torch = pytest.importorskip('torch')
+torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
 import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file  # pylint: disable=unused-import,wrong-import-position  (a fixture)
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
 
 nn, F, norm = tp.nn, tp.F, tp.norm
 
@@ -61,6 +61,23 @@ def test_sanet_parity(vgg_file, tmp_path):
     fc, fs = tp.encode(vgg, ct), tp.encode(vgg, st)
     want = decoder(transform(fc[3], fs[3], fc[4], fs[4]))
   tp.check_parity('sanet', tp.stylize_jax(ported, c, s), want)
+
+
+def test_sanet_cli(vgg_safetensors, tmp_path):
+  """scripts/port_weights.py on files in the released key layout: read back, each kernel is the torch weight
+  transposed."""
+  vgg, vgg_path = vgg_safetensors
+  torch.manual_seed(13)
+  transform, decoder = Transform(), nn.Sequential(*tp.decoder_layers())
+  ported = tp.port_with_cli(tmp_path, 'sanet', vgg_path,
+                            tp.save_arrays(decoder, tmp_path / 'decoder_iter_500000.safetensors'),
+                            [tp.save_arrays(transform, tmp_path / 'transformer_iter_500000.safetensors')])
+  tp.check_ported_vgg(ported, vgg)
+  got = ported.params
+  np.testing.assert_array_equal(got['decoder']['conv4_1']['kernel'], tp.flax_kernel(decoder[1].weight))
+  np.testing.assert_array_equal(got['transform']['sanet5_1']['h']['kernel'],
+                                tp.flax_kernel(transform.sanet5_1.h.weight))
+  np.testing.assert_array_equal(got['transform']['merge_conv']['bias'], transform.merge_conv.bias.detach().numpy())
 
 
 def test_sanet_transform_wrong_shape(vgg_file, tmp_path):

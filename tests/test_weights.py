@@ -1,4 +1,8 @@
-"""Tests for jaxtickets.weights: Flax-format VGG weight files (.npz and Orbax directories)."""
+"""Tests for jaxtickets.weights: Flax-format VGG weight files (.npz and Orbax directories), the one .npz reader,
+ported directories (model.json + params/) and the random-VGG fallback."""
+
+import json
+import os
 
 import jax
 import numpy as np
@@ -128,10 +132,9 @@ def test_long_problem_lists_are_counted(tmp_path, monkeypatch):
 
 def _ported_dir(tmp_path, name, vgg, params=None):
   """A directory as scripts/port_weights.py writes it (model.json + params/), made without torch."""
-  from jaxtickets import port
-  ported = port.Ported('adain' if params else None, {'name': 'adain', 'width': 1.0} if params else None, params,
-                       vgg, {}, [])
-  port.save(ported, tmp_path / name)
+  ported = weights.Ported('adain' if params else None, {'name': 'adain', 'width': 1.0} if params else None, params,
+                          vgg, {}, [])
+  weights.save_ported(ported, tmp_path / name)
   return tmp_path / name
 
 
@@ -160,3 +163,76 @@ def test_pytorch_files_must_be_ported_first(tmp_path, name):
                                       r'scripts/port_weights\.py --vgg=FILE --out=DIR and set '
                                       r'config\.model\.vgg_weights=DIR\.'):
     weights.load_vgg_weights(tmp_path / name, _shapes(_vgg('conv0')))
+
+
+def test_ported_directory_layout_and_round_trip(tmp_path):
+  """The layout users and older runs rely on: model.json (model, model_config, sources, notes) beside params/, an
+  Orbax checkpoint of {'params', 'vgg'}; load_ported gives back what save_ported wrote."""
+  from jaxtickets import checkpoint
+  decoder = {'decoder': {'conv1_1': {'kernel': np.ones((3, 3, 4, 3), np.float32), 'bias': np.zeros(3, np.float32)}}}
+  ported = weights.Ported('adain', {'name': 'adain', 'width': 1.0, 'train_encoder': False}, decoder, _vgg('conv1_1'),
+                          {'vgg': {'layout': 'vgg_normalised'}}, ['a note'])
+  weights.save_ported(ported, tmp_path / 'out')
+  assert sorted(os.listdir(tmp_path / 'out')) == ['model.json', 'params']
+  assert json.loads((tmp_path / 'out' / 'model.json').read_text()) == {
+      'model': 'adain', 'model_config': ported.model_config, 'sources': ported.sources, 'notes': ['a note']}
+  assert sorted(checkpoint.load_params(tmp_path / 'out' / 'params')) == ['params', 'vgg']
+  assert weights.is_ported(tmp_path / 'out') and not weights.is_ported(tmp_path / 'out' / 'params')
+  loaded = weights.load_ported(tmp_path / 'out')
+  assert (loaded.model, loaded.model_config, loaded.sources, loaded.notes) == (
+      'adain', ported.model_config, ported.sources, ['a note'])
+  _assert_equal(loaded.params, decoder)
+  _assert_equal(loaded.vgg, _vgg('conv1_1'))
+  with pytest.raises(UserError, match=r"already holds ported weights \(model\.json, params\): pass --overwrite"):
+    weights.save_ported(ported, tmp_path / 'out')
+
+
+def test_load_ported_refuses_what_it_cannot_read_or_name(tmp_path):
+  from jaxtickets import checkpoint
+  checkpoint.save_params(tmp_path / 'bare' / 'params', {'params': {'d': np.zeros(2, np.float32)}, 'vgg': {}})
+  assert weights.load_ported(tmp_path / 'bare').model is None  # enough for init_from, which checks the groups
+  with pytest.raises(UserError, match=r"model\.json' has no \"model\" name: write it as \{\"model\": NAME"):
+    weights.load_ported(tmp_path / 'bare', need_model=True)
+  checkpoint.save_params(tmp_path / 'theta', {'decoder': {'k': np.zeros(2, np.float32)}})
+  with pytest.raises(UserError, match=r"holds \['decoder'\], not 'params' and 'vgg': port the weights again"):
+    weights.load_ported(tmp_path / 'theta')
+  with pytest.raises(UserError, match=r"is not a directory of ported weights \(model\.json \+ params/\)"):
+    weights.load_ported(tmp_path / 'nowhere')
+
+
+def test_read_npz_serves_vgg_files_state_dicts_and_exports(tmp_path, monkeypatch):
+  """One .npz reader: VGG files, state dicts and exports all read through weights.read_npz, which reads only the
+  arrays asked for and reports a file that is not an archive."""
+  from jaxtickets import export_format
+  calls = []
+  read_npz = weights.read_npz
+  monkeypatch.setattr(weights, 'read_npz', lambda path, keys=None: calls.append(os.path.basename(path)) or
+                      read_npz(path, keys))
+  weights.save_vgg_weights(tmp_path / 'vgg.npz', _vgg('conv1_1'))
+  _assert_equal(weights.load_vgg_weights(tmp_path / 'vgg.npz', _shapes(_vgg('conv0'))), _vgg('conv0'))
+  np.savez(tmp_path / 'state.npz', **{'0.weight': np.ones((3, 3, 1, 1), np.float64)})
+  assert weights.read_state_dict(tmp_path / 'state.npz')['0.weight'].dtype == np.float32
+  params = {'d': {'kernel': np.arange(4, dtype=np.float32).reshape(2, 2)}}
+  tensors, meta, _ = export_format.encode('adain', {}, params, jax.tree.map(lambda x: x > 0, params))
+  export_format.write(str(tmp_path / 'ticket.npz'), tensors, meta)
+  np.testing.assert_array_equal(export_format.load_export(str(tmp_path / 'ticket.npz')).params['d']['kernel'],
+                                params['d']['kernel'] * (params['d']['kernel'] > 0))
+  assert calls == ['vgg.npz', 'state.npz', 'ticket.npz']
+  assert sorted(read_npz(tmp_path / 'vgg.npz', ['conv0/bias', 'nope'])) == ['conv0/bias']
+  (tmp_path / 'junk.npz').write_bytes(b'hello world')
+  with pytest.raises(weights.Unreadable, match='^ValueError: '):  # numpy's reason, named by the caller
+    read_npz(tmp_path / 'junk.npz')
+
+
+def test_load_or_init_vgg(tmp_path, capsys):
+  """config.model.vgg_weights: a file is loaded to the model's depth; empty draws the model's random VGG, loudly."""
+  from jaxtickets import models
+  model = models.build('adain', {'width': 0.125})
+  key = jax.random.PRNGKey(1)
+  drawn = weights.load_or_init_vgg(model, '', key)
+  assert 'WARNING: config.model.vgg_weights is empty' in capsys.readouterr().out
+  jax.tree.map(np.testing.assert_array_equal, drawn, jax.device_get(model.init_vgg(key)))
+  weights.save_vgg_weights(tmp_path / 'vgg.npz', drawn)
+  loaded = weights.load_or_init_vgg(model, str(tmp_path / 'vgg.npz'), jax.random.PRNGKey(2))
+  assert capsys.readouterr().out == ''
+  jax.tree.map(np.testing.assert_array_equal, loaded, drawn)

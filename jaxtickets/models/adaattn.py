@@ -28,6 +28,7 @@ from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
+from jaxtickets.models.torch_layout import Layer, Layout, Part, convs
 
 LOSS_TAPS = vgg_lib.TAPS[1:]  # r21..r51
 KEY_TAPS = vgg_lib.TAPS[2:]  # r31..r51: the transform's keys
@@ -294,3 +295,18 @@ class AdaAttNModel(StyleModel):
 
 
 Model = AdaAttNModel
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyTorch layout (models.md §6.6): three released files, the transform in two parts.
+
+TORCH_DECODER = Layout("AdaAttN decoder", (Layer("decoder_layer_1.1", "decoder_layer_1_1"),) + tuple(
+    Layer(f"decoder_layer_2.{i}", f"decoder_layer_2_{i}") for i in (1, 4, 7, 10, 14, 17, 21, 24)))
+_FGH = ("f", "g", "h")  # AdaAttN blocks have no out_conv
+TORCH_TRANSFORMER = Layout("AdaAttN transformer", convs("attn_adain_4_1", "attn_adain_4_1", _FGH)
+                           + convs("attn_adain_5_1", "attn_adain_5_1", _FGH) + (Layer("merge_conv", "merge_conv"),))
+TORCH_ADAATTN_3 = Layout("AdaAttN adaattn_3", convs("", "", _FGH))
+AdaAttNModel.torch_parts = {
+    "decoder": (Part("decoder", (TORCH_DECODER,), "latest_net_decoder.pth"),),
+    "transform": (Part("transform/transformer", (TORCH_TRANSFORMER,), "latest_net_transformer.pth"),
+                  Part("transform/adaattn_3", (TORCH_ADAATTN_3,), "latest_net_adaattn_3.pth"))}

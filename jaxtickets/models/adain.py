@@ -77,3 +77,9 @@ class AdaIN(StyleModel):
 
 
 Model = AdaIN
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyTorch layout (models.md §2.6): naoto0804's decoder; the AdaIN transform has no weights.
+
+AdaIN.torch_parts = {"decoder": (decoder_lib.torch_part("decoder.pth"),), "transform": ()}

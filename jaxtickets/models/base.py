@@ -9,6 +9,7 @@ from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.layers import init_params, torch_default_init
+from jaxtickets.models.torch_layout import Part
 
 ENCODER, DECODER, TRANSFORM = config_lib.GROUPS
 
@@ -32,7 +33,8 @@ class StyleModel:
   Params come in two trees: `params` (top-level keys = `groups`, each one of config.GROUPS)
   and `vgg_params` (the frozen loss VGG up to `loss_depth`). When `train_encoder` is False the stylizing encoder
   reads `vgg_params`. Only `trained_groups` (default: all of `groups`) get gradients and can be pruned; the others
-  (e.g. LST's pre-trained decoder) ride along in `params` unchanged.
+  (e.g. LST's pre-trained decoder) ride along in `params` unchanged. `torch_parts` names the released PyTorch
+  files that jaxtickets.port reads into the 'decoder' and 'transform' groups (set at the end of each model's file).
   """
   name: str = ""
   divisor: int = 1
@@ -40,6 +42,7 @@ class StyleModel:
   encoder_depth: str = "r41"
   loss_depth: str = "r41"
   loss_weights: dict[str, float] = {}
+  torch_parts: dict[str, tuple[Part, ...]] = {}  # 'decoder'/'transform' -> its released files' layouts
 
   def __init__(self, model_config):
     self.config = model_config

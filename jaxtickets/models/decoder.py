@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtickets.models import layers
+from jaxtickets.models.torch_layout import Layer, Layout, Part
 from jaxtickets.models.vgg import channels
 
 # (layer name, full-width output channels, upsample x2 after it); names mirror the encoder's convs.
@@ -37,3 +38,19 @@ class Decoder(nn.Module):
     # The reference has no output activation: the image is neither squashed nor clamped.
     x = layers.ReflectConv(3, dtype=self.dtype, name="conv1_1")(x)
     return x.astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyTorch layout (models.md §1.2): the Sequential of AdaIN, SANet, MANet and MCCNet, and LST's dec_r41 (named
+# attributes); either file fits either model.
+
+_NAMES = tuple(name for name, _, _ in _LAYERS) + ("conv1_1",)
+TORCH_SEQUENTIAL = Layout("decoder (Sequential)", tuple(
+    Layer(str(i), d) for i, d in zip((1, 5, 8, 11, 14, 18, 21, 25, 28), _NAMES)))
+TORCH_LST = Layout("LST dec_r41", tuple(Layer(f"conv{i}", d) for i, d in zip(range(11, 20), _NAMES)))
+
+
+def torch_part(example: str, *, lst_first: bool = False) -> Part:
+  """The decoder file of a model whose released decoder is `example` (LST's own layout first for LST)."""
+  layouts = (TORCH_LST, TORCH_SEQUENTIAL) if lst_first else (TORCH_SEQUENTIAL, TORCH_LST)
+  return Part("decoder", layouts, example)

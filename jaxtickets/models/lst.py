@@ -17,6 +17,7 @@ from jaxtickets.models import decoder as decoder_lib
 from jaxtickets.models import layers
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel, _field
+from jaxtickets.models.torch_layout import Layer, Layout, Part
 
 STYLE_TAPS = vgg_lib.TAPS[:4]  # r11..r41
 CONTENT_TAP = "r41"
@@ -182,3 +183,18 @@ class LST(StyleModel):
 
 
 Model = LST
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyTorch layout (models.md §4.6): dec_r41.pth and r41.pth (MulLayer); LST's VGG files are in vgg.py.
+
+
+def _torch_cnn(name: str) -> tuple[Layer, ...]:
+  convs = tuple(Layer(f"{name}.convs.{i}", f"{name}/convs_{i}") for i in (0, 2, 4))
+  return convs + (Layer(f"{name}.fc", f"{name}/fc", linear=True),)
+
+
+TORCH_TRANSFORM = Layout("LST r41 (MulLayer)", _torch_cnn("snet") + _torch_cnn("cnet")
+                         + (Layer("compress", "compress"), Layer("unzip", "unzip")))
+LST.torch_parts = {"decoder": (decoder_lib.torch_part("dec_r41.pth", lst_first=True),),
+                   "transform": (Part("transform", (TORCH_TRANSFORM,), "r41.pth"),)}

@@ -27,6 +27,7 @@ from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
+from jaxtickets.models.torch_layout import Layer, Layout, Part, convs
 
 TAP = "r41"
 DEFAULT_MCC_EPS = 1e-5
@@ -166,3 +167,13 @@ class MCCNet(StyleModel):
 
 
 Model = MCCNet
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyTorch layout (models.md §7.6): the released decoder and mcc_module files.
+
+TORCH_TRANSFORM = Layout(
+    "MCCNet mcc_module", convs("MCCN", "", ("f", "g", "out_conv")) + (Layer("MCCN.fc", "fc", linear=True),),
+    (("MCCN.h.", "MCCNet defines MCCN.h but its forward pass never uses it"),))
+MCCNet.torch_parts = {"decoder": (decoder_lib.torch_part("decoder_iter_160000.pth"),),
+                      "transform": (Part("transform", (TORCH_TRANSFORM,), "mcc_module_iter_160000.pth"),)}

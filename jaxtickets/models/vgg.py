@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from jaxtickets.errors import UserError
 from jaxtickets.models import layers
+from jaxtickets.models.torch_layout import Layer, Layout
 
 TAPS = ("r11", "r21", "r31", "r41", "r51")
 
@@ -83,3 +84,25 @@ class VGGEncoder(nn.Module):
         if i == 0:
           taps[TAPS[b]] = x
     return taps
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyTorch layout: VGG19 files (models.md §1.3, §9) as jaxtickets.port reads them, up to conv5_1.
+
+_TAIL = "conv5_2..conv5_4: no model reads past relu5_1"
+
+
+def _torch_layout(name: str, srcs: tuple[str, ...], tail: tuple[str, ...], skipped=()) -> Layout:
+  names = vgg_layer_names(TAPS[-1])[-len(srcs):]  # torchvision has no conv0
+  tail_note = tuple((f"{p}.", _TAIL) for p in tail)
+  return Layout(name, tuple(Layer(s, d) for s, d in zip(srcs, names)), tail_note + tuple(skipped))
+
+
+VGG_NORMALISED = _torch_layout("vgg_normalised", ("0", "2", "5", "9", "12", "16", "19", "22", "25", "29", "32",
+                                                  "35", "38", "42"), ("45", "48", "51"))
+TORCHVISION_VGG19 = _torch_layout(
+    "torchvision vgg19", tuple(f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28)),
+    ("features.30", "features.32", "features.34"),
+    (("classifier.", "torchvision's fully connected classifier: not part of the encoder"),))
+LST_VGG = _torch_layout("LST vgg_r41/vgg_r51", tuple(f"conv{i}" for i in range(1, 15)), ())
+TORCH_LAYOUTS = (VGG_NORMALISED, TORCHVISION_VGG19, LST_VGG)

@@ -1,0 +1,41 @@
+"""How a released PyTorch file"s keys map to a model"s Flax params: the vocabulary of each model"s `torch_parts`.
+
+Each model file ends with its own layouts (models.md §x.6), vgg.py and decoder.py hold the shared ones, and
+jaxtickets/port.py converts any file by them. No imports beyond the standard library: a layout is plain data.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One PyTorch layer: `src` is its key prefix (src.weight, src.bias), `dst` its Flax path ("a/b")."""
+  src: str
+  dst: str
+  linear: bool = False  # nn.Linear (O, I) rather than nn.Conv2d (O, I, kh, kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A file"s key layout: its layers plus known harmless extras (key prefix, note) that are skipped."""
+  name: str
+  layers: tuple[Layer, ...]
+  skipped: tuple[tuple[str, str], ...] = ()
+
+  def known(self, key: str) -> bool:
+    return (any(key in (f"{l.src}.weight", f"{l.src}.bias") for l in self.layers)
+            or any(key.startswith(p) for p, _ in self.skipped))
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One released file of a model: where it lands in params ("decoder", "transform/transformer") and the key
+  layouts it may come in (the best-matching one is checked; the first one is the model"s own)."""
+  dst: str
+  layouts: tuple[Layout, ...]
+  example: str  # the released file name, for messages
+
+
+def convs(prefix: str, dst: str, names=("f", "g", "h", "out_conv")) -> tuple[Layer, ...]:
+  """The 1x1 convs of an attention block: <prefix>.f -> <dst>/f and so on (an empty prefix or dst: none)."""
+  return tuple(Layer(f"{prefix}.{c}" if prefix else c, f"{dst}/{c}" if dst else c) for c in names)
