@@ -1,13 +1,14 @@
 """The IMP driver end to end at tiny size: replicates, tickets, exact sparsities, branches, rewinding, the tables."""
 
 import csv
+import dataclasses
 import os
 
 import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, load_ticket, results, sparsity, stats
+from jaxtickets import checkpoint, imp, load_ticket, pack, results, sparsity, stats
 from jaxtickets.errors import UserError
 from conftest import tiny_config
 
@@ -17,14 +18,30 @@ ROUNDS, REPLICATES = 2, 2
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  """A tiny replicated run with all four branches (the encoder trained, so random_reinit re-draws it)."""
+  """A tiny replicated run with all four branches (the encoder trained, so random_reinit re-draws it), and the
+  state each run held when its first train step was called: {(branch, round, replicate): TrainState on the host}."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(imp__branches=",".join(BRANCHES), imp__rounds=ROUNDS, imp__replicates=REPLICATES,
                        eval__num_pairs=4, eval__batch_size=4,
                        train__adam_eps=1e-6)  # above rounding noise: the packed run below must give the same masks
   assert config.model.train_encoder
-  rows = imp.run(config, workdir)
-  return workdir, config, rows
+  starts = {}
+  train_pack = pack.train_pack
+
+  def recording(s, jobs, finish):
+    def step(state, *args):
+      if key(jobs[0]) not in starts:  # the first step only: the state training really began from
+        host = jax.device_get(state)
+        starts.update({key(job): jax.tree.map(lambda x, i=i: np.asarray(x)[i], host) for i, job in enumerate(jobs)})
+      return s.packed_step(state, *args)
+
+    return train_pack(dataclasses.replace(s, packed_step=step), jobs, finish)
+
+  key = lambda job: (job.branch, job.round, job.replicate.index)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(pack, "train_pack", recording)
+    rows = imp.run(config, workdir)
+  return workdir, config, rows, starts
 
 
 def ticket(workdir, branch, round_, rep):
@@ -35,8 +52,29 @@ def prunable_of(ticket_, config):
   return sparsity.prunable_leaves(ticket_.masks, config.sparsity.scope.split(","), allow_missing_groups=True)
 
 
+def numpy_prune(params, masks, flags, n):
+  """Mask leaves: `masks` less the n smallest |w| of the alive prunable weights, all leaves together.
+
+  Written apart from jaxtickets/sparsity.py: one stable argsort over the concatenated leaves, so ties go to the
+  earlier leaf and position, as the library promises.
+  """
+  chosen = [i for i, f in enumerate(jax.tree.leaves(flags)) if f]
+  ps, ms = jax.tree.leaves(params), [np.array(m, bool) for m in jax.tree.leaves(masks)]
+  scores = np.concatenate([np.where(ms[i], np.abs(np.asarray(ps[i], np.float32)), np.inf).ravel() for i in chosen])
+  drop = np.zeros(scores.size, bool)
+  drop[np.argsort(scores, kind="stable")[:n]] = True
+  assert np.all(np.isfinite(scores[drop]))  # only alive weights go
+  for i, part in zip(chosen, np.split(drop, np.cumsum([ms[i].size for i in chosen])[:-1])):
+    ms[i][part.reshape(ms[i].shape)] = False
+  return ms
+
+
+def pruned_count(masks, flags):
+  return sum(int(m.size - np.count_nonzero(m)) for m, f in zip(jax.tree.leaves(masks), jax.tree.leaves(flags)) if f)
+
+
 def test_tickets_are_stored_per_replicate(run_dir):
-  workdir, _, _ = run_dir
+  workdir, _, _, _ = run_dir
   for branch in BRANCHES:
     assert sorted(os.listdir(os.path.join(workdir, "tickets", branch))) == ["rep_0", "rep_1"]
   assert imp.ticket_dir(workdir, "imp", 2, 1) == os.path.join(workdir, "tickets", "imp", "rep_1", "round_02")
@@ -44,13 +82,13 @@ def test_tickets_are_stored_per_replicate(run_dir):
 
 
 def test_imp_prunes_exactly_20_percent_of_the_survivors_each_round(run_dir):
-  workdir, config, _ = run_dir
+  workdir, config, _, _ = run_dir
   for rep in range(REPLICATES):
     alive = None
     for r in range(ROUNDS + 1):
       t = ticket(workdir, "imp", r, rep)
       report = sparsity.count(t.masks, prunable_of(t, config))
-      alive = report["prunable"]["size"] if alive is None else alive - round(0.2 * alive)
+      alive = report["prunable"]["size"] if alive is None else alive - round(config.sparsity.fraction * alive)
       assert report["prunable"]["remaining"] == alive  # pruning counts are exact
       assert t.sparsity["prunable"]["remaining"] == alive
       # Weights outside the mask are exactly zero in the trained weights.
@@ -58,28 +96,41 @@ def test_imp_prunes_exactly_20_percent_of_the_survivors_each_round(run_dir):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
 
 
-def test_imp_masks_are_nested_and_smallest_magnitudes_go(run_dir):
-  workdir, config, _ = run_dir
-  prev, cur = ticket(workdir, "imp", 1, 1), ticket(workdir, "imp", 2, 1)
-  prunable = prunable_of(cur, config)
-  alive_prev, alive_cur, mags = [], [], []
-  for m0, m1, w, pr in zip(jax.tree.leaves(prev.masks), jax.tree.leaves(cur.masks),
-                           jax.tree.leaves(prev.trained_params), jax.tree.leaves(prunable)):
-    assert not np.any(m1 & ~m0)  # never revived
-    if pr:
-      alive_prev.append(m0.ravel()); alive_cur.append(m1.ravel()); mags.append(np.abs(w).ravel())
-  m0, m1, w = map(np.concatenate, (alive_prev, alive_cur, mags))
-  removed, kept = w[m0 & ~m1], w[m1]
-  assert removed.max() <= kept.min()
+def test_imp_masks_are_the_previous_rounds_smallest_survivors_pruned(run_dir):
+  """Round r's mask is round r-1's less its round(fraction * alive) smallest trained |w|, computed here in numpy."""
+  workdir, config, _, _ = run_dir
+  for rep in range(REPLICATES):
+    for r in range(1, ROUNDS + 1):
+      prev, cur = ticket(workdir, "imp", r - 1, rep), ticket(workdir, "imp", r, rep)
+      flags = prunable_of(cur, config)
+      alive = sum(int(np.count_nonzero(m)) for m, f in zip(jax.tree.leaves(prev.masks), jax.tree.leaves(flags)) if f)
+      want = numpy_prune(prev.trained_params, prev.masks, flags, round(config.sparsity.fraction * alive))
+      for a, b in zip(jax.tree.leaves(cur.masks), want):
+        np.testing.assert_array_equal(a, b, err_msg=f"rep {rep} round {r}")
 
 
-def test_each_replicate_rewinds_to_its_own_theta_0(run_dir):
-  workdir, _, _ = run_dir
-  thetas = [checkpoint.load_params(os.path.join(workdir, "init", f"rep_{rep}", "theta_0")) for rep in (0, 1)]
-  for rep in (0, 1):
-    t = ticket(workdir, "imp", 2, rep)
-    for a, b in zip(jax.tree.leaves(t.rewind_params), jax.tree.leaves(thetas[rep])):
-      np.testing.assert_array_equal(a, b)
+def test_every_run_starts_from_its_replicates_theta_0_times_its_mask_with_a_fresh_adam(run_dir):
+  """The state the first train step got, against theta_0 drawn again by the seed rule (replicate r: seed + r)."""
+  from jaxtickets.models import get_model
+
+  workdir, config, _, starts = run_dir
+  assert len(starts) == REPLICATES * (1 + len(BRANCHES) * ROUNDS)
+  model = get_model("adain")(config.model)
+  vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
+  thetas = [jax.device_get(model.init(jax.random.fold_in(jax.random.PRNGKey(config.seed + rep), 0), vgg))
+            for rep in range(REPLICATES)]
+  for rep, theta_0 in enumerate(thetas):
+    for a, b in zip(jax.tree.leaves(ticket(workdir, "imp", ROUNDS, rep).rewind_params), jax.tree.leaves(theta_0)):
+      np.testing.assert_array_equal(a, b)  # what the ticket says it rewound to
+    for branch in BRANCHES:
+      for r in range(0 if branch == "imp" else 1, ROUNDS + 1):
+        t, start = ticket(workdir, branch, r, rep), starts[(branch, r, rep)]
+        init = t.rewind_params if branch == "random_reinit" else theta_0  # its re-draw: checked in the baselines test
+        want = jax.tree.map(lambda p, m: np.where(m, p, 0), init, t.masks)
+        assert int(start.step) == 0, (branch, r, rep)
+        for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(want)):
+          np.testing.assert_array_equal(a, b, err_msg=f"{branch} round {r} rep {rep}")
+        assert not any(np.any(x) for x in jax.tree.leaves(start.opt_state))  # Adam's count, mu and nu all zero
   # The decoder's init is the replicate's own; the encoder is the same VGG copy in both.
   assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(thetas[0]["decoder"]), jax.tree.leaves(thetas[1]["decoder"])))
   for a, b in zip(jax.tree.leaves(thetas[0]["encoder"]), jax.tree.leaves(thetas[1]["encoder"])):
@@ -91,7 +142,7 @@ def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
   from jaxtickets import weights
   from jaxtickets.models import get_model
 
-  workdir, config, _ = run_dir
+  workdir, config, _, _ = run_dir
   # The VGG is shared by all replicates (it stands for pretrained weights): give the seed-1 run seed 0's.
   model = get_model("adain")(config.model)
   vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
@@ -111,7 +162,7 @@ def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
 
 
 def test_baselines_take_imps_counts_and_what_they_promise(run_dir):
-  workdir, config, _ = run_dir
+  workdir, config, _, _ = run_dir
   for rep in range(REPLICATES):
     dense = ticket(workdir, "imp", 0, rep)
     theta_0 = checkpoint.load_params(os.path.join(workdir, "init", f"rep_{rep}", "theta_0"))
@@ -129,16 +180,16 @@ def test_baselines_take_imps_counts_and_what_they_promise(run_dir):
                               jax.tree.leaves(theta_0[group])):
           if path.endswith("kernel"):
             assert not np.allclose(a, b), f"{group}/{path} was not re-drawn"
-      # oneshot: exactly the dense round's trained weights pruned globally to IMP's count.
-      prunable = prunable_of(ref, config)
-      target = sparsity.count(ref.masks, prunable)["prunable"]["sparsity"]
-      want = sparsity.prune_to_sparsity(dense.trained_params, prunable, target)
-      for a, b in zip(jax.tree.leaves(one.masks), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(a, b)
+      # oneshot: the dense round's trained weights pruned once, globally, by IMP round r's exact count.
+      flags = prunable_of(ref, config)
+      want = numpy_prune(dense.trained_params, dense.masks, flags, pruned_count(ref.masks, flags))
+      assert not any(np.any(~m) for m in jax.tree.leaves(dense.masks))
+      for a, b in zip(jax.tree.leaves(one.masks), want):
+        np.testing.assert_array_equal(a, b, err_msg=f"oneshot round {r} rep {rep}")
 
 
 def test_results_csv_has_a_row_per_branch_round_and_replicate(run_dir):
-  workdir, _, rows = run_dir
+  workdir, _, rows, _ = run_dir
   with open(os.path.join(workdir, "results.csv")) as f:
     table = list(csv.DictReader(f))
   got = {(r["branch"], int(r["round"]), int(r["replicate"])) for r in table}
@@ -161,7 +212,7 @@ def test_results_csv_has_a_row_per_branch_round_and_replicate(run_dir):
 
 
 def test_summary_csv_has_intervals_and_verdicts_by_the_rule(run_dir):
-  workdir, config, _ = run_dir
+  workdir, config, _, _ = run_dir
   with open(os.path.join(workdir, "summary.csv")) as f:
     table = list(csv.DictReader(f))
   assert {(r["branch"], int(r["round"])) for r in table} == {("imp", 0)} | {
@@ -202,7 +253,7 @@ def test_one_replicate_never_gives_a_verdict_beyond_inconclusive():
 
 
 def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
-  workdir, config, _ = run_dir
+  workdir, config, _, _ = run_dir
   dense = ticket(workdir, "imp", 0, 0)
   prunable = prunable_of(dense, config)
   capped = tiny_config(sparsity__layer_cap=0.1)
@@ -222,7 +273,7 @@ def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
 
 def test_packed_runs_give_the_same_masks_and_table_as_one_run_at_a_time(run_dir, tmp_path, capsys):
   """The same config with 2 runs per step (vmapped on this one device): the same runs, so the same tickets."""
-  workdir, config, _ = run_dir
+  workdir, config, _, _ = run_dir
   packed = config_from(config, parallel__runs_per_step=2)
   imp.run(packed, str(tmp_path))
   out = capsys.readouterr().out
@@ -249,7 +300,7 @@ def config_from(config, **overrides):
 
 
 def test_rerun_skips_finished_rounds(run_dir, capsys):
-  workdir, config, _ = run_dir
+  workdir, config, _, _ = run_dir
   imp.run(config, workdir)
   out = capsys.readouterr().out
   assert "[rep 1 oneshot round 2] already done" in out and "step 1/3" not in out

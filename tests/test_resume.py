@@ -5,6 +5,7 @@ round, 2 replicates, a checkpoint every 2 steps) and one uninterrupted reference
 """
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, data, imp, train
+from jaxtickets import checkpoint, data, imp, pack, preempt, train
 from jaxtickets.errors import UserError
 from conftest import tiny_config
 
@@ -278,6 +279,99 @@ def test_config_checks_before_anything_runs(tmp_path):
   aside = glob.glob(workdir + ".old-*")
   assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], "init", "rep_0", "theta_0"))
   assert os.listdir(workdir) == [] and "moved the previous run" in logs[-1]
+
+
+# A rewind point k > 0 and the baseline branches, resumed in-process: a stand-in for SIGTERM stops a chosen round
+# after a chosen step (the watch the train loop asks), which saves and raises Preempted as a real signal does. Every
+# run shares one Setup, as the same command again would build it: its steps are traced once, not once a run.
+BRANCHES = ("imp", "random_prune", "random_reinit")
+
+
+class _StopAfter:
+  """A PreemptionWatch whose SIGTERM arrives during `step`."""
+
+  def __init__(self, step):
+    self.step, self.reason = step, None
+
+  def __call__(self, step, synced):  # pylint: disable=unused-argument
+    if step == self.step:
+      self.reason = "SIGTERM"
+    return self.reason is not None
+
+
+def _run(s, workdir):
+  """What imp.run does on `workdir` once it holds the lock and checked the config, with the shared Setup `s`."""
+  s = imp.with_run_state(dataclasses.replace(s, workdir=workdir, watch=preempt.PreemptionWatch()))
+  try:
+    return imp._run_rounds(s)  # pylint: disable=protected-access
+  finally:
+    s.close()
+
+
+def _preempt(s, workdir, branch, round_, step):
+  """_run stopped after `step` of replicate 0's (branch, round_); asserts it stopped there."""
+  train_pack = pack.train_pack
+
+  def stopping(s, jobs, finish):
+    if any((job.branch, job.round) == (branch, round_) for job in jobs):
+      s = dataclasses.replace(s, watch=_StopAfter(step))
+    return train_pack(s, jobs, finish)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(pack, "train_pack", stopping)
+    with pytest.raises(preempt.Preempted, match=rf"at step {step} of \[rep 0 {branch} round {round_}\]"):
+      _run(s, workdir)
+  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, branch, round_, 0))
+
+
+def _assert_same_run(a, b):
+  """Every ticket's masks and rewind point identical, trained weights and metrics equal to float rounding."""
+  theta = lambda w: checkpoint.load_params(os.path.join(w, "init", "rep_0", "theta_2"))
+  for x, y in zip(jax.tree.leaves(theta(a)), jax.tree.leaves(theta(b))):
+    np.testing.assert_array_equal(x, y)
+  for branch, r in [("imp", 0)] + [(branch, 1) for branch in BRANCHES]:
+    ta, tb = (checkpoint.load_ticket(imp.ticket_dir(w, branch, r, 0)) for w in (a, b))
+    for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
+      np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {r}")
+    for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
+      np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {r}")
+    for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7, err_msg=f"{branch} round {r}")
+    for k in ("total", "content", "style"):
+      assert tb.metrics[k] == pytest.approx(ta.metrics[k], rel=1e-5), (branch, r, k)
+    assert tb.metrics["steps"] == ta.metrics["steps"] == (4 if r == 0 else 2)
+
+
+@pytest.fixture(scope="module")
+def rewinding(tmp_path_factory):
+  """The shared Setup (rewind to step 2 of 4, every baseline but oneshot) and its uninterrupted run's workdir."""
+  config = tiny_config(imp__branches=",".join(BRANCHES), imp__rounds=1, imp__rewind_step=2, train__steps=4,
+                       checkpoint__async_save=False)
+  s = imp.setup(config, str(tmp_path_factory.mktemp("setup")))
+  reference = str(tmp_path_factory.mktemp("reference"))
+  _run(s, reference)
+  return s, reference
+
+
+def test_preempted_before_theta_k_and_inside_baseline_rounds_the_resumed_run_matches(rewinding, tmp_path, capsys):
+  """Stopped in the dense round before theta_k exists, then in random_prune, then in random_reinit (each time
+  resumed), then run to the end: the uninterrupted run's tickets."""
+  s, reference = rewinding
+  workdir = str(tmp_path / "run")
+  _preempt(s, workdir, "imp", 0, step=1)
+  assert not checkpoint.params_exist(os.path.join(workdir, "init", "rep_0", "theta_2"))  # stopped before k = 2
+  _preempt(s, workdir, "random_prune", 1, step=3)  # one step after the rewind point
+  out = capsys.readouterr().out
+  assert "[rep 0 imp round 0] resuming at step 1 from its checkpoint" in out
+  assert "[rep 0 imp round 0] step 1/4" not in out.split("resuming at step 1")[1]  # not trained again from 0
+  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 0))
+  _preempt(s, workdir, "random_reinit", 1, step=3)
+  assert "[rep 0 random_prune round 1] resuming at step 3 from its checkpoint" in capsys.readouterr().out
+  _run(s, workdir)
+  out = capsys.readouterr().out
+  assert "[rep 0 random_reinit round 1] resuming at step 3 from its checkpoint" in out
+  assert "[rep 0 imp round 1] already done" in out and "[rep 0 random_prune round 1] already done" in out
+  _assert_same_run(reference, workdir)
 
 
 def test_second_run_on_a_workdir_stops(tmp_path):

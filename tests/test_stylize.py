@@ -1,5 +1,6 @@
 """python -m jaxtickets.stylize: folders of odd-sized and grayscale images, .npy outputs, style mixes, errors."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -25,7 +26,41 @@ def ported(tmp_path_factory):
   params = jax.device_get(model.init(jax.random.PRNGKey(3), vgg))
   checkpoint.save_params(str(folder / "params"), {"params": params, "vgg": vgg})
   checkpoint.save_json(str(folder / "model.json"), {"model": "adain", "model_config": config.model.to_dict()})
-  return str(folder), inference.Stylizer(model, params, vgg)
+  return str(folder), inference.Stylizer(model, params, vgg), (model, params, vgg)
+
+
+def direct(model, params, vgg, content, style, alpha=1.0):
+  """The model's own stylize on one HxWx3 pair, with numpy's reflect padding to its divisor and the crop back: the
+  promise of stylize_any_size, written apart from the Stylizer."""
+  pad = lambda x: np.pad(x, ((0, -x.shape[0] % model.divisor), (0, -x.shape[1] % model.divisor), (0, 0)), "reflect")
+  out = _jitted_stylize(model)(params, vgg, pad(content)[None], pad(style)[None], alpha)
+  return np.asarray(out)[0, :content.shape[0], :content.shape[1]]
+
+
+@functools.cache
+def _jitted_stylize(model):
+  return jax.jit(model.stylize, static_argnums=4)  # one per model: each shape compiles once (eager is slower)
+
+
+def assert_close(got, want):
+  """Equal to float rounding at the output's own scale (a random tiny network's outputs are small)."""
+  scale = np.abs(want).max()
+  assert scale > 0
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+
+def read(path):
+  return np.asarray(Image.open(path), np.float32) / 255
+
+
+@pytest.fixture(scope="module")
+def tiny_ticket(tmp_path_factory):
+  """Round 1 of a tiny run (1 step a round): a ticket with pruned weights, in its workdir."""
+  from jaxtickets import imp
+
+  workdir = str(tmp_path_factory.mktemp("run"))
+  imp.run(tiny_config(imp__rounds=1, train__steps=1), workdir)
+  return imp.ticket_dir(workdir, "imp", 1, 0)
 
 
 def write_image(path, size, mode="RGB", seed=0):
@@ -38,7 +73,7 @@ def write_image(path, size, mode="RGB", seed=0):
 
 
 def test_folder_with_odd_sizes_and_grayscale_writes_one_output_per_input(tmp_path, ported):
-  _, st = ported
+  _, st, _ = ported
   content = tmp_path / "content"
   inputs = {"a.png": ((37, 45), "RGB"), "gray.png": ((30, 23), "L"), "sub/alpha.png": ((41, 33), "RGBA"),
             "sub/b.jpg": ((25, 51), "RGB")}
@@ -58,25 +93,25 @@ def test_folder_with_odd_sizes_and_grayscale_writes_one_output_per_input(tmp_pat
     assert img.format == "JPEG" and img.size == (24, 29)
 
 
-def test_npy_output_equals_the_stylizer(tmp_path, ported):
-  _, st = ported
-  content = write_image(tmp_path / "c.png", (37, 29), seed=1)
+def test_npy_output_equals_the_models_own_stylize(tmp_path, ported):
+  _, st, (model, params, vgg) = ported
+  content = write_image(tmp_path / "c.png", (37, 29), seed=1)  # not a multiple of the divisor: padded, cropped
   s1, s2 = write_image(tmp_path / "s1.png", (32, 40), seed=2), write_image(tmp_path / "s2.png", (24, 24), seed=3)
   stylize.run(st, content, [s1], str(tmp_path / "one.npy"), size=0, alpha=0.7)
-  c = np.asarray(Image.open(content), np.float32) / 255
-  want = st.stylize(c, np.asarray(Image.open(s1), np.float32) / 255, alpha=0.7)
+  c = read(content)
+  want = direct(model, params, vgg, c, read(s1), alpha=0.7)
   got = np.load(tmp_path / "one.npy")
   assert got.dtype == np.float32 and got.shape == (29, 37, 3)
-  np.testing.assert_array_equal(got, want)
+  assert_close(got, want)
   # Two styles with weights: the weighted sum of the single-style outputs.
   stylize.run(st, content, [s1, s2], str(tmp_path / "mix.npy"), style_weights=[3, 1], size=0)
-  a = st.stylize(c, np.asarray(Image.open(s1), np.float32) / 255)
-  b = st.stylize(c, np.asarray(Image.open(s2), np.float32) / 255)
-  np.testing.assert_allclose(np.load(tmp_path / "mix.npy"), 0.75 * a + 0.25 * b, rtol=1e-5, atol=1e-6)
+  a, b = direct(model, params, vgg, c, read(s1)), direct(model, params, vgg, c, read(s2))
+  assert np.abs(a - b).max() > 0.1 * np.abs(a).max()  # the styles matter, so the weights are seen
+  assert_close(np.load(tmp_path / "mix.npy"), 0.75 * a + 0.25 * b)
 
 
 def test_bad_input_is_one_sentence(tmp_path, ported):
-  _, st = ported
+  _, st, _ = ported
   img = write_image(tmp_path / "c.png", (16, 16))
   with pytest.raises(UserError, match="does not exist"):
     stylize.run(st, str(tmp_path / "missing.png"), [img], str(tmp_path / "o.png"))
@@ -91,7 +126,7 @@ def test_bad_input_is_one_sentence(tmp_path, ported):
 
 
 def test_cli_with_ported_weights(tmp_path, ported):
-  folder, st = ported
+  folder, st, _ = ported
   content = write_image(tmp_path / "c.png", (27, 35), mode="L", seed=4)
   style = write_image(tmp_path / "s.png", (32, 32), seed=5)
   run = lambda *a: subprocess.run([sys.executable, "-m", "jaxtickets.stylize", *a], cwd=ROOT, capture_output=True,
@@ -105,3 +140,31 @@ def test_cli_with_ported_weights(tmp_path, ported):
   r = run(f"--ticket={tmp_path / 'no_ticket'}", f"--content={content}", f"--style={style}", "--out=o.png")
   assert r.returncode != 0 and f"error: No ticket at '{tmp_path / 'no_ticket'}'" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_cli_with_a_ticket_writes_the_masked_trained_networks_output(tmp_path, tiny_ticket):
+  from jaxtickets.models import get_model
+
+  content = write_image(tmp_path / "c.png", (36, 28), seed=6)
+  style = write_image(tmp_path / "s.png", (30, 34), seed=7)
+  r = subprocess.run([sys.executable, "-m", "jaxtickets.stylize", f"--ticket={tiny_ticket}", f"--content={content}",
+                      f"--style={style}", f"--out={tmp_path / 'o.npy'}", "--size=0"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  # The run's model and VGG as its config makes them (vgg_weights empty: random by config.seed), the ticket's weights
+  # times its masks: pruned weights stay out even where the stored weights are not zero (the rewind point).
+  config = tiny_config(imp__rounds=1, train__steps=1)
+  model = get_model("adain")(config.model)
+  vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
+  t = checkpoint.load_ticket(tiny_ticket)
+  assert sum(int(np.size(m) - np.count_nonzero(m)) for m in jax.tree.leaves(t.masks)) > 0
+  masked = lambda p: jax.tree.map(lambda w, m: np.where(m, w, 0), p, t.masks)
+  got = np.load(tmp_path / "o.npy")  # float32 as computed: a tiny random network's outputs are far below 8 bits
+  assert got.shape == (28, 36, 3)
+  assert_close(got, direct(model, masked(t.trained_params), vgg, read(content), read(style)))
+  rewind = inference.Stylizer.from_ticket(tiny_ticket, which="rewind")
+  assert any(np.any(w[~m] != 0) for w, m in zip(jax.tree.leaves(t.rewind_params), jax.tree.leaves(t.masks)))
+  want = direct(model, masked(t.rewind_params), vgg, read(content), read(style))
+  assert_close(rewind.stylize(read(content), read(style)), want)
+  unmasked = direct(model, t.rewind_params, vgg, read(content), read(style))
+  assert np.abs(unmasked - want).max() > 1e-2 * np.abs(want).max()  # so the masks are seen
