@@ -8,8 +8,9 @@ import numpy as np
 from jaxtickets import sparsity
 
 
+@functools.lru_cache(maxsize=8)
 def make_eval_fn(model):
-  """Per-pair metrics (content, style, total, ...) for a chunk of pairs, under one jit."""
+  """Per-pair metrics (content, style, total, ...) for a chunk of pairs, under one jit (one per model and process)."""
 
   @jax.jit
   def eval_fn(params, masks, vgg_params, content, style):

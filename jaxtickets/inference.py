@@ -11,6 +11,7 @@ matched to the content's mean and standard deviation, the model stylizes these l
 output's Y is recombined with the content's own chroma (I, Q). The result keeps the content's colors exactly.
 """
 
+import functools
 import os
 from typing import Sequence
 
@@ -78,6 +79,13 @@ def _as_batch(x, what: str) -> tuple[np.ndarray, bool]:
   return x, single
 
 
+@functools.lru_cache(maxsize=8)
+def _stylize_fn(model):
+  # alpha is static: models may branch on it in Python; jax.jit then caches one program per shape and alpha. One
+  # function per model, so Stylizers of the same model (several tickets, rounds) share the traced programs.
+  return jax.jit(model.stylize_any_size, static_argnums=(4,))
+
+
 class Stylizer:
   """A model with fixed (masked) params and VGG; `stylize` takes images of any size."""
 
@@ -91,8 +99,7 @@ class Stylizer:
     self.model_config = dict(model_config or {})
     self._device_params = jax.device_put(params)
     self._device_vgg = jax.device_put(vgg_params)
-    # alpha is static: models may branch on it in Python; jax.jit then caches one program per shape and alpha.
-    self._fn = jax.jit(model.stylize_any_size, static_argnums=(4,))
+    self._fn = _stylize_fn(model)
 
   def stylize(self, content, style, alpha: float = 1.0, *, preserve_color: bool = False) -> np.ndarray:
     """Stylizes HxWx3 or NxHxWx3 float32 images in [0,1] of any size; the float32 output before clamping."""

@@ -1,11 +1,13 @@
 """Train state, optimizer, learning-rate schedule and the jitted, data-parallel, masked train step."""
 
 import functools
+import json
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
@@ -60,8 +62,10 @@ def split_groups(params: dict, groups) -> tuple[dict, dict]:
   return ({g: v for g, v in params.items() if g in groups}, {g: v for g, v in params.items() if g not in groups})
 
 
+@functools.lru_cache(maxsize=None)
 def make_optimizer(eps: float = 1e-8) -> optax.GradientTransformation:
-  """Adam's direction only; the step scales it by the schedule, so a rewound round restarts the schedule at k."""
+  """Adam's direction only; the step scales it by the schedule, so a rewound round restarts the schedule at k.
+  One object per eps, so the compiled steps built on it can be shared (see _frozen)."""
   return optax.scale_by_adam(b1=0.9, b2=0.999, eps=eps)
 
 
@@ -70,14 +74,53 @@ def create_state(params, masks, step: int, tx, mesh, trained_groups=None) -> Tra
   params = jax.tree.map(lambda p, m: np.where(m, p, 0).astype(p.dtype), jax.device_get(params), jax.device_get(masks))
   params = parallel.replicate(params, mesh)
   trained, _ = split_groups(params, params.keys() if trained_groups is None else trained_groups)
-  # The same sharding as the step's outputs, or the second step would compile again.
-  opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(trained)
+  opt_state = _optimizer_init(tx, mesh)(trained)
   return TrainState(step=parallel.replicate(np.int32(step), mesh), params=params, opt_state=opt_state,
                     nan_skips=parallel.replicate(np.int32(0), mesh), first_bad=parallel.replicate(np.int32(-1), mesh))
 
 
+@functools.lru_cache(maxsize=8)
+def _optimizer_init(tx, mesh) -> Callable:
+  # The same sharding as the step's outputs, or the second step would compile again.
+  return jax.jit(tx.init, out_shardings=parallel.replicated(mesh))
+
+
+class _Frozen:
+  """A config section as a hashable key (by its JSON), so equal settings share one traced and compiled step: every
+  run of a process (rounds, baselines, a study's sub-runs, stability copies) reuses it instead of tracing again."""
+
+  def __init__(self, section):
+    self.json = json.dumps(section.to_dict() if hasattr(section, "to_dict") else dict(section), sort_keys=True,
+                           default=repr)
+
+  def __eq__(self, other):
+    return isinstance(other, _Frozen) and other.json == self.json
+
+  def __hash__(self):
+    return hash(self.json)
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(self.json))
+
+
+# The config.train fields a step reads (the schedule and the NaN policy); the rest (steps, logging...) do not
+# change the compiled program.
+STEP_FIELDS = ("schedule", "lr", "lr_decay", "epoch_steps", "lr_constant_epochs", "lr_epoch_factor", "nan_policy")
+
+
+def _step_settings(train_config) -> _Frozen:
+  return _Frozen({f: train_config[f] for f in STEP_FIELDS})
+
+
 def make_train_step(model, train_config, tx, mesh) -> Callable:
   """Returns step(state, masks, vgg_params, batch, key) -> (state, metrics) of one run, jitted, data-parallel."""
+  return _train_step(model, _step_settings(train_config), tx, mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _train_step(model, train_key: _Frozen, tx, mesh) -> Callable:
+  train_config = train_key.config
   replicated = parallel.replicated(mesh)
   return jax.jit(_step_fn(model, train_config, tx), donate_argnums=(0,), out_shardings=(replicated, replicated))
 
@@ -90,9 +133,14 @@ def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vm
   plain step on it; several runs per device are vmapped, or with vmap=False traced one after the other into the
   same program (vmapped conv weights become grouped convolutions, which XLA's CPU backend runs slowly). A run whose step has reached its `ends` entry is
   left as it is (a padded slot, or a run resumed further than its pack-mates), so one compiled step serves every
-  pack.
+  pack. Equal settings (model, train config, optimizer, mesh, layout) return the same jitted function.
   """
-  step_fn = _step_fn(model, train_config, tx)
+  return _packed_step(model, _step_settings(train_config), tx, mesh, runs_per_device, vmap)
+
+
+@functools.lru_cache(maxsize=8)
+def _packed_step(model, train_key: _Frozen, tx, mesh, runs_per_device: int, vmap: bool) -> Callable:
+  step_fn = _step_fn(model, train_key.config, tx)
 
   def local_step(state, masks, vgg_params, batch, keys, ends):
     if runs_per_device == 1:

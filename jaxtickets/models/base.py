@@ -1,5 +1,6 @@
 """The interface every style-transfer model implements, plus what models share (VGG building, dtype, weights)."""
 
+import json
 from typing import Any
 
 import jax
@@ -12,6 +13,7 @@ from jaxtickets.models.layers import init_params, torch_default_init
 from jaxtickets.models.torch_layout import Part
 
 ENCODER, DECODER, TRANSFORM = config_lib.GROUPS
+_DATA_SOURCES = ("vgg_weights", "init_from")  # where weights come from: they are arguments, not part of the model
 
 
 def _field(config: Any, name: str, default: Any) -> Any:
@@ -46,6 +48,11 @@ class StyleModel:
 
   def __init__(self, model_config):
     self.config = model_config
+    fields = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    fields = {k: v for k, v in fields.items() if k not in _DATA_SOURCES}
+    # Models are pure functions of their settings: equal settings are the same model, so jitted functions that
+    # take a model as a static argument (or are cached per model) are traced once per process.
+    self._identity = (type(self).__module__, type(self).__qualname__, json.dumps(fields, sort_keys=True, default=repr))
     self.width = float(_shared_field(model_config, "width"))
     self.train_encoder = bool(_shared_field(model_config, "train_encoder"))
     self.dtype = getattr(jnp, _shared_field(model_config, "dtype"))  # a name in config.DTYPES
@@ -54,6 +61,12 @@ class StyleModel:
     self.loss_weights = {k: float(_field(model_config, f"{k}_weight", v)) for k, v in self.loss_weights.items()}
     self.vgg = vgg_lib.VGGEncoder(depth=self.loss_depth, width=self.width, dtype=self.dtype)
     self.encoder = vgg_lib.VGGEncoder(depth=self.encoder_depth, width=self.width, dtype=self.dtype)
+
+  def __eq__(self, other):
+    return isinstance(other, StyleModel) and other._identity == self._identity  # pylint: disable=protected-access
+
+  def __hash__(self):
+    return hash(self._identity)
 
   @property
   def trained_groups(self) -> tuple[str, ...]:
