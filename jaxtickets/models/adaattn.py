@@ -11,9 +11,8 @@ transform/adaattn_3/h <- (latest_net_adaattn_3) h, decoder/decoder_layer_2_14 <-
 
 Losses (§6.4): global style L_g (mean/std, r21..r51, r11 excluded), local feature loss L_l (r21..r51, against a
 parameter-free AdaAttN target from the frozen loss VGG), normalized content loss (r21..r51, weight 0 by default:
-skipped statically). Metrics: 'content' = the local feature loss L_l and 'style' = the global style loss L_g
-(the evaluation and the logs read these two names), plus 'local', 'global', 'total' and 'content_norm' when its
-weight is non-zero.
+skipped statically). Metrics: 'total', 'global' (L_g), 'local' (L_l) and 'content_norm' when its weight is
+non-zero.
 """
 
 import functools
@@ -213,8 +212,8 @@ class AdaAttNModel(StyleModel):
   """AdaAttN with an optionally trainable encoder; the loss uses the frozen loss VGG for every target.
 
   Loss weights (config.model.<name>_weight): style (global style loss, 10), local (local feature loss, 3),
-  content (normalized content loss, 0: not computed when 0). Metrics 'content' = local feature loss and
-  'style' = global style loss. config.model.std_grad_eps (default 0 = the reference) puts an eps under the
+  content (normalized content loss, 0: not computed when 0). Terms (metrics keys): global, local and, when its
+  weight is non-zero, content_norm. config.model.std_grad_eps (default 0 = the reference) puts an eps under the
   attention std's sqrt for its gradient only.
   """
   name = "adaattn"
@@ -223,10 +222,14 @@ class AdaAttNModel(StyleModel):
   encoder_depth = "r51"
   loss_depth = "r51"
   loss_weights = {"style": 10.0, "local": 3.0, "content": 0.0}
+  # The paper's names: L_l measures local stylization, not content, so 'content'/'style' would mislead.
+  terms = ("global", "local")
 
   def __init__(self, model_config):
     super().__init__(model_config)
     self.grad_eps = float(getattr(model_config, "std_grad_eps", None) or 0.0)
+    # content_norm is only computed (and reported) when weighted.
+    self.terms = self.terms + (("content_norm",) if self.loss_weights["content"] else ())
     self.transform = Transform(self.grad_eps, self.dtype)
     self.decoder = SkipDecoder(self.width, self.dtype)
 
@@ -285,13 +288,11 @@ class AdaAttNModel(StyleModel):
     l_global = losses.mean_std_style_loss(g, vs, taps=LOSS_TAPS)
     l_local = local_feature_loss(g, vc, vs, c_keys, s_keys, rng)
     total = w["style"] * l_global + w["local"] * l_local
-    metrics = {"global": l_global, "local": l_local, "style": l_global, "content": l_local}
+    terms = {"global": l_global, "local": l_local}
     if w["content"]:
-      l_content = losses.normalized_content_loss(g, vc, taps=LOSS_TAPS)
-      total += w["content"] * l_content
-      metrics["content_norm"] = l_content
-    metrics["total"] = total
-    return total, metrics
+      terms["content_norm"] = losses.normalized_content_loss(g, vc, taps=LOSS_TAPS)
+      total += w["content"] * terms["content_norm"]
+    return total, self.named_metrics(total, terms)
 
 
 Model = AdaAttNModel

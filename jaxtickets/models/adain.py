@@ -5,21 +5,12 @@ import jax.numpy as jnp
 
 from jaxtickets.models import decoder as decoder_lib
 from jaxtickets.models import layers
+from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import StyleModel
 
 STYLE_TAPS = ("r11", "r21", "r31", "r41")
 CONTENT_TAP = "r41"
-
-
-def style_loss(g_taps: dict, s_taps: dict, taps=STYLE_TAPS) -> jax.Array:
-  """Sum over taps of MSE(mean) + MSE(std), each a mean over N*C, in float32."""
-  total = jnp.float32(0.0)
-  for t in taps:
-    mg, sg = layers.mean_std(g_taps[t])
-    ms, ss = layers.mean_std(s_taps[t])
-    total += jnp.mean((mg - ms) ** 2) + jnp.mean((sg - ss) ** 2)
-  return total
 
 
 class AdaIN(StyleModel):
@@ -29,6 +20,7 @@ class AdaIN(StyleModel):
   encoder_depth = "r41"
   loss_depth = "r41"
   loss_weights = {"content": 1.0, "style": 10.0}
+  terms = ("content", "style")
 
   def __init__(self, model_config):
     super().__init__(model_config)
@@ -70,10 +62,10 @@ class AdaIN(StyleModel):
     else:
       t = target  # The stylizing encoder is the loss VGG: reuse its features instead of a second pass.
     g_taps = lossvgg(self._decode(params, t))
-    content_loss = jnp.mean((g_taps[CONTENT_TAP].astype(jnp.float32) - target) ** 2)
-    s_loss = style_loss(g_taps, jax.lax.stop_gradient(vs))
-    total = self.loss_weights["content"] * content_loss + self.loss_weights["style"] * s_loss
-    return total, {"content": content_loss, "style": s_loss, "total": total}
+    terms = {"content": losses.mse(g_taps[CONTENT_TAP], target),
+             "style": losses.mean_std_style_loss(g_taps, jax.lax.stop_gradient(vs), STYLE_TAPS)}
+    total = sum(self.loss_weights[k] * v for k, v in terms.items())
+    return total, self.named_metrics(total, terms)
 
 
 Model = AdaIN

@@ -37,6 +37,10 @@ class StyleModel:
   reads `vgg_params`. Only `trained_groups` (default: all of `groups`) get gradients and can be pruned; the others
   (e.g. LST's pre-trained decoder) ride along in `params` unchanged. `torch_parts` names the released PyTorch
   files that jaxtickets.port reads into the 'decoder' and 'transform' groups (set at the end of each model's file).
+
+  `loss` reports 'total' plus the model's own names: `terms` (its loss terms, in display order: logs, TensorBoard,
+  results.csv, the report's per-term intervals and curves) and `extra_metrics` (other scalars that are no loss
+  term, so nothing is compared with the dense network on them).
   """
   name: str = ""
   divisor: int = 1
@@ -45,6 +49,8 @@ class StyleModel:
   loss_depth: str = "r41"
   loss_weights: dict[str, float] = {}
   torch_parts: dict[str, tuple[Part, ...]] = {}  # 'decoder'/'transform' -> its released files' layouts
+  terms: tuple[str, ...] = ()
+  extra_metrics: tuple[str, ...] = ()
 
   def __init__(self, model_config):
     self.config = model_config
@@ -67,6 +73,19 @@ class StyleModel:
 
   def __hash__(self):
     return hash(self._identity)
+
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    """Every key of the metrics `loss` returns: 'total', then the terms, then the extra metrics."""
+    return ("total", *self.terms, *self.extra_metrics)
+
+  def named_metrics(self, total: jax.Array, values: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """`loss`'s metrics dict: `values` (exactly the declared terms and extra metrics, checked while tracing) and
+    'total'."""
+    declared = (*self.terms, *self.extra_metrics)
+    if set(values) != set(declared):
+      raise ValueError(f"{type(self).__name__}.loss reports {sorted(values)}, but the model declares {list(declared)}.")
+    return {**{k: values[k] for k in declared}, "total": total}
 
   @property
   def trained_groups(self) -> tuple[str, ...]:
@@ -130,5 +149,6 @@ class StyleModel:
 
   def loss(self, params: dict, vgg_params: dict, content: jax.Array, style: jax.Array,
            rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(weighted total loss, metrics dict of float32 scalars) for a batch of content and style images."""
+    """(weighted total loss, metrics of float32 scalars keyed by `metric_names`) for a batch of content and style
+    images."""
     raise NotImplementedError

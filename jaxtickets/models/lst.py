@@ -117,6 +117,7 @@ class LST(StyleModel):
   encoder_depth = "r41"
   loss_depth = "r51"
   loss_weights = {"content": 1.0, "style": 0.02}
+  terms = ("content", "style")
 
   def __init__(self, model_config):
     super().__init__(model_config)
@@ -179,7 +180,7 @@ class LST(StyleModel):
     content_loss = jnp.mean((g_taps[CONTENT_TAP].astype(jnp.float32) - target) ** 2)
     s_loss = style_loss(g_taps, jax.lax.stop_gradient(vs))
     total = self.loss_weights["content"] * content_loss + self.loss_weights["style"] * s_loss
-    return total, {"content": content_loss, "style": s_loss, "total": total}
+    return total, self.named_metrics(total, {"content": content_loss, "style": s_loss})
 
 
 Model = LST

@@ -88,6 +88,8 @@ class MANet(StyleModel):
   encoder_depth = "r41"
   loss_depth = "r51"
   loss_weights = {"content": 1.0, "style": 5.0, "identity1": 50.0, "identity2": 1.0, "disentangle": 1.0}
+  terms = ("content", "style", "identity1", "identity2", "disentangle")
+  extra_metrics = ("disentangle_on",)  # a switch, not a loss: never compared with the dense network
 
   def __init__(self, model_config):
     super().__init__(model_config)
@@ -159,7 +161,7 @@ class MANet(StyleModel):
     on = jnp.where(stylization < self.disentangle_threshold, 1.0, 0.0).astype(jnp.float32)
     total = (stylization + on * w["disentangle"] * terms["disentangle"] + w["identity1"] * terms["identity1"]
              + w["identity2"] * terms["identity2"])
-    return total, {**terms, "disentangle_on": on, "total": total}
+    return total, self.named_metrics(total, {**terms, "disentangle_on": on})
 
 
 Model = MANet

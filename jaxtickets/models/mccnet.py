@@ -88,6 +88,7 @@ class MCCNet(StyleModel):
   loss_depth = "r51"
   loss_weights = {"content": 3.0, "style": 10.0, "identity1": 70.0, "identity2": 1.0, "noise": 3000.0,
                   "tv": 1e-4}
+  terms = ("content", "style", "identity1", "identity2", "noise", "tv")
 
   def __init__(self, model_config):
     super().__init__(model_config)
@@ -163,7 +164,7 @@ class MCCNet(StyleModel):
         "tv": tv_loss(ics),
     }
     total = sum(w[k] * v for k, v in terms.items())
-    return total, {**terms, "total": total}
+    return total, self.named_metrics(total, terms)
 
 
 Model = MCCNet

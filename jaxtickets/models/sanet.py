@@ -67,6 +67,7 @@ class SANet(StyleModel):
   encoder_depth = "r51"
   loss_depth = "r51"
   loss_weights = {"content": 1.0, "style": 3.0, "identity1": 50.0, "identity2": 1.0}
+  terms = ("content", "style", "identity1", "identity2")
 
   def __init__(self, model_config):
     super().__init__(model_config)
@@ -126,7 +127,7 @@ class SANet(StyleModel):
              "style": losses.mean_std_style_loss(g_cs, vs, STYLE_TAPS)}
     terms["identity1"], terms["identity2"] = identity_losses(icc, iss, content, style, g_cc, g_ss, vc, vs)
     total = sum(self.loss_weights[k] * v for k, v in terms.items())
-    return total, {**terms, "total": total}
+    return total, self.named_metrics(total, terms)
 
 
 Model = SANet
