@@ -259,9 +259,10 @@ def _finish_run(s: Setup, job: pack.Job, trained, nan_skips: int) -> checkpoint.
   dense_total = metrics["total"] if job.round == 0 else _dense_total(s.workdir, rep.index)
   bird = job.early_bird
   end = bird.stop_step if bird is not None and bird.stop_step is not None else cfg.train.steps
+  # The model's names travel with the ticket, so the results tables need no model to read it.
   metrics.update(branch=job.branch, round=job.round, replicate=rep.index, steps=end - job.start_step,
                  rewind_step=cfg.imp.rewind_step, relative_to_dense=metrics["total"] / dense_total - 1.0,
-                 nan_skips=nan_skips)
+                 nan_skips=nan_skips, terms=list(s.model.terms), extra_metrics=list(s.model.extra_metrics))
   if bird is not None:
     metrics.update(early_bird_step=bird.stop_step, early_bird_history=bird.history)
   tag = f"{job.branch}/rep_{rep.index}"
@@ -270,8 +271,9 @@ def _finish_run(s: Setup, job: pack.Job, trained, nan_skips: int) -> checkpoint.
     images = evaluate.stylize_pairs(s.model, trained, job.masks, jax.device_get(s.vgg_params), sample)
     scalars = {k: v for k, v in metrics.items() if k != "per_pair"}
     s.monitor.round_end(tag, job.round, scalars, report, images)
-  s.log(f"{job.label} eval: total {metrics['total']:.4f} (content {metrics['content']:.4f}, "
-        f"style {metrics['style']:.4f}) on {len(s.pairs['content'])} pairs, {metrics['relative_to_dense']:+.2%} vs "
+  terms = ", ".join(f"{k} {metrics[k]:.4f}" for k in (*s.model.terms, *s.model.extra_metrics))
+  s.log(f"{job.label} eval: total {metrics['total']:.4f} ({terms}) on {len(s.pairs['content'])} pairs, "
+        f"{metrics['relative_to_dense']:+.2%} vs "
         "this replicate's dense round (the verdicts come from all replicates at the end)")
   checkpoint.save_ticket(path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,
                          metrics=metrics, sparsity=report)

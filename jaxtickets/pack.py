@@ -93,10 +93,9 @@ def fmt_seconds(s: float) -> str:
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _loss_line(metrics: dict, row: int) -> str:
-  """'loss T (content C, style S)' with the model's own terms after the total."""
-  terms = [k for k in metrics if k not in ("total", "lr")]
-  parts = ", ".join(f"{k} {float(metrics[k][row]):.4f}" for k in terms)
+def _loss_line(metrics: dict, row: int, names: tuple[str, ...]) -> str:
+  """'loss T (content C, style S)': the total, then the model's own metrics `names` in their declared order."""
+  parts = ", ".join(f"{k} {float(metrics[k][row]):.4f}" for k in names)
   return f"loss {float(metrics['total'][row]):.4f} ({parts})"
 
 
@@ -208,8 +207,9 @@ def train_pack(s, jobs: list[Job], finish) -> None:
       now = time.perf_counter()
       rate = (done - last_step) / max(now - last_t, 1e-9)
       eta = (end - done) / rate if rate > 0 else float("nan")
+      names = (*s.model.terms, *s.model.extra_metrics)
       for i in live:
-        s.log(f"{jobs[i].label} step {steps[i]}/{ends[i]}  {_loss_line(host, i)}  {rate:.2f} steps/s  "
+        s.log(f"{jobs[i].label} step {steps[i]}/{ends[i]}  {_loss_line(host, i, names)}  {rate:.2f} steps/s  "
               f"ETA {fmt_seconds(eta)}" + (f"  [{int(skips[i])} non-finite batches skipped]" if skips[i] else "")
               + (f"  [{len(jobs)} runs side by side]" if len(jobs) > 1 and i == live[-1] else ""))
         if s.monitor is not None:

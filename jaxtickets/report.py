@@ -2,14 +2,15 @@
 
 Writes into the workdir (process 0 only):
   results.csv, summary.csv, summary.json   rebuilt from the saved tickets (results.write_results)
-  curves.png     relative difference to the dense network in total, content and style loss vs sparsity, one line
-                 per branch with its 95% interval as a band, the tolerance as a line, each branch's highest
-                 matching sparsity starred
+  curves.png     relative difference to the dense network in the total loss and in each of the model's loss terms
+                 (one panel each) vs sparsity, one line per branch with its 95% interval as a band, the tolerance
+                 as a line, each branch's highest matching sparsity starred
   layers.png     per-layer sparsity of replicate 0's final IMP ticket (which layers IMP empties first)
   grid.png       rows = held-out content/style pairs, columns = content, style, dense and each IMP round (rep 0)
   report.md      the settings (replicates, pairs, rewind point), the verdicts, IMP vs each baseline, the figures
 """
 
+import math
 import os
 import sys
 
@@ -23,8 +24,8 @@ from jaxtickets import checkpoint, config as config_lib, results
 from jaxtickets.errors import UserError
 
 FIGURES = {"curves": "curves.png", "layers": "layers.png", "grid": "grid.png", "early_bird": "early_bird.png"}
-METRICS = ("total", "content", "style")
 MAX_GRID_ROWS = 8
+MAX_CURVE_COLUMNS = 4  # panels per row of curves.png (MCCNet has six terms)
 _GROUP_COLORS = {"encoder": "tab:blue", "decoder": "tab:orange", "transform": "tab:green"}
 
 
@@ -41,13 +42,21 @@ _VERDICT_MARKERS = {"matches": dict(marker="o"), "does not match": dict(marker="
                     "inconclusive": dict(marker="o", mfc="white"), "": dict(marker="s")}
 
 
-def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "") -> None:
-  """One panel per metric: the mean relative difference to the dense network vs prunable sparsity, per branch, with
-  its 95% interval as a band; filled dots match, hollow ones are inconclusive, crosses do not match."""
-  fig = Figure(figsize=(15, 5.2), layout="constrained")
-  axes = fig.subplots(1, len(METRICS))
+def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "",
+                terms: tuple[str, ...] = results.LEGACY_TERMS) -> None:
+  """One panel for the total and one per loss term in `terms`: the mean relative difference to the dense network
+  vs prunable sparsity, per branch, with its 95% interval as a band; filled dots match, hollow ones are
+  inconclusive, crosses do not match."""
+  metrics = ("total", *terms)
+  cols = min(len(metrics), MAX_CURVE_COLUMNS)
+  rows = math.ceil(len(metrics) / cols)
+  fig = Figure(figsize=(5 * cols, 5.2 * rows), layout="constrained")
+  grid = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
+  axes = grid[:len(metrics)]
+  for ax in grid[len(metrics):]:
+    ax.set_visible(False)
   best = results.highest_matching(summary)
-  for ax, metric in zip(axes, METRICS):
+  for ax, metric in zip(axes, metrics):
     rel, low, high = (("relative_to_dense", "ci_low", "ci_high") if metric == "total" else
                       (f"{metric}_relative", f"{metric}_ci_low", f"{metric}_ci_high"))
     ax.axhline(0.0, color="0.5", lw=1)
@@ -200,14 +209,17 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   text = [f"# Lottery tickets of {m.name}", "", f"Workdir `{workdir}`, made by `python -m jaxtickets.report`.", "",
           _table(["setting", "value"], settings), "", "## Highest matching sparsity", ""]
   text += [f"- {line.strip()}" for line in results.matching_lines(summary, ip.match_tolerance)] + [""]
+  terms, extra = results.run_terms(rows)
+  # The terms' own differences share the last column ('content / style vs dense' for most models).
+  by_term = [f"{' / '.join(terms)} vs dense"] if terms else []
+  cells = lambda r: [" / ".join(_pct(r.get(f"{t}_relative")) for t in terms)] if terms else []
   lines = [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['sparsity_inference']:.4f}",
             f"{r['replicates']} x {r['pairs']}", f"{r['total']:.6g}", _pct(r["relative_to_dense"]),
             f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["verdict"] else "",
-            r["verdict"] or "(dense reference)",
-            f"{_pct(r.get('content_relative'))} / {_pct(r.get('style_relative'))}"] for r in summary]
+            r["verdict"] or "(dense reference)", *cells(r)] for r in summary]
   text += ["## Verdicts (summary.csv)", "",
            _table(["branch", "round", "sparsity (prunable)", "sparsity (inference)", "replicates x pairs",
-                   "total loss", "vs dense", "95% interval", "verdict", "content / style vs dense"], lines), ""]
+                   "total loss", "vs dense", "95% interval", "verdict", *by_term], lines), ""]
   vs = [r for r in summary if "vs_imp" in r]
   if vs:
     text += ["## IMP against each baseline at the same round", "",
@@ -236,7 +248,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   for key, name in figures.items():
     text += [f"### {captions[key]}", "", f"![{captions[key]}]({name})", ""]
   text += [f"- {n}" for n in notes] + ([""] if notes else [])
-  keys = [k for k in results.RESULT_FIELDS if any(k in r for r in rows)]
+  keys = [k for k in results.result_fields(terms, extra) if any(k in r for r in rows)]
   text += ["## All results (results.csv)", "", _table(keys, [[_fmt(r.get(k, ""), k) for k in keys] for r in rows]),
            ""]
   return "\n".join(text)
@@ -267,7 +279,8 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
                     f"--workdir={workdir} first.")
   figures, notes = {}, []
   title = f"{config.model.name}: held-out loss vs sparsity, relative to the dense network"
-  plot_curves(summary, config.imp.match_tolerance, os.path.join(workdir, FIGURES["curves"]), title)
+  plot_curves(summary, config.imp.match_tolerance, os.path.join(workdir, FIGURES["curves"]), title,
+              terms=results.run_terms(rows)[0])
   figures["curves"] = FIGURES["curves"]
   notes += _collapse_notes(workdir, rows)
   first_rep = min(r["replicate"] for r in rows)

@@ -1,10 +1,14 @@
 """A run's results as tables, rebuilt from its saved tickets; where the tickets live.
 
   tickets/<branch>/rep_<r>/round_NN/   one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)
-  results.csv    one row per branch x round x replicate: sparsities, held-out losses, difference to the replicate's
-                 own dense round
+  results.csv    one row per branch x round x replicate: sparsities, held-out losses (each of the model's own terms,
+                 then the total), difference to the replicate's own dense round
   summary.csv    one row per branch x round: the mean relative difference to the dense network over replicates and
-                 pairs, its interval (ci_low, ci_high), the verdict, and each baseline against IMP at the same round
+                 pairs, its interval (ci_low, ci_high), the verdict, the same per loss term (<term>_relative,
+                 <term>_ci_low, <term>_ci_high), and each baseline against IMP at the same round
+
+The loss terms are the names the model declares (StyleModel.terms, e.g. content and style, or AdaAttN's global and
+local); each ticket records them, so the tables are rebuilt without building the model.
   summary.json   the highest matching sparsity per branch, the match rule, the unreadable images skipped
 """
 
@@ -19,16 +23,28 @@ from jaxtickets import checkpoint, config as config_lib, stats
 from jaxtickets.errors import UserError
 
 GROUPS = config_lib.GROUPS
-METRICS = ("total", "content", "style")  # total decides the verdict; content and style are reported beside it
 CONFIDENCE = 0.95
+# The terms of a ticket that recorded none (saved before models named their own): what was reported then.
+LEGACY_TERMS = ("content", "style")
 
-RESULT_FIELDS = ("branch", "replicate", "round", "steps", "rewind_step", "sparsity_prunable", "sparsity_total",
-                 "sparsity_inference", *(f"sparsity_{g}" for g in GROUPS), "remaining_prunable", "remaining_total",
-                 "content", "style", "total", "relative_to_dense")
-SUMMARY_FIELDS = ("branch", "round", "replicates", "pairs", "sparsity_prunable", "sparsity_total",
-                  "sparsity_inference", "total", "relative_to_dense", "ci_low", "ci_high", "verdict",
-                  "content_relative", "content_ci_low", "content_ci_high", "style_relative", "style_ci_low",
-                  "style_ci_high", "vs_imp", "vs_imp_ci_low", "vs_imp_ci_high", "vs_imp_verdict")
+
+def result_fields(terms=LEGACY_TERMS, extra_metrics=()) -> tuple[str, ...]:
+  """results.csv's columns for a model with these loss terms and extra metrics."""
+  return ("branch", "replicate", "round", "steps", "rewind_step", "sparsity_prunable", "sparsity_total",
+          "sparsity_inference", *(f"sparsity_{g}" for g in GROUPS), "remaining_prunable", "remaining_total",
+          *terms, *extra_metrics, "total", "relative_to_dense")
+
+
+def summary_fields(terms=LEGACY_TERMS) -> tuple[str, ...]:
+  """summary.csv's columns for a model with these loss terms (total alone decides the verdict)."""
+  return ("branch", "round", "replicates", "pairs", "sparsity_prunable", "sparsity_total", "sparsity_inference",
+          "total", "relative_to_dense", "ci_low", "ci_high", "verdict",
+          *(f"{t}_{k}" for t in terms for k in ("relative", "ci_low", "ci_high")),
+          "vs_imp", "vs_imp_ci_low", "vs_imp_ci_high", "vs_imp_verdict")
+
+
+RESULT_FIELDS = result_fields()  # the columns of a model whose terms are content and style
+SUMMARY_FIELDS = summary_fields()
 MATCH_RULE = ("A round matches when the whole {conf:.0%} interval of its mean relative difference in held-out total "
               "loss to the dense network lies below +{tol:.1%}, does not match when the whole interval lies above, "
               "and is inconclusive otherwise (always with a single replicate, which cannot measure seed noise).")
@@ -85,8 +101,22 @@ def collect_rows(workdir: str) -> list[dict]:
   return rows
 
 
+def recorded_terms(metrics: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(loss terms, extra metrics) a ticket's metrics recorded; an older ticket's are the legacy content/style."""
+  if "terms" in metrics:
+    return tuple(metrics["terms"]), tuple(metrics.get("extra_metrics", ()))
+  return tuple(t for t in LEGACY_TERMS if t in metrics), ()
+
+
+def run_terms(rows: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(loss terms, extra metrics) of a run's rows, in the order the model declares them."""
+  ordered = lambda key: tuple(dict.fromkeys(n for r in rows for n in r.get(key, ())))
+  return ordered("terms"), ordered("extra_metrics")
+
+
 def _row(branch: str, replicate: int, meta: dict) -> dict:
   m, sp = meta["metrics"], meta["sparsity"]
+  terms, extra = recorded_terms(m)
   groups = sp.get("groups", {})
   row = dict(branch=branch, replicate=replicate, round=int(m["round"]), steps=int(m["steps"]),
              rewind_step=int(m.get("rewind_step", 0)), sparsity_prunable=sp["prunable"]["sparsity"],
@@ -95,8 +125,8 @@ def _row(branch: str, replicate: int, meta: dict) -> dict:
     if g in groups:
       row[f"sparsity_{g}"] = groups[g]["sparsity"]
   row.update(remaining_prunable=sp["prunable"]["remaining"], remaining_total=sp["total"]["remaining"],
-             content=m["content"], style=m["style"], total=m["total"], relative_to_dense=m["relative_to_dense"],
-             per_pair=m.get("per_pair") or {k: [m[k]] for k in METRICS})
+             **{k: m[k] for k in terms + extra}, total=m["total"], relative_to_dense=m["relative_to_dense"],
+             per_pair=m.get("per_pair") or {k: [m[k]] for k in ("total", *terms)}, terms=terms, extra_metrics=extra)
   if m.get("early_bird_step") is not None:
     row.update(early_bird_step=int(m["early_bird_step"]), early_bird_history=m.get("early_bird_history", []))
   return row
@@ -126,6 +156,7 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
   IMP's ticket of the same replicate and round. Replicates without a dense round yet are left out.
   """
   dense = {r["replicate"]: r for r in rows if r["branch"] == "imp" and r["round"] == 0}
+  terms, _ = run_terms(rows)
   cells: dict[tuple[str, int], list[dict]] = {}
   for r in rows:
     if r["replicate"] in dense:
@@ -140,7 +171,7 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
     for key in ("sparsity_prunable", "sparsity_total", "sparsity_inference"):
       row[key] = float(np.mean([r[key] for r in rs]))
     row["total"] = float(np.mean([r["total"] for r in rs]))
-    for metric in METRICS:
+    for metric in ("total", *terms):
       if not all(metric in r["per_pair"] for r in rs + ref):
         continue
       if round_ == 0 and branch == "imp":  # the reference itself
@@ -192,8 +223,9 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
   summary = summarize(rows, config.imp.match_tolerance)
   if jax.process_index() != 0:
     return rows, summary
-  _write_csv(os.path.join(workdir, "results.csv"), RESULT_FIELDS, rows)
-  _write_csv(os.path.join(workdir, "summary.csv"), SUMMARY_FIELDS, summary)
+  terms, extra = run_terms(rows)
+  _write_csv(os.path.join(workdir, "results.csv"), result_fields(terms, extra), rows)
+  _write_csv(os.path.join(workdir, "summary.csv"), summary_fields(terms), summary)
   if skipped is None:
     path = os.path.join(workdir, "skipped_images.json")
     try:
@@ -202,7 +234,7 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
       skipped = {}
   best = highest_matching(summary)
   checkpoint.save_json(os.path.join(workdir, "summary.json"), {
-      "model": config.model.name, "match_tolerance": config.imp.match_tolerance, "confidence": CONFIDENCE,
+      "model": config.model.name, "terms": list(terms), "match_tolerance": config.imp.match_tolerance, "confidence": CONFIDENCE,
       "rule": match_rule(config.imp.match_tolerance),
       "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.replicates,
       "highest_matching": {b: _brief(c) for b, (c, _) in best.items()},
