@@ -10,7 +10,8 @@ from jaxtickets import sparsity
 
 @functools.lru_cache(maxsize=8)
 def make_eval_fn(model):
-  """Per-pair metrics (content, style, total, ...) for a chunk of pairs, under one jit (one per model and process)."""
+  """Per-pair metrics (every name of model.metric_names) for a chunk of pairs, under one jit (one per model and
+  process)."""
 
   @jax.jit
   def eval_fn(params, masks, vgg_params, content, style):

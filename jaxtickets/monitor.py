@@ -1,8 +1,9 @@
 """TensorBoard event files in the workdir (tensorboardX, no TensorFlow): `tensorboard --logdir=WORKDIR/tensorboard`.
 
 Runs (TensorBoard's curves that share a chart):
-  <branch>/rep_<r>/round_NN  training: train/total, train/content, train/style, ..., train/lr, train/steps_per_sec
-                             against the global step, so every round of a branch overlays on the same axes
+  <branch>/rep_<r>/round_NN  training: train/total, train/<each metric the model names> (content, style, ...;
+                             AdaAttN's global, local), train/lr, train/steps_per_sec against the global step, so
+                             every round of a branch overlays on the same axes
   <branch>/rep_<r>           one point per round (step = round): eval/*, sparsity/prunable, sparsity/total,
                       layer_sparsity/<layer>, and a few stylized held-out pairs as images
 Only process 0 writes (the default); a disabled Monitor does nothing and creates no files.

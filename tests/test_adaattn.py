@@ -325,6 +325,13 @@ def test_imp_two_rounds_prunes_the_transform(tmp_path):
   assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
+  # The tables carry AdaAttN's own term names (issue 14), recorded with every ticket.
+  assert t.metrics["terms"] == ["global", "local"] and "content" not in t.metrics["per_pair"]
+  with open(os.path.join(tmp_path, "results.csv")) as f:
+    assert f.readline().strip().endswith(",global,local,total,relative_to_dense")
+  with open(os.path.join(tmp_path, "summary.csv")) as f:
+    head = f.readline()
+  assert "global_relative" in head and "local_ci_high" in head and "content" not in head
   pruned = {k: int(np.sum(~m)) for k, m in jax.tree.leaves_with_path(t.masks["transform"])}
   assert sum(pruned.values()) > 0
   for p, m in zip(jax.tree.leaves(t.trained_params), jax.tree.leaves(t.masks)):
