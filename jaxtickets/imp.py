@@ -271,8 +271,8 @@ def _finish_run(s: Setup, job: pack.Job, trained, nan_skips: int) -> checkpoint.
     images = evaluate.stylize_pairs(s.model, trained, job.masks, jax.device_get(s.vgg_params), sample)
     scalars = {k: v for k, v in metrics.items() if k != "per_pair"}
     s.monitor.round_end(tag, job.round, scalars, report, images)
-  terms = ", ".join(f"{k} {metrics[k]:.4f}" for k in (*s.model.terms, *s.model.extra_metrics))
-  s.log(f"{job.label} eval: total {metrics['total']:.4f} ({terms}) on {len(s.pairs['content'])} pairs, "
+  named = ", ".join(f"{k} {metrics[k]:.4f}" for k in (*s.model.terms, *s.model.extra_metrics))
+  s.log(f"{job.label} eval: total {metrics['total']:.4f} ({named}) on {len(s.pairs['content'])} pairs, "
         f"{metrics['relative_to_dense']:+.2%} vs "
         "this replicate's dense round (the verdicts come from all replicates at the end)")
   checkpoint.save_ticket(path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,

@@ -6,10 +6,10 @@
   summary.csv    one row per branch x round: the mean relative difference to the dense network over replicates and
                  pairs, its interval (ci_low, ci_high), the verdict, the same per loss term (<term>_relative,
                  <term>_ci_low, <term>_ci_high), and each baseline against IMP at the same round
+  summary.json   the highest matching sparsity per branch, the match rule, the unreadable images skipped, the terms
 
 The loss terms are the names the model declares (StyleModel.terms, e.g. content and style, or AdaAttN's global and
 local); each ticket records them, so the tables are rebuilt without building the model.
-  summary.json   the highest matching sparsity per branch, the match rule, the unreadable images skipped
 """
 
 import csv
@@ -234,7 +234,8 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
       skipped = {}
   best = highest_matching(summary)
   checkpoint.save_json(os.path.join(workdir, "summary.json"), {
-      "model": config.model.name, "terms": list(terms), "match_tolerance": config.imp.match_tolerance, "confidence": CONFIDENCE,
+      "model": config.model.name, "terms": list(terms), "match_tolerance": config.imp.match_tolerance,
+      "confidence": CONFIDENCE,
       "rule": match_rule(config.imp.match_tolerance),
       "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.replicates,
       "highest_matching": {b: _brief(c) for b, (c, _) in best.items()},

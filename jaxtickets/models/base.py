@@ -84,7 +84,8 @@ class StyleModel:
     'total'."""
     declared = (*self.terms, *self.extra_metrics)
     if set(values) != set(declared):
-      raise ValueError(f"{type(self).__name__}.loss reports {sorted(values)}, but the model declares {list(declared)}.")
+      raise ValueError(f"{type(self).__name__}.loss reports {sorted(values)}, but the model declares "
+                       f"{list(declared)}.")
     return {**{k: values[k] for k in declared}, "total": total}
 
   @property
