@@ -26,7 +26,8 @@ def _free_port() -> int:
 
 
 def _launch(out, *args, devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
     env.pop(name, None)
   cmd = [sys.executable, os.path.join(HERE, "_mp_worker.py"), "--out", str(out), *map(str, args)]
