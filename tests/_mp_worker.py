@@ -1,6 +1,6 @@
 """Helper for tests/test_parallel.py: trains a few steps (and optionally runs a tiny IMP) in a fresh process.
 
-  python tests/_mp_worker.py --out DIR [--imp WORKDIR] [--coordinator HOST:PORT --num_processes N --process_id I]
+  python tests/_mp_worker.py --out DIR [--imp_packed WORKDIR] [--coordinator HOST:PORT --num_processes N --process_id I]
 
 Set XLA_FLAGS=--xla_force_host_platform_device_count=8 in the environment for 8 fake CPU devices. Writes
 DIR/params_<process>.npz (the trained params) and DIR/run_<process>.json (losses, per-step sample hashes).
@@ -82,7 +82,6 @@ def train_steps(config, steps: int = STEPS) -> dict:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", required=True)
-  parser.add_argument("--imp", default="", help="also run imp.run (2 rounds) into this workdir")
   parser.add_argument("--imp_packed", default="", help="also run imp.run packed (packed_config_for_tests) here")
   parser.add_argument("--coordinator", default=None)
   parser.add_argument("--num_processes", type=int, default=None)
@@ -97,9 +96,6 @@ def main():
   result = train_steps(config)
   pid = jax.process_index()
   np.savez(os.path.join(args.out, f"params_{pid}.npz"), **flat(result.pop("params")))
-  if args.imp:
-    from jaxtickets import imp  # pylint: disable=g-import-not-at-top
-    imp.run(config, args.imp)
   if args.imp_packed:
     from jaxtickets import imp  # pylint: disable=g-import-not-at-top
     from jaxtickets import pack  # pylint: disable=g-import-not-at-top

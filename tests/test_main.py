@@ -19,16 +19,11 @@ def run_main(*args, cwd=ROOT):
                         timeout=300)
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("--config.model.name=adan", "config.model.name = 'adan' is not allowed: choose one of adain"),
-    ("--config.imp.rounds=-1", "config.imp.rounds = -1 is not allowed: use an integer >= 0"),
-    ("--config.data.content=/no/such/folder", "config.data.content = '/no/such/folder' does not exist"),
-    ("--config.train.nan_policy=ignore", "config.train.nan_policy = 'ignore' is not allowed: choose one of stop"),
-])
-def test_cli_bad_input_is_one_sentence(tmp_path, override, expected):
-  r = run_main("--config=configs/adain.py:demo", f"--workdir={tmp_path}", override)
+def test_cli_bad_input_is_one_sentence(tmp_path):
+  """The command line turns validation's sentence into its error (every field's sentence: test_config)."""
+  r = run_main("--config=configs/adain.py:demo", f"--workdir={tmp_path}", "--config.model.name=adan")
   assert r.returncode != 0
-  assert expected in r.stderr
+  assert "config.model.name = 'adan' is not allowed: choose one of adain" in r.stderr
   assert "Traceback" not in r.stderr
 
 
