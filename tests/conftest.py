@@ -11,7 +11,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The tests run tiny programs once or a few times, so compiling dominates: LLVM at optimisation level 0 without its
-# expensive passes compiles XLA CPU programs about 3x faster (the tiny AdaIN train step: 8.5 s instead of 27 s)
+# expensive passes compiles XLA CPU programs about 3x faster (the tiny AdaIN train step: 15.5 s instead of 54 s,
+# measured side by side on this busy 2-core machine)
 # and computes the same values (no fast-math either way). XLA's fusion emitters stay on, although turning them
 # off would halve compiles again: it changes rounding between a vmapped (packed) and a plain step enough to flip
 # near-tied pruning decisions, so the suite would test other numerics than the program users run.
