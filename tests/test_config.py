@@ -197,3 +197,17 @@ def test_train_dtype_sets_the_models_compute_dtype():
   c.train.dtype = "float16"
   with pytest.raises(UserError, match=re.escape("config.train.dtype = 'float16' is not allowed")):
     config_lib.validate(c)
+
+
+def test_a_saved_config_is_read_on_todays_defaults():
+  """config.json of an older run (no parallel section, no imp.early_bird) reads with today's defaults for what it
+  lacks, keeps every value it has, and a model's own fields."""
+  saved = json.loads(tiny_config(imp__rounds=5).to_json())
+  del saved["parallel"]
+  del saved["imp"]["early_bird"]
+  saved["model"]["style_weight"] = 3.0
+  config = config_lib.from_saved(saved)
+  defaults = config_lib.default_config()
+  assert config.parallel.to_dict() == defaults.parallel.to_dict() and config.imp.early_bird is defaults.imp.early_bird
+  assert config.imp.rounds == 5 and config.model.width == 1 / 16 and config.model.style_weight == 3.0
+  assert json.loads(config.to_json()).keys() == json.loads(defaults.to_json()).keys()
