@@ -12,7 +12,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from jaxtickets.errors import UserError
 
@@ -81,6 +80,9 @@ def _crossed_bootstrap(arrays: Sequence[np.ndarray], statistic: Callable[..., np
   means = [np.einsum('bi,ij,bj->b', rows, a, cols, optimize=True) / (r * p) for a in arrays]
   se = float(np.std(statistic(*means), ddof=1))
   df = r - 1 if r > 1 else p - 1
+  # Imported here: scipy.stats takes a second to import, and every run and command line imports this module.
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+
   half = float(scipy_stats.t.ppf((1.0 + confidence) / 2.0, df)) * se
   return Interval(estimate, estimate - half, estimate + half, se, r, p, df, r > 1)
 
