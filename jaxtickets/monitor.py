@@ -11,6 +11,7 @@ Only process 0 writes (the default); a disabled Monitor does nothing and creates
 
 import numbers
 import os
+import sys
 
 import jax
 import numpy as np
@@ -29,6 +30,20 @@ def _scalar(value) -> float | None:
   return None
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is installed,
+  only to accept torch tensors, which jaxtickets never passes (2 s of every run's start-up)."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top  (only process 0 needs it)
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile, which tensorboardX handles
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]  # a later `import torch` (e.g. porting weights) finds it as usual
+  return SummaryWriter
+
+
 class Monitor:
   """Writes scalars and images for TensorBoard; a no-op when disabled (processes other than 0)."""
 
@@ -40,9 +55,7 @@ class Monitor:
 
   def _writer(self, run: str):
     if run not in self._writers:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top  (only process 0 needs it)
-
-      self._writers[run] = SummaryWriter(logdir=os.path.join(self.logdir, run), flush_secs=self.flush_secs)
+      self._writers[run] = _summary_writer_class()(logdir=os.path.join(self.logdir, run), flush_secs=self.flush_secs)
     return self._writers[run]
 
   def scalars(self, run: str, step: int, values: dict, prefix: str = "") -> None:

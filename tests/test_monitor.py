@@ -61,3 +61,19 @@ def test_disabled_monitor_writes_nothing(tmp_path):
   mon.close()
   assert not os.listdir(tmp_path)
   assert Monitor(str(tmp_path)).enabled  # process 0 of 1 writes by default
+
+
+def test_writing_events_does_not_import_torch(tmp_path):
+  """tensorboardX would import PyTorch (2 s) when it is installed; the monitor keeps it out, and torch still imports
+  afterwards for whoever needs it (porting weights)."""
+  import subprocess
+  import sys
+
+  code = ("import importlib.util, sys; from jaxtickets import monitor; m = monitor.Monitor(sys.argv[1], enabled=True); "
+          "m.scalars('run', 1, {'total': 1.5}, 'train'); m.close(); print('torch' in sys.modules); "
+          "installed = importlib.util.find_spec('torch') is not None; installed and __import__('torch'); "
+          "print(not installed or 'torch' in sys.modules)")
+  r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.split() == ["False", "True"]  # not imported by the monitor; importable afterwards
+  assert any(f.name.startswith("events.out.tfevents") for f in (tmp_path / "tensorboard" / "run").iterdir())
