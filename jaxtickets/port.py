@@ -281,7 +281,7 @@ def convert(model: str | None = None, *, vgg, decoder=None, transforms: Sequence
   if not vgg_only:  # the file counts are checked before any file is read
     by_role = _parts(flax_model)
     parts_of = {role: _check_counts(model, by_role[role[2:]], role, files) for role, files in roles}
-  depth = max(flax_model.encoder_depth, flax_model.loss_depth, key=['r11', 'r21', 'r31', 'r41', 'r51'].index)
+  depth = max(flax_model.encoder_depth, flax_model.loss_depth, key=vgg_lib.TAPS.index)
   vgg_tree, vgg_info = convert_vgg(vgg, depth=depth, notes=notes, model=model)
   sources = {'vgg': vgg_info}
   if vgg_only:

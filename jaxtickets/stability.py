@@ -132,12 +132,13 @@ def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, poi
       pack.train_pack(s, [j for _, j in todo[start:start + s.layout.runs_per_step]], finish)
   losses = path_losses(s, trained["a"], trained["b"], ticket.masks, points)
   value, relative = barrier(losses)
+  above_line = linear_barrier(losses)
   s.log(f"[stability rep {replicate} round {round_}] sparsity {ticket.sparsity['prunable']['sparsity']:.4f}: "
-        f"barrier {value:.4g} ({relative:+.2%} of the ends' mean; {linear_barrier(losses):.4g} above the line "
+        f"barrier {value:.4g} ({relative:+.2%} of the ends' mean; {above_line:.4g} above the line "
         f"between the ends); path {', '.join(f'{x:.4g}' for x in losses)}")
   return {"round": round_, "replicate": replicate, "sparsity": ticket.sparsity["prunable"]["sparsity"],
           "rewind_step": s.config.imp.rewind_step, "barrier": value, "barrier_relative": relative,
-          "barrier_linear": linear_barrier(losses), "path": losses}
+          "barrier_linear": above_line, "path": losses}
 
 
 def _load_config(workdir: str):

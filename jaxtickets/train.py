@@ -1,7 +1,6 @@
 """Train state, optimizer, learning-rate schedule and the jitted, data-parallel, masked train step."""
 
 import functools
-import json
 from typing import Any, Callable
 
 import flax
@@ -65,7 +64,7 @@ def split_groups(params: dict, groups) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=None)
 def make_optimizer(eps: float = 1e-8) -> optax.GradientTransformation:
   """Adam's direction only; the step scales it by the schedule, so a rewound round restarts the schedule at k.
-  One object per eps, so the compiled steps built on it can be shared (see _frozen)."""
+  One object per eps, so the compiled steps built on it can be shared (see _step_settings)."""
   return optax.scale_by_adam(b1=0.9, b2=0.999, eps=eps)
 
 
@@ -85,32 +84,15 @@ def _optimizer_init(tx, mesh) -> Callable:
   return jax.jit(tx.init, out_shardings=parallel.replicated(mesh))
 
 
-class _Frozen:
-  """A config section as a hashable key (by its JSON), so equal settings share one traced and compiled step: every
-  run of a process (rounds, baselines, a study's sub-runs, stability copies) reuses it instead of tracing again."""
-
-  def __init__(self, section):
-    self.json = json.dumps(section.to_dict() if hasattr(section, "to_dict") else dict(section), sort_keys=True,
-                           default=repr)
-
-  def __eq__(self, other):
-    return isinstance(other, _Frozen) and other.json == self.json
-
-  def __hash__(self):
-    return hash(self.json)
-
-  @property
-  def config(self) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(self.json))
-
-
 # The config.train fields a step reads (the schedule and the NaN policy); the rest (steps, logging...) do not
 # change the compiled program.
 STEP_FIELDS = ("schedule", "lr", "lr_decay", "epoch_steps", "lr_constant_epochs", "lr_epoch_factor", "nan_policy")
 
 
-def _step_settings(train_config) -> _Frozen:
-  return _Frozen({f: train_config[f] for f in STEP_FIELDS})
+def _step_settings(train_config) -> tuple:
+  """The step's fields as a hashable key, so equal settings share one traced and compiled step: every run of a
+  process (rounds, baselines, a study's sub-runs, stability copies) reuses it instead of tracing again."""
+  return tuple((f, train_config[f]) for f in STEP_FIELDS)
 
 
 def make_train_step(model, train_config, tx, mesh) -> Callable:
@@ -119,8 +101,8 @@ def make_train_step(model, train_config, tx, mesh) -> Callable:
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step(model, train_key: _Frozen, tx, mesh) -> Callable:
-  train_config = train_key.config
+def _train_step(model, settings: tuple, tx, mesh) -> Callable:
+  train_config = ml_collections.ConfigDict(dict(settings))
   replicated = parallel.replicated(mesh)
   return jax.jit(_step_fn(model, train_config, tx), donate_argnums=(0,), out_shardings=(replicated, replicated))
 
@@ -139,8 +121,8 @@ def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vm
 
 
 @functools.lru_cache(maxsize=8)
-def _packed_step(model, train_key: _Frozen, tx, mesh, runs_per_device: int, vmap: bool) -> Callable:
-  step_fn = _step_fn(model, train_key.config, tx)
+def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: bool) -> Callable:
+  step_fn = _step_fn(model, ml_collections.ConfigDict(dict(settings)), tx)
 
   def local_step(state, masks, vgg_params, batch, keys, ends):
     if runs_per_device == 1:

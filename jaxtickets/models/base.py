@@ -23,10 +23,6 @@ def _field(config: Any, name: str, default: Any) -> Any:
   return default if value is None else value
 
 
-def _shared_field(config: Any, name: str) -> Any:
-  """A field every model reads (width, train_encoder, dtype); when absent, config.default_config's value, the one
-  source of defaults. Values are validated there too (config.validate), before any model is built."""
-  return _field(config, name, config_lib.default_config().model[name])
 
 
 class StyleModel:
@@ -59,9 +55,13 @@ class StyleModel:
     # Models are pure functions of their settings: equal settings are the same model, so jitted functions that
     # take a model as a static argument (or are cached per model) are traced once per process.
     self._identity = (type(self).__module__, type(self).__qualname__, json.dumps(fields, sort_keys=True, default=repr))
-    self.width = float(_shared_field(model_config, "width"))
-    self.train_encoder = bool(_shared_field(model_config, "train_encoder"))
-    self.dtype = getattr(jnp, _shared_field(model_config, "dtype"))  # a name in config.DTYPES
+    # The fields every model reads; one a config lacks takes config.default_config's value, the one source of
+    # defaults (values are validated there too, by config.validate, before any model is built).
+    defaults = config_lib.default_config().model
+    shared = lambda name: _field(model_config, name, defaults[name])
+    self.width = float(shared("width"))
+    self.train_encoder = bool(shared("train_encoder"))
+    self.dtype = getattr(jnp, shared("dtype"))  # a name in config.DTYPES
     self.groups = ((ENCODER,) if self.train_encoder else ()) + tuple(self.own_groups)
     # Each loss weight can be overridden by a config field named '<loss>_weight'.
     self.loss_weights = {k: float(_field(model_config, f"{k}_weight", v)) for k, v in self.loss_weights.items()}
