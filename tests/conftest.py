@@ -11,13 +11,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The tests run tiny programs once or a few times, so compiling dominates: LLVM at optimisation level 0 without its
-# expensive passes compiles XLA CPU programs about 3x faster (the tiny AdaIN train step: 15.5 s instead of 54 s,
-# measured side by side on this busy 2-core machine)
-# and computes the same values (no fast-math either way). XLA's fusion emitters stay on, although turning them
-# off would halve compiles again: it changes rounding between a vmapped (packed) and a plain step enough to flip
-# near-tied pruning decisions, so the suite would test other numerics than the program users run.
-# Subprocesses inherit the flags; tests that add flags (8 fake devices) append to them.
-XLA_TEST_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# expensive passes, and XLA's older loop emitters instead of its MLIR fusion emitters, compile XLA CPU programs
+# several times faster (measured side by side, 2026-11-30: AdaAttN's tiny train step compiles in 17.1 s at O0 with
+# the fusion emitters, 7.1 s without; the tiny AdaIN step took 54 s at XLA's defaults, 15.5 s at O0) and compute the same values up to float rounding (no fast-math either way): that step's
+# updated params were bitwise equal. Rounding can differ between a vmapped (packed) and a plain step, so the tests
+# that compare masks across layouts set Adam's eps above rounding noise (1e-4), where near-tied pruning decisions
+# cannot flip. Subprocesses inherit the flags; tests that add flags (8 fake devices) append to them.
+XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                  "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
 
 import pytest  # pylint: disable=wrong-import-position
@@ -69,3 +70,42 @@ def assert_early_bird_and_stability_work(workdir: str, round_: int) -> None:
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+# ----------------------------------------------------------------------------- the shared command-line run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The command-line run of the end-to-end tests (test_main.py: pods; test_resume.py: kill -9, signals): AdaIN at 1/16
+# width on 32 px crops, 6 steps per round with a checkpoint every 2, one pruned round, IMP and random pruning, 2
+# replicates. Adam's eps is above rounding noise, so every layout (packed, unpacked, 2 processes) gives the same masks.
+CLI_ARGS = ["--config=configs/adain.py:demo", "--config.model.width=0.0625", "--config.data.load_size=40",
+            "--config.data.crop_size=32", "--config.train.batch_size=2", "--config.train.steps=6",
+            "--config.train.log_every=1", "--config.checkpoint.every_steps=2", "--config.imp.rounds=1",
+            "--config.imp.branches=imp,random_prune", "--config.imp.replicates=2", "--config.eval.num_pairs=2",
+            "--config.train.adam_eps=1e-4"]
+
+
+def cli_env() -> dict:
+  """The children's environment: CPU only, unbuffered output (tests read it while the run goes on)."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="session")
+def cli_reference(tmp_path_factory) -> str:
+  """The workdir of CLI_ARGS run uninterrupted as one process: made once per test session, pytest-xdist's workers
+  share it (the first to ask runs it, the others wait for it)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  from filelock import FileLock  # pylint: disable=g-import-not-at-top
+
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # a worker's base is <session>/popen-gwN
+  workdir = shared / "cli_reference"
+  with FileLock(str(shared / "cli_reference.lock")):
+    if not (shared / "cli_reference.done").exists():
+      r = subprocess.run([sys.executable, "-m", "jaxtickets.main", *CLI_ARGS, f"--workdir={workdir}"], cwd=ROOT,
+                         env=cli_env(), capture_output=True, text=True, timeout=900)
+      assert r.returncode == 0, r.stdout + r.stderr
+      (shared / "cli_reference.done").touch()
+  return str(workdir)

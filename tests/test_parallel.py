@@ -1,8 +1,10 @@
-"""Data parallelism: 8 fake devices and 2 local processes give the 1-device results; multi-process start-up."""
+"""Data parallelism: 8 fake devices give the 1-device results; multi-process start-up.
+
+Two processes on one workdir (a pod) are tested end to end through the command line in test_main.py, and the
+per-process split of the data in test_data.py."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,12 +19,6 @@ import _mp_worker as worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _launch(out, *args, devices=1):
@@ -53,24 +49,19 @@ def _load(out, pid=0):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """The same 3 steps on 1 device here, on 8 fake devices, and on 2 processes x 1 device; and a packed 2-round IMP
-  on the 8 devices against one run at a time here."""
+  """The same 3 steps on 1 device here and on 8 fake devices; and a packed 2-round IMP on the 8 devices against
+  one run at a time here."""
   root = tmp_path_factory.mktemp("parallel")
-  dirs = {name: root / name for name in ("one", "eight", "multi")}
-  for d in dirs.values():
-    d.mkdir()
-  port = _free_port()
-  procs = [_launch(dirs["eight"], "--imp_packed", root / "packed_eight", devices=8)]
-  procs += [_launch(dirs["multi"], "--coordinator", f"127.0.0.1:{port}", "--num_processes", 2, "--process_id", i)
-            for i in range(2)]
+  eight = root / "eight"
+  eight.mkdir()
+  proc = _launch(eight, "--imp_packed", root / "packed_eight", devices=8)
   # The 1-device reference runs here meanwhile (the test process has one CPU device).
   config = worker.config_for_tests()
   one = worker.train_steps(config)
   one["params"] = worker.flat(one.pop("params"))
   imp.run(worker.packed_config_for_tests(pack_runs=False), str(root / "sequential_one"))
-  for p in procs:
-    _wait(p)
-  return {"one": one, "eight": _load(dirs["eight"]), "multi": [_load(dirs["multi"], i) for i in range(2)],
+  _wait(proc)
+  return {"one": one, "eight": _load(eight),
           "sequential_one": root / "sequential_one",
           "packed_eight": root / "packed_eight"}
 
@@ -78,7 +69,7 @@ def runs(tmp_path_factory):
 def _assert_params_close(got, want):
   """Equal up to float rounding: 1 and 8 devices sum the batch's gradients in a different order.
 
-  (The tests' config sets Adam's eps to 1e-6, see worker.config_for_tests; with the default 1e-8, gradients that
+  (The tests' config sets Adam's eps to 1e-4, see worker.config_for_tests; with the default 1e-8, gradients that
   are zero up to rounding move weights by ~lr in a noise-given direction and runs differ by up to ~4e-4.)
   """
   assert got.keys() == want.keys()
@@ -124,23 +115,6 @@ def test_eight_devices_packed_four_by_two_give_the_sequential_runs_tickets(runs)
   # The replicates are different runs: a pack that mixed up its slots would give both the same weights.
   r0, r1 = (checkpoint.load_ticket(imp.ticket_dir(packed, "random_prune", 2, rep)) for rep in (0, 1))
   assert not np.array_equal(_flat_masks(r0), _flat_masks(r1))
-
-
-def test_two_processes_agree_and_split_the_data(runs):
-  one, (p0, p1) = runs["one"], runs["multi"]
-  assert [p0["process_index"], p1["process_index"]] == [0, 1]
-  assert p0["process_count"] == p1["process_count"] == 2 and p0["device_count"] == 2
-  assert p0["distributed"] and p1["distributed"]
-  # Each process saw its own half of every global batch: together exactly the 1-process batches.
-  for step, (h0, h1, full) in enumerate(zip(p0["hashes"], p1["hashes"], one["hashes"])):
-    assert len(h0) == len(h1) == worker.BATCH // 2, step
-    assert not set(h0) & set(h1), step
-    assert h0 + h1 == full, step
-  # Both processes hold the same params, and they are the 1-process params.
-  for name in p0["params"]:  # every process applies the same all-reduced update
-    np.testing.assert_array_equal(p1["params"][name], p0["params"][name], err_msg=name)
-  _assert_params_close(p0["params"], one["params"])
-  np.testing.assert_allclose(p0["losses"], one["losses"], rtol=1e-5)
 
 
 def test_initialize_distributed_single_process_is_a_no_op(monkeypatch):

@@ -1,7 +1,11 @@
 """Long runs: SIGKILL and SIGTERM then the same command, damaged checkpoints, bad images, NaNs, config changes.
 
-The command-line runs share one tiny configuration (AdaIN at 1/16 width, 32 px, 6 steps per round, 1 pruned
-round, 2 replicates, a checkpoint every 2 steps) and one uninterrupted reference run to compare their tickets with.
+The command-line runs share one tiny configuration (conftest.CLI_ARGS: AdaIN at 1/16 width, 32 px, 6 steps per
+round, 1 pruned round, IMP and random pruning, 2 replicates, a checkpoint every 2 steps) and one uninterrupted
+reference run (conftest.cli_reference, shared with test_main.py's pods) to compare their tickets with.
+
+kill -9 of a packed run is tested on two processes in test_main.py; a pack's preemption and resume in process in
+test_pack.py, and that packed runs give the unpacked runs' tickets in test_imp.py.
 """
 
 import csv
@@ -24,43 +28,27 @@ from PIL import Image
 
 from jaxtickets import checkpoint, data, imp, pack, preempt, train
 from jaxtickets.errors import UserError
-from conftest import tiny_config
+from conftest import CLI_ARGS, ROOT, cli_env, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--config=configs/adain.py:demo", "--config.model.width=0.0625", "--config.data.load_size=40",
-        "--config.data.crop_size=32", "--config.train.batch_size=2", "--config.train.steps=6",
-        "--config.train.log_every=1", "--config.imp.rounds=1", "--config.imp.branches=imp",
-        "--config.imp.replicates=2",
-        "--config.eval.num_pairs=2", "--config.eval.batch_size=2", "--config.checkpoint.every_steps=2",
-        # Adam's eps above rounding noise, so a packed (vmapped) run's masks equal the unpacked run's exactly.
-        "--config.train.adam_eps=1e-6"]
 ROUNDS = (0, 1)
 REPLICATES = (0, 1)
 TIMEOUT = 900  # generous: the test machine is shared
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  """The children share a persistent compilation cache: only the first one compiles the step."""
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
-
-
 def command(workdir, *extra):
-  return [sys.executable, "-m", "jaxtickets.main", *ARGS, f"--workdir={workdir}", *extra]
+  return [sys.executable, "-m", "jaxtickets.main", *CLI_ARGS, f"--workdir={workdir}", *extra]
 
 
-def run_to_end(workdir, env, *extra):
-  return subprocess.run(command(workdir, *extra), cwd=ROOT, env=env, capture_output=True, text=True,
+def run_to_end(workdir, *extra):
+  return subprocess.run(command(workdir, *extra), cwd=ROOT, env=cli_env(), capture_output=True, text=True,
                         timeout=TIMEOUT)
 
 
 class Child:
   """A background run whose stdout lines are collected as they come."""
 
-  def __init__(self, workdir, env, *extra):
-    self.proc = subprocess.Popen(command(workdir, *extra), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+  def __init__(self, workdir, *extra):
+    self.proc = subprocess.Popen(command(workdir, *extra), cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
     self.lines, self.err = queue.Queue(), []
     self.out = []
@@ -100,40 +88,31 @@ def state_checkpoints(workdir) -> dict:
   return found
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
-  """The uninterrupted run."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  r = run_to_end(workdir, env)
-  assert r.returncode == 0, r.stdout + r.stderr
-  return workdir
-
-
-def assert_same_tickets(a, b, atol=1e-7, rel=1e-5):
-  """Masks and rewind points identical, trained weights equal up to float rounding (`atol`: a vmapped run sums in
-  another order)."""
-  for rep, r in [(rep, r) for rep in REPLICATES for r in ROUNDS]:
-    ta = checkpoint.load_ticket(imp.ticket_dir(a, "imp", r, rep))
-    tb = checkpoint.load_ticket(imp.ticket_dir(b, "imp", r, rep))
+def assert_same_tickets(a, b):
+  """Every ticket's masks and rewind point identical, trained weights equal up to float rounding."""
+  for branch, rep, r in [("imp", rep, r) for rep in REPLICATES for r in ROUNDS] + [("random_prune", rep, 1)
+                                                                                  for rep in REPLICATES]:
+    ta = checkpoint.load_ticket(imp.ticket_dir(a, branch, r, rep))
+    tb = checkpoint.load_ticket(imp.ticket_dir(b, branch, r, rep))
     for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
       np.testing.assert_array_equal(x, y)
     for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
       np.testing.assert_array_equal(x, y)
     for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
-      np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol)
-    assert ta.metrics["total"] == pytest.approx(tb.metrics["total"], rel=rel)
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    assert ta.metrics["total"] == pytest.approx(tb.metrics["total"], rel=1e-5)
 
   def table(workdir):
     with open(os.path.join(workdir, "results.csv")) as f:
       return [{k: row[k] for k in ("branch", "replicate", "round", "sparsity_prunable", "sparsity_total",
                                    "remaining_prunable")} for row in csv.DictReader(f)]
 
-  assert table(a) == table(b) and len(table(a)) == len(ROUNDS) * len(REPLICATES)
+  assert table(a) == table(b) and len(table(a)) == (len(ROUNDS) + 1) * len(REPLICATES)
 
 
-def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(reference, env, tmp_path):
+def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(cli_reference, tmp_path):
   workdir = str(tmp_path / "run")
-  child = Child(workdir, env)
+  child = Child(workdir)
   saved = lambda: any(run["replicate"] == 1 and run["round"] == 1 and run["step"] < 6
                       for m in state_checkpoints(workdir).values() for run in m["runs"])
   child.wait_for(saved, "a checkpoint of replicate 1's round 1")
@@ -144,45 +123,22 @@ def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets
   assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 1)), "killed too late: the round had finished"
   assert os.path.exists(os.path.join(workdir, "run.lock"))  # a killed run cannot clean up
 
-  r = run_to_end(workdir, env)
+  r = run_to_end(workdir)
   assert r.returncode == 0, r.stdout + r.stderr
   assert "taking over the stale lock" in r.stdout
-  for done in ("[rep 0 imp round 0]", "[rep 0 imp round 1]", "[rep 1 imp round 0]"):
+  for done in ("[rep 0 imp round 0]", "[rep 0 imp round 1]", "[rep 0 random_prune round 1]", "[rep 1 imp round 0]"):
     assert f"{done} already done" in r.stdout and f"{done} step" not in r.stdout  # nothing redone
   assert re.search(r"\[rep 1 imp round 1\] resuming at step [24] from its checkpoint", r.stdout), r.stdout
   assert "[rep 1 imp round 1] step 1/6" not in r.stdout
   assert not os.path.exists(os.path.join(workdir, "run.lock"))
-  assert_same_tickets(reference, workdir)
-
-
-def test_sigkill_of_a_packed_run_then_the_same_command_gives_the_unpacked_runs_tickets(reference, env, tmp_path):
-  """Both replicates side by side in one step (vmapped on this one device), killed mid-round, resumed."""
-  workdir = str(tmp_path / "run")
-  packed = "--config.parallel.runs_per_step=2"
-  child = Child(workdir, env, packed)
-  saved = lambda: any(m["pack_size"] == 2 and [(run["replicate"], run["round"]) for run in m["runs"]] == [(0, 1), (1, 1)]
-                      and m["runs"][0]["step"] < 6 for m in state_checkpoints(workdir).values())
-  child.wait_for(saved, "a checkpoint of both replicates' round 1")
-  child.proc.send_signal(signal.SIGKILL)
-  _, out, _ = child.finish()
-  assert "Packing: up to 2 runs side by side per step" in out
-  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 0)), "killed too late: the round had finished"
-
-  r = run_to_end(workdir, env, packed)
-  assert r.returncode == 0, r.stdout + r.stderr
-  for rep in REPLICATES:
-    assert f"[rep {rep} imp round 0] already done" in r.stdout
-    assert re.search(rf"\[rep {rep} imp round 1\] resuming at step [24] from its checkpoint", r.stdout), r.stdout
-  # Weights move by up to lr x steps = 1.2e-3 here; a vmapped step rounds differently, and Adam's normalisation
-  # turns a rounding-level gradient of a nearly idle weight into a visible step.
-  assert_same_tickets(reference, workdir, atol=1e-5, rel=1e-4)
+  assert_same_tickets(cli_reference, workdir)
 
 
 @pytest.fixture(scope="module")
-def sigtermed(tmp_path_factory, env):
+def sigtermed(tmp_path_factory):
   """A run sent SIGTERM during round 1, and what it left."""
   workdir = str(tmp_path_factory.mktemp("sigterm"))
-  child = Child(workdir, env)
+  child = Child(workdir)
   child.wait_for(lambda: any("[rep 0 imp round 1] step 3/6" in line for line in child.out), "round 1's step 3")
   child.proc.send_signal(signal.SIGTERM)
   rc, out, err = child.finish()
@@ -206,9 +162,9 @@ def test_sigterm_saves_a_fresh_checkpoint_and_exits_cleanly(sigtermed):
   assert not sigtermed["lock"]
 
 
-def test_ctrl_c_finishes_the_step_saves_and_exits_130_without_a_traceback(env, tmp_path):
+def test_ctrl_c_finishes_the_step_saves_and_exits_130_without_a_traceback(tmp_path):
   workdir = str(tmp_path / "run")
-  child = Child(workdir, env)
+  child = Child(workdir)
   child.wait_for(lambda: any("[rep 0 imp round 0] step 2/6" in line for line in child.out), "round 0's step 2")
   child.proc.send_signal(signal.SIGINT)
   rc, out, err = child.finish()
@@ -223,7 +179,7 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130_without_a_traceback(env, t
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigtermed, reference, env):
+def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigtermed, cli_reference):
   workdir = sigtermed["workdir"]
   latest = max(sigtermed["checkpoints"])
   files = glob.glob(os.path.join(workdir, "state", str(latest), "state", "**", "d", "*"), recursive=True)
@@ -231,24 +187,24 @@ def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigterme
   for f in files:
     with open(f, "r+b") as fh:
       fh.truncate(3)
-  r = run_to_end(workdir, env)
+  r = run_to_end(workdir)
   assert r.returncode == 0, r.stdout + r.stderr
   assert f"the checkpoint '{os.path.join(workdir, 'state', str(latest))}' is damaged" in r.stdout
   m = re.search(r"\[rep 0 imp round 1\] resuming at step (\d) from its checkpoint", r.stdout)
   assert m and int(m.group(1)) < latest, r.stdout
-  assert_same_tickets(reference, workdir)
+  assert_same_tickets(cli_reference, workdir)
 
 
-def test_changed_config_is_refused_on_the_command_line_unless_allowed(reference, env, tmp_path):
+def test_changed_config_is_refused_on_the_command_line_unless_allowed(cli_reference, tmp_path):
   import shutil
 
   workdir = str(tmp_path / "copy")
-  shutil.copytree(reference, workdir)
-  r = run_to_end(workdir, env, "--config.train.lr=0.001", "--config.train.log_every=3")
+  shutil.copytree(cli_reference, workdir)
+  r = run_to_end(workdir, "--config.train.lr=0.001", "--config.train.log_every=3")
   assert r.returncode != 0 and "Traceback" not in r.stderr
   assert (f"error: The workdir '{workdir}' holds a run with another config (train.lr: 0.0002 -> 0.001): run with "
           "the same config to resume it, pass --allow_config_change") in r.stderr
-  r = run_to_end(workdir, env, "--config.train.lr=0.001", "--allow_config_change")
+  r = run_to_end(workdir, "--config.train.lr=0.001", "--allow_config_change")
   assert r.returncode == 0, r.stdout + r.stderr
   assert "resuming" in r.stdout and "with a changed config" in r.stdout and "train.lr: 0.0002 -> 0.001" in r.stdout
   assert checkpoint.load_json(os.path.join(workdir, "config.json"))["train"]["lr"] == 0.001
