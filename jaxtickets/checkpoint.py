@@ -174,23 +174,33 @@ def _check_present(path, items, kind: str) -> epath.Path:
   return path
 
 
-def _restore_item(checkpointer, path: epath.Path, item: str, kind: str) -> Any:
-  """Restores one item: arrays come back as host numpy with their saved dtypes, JSON as Python values."""
-  try:
-    if item in _JSON_ITEMS:
-      args = ocp.args.JsonRestore()
-    else:
-      meta = checkpointer.metadata(path).item_metadata[item]
+def _restore_args(checkpointer, path: epath.Path, items) -> dict:
+  """{item: restore args}: arrays come back as host numpy with their saved dtypes, JSON as Python values."""
+  args = {item: ocp.args.JsonRestore() for item in items if item in _JSON_ITEMS}
+  arrays = [item for item in items if item not in _JSON_ITEMS]
+  if arrays:
+    # One metadata read covers every item (Orbax opens each array to read its shape).
+    metadata = checkpointer.metadata(path).item_metadata
+    for item in arrays:
+      meta = metadata[item]
       if meta is None:
         raise FileNotFoundError(f'no readable array metadata in {path / item}')
       meta = getattr(meta, 'tree', meta)
       # A numpy target makes Orbax return numpy (no device placement), whatever sharding was saved.
-      args = ocp.args.StandardRestore(jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta))
-    return checkpointer.restore(path, args=ocp.args.Composite(**{item: args}))[item]
-  except UserError:
-    raise
+      args[item] = ocp.args.StandardRestore(jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta))
+  return args
+
+
+def _restore(checkpointer, path: epath.Path, items, kind: str) -> dict:
+  """{item: value} of `items`, read in one restore (each restore call has a fixed cost of tens of ms)."""
+  try:
+    restored = checkpointer.restore(path, args=ocp.args.Composite(**_restore_args(checkpointer, path, items)))
   except Exception as err:  # Orbax/tensorstore raise many types; the user only needs the file and reason.
-    raise _damage(path, item, kind, err) from err
+    if len(items) > 1:  # read item by item to name the one that is damaged
+      for item in items:
+        _restore(checkpointer, path, (item,), kind)
+    raise _damage(path, items[0], kind, err) from err
+  return {item: restored[item] for item in items}
 
 
 def _numpy_tree(tree: Any) -> Any:
@@ -222,7 +232,7 @@ def load_ticket(path) -> Ticket:
   """Loads a ticket saved by `save_ticket`; arrays come back as numpy, masks as bool."""
   where = _check_present(path, _ARRAY_ITEMS + _JSON_ITEMS, 'ticket')
   checkpointer = _checkpointer(_ARRAY_ITEMS + _JSON_ITEMS, local=True)
-  loaded = {item: _restore_item(checkpointer, where, item, 'ticket') for item in _ARRAY_ITEMS + _JSON_ITEMS}
+  loaded = _restore(checkpointer, where, _ARRAY_ITEMS + _JSON_ITEMS, 'ticket')
   for item in _ARRAY_ITEMS:
     loaded[item] = _numpy_tree(loaded[item])
   return Ticket(path=str(where), **loaded)
@@ -232,7 +242,7 @@ def load_ticket_metadata(path) -> dict:
   """Only a ticket's JSON items ({'metrics': ..., 'sparsity': ...}), without reading its arrays."""
   where = _check_present(path, _ARRAY_ITEMS + _JSON_ITEMS, 'ticket')
   checkpointer = _checkpointer(_JSON_ITEMS, local=True)
-  return {item: _restore_item(checkpointer, where, item, 'ticket') for item in _JSON_ITEMS}
+  return _restore(checkpointer, where, _JSON_ITEMS, 'ticket')
 
 
 def save_params(path, params, *, overwrite=False) -> None:
@@ -249,7 +259,7 @@ def load_params(path) -> dict:
   """Loads a params tree saved by `save_params` as numpy arrays with their saved dtypes."""
   where = _check_present(path, (_PARAMS_ITEM,), 'params checkpoint')
   checkpointer = _checkpointer((_PARAMS_ITEM,), local=True)
-  return _numpy_tree(_restore_item(checkpointer, where, _PARAMS_ITEM, 'params checkpoint'))
+  return _numpy_tree(_restore(checkpointer, where, (_PARAMS_ITEM,), 'params checkpoint')[_PARAMS_ITEM])
 
 
 def save_json(path, obj) -> None:

@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import functools
 import os
 
 import jax
@@ -44,7 +45,9 @@ def run_dir(tmp_path_factory):
   return workdir, config, rows, starts
 
 
+@functools.lru_cache(maxsize=None)
 def ticket(workdir, branch, round_, rep):
+  """A saved ticket, read once per test session: tickets are never rewritten, and Orbax takes ~0.2 s a read."""
   return load_ticket(imp.ticket_dir(workdir, branch, round_, rep))
 
 
