@@ -33,14 +33,14 @@ def _scalar(value) -> float | None:
 def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is installed,
   only to accept torch tensors, which jaxtickets never passes (2 s of every run's start-up)."""
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top  (only process 0 needs it)
-    return SummaryWriter
-  sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile, which tensorboardX handles
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile, which tensorboardX handles
   try:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top  (only process 0 needs it)
   finally:
-    del sys.modules["torch"]  # a later `import torch` (e.g. porting weights) finds it as usual
+    if hide_torch:
+      del sys.modules["torch"]  # a later `import torch` (e.g. porting weights) finds it as usual
   return SummaryWriter
 
 

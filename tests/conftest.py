@@ -13,10 +13,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The tests run tiny programs once or a few times, so compiling dominates: LLVM at optimisation level 0 without its
 # expensive passes, and XLA's older loop emitters instead of its MLIR fusion emitters, compile XLA CPU programs
 # several times faster (measured side by side, 2026-11-30: AdaAttN's tiny train step compiles in 17.1 s at O0 with
-# the fusion emitters, 7.1 s without; the tiny AdaIN step took 54 s at XLA's defaults, 15.5 s at O0) and compute the same values up to float rounding (no fast-math either way): that step's
-# updated params were bitwise equal. Rounding can differ between a vmapped (packed) and a plain step, so the tests
-# that compare masks across layouts set Adam's eps above rounding noise (1e-4), where near-tied pruning decisions
-# cannot flip. Subprocesses inherit the flags; tests that add flags (8 fake devices) append to them.
+# the fusion emitters, 7.1 s without; the tiny AdaIN step took 54 s at XLA's defaults, 15.5 s at O0) and compute
+# the same values up to float rounding (no fast-math either way; that step's updated params were bitwise equal).
+# Rounding can differ between a vmapped (packed) and a plain step, so the tests that compare masks across layouts
+# set Adam's eps above rounding noise (1e-4), where near-tied pruning decisions cannot flip. Subprocesses inherit
+# the flags; tests that add flags (8 fake devices) append to them.
 XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                   "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
@@ -52,7 +53,7 @@ def tiny_config(**overrides):
 
 
 EARLY_BIRD = dict(imp__early_bird=True, imp__early_bird_every=1, imp__early_bird_epsilon=0.99,
-                  imp__early_bird_patience=1)  # any two masks count as settled: a dense round of 3 steps stops at step 2
+                  imp__early_bird_patience=1)  # any two masks count as settled: a dense round of 3 steps stops at 2
 
 
 def assert_early_bird_and_stability_work(workdir: str, round_: int) -> None:
@@ -86,6 +87,24 @@ CLI_ARGS = ["--config=configs/adain.py:demo", "--config.model.width=0.0625", "--
             "--config.train.log_every=1", "--config.checkpoint.every_steps=2", "--config.imp.rounds=1",
             "--config.imp.branches=imp,random_prune", "--config.imp.replicates=2", "--config.eval.num_pairs=2",
             "--config.train.adam_eps=1e-4"]
+
+
+def state_checkpoints(workdir) -> dict:
+  """{step: meta} of a workdir's finalized train-state checkpoints: Orbax writes a step into a temporary directory
+  and renames it to the step when complete."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+
+  found = {}
+  for d in glob.glob(os.path.join(workdir, "state", "*")):
+    name = os.path.basename(d)
+    try:
+      if name.isdigit():
+        with open(os.path.join(d, "meta", "metadata")) as f:
+          found[int(name)] = json.load(f)
+    except (OSError, ValueError):
+      pass  # deleted or being replaced while we looked
+  return found
 
 
 def cli_env() -> dict:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from jaxtickets import imp
 from jaxtickets.errors import UserError
-from conftest import CLI_ARGS, ROOT, cli_env, tiny_config
+from conftest import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
+
 
 def run_main(*args, cwd=ROOT):
   return subprocess.run([sys.executable, "-m", "jaxtickets.main", *args], cwd=cwd, capture_output=True, text=True,
@@ -109,24 +110,6 @@ def _assert_tickets_like(reference, workdir):
     assert os.path.exists(os.path.join(workdir, name)), name
 
 
-def _state_steps(workdir):
-  """{(replicate, round, branch): step} of the runs in finalized train-state checkpoints."""
-  import glob
-  import json
-
-  found = {}
-  for meta in glob.glob(os.path.join(workdir, "state", "*", "meta", "metadata")):
-    if not os.path.basename(os.path.dirname(os.path.dirname(meta))).isdigit():
-      continue  # Orbax writes a step into a temporary directory and renames it to the step when complete
-    try:
-      with open(meta) as f:
-        for run in json.load(f)["runs"]:
-          found[(run["replicate"], run["round"], run["branch"])] = run["step"]
-    except (OSError, ValueError, KeyError):
-      pass  # being written or deleted while we looked
-  return found
-
-
 def test_two_processes_packed_killed_and_resumed_give_the_one_process_tickets(cli_reference, tmp_path):
   """Packed: each process holds one replicate ('runs' spans the hosts). kill -9 of both mid-round, the same
   command again: every run continues from its checkpoint, and the tickets are the one-process run's."""
@@ -136,7 +119,9 @@ def test_two_processes_packed_killed_and_resumed_give_the_one_process_tickets(cl
   workdir = tmp_path / "w"
   procs = _pod(workdir)
   deadline = time.time() + 900
-  while not any(key[1] == 1 and step < 6 for key, step in _state_steps(workdir).items()):
+  in_round_1 = lambda: any(run["round"] == 1 and run["step"] < 6
+                           for meta in state_checkpoints(workdir).values() for run in meta["runs"])
+  while not in_round_1():
     assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
     if time.time() > deadline:  # a hang guard, not a speed check
       pytest.fail("no checkpoint of round 1 appeared")

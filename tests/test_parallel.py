@@ -39,10 +39,10 @@ def _wait(proc):
   assert proc.returncode == 0, output[-4000:]
 
 
-def _load(out, pid=0):
-  with open(os.path.join(out, f"run_{pid}.json")) as f:
+def _load(out):
+  with open(os.path.join(out, "run_0.json")) as f:
     run = json.load(f)
-  with np.load(os.path.join(out, f"params_{pid}.npz")) as z:
+  with np.load(os.path.join(out, "params_0.npz")) as z:
     run["params"] = dict(z)
   return run
 
@@ -61,8 +61,7 @@ def runs(tmp_path_factory):
   one["params"] = worker.flat(one.pop("params"))
   imp.run(worker.packed_config_for_tests(pack_runs=False), str(root / "sequential_one"))
   _wait(proc)
-  return {"one": one, "eight": _load(eight),
-          "sequential_one": root / "sequential_one",
+  return {"one": one, "eight": _load(eight), "sequential_one": root / "sequential_one",
           "packed_eight": root / "packed_eight"}
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from jaxtickets import checkpoint, data, imp, pack, preempt, train
 from jaxtickets.errors import UserError
-from conftest import CLI_ARGS, ROOT, cli_env, tiny_config
+from conftest import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
 
 ROUNDS = (0, 1)
 REPLICATES = (0, 1)
@@ -72,20 +72,6 @@ class Child:
     self.proc.wait(timeout=TIMEOUT)
     time.sleep(0.2)  # let the reader threads drain the pipes
     return self.proc.returncode, "".join(self.out), "".join(self.err)
-
-
-def state_checkpoints(workdir) -> dict:
-  """{step: meta} of the finalized train-state checkpoints (Orbax renames a step's directory when complete)."""
-  found = {}
-  for d in glob.glob(os.path.join(workdir, "state", "*")):
-    name = os.path.basename(d)
-    try:
-      if name.isdigit():
-        with open(os.path.join(d, "meta", "metadata")) as f:
-          found[int(name)] = json.load(f)
-    except (OSError, ValueError):
-      pass  # deleted or being replaced while we looked
-  return found
 
 
 def assert_same_tickets(a, b):

@@ -23,8 +23,6 @@ def _field(config: Any, name: str, default: Any) -> Any:
   return default if value is None else value
 
 
-
-
 class StyleModel:
   """A style-transfer model: pure, jittable functions of explicit params; the object holds only settings.
 
