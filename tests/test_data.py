@@ -467,3 +467,52 @@ def test_load_48_bit_rgb_png(tmp_path):
   out = data.load_image(str(path))
   _check_rgb(out, (4, 5))
   np.testing.assert_allclose(out[0, 0], np.asarray([65535, 32896, 2570]) / 257, atol=1)
+
+
+@pytest.mark.parametrize('n', [3, 40])
+def test_order_is_grains_shuffle_repeated_with_whole_epochs_kept(monkeypatch, n):
+  """_Order draws the values of grain's shuffle().repeat() (the independent formulation), across epochs, through
+  the per-process epoch cache (small sources) and element by element (large ones)."""
+  indices = np.arange(100, 100 + 2 * n, 2)
+  grain_stream = data.grain.MapDataset.source([int(i) for i in indices]).shuffle(seed=7).repeat(None)
+  monkeypatch.setattr(data._Order, 'WHOLE_EPOCHS_UP_TO', 10)
+  monkeypatch.setattr(data, '_EPOCHS', data.BoundedCache(max_bytes=1 << 20))
+  order = data._Order(indices, 7)
+  again = data._Order(indices, 7)  # a second run of the process: its epochs come from the cache
+  drawn = [order[j] for j in range(4 * n)]
+  assert drawn == [grain_stream[j] for j in range(4 * n)] == [again[j] for j in range(4 * n)]
+  assert sorted(drawn[:n]) == list(indices) and drawn[:n] != drawn[n:2 * n]  # a permutation, reshuffled per epoch
+  assert len(data._EPOCHS._items) == (4 if n <= 10 else 0)
+
+
+def test_bounded_cache_drops_the_least_recently_used_beyond_its_bytes():
+  cache = data.BoundedCache(max_bytes=10)
+  for key in 'abc':
+    cache.put(key, key.upper(), 4)
+  assert cache.get('a') is None and cache.get('b') == 'B'  # 'a' went when 'c' made 12 bytes
+  cache.put('d', 'D', 4)  # 'c' is now the least recently used
+  assert (cache.get('b'), cache.get('c'), cache.get('d')) == ('B', None, 'D')
+  cache.put('huge', 'H', 11)  # larger than the whole cache: not kept, nothing dropped for it
+  assert cache.get('huge') is None and cache.get('b') == 'B'
+
+
+def test_resized_images_are_decoded_once_and_a_replaced_file_is_read_again(tmp_path, monkeypatch):
+  folder = _noise_folder(tmp_path / 'c', 2, 3)
+  src = data.ImageSource(data.list_images(folder), 'content', where=folder)
+  monkeypatch.setattr(data, '_RESIZED', data.BoundedCache(max_bytes=1 << 20))
+  readable = data._Readable(src, np.arange(2), 'content', data.SkipLog(lambda m: None))
+  expected = data._resize(data.load_image(src.paths[1]), 16)
+  calls = []
+  real_getitem = data.ImageSource.__getitem__
+  monkeypatch.setattr(data.ImageSource, '__getitem__', lambda self, i: calls.append(i) or real_getitem(self, i))
+  for _ in range(3):
+    used, img = readable.load_resized(1, 16)
+    assert used == 1 and not img.flags.writeable
+    np.testing.assert_array_equal(img, expected)
+  assert calls == [1]
+  # Replaced by another image (new size and modification time): decoded again, the new pixels returned.
+  new = np.full((30, 30, 3), 77, np.uint8)
+  _save(src.paths[1], new)
+  os.utime(src.paths[1], ns=(1, 10**9 + 12345))
+  np.testing.assert_array_equal(readable.load_resized(1, 16)[1], data._resize(new, 16))
+  assert calls == [1, 1]
