@@ -29,11 +29,11 @@ def config_for_tests():
 
 
 def packed_config_for_tests(pack_runs: bool = True):
-  """2 replicates, IMP and random pruning for 2 rounds, batch 4; packed, 4 runs per step: on 8 devices that is
-  'runs' = 4 x 'data' = 2, and the 4 random-pruning runs fill one pack."""
+  """4 replicates, IMP for 1 round, batch 4; packed, 4 runs per step: on 8 devices that is 'runs' = 4 x 'data' = 2,
+  and each round's 4 runs fill one pack."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  return tiny_config(train__batch_size=4, imp__rounds=2, imp__replicates=2, imp__branches="imp,random_prune",
+  return tiny_config(train__batch_size=4, imp__rounds=1, imp__replicates=4, imp__branches="imp",
                      train__adam_eps=1e-4, parallel__pack_runs=pack_runs, parallel__runs_per_step=4)
 
 
@@ -94,7 +94,7 @@ def main():
     from jaxtickets import imp  # pylint: disable=g-import-not-at-top
     from jaxtickets import pack  # pylint: disable=g-import-not-at-top
     imp.run(packed_config_for_tests(), args.imp_packed)
-    layout = pack.choose_layout(packed_config_for_tests(), concurrent=2)
+    layout = pack.choose_layout(packed_config_for_tests(), concurrent=4)
     result["packed_layout"] = [layout.runs_per_step, layout.runs_axis]
   with open(os.path.join(args.out, f"run_{pid}.json"), "w") as f:
     json.dump(result, f)
