@@ -96,30 +96,6 @@ def assert_same_tickets(a, b):
   assert table(a) == table(b) and len(table(a)) == (len(ROUNDS) + 1) * len(REPLICATES)
 
 
-def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(cli_reference, tmp_path):
-  workdir = str(tmp_path / "run")
-  child = Child(workdir)
-  saved = lambda: any(run["replicate"] == 1 and run["round"] == 1 and run["step"] < 6
-                      for m in state_checkpoints(workdir).values() for run in m["runs"])
-  child.wait_for(saved, "a checkpoint of replicate 1's round 1")
-  child.proc.send_signal(signal.SIGKILL)
-  child.finish()
-  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 0))
-  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 0, 1))
-  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 1)), "killed too late: the round had finished"
-  assert os.path.exists(os.path.join(workdir, "run.lock"))  # a killed run cannot clean up
-
-  r = run_to_end(workdir)
-  assert r.returncode == 0, r.stdout + r.stderr
-  assert "taking over the stale lock" in r.stdout
-  for done in ("[rep 0 imp round 0]", "[rep 0 imp round 1]", "[rep 0 random_prune round 1]", "[rep 1 imp round 0]"):
-    assert f"{done} already done" in r.stdout and f"{done} step" not in r.stdout  # nothing redone
-  assert re.search(r"\[rep 1 imp round 1\] resuming at step [24] from its checkpoint", r.stdout), r.stdout
-  assert "[rep 1 imp round 1] step 1/6" not in r.stdout
-  assert not os.path.exists(os.path.join(workdir, "run.lock"))
-  assert_same_tickets(cli_reference, workdir)
-
-
 @pytest.fixture(scope="module")
 def sigtermed(tmp_path_factory):
   """A run sent SIGTERM during round 1, and what it left."""
@@ -164,8 +140,10 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130_without_a_traceback(tmp_pa
   assert "Unable to initialize backend" not in err
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigtermed, cli_reference):
+@pytest.fixture(scope="module")
+def damaged_then_killed(sigtermed):
+  """The SIGTERMed run continued: its latest checkpoint damaged, the same command again (which falls back to the
+  checkpoint before), that run killed with SIGKILL inside replicate 1's round 1, and what it left."""
   workdir = sigtermed["workdir"]
   latest = max(sigtermed["checkpoints"])
   files = glob.glob(os.path.join(workdir, "state", str(latest), "state", "**", "d", "*"), recursive=True)
@@ -173,11 +151,42 @@ def test_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(sigterme
   for f in files:
     with open(f, "r+b") as fh:
       fh.truncate(3)
+  child = Child(workdir)
+  saved = lambda: any(run["replicate"] == 1 and run["round"] == 1 and run["step"] < 6
+                      for m in state_checkpoints(workdir).values() for run in m["runs"])
+  child.wait_for(saved, "a checkpoint of replicate 1's round 1")
+  child.proc.send_signal(signal.SIGKILL)
+  _, out, err = child.finish()
+  done = {(branch, r, rep): checkpoint.ticket_exists(imp.ticket_dir(workdir, branch, r, rep))
+          for branch, r, rep in [("imp", 1, 0), ("imp", 0, 1), ("imp", 1, 1)]}
+  return dict(workdir=workdir, latest=latest, out=out, err=err, done=done,
+              lock=os.path.exists(os.path.join(workdir, "run.lock")))
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damaged_then_killed):
+  """(The run's tickets are compared with the reference at the end of the chain, after the SIGKILL's resume.)"""
+  workdir, latest, out = damaged_then_killed["workdir"], damaged_then_killed["latest"], damaged_then_killed["out"]
+  assert f"the checkpoint '{os.path.join(workdir, 'state', str(latest))}' is damaged" in out, out
+  m = re.search(r"\[rep 0 imp round 1\] resuming at step (\d) from its checkpoint", out)
+  assert m and int(m.group(1)) < latest, out
+  assert "[rep 0 imp round 0] already done" in out
+
+
+def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(damaged_then_killed, cli_reference):
+  workdir, done = damaged_then_killed["workdir"], damaged_then_killed["done"]
+  assert done[("imp", 1, 0)] and done[("imp", 0, 1)]
+  assert not done[("imp", 1, 1)], "killed too late: the round had finished"
+  assert damaged_then_killed["lock"]  # a killed run cannot clean up
+
   r = run_to_end(workdir)
   assert r.returncode == 0, r.stdout + r.stderr
-  assert f"the checkpoint '{os.path.join(workdir, 'state', str(latest))}' is damaged" in r.stdout
-  m = re.search(r"\[rep 0 imp round 1\] resuming at step (\d) from its checkpoint", r.stdout)
-  assert m and int(m.group(1)) < latest, r.stdout
+  assert "taking over the stale lock" in r.stdout
+  for done in ("[rep 0 imp round 0]", "[rep 0 imp round 1]", "[rep 0 random_prune round 1]", "[rep 1 imp round 0]"):
+    assert f"{done} already done" in r.stdout and f"{done} step" not in r.stdout  # nothing redone
+  assert re.search(r"\[rep 1 imp round 1\] resuming at step [24] from its checkpoint", r.stdout), r.stdout
+  assert "[rep 1 imp round 1] step 1/6" not in r.stdout
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))
+  # SIGTERM, a damaged checkpoint and SIGKILL on the way: the uninterrupted run's tickets.
   assert_same_tickets(cli_reference, workdir)
 
 
