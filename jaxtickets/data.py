@@ -527,7 +527,7 @@ class _Order:
   def __init__(self, indices: np.ndarray, seed: int):
     self._stream = grain.MapDataset.source([int(i) for i in indices]).shuffle(seed=seed).repeat(None)
     self._n = len(indices)
-    self._key = (seed, hash(np.asarray(indices, dtype=np.int64).tobytes()))
+    self._key = (seed, np.asarray(indices, dtype=np.int64).tobytes())  # bytes cache their hash: cheap lookups
 
   def __getitem__(self, j: int) -> int:
     if self._n > self.WHOLE_EPOCHS_UP_TO:
