@@ -140,9 +140,8 @@ def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: b
     return jax.tree.map(keep, new, state), metrics
 
   if mesh.shape[parallel.RUNS_AXIS] == 1:
-    # One device group holds the whole pack: the plain jit partitions it over 'data' by itself. shard_map would
-    # only add a manual-sharding annotation around every op (thousands for AdaAttN), which XLA's compile pays for:
-    # AdaAttN's tiny step compiled in 16.9 s through shard_map, 10.2 s without.
+    # One device group holds the whole pack: the plain jit partitions it over 'data' by itself. Through shard_map
+    # the program carries a sharding annotation on nearly every op's result (7,196 in AdaAttN's tiny step).
     runs_sharding = parallel.runs_sharding(mesh)
     return jax.jit(local_step, donate_argnums=(0,), out_shardings=(runs_sharding, runs_sharding))
   runs = P(parallel.RUNS_AXIS)
@@ -193,7 +192,7 @@ def _guard(old: TrainState, new: TrainState, loss, grads, policy: str) -> TrainS
                             jnp.isfinite(loss))
   ok = finite if policy == "skip" else finite & (old.first_bad < 0)
   # One conditional rather than a select per leaf: XLA copies a select's scalar condition (this chain of one test
-  # per leaf) into every leaf's fused select, which made the step's program several times larger to compile.
+  # per leaf) into every leaf's fused select, which made the step's optimised program about twice as large.
   params, opt_state = jax.lax.cond(ok, lambda: (new.params, new.opt_state), lambda: (old.params, old.opt_state))
   first_bad = jnp.where((old.first_bad < 0) & ~finite, old.step + 1, old.first_bad).astype(jnp.int32)
   skips = old.nan_skips + (~finite).astype(jnp.int32) if policy == "skip" else old.nan_skips
