@@ -139,6 +139,11 @@ def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: b
     keep = lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
     return jax.tree.map(keep, new, state), metrics
 
+  if mesh.shape[parallel.RUNS_AXIS] == 1:
+    # One device group holds the whole pack: the plain jit partitions it over 'data' by itself. Through shard_map
+    # the program carries a sharding annotation on nearly every op's result (7,196 in AdaAttN's tiny step).
+    runs_sharding = parallel.runs_sharding(mesh)
+    return jax.jit(local_step, donate_argnums=(0,), out_shardings=(runs_sharding, runs_sharding))
   runs = P(parallel.RUNS_AXIS)
   packed = jax.shard_map(local_step, mesh=mesh, in_specs=(runs, runs, P(), runs, runs, runs),
                          out_specs=(runs, runs), axis_names={parallel.RUNS_AXIS},
