@@ -113,6 +113,22 @@ def test_point_estimate_is_the_ratio_of_means():
   assert interval.high - interval.estimate == pytest.approx(interval.estimate - interval.low)
 
 
+@pytest.mark.parametrize("r,confidence", [(2, 0.95), (4, 0.9), (1, 0.95)])
+def test_half_width_is_the_t_quantile_times_the_se(r, confidence):
+  """The half-width is Student's t quantile (R - 1 degrees of freedom; P - 1 with one replicate) times the SE,
+  checked against scipy.stats' own t distribution: 12.706 at 1 degree of freedom, 95%."""
+  from scipy import stats as scipy_stats
+
+  rng = np.random.default_rng(8)
+  dense = _losses(rng, r, 6, pair_effects=_pair_effects(rng, 6))
+  interval = stats.relative_difference_interval(dense * 1.05, dense, n_boot=300, confidence=confidence)
+  df = r - 1 if r > 1 else 5
+  quantile = scipy_stats.t.ppf((1 + confidence) / 2, df)
+  assert interval.df == df and interval.high - interval.estimate == pytest.approx(quantile * interval.se, rel=1e-9)
+  if (r, confidence) == (2, 0.95):
+    assert quantile == pytest.approx(12.706, abs=1e-3)
+
+
 def test_same_seed_same_interval():
   rng = np.random.default_rng(7)
   v = _pair_effects(rng, 16)
