@@ -45,10 +45,11 @@ def evaluate(eval_fn, params, masks, vgg_params, pairs, batch_size: int) -> dict
 
 def stylize_pairs(model, params, masks, vgg_params, pairs) -> np.ndarray:
   """The stylized held-out pairs, clipped to [0, 1], for image grids."""
-  out = _stylize(model, sparsity.apply_masks(params, masks), vgg_params, pairs["content"], pairs["style"])
+  out = _stylize(model, params, masks, vgg_params, pairs["content"], pairs["style"])
   return np.clip(np.asarray(out), 0.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _stylize(model, params, vgg_params, content, style):
-  return model.stylize(params, vgg_params, content, style)
+def _stylize(model, params, masks, vgg_params, content, style):
+  # The masks applied inside the jit: applied outside, every leaf shape compiles an op of its own.
+  return model.stylize(sparsity.apply_masks(params, masks), vgg_params, content, style)

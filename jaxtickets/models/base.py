@@ -5,6 +5,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
@@ -22,6 +23,13 @@ def _field(config: Any, name: str, default: Any) -> Any:
   value = getattr(config, name, None)
   return default if value is None else value
 
+
+
+def _fresh_copy(a: jax.Array) -> jax.Array:
+  """`a` in a new buffer: through the host outside a trace (an eager jnp copy compiles an op per leaf shape)."""
+  if isinstance(a, jax.core.Tracer):
+    return jnp.array(a, copy=True)
+  return jax.device_put(np.array(a))
 
 class StyleModel:
   """A style-transfer model: pure, jittable functions of explicit params; the object holds only settings.
@@ -104,7 +112,7 @@ class StyleModel:
 
   def init_encoder(self, vgg_params: dict) -> dict:
     """A trainable copy of the VGG up to `encoder_depth`, in fresh buffers so donating it spares vgg_params."""
-    return jax.tree.map(lambda a: jnp.array(a, copy=True), vgg_lib.truncate(vgg_params, self.encoder_depth))
+    return jax.tree.map(_fresh_copy, vgg_lib.truncate(vgg_params, self.encoder_depth))
 
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:
     """The trainable params, keyed by group."""
