@@ -1,5 +1,6 @@
 """Tests for AdaAttN: counts, get_key's nearest rule, the block and losses against numpy, stylize, IMP."""
 
+import functools
 import importlib.util
 import os
 
@@ -160,7 +161,7 @@ def test_power_of_two_downsampling_is_the_top_left_pixel_not_jax_image_resize():
 def test_get_key_matches_numpy(setup):
   feats = setup["c_feats"]
   for tap, width in (("r21", 12), ("r31", 28), ("r41", 60), ("r51", 92)):
-    key = adaattn.get_key(feats, tap)
+    key = jax.jit(adaattn.get_key, static_argnums=1)(feats, tap)  # jitted: eager, every op compiles alone
     assert key.shape[-1] == width and key.dtype == jnp.float32
     np.testing.assert_allclose(key, np_get_key(feats, tap), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(adaattn.get_key(feats, "r41", shallow_layer=False), np_norm(feats["r41"]),
@@ -181,11 +182,12 @@ def test_adaattn_block_matches_numpy_with_and_without_subsampling(max_sample):
   # N(0, 0.02) f and g make a nearly uniform attention; larger ones test the softmax properly.
   p = jax.tree.map(lambda a: a * 20 if a.ndim > 1 else a, p)
   index = np.random.default_rng(1).permutation(24)[:max_sample] if max_sample < 24 else None
-  out = block.apply({"params": p}, content, style, kc, ks, sample_index=index)
+  apply = jax.jit(block.apply)  # eager, every op would compile a program of its own
+  out = apply({"params": p}, content, style, kc, ks, sample_index=index)
   np.testing.assert_allclose(out, np_adaattn(content, style, kc, ks, p, index), rtol=1e-4, atol=1e-5)
   # From an rng: the first max_sample entries of a permutation drawn from it.
   key = jax.random.key(5)
-  out_rng = block.apply({"params": p}, content, style, kc, ks, key)
+  out_rng = apply({"params": p}, content, style, kc, ks, key)
   perm = np.asarray(jax.random.permutation(key, 24))[:max_sample] if max_sample < 24 else None
   np.testing.assert_allclose(out_rng, np_adaattn(content, style, kc, ks, p, perm), rtol=1e-4, atol=1e-5)
   if max_sample < 24:
@@ -212,7 +214,8 @@ def test_local_feature_loss_is_the_parameter_free_attention(setup):
   sk = {t: adaattn.get_key(s, t) for t in adaattn.LOSS_TAPS}
   # r21 is 16x16 = 256 style positions: sample 100 of them with a given index, the deeper taps use all.
   index = np.random.default_rng(3).permutation(256)[:100]
-  got = adaattn.local_feature_loss(g, c, s, ck, sk, None, max_sample=100, sample_index=index)
+  got = jax.jit(functools.partial(adaattn.local_feature_loss, max_sample=100))(g, c, s, ck, sk, None,
+                                                                             sample_index=index)
   expected = 0.0
   for t in adaattn.LOSS_TAPS:
     idx = index if t == "r21" else None
@@ -221,12 +224,15 @@ def test_local_feature_loss_is_the_parameter_free_attention(setup):
   np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
+# Every key tap's get_key in one program: run eagerly, each op on each shape would compile a program of its own.
+_keys = jax.jit(lambda feats: {t: adaattn.get_key(feats, t) for t in adaattn.KEY_TAPS})
+
+
 def test_transform_and_skip_decoder_match_numpy(setup):
   m, p = setup["frozen"], setup["params"]
   c, s = setup["c_feats"], setup["s_feats"]
-  ck = {t: adaattn.get_key(c, t) for t in adaattn.KEY_TAPS}
-  sk = {t: adaattn.get_key(s, t) for t in adaattn.KEY_TAPS}
-  t, skip = m.transform.apply({"params": p["transform"]}, c, s, ck, sk, jax.random.key(0))
+  ck, sk = _keys(c), _keys(s)
+  t, skip = jax.jit(m.transform.apply)({"params": p["transform"]}, c, s, ck, sk, jax.random.key(0))
   assert t.shape == c["r41"].shape and skip.shape == c["r31"].shape
   tp = p["transform"]["transformer"]
   a4 = np_adaattn(c["r41"], s["r41"], np_get_key(c, "r41"), np_get_key(s, "r41"), tp["attn_adain_4_1"])
@@ -236,7 +242,7 @@ def test_transform_and_skip_decoder_match_numpy(setup):
   np.testing.assert_allclose(t, np_t, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(skip, np_skip, rtol=1e-4, atol=1e-5)
   # The skip decoder: r41 (4x4, 32 ch) + r31 skip (8x8, 16 ch) -> RGB 32x32; the concat is [decoder, skip].
-  out = m.decoder.apply({"params": p["decoder"]}, t, skip)
+  out = jax.jit(m.decoder.apply)({"params": p["decoder"]}, t, skip)
   assert out.shape == (2, 32, 32, 3) and out.dtype == jnp.float32
   d = p["decoder"]
   x = np.concatenate([np_up2(np.maximum(np_conv3x3(np_t, d["decoder_layer_1_1"]), 0)), np_skip], axis=-1)
@@ -292,14 +298,13 @@ def test_stylize_alpha_and_any_size(setup):
   m, p = s["frozen"], {k: v for k, v in s["params"].items() if k != "encoder"}
   c = s["c_feats"]
   out0 = s["stylize"](p, s["vgg"], s["content"], s["style"], jnp.float32(0.0))
-  np.testing.assert_allclose(out0, m.decoder.apply({"params": p["decoder"]}, c["r41"], c["r31"]),
-                             rtol=1e-5, atol=1e-6)
+  decode = jax.jit(m.decoder.apply)
+  np.testing.assert_allclose(out0, decode({"params": p["decoder"]}, c["r41"], c["r31"]), rtol=1e-5, atol=1e-6)
   out1 = s["stylize"](p, s["vgg"], s["content"], s["style"], jnp.float32(1.0))
-  keys = lambda f: {t: adaattn.get_key(f, t) for t in adaattn.KEY_TAPS}
-  t, skip = m.transform.apply({"params": p["transform"]}, c, s["s_feats"], keys(c), keys(s["s_feats"]))
+  t, skip = jax.jit(m.transform.apply)({"params": p["transform"]}, c, s["s_feats"], _keys(c), _keys(s["s_feats"]))
   assert out1.shape == (2, 32, 32, 3) and out1.dtype == jnp.float32
-  np.testing.assert_allclose(out1, m.decoder.apply({"params": p["decoder"]}, t, skip), rtol=1e-4, atol=1e-5)
-  odd = m.stylize_any_size(p, s["vgg"], s["content"][:1, :27, :21], s["style"][:1, :30], 1.0)
+  np.testing.assert_allclose(out1, decode({"params": p["decoder"]}, t, skip), rtol=1e-4, atol=1e-5)
+  odd = jax.jit(m.stylize_any_size)(p, s["vgg"], s["content"][:1, :27, :21], s["style"][:1, :30], 1.0)
   assert odd.shape == (1, 27, 21, 3) and np.all(np.isfinite(odd))
 
 

@@ -129,7 +129,7 @@ def test_transform_matches_numpy_on_safe_denominators(eps):
   c, s = rng.normal(size=(2, 4, 3, ch)), rng.normal(size=(2, 3, 5, ch))
   # sum_n G = N * bias_g: biases of both signs, well away from 0, keep the reference's division safe.
   p = _transform_params(ch, 1, rng.choice([-1.0, 1.0], ch) * rng.uniform(0.3, 1.0, ch))
-  out = mccnet.MCC(eps=eps).apply({"params": p}, jnp.asarray(c, jnp.float32), jnp.asarray(s, jnp.float32))
+  out = jax.jit(mccnet.MCC(eps=eps).apply)({"params": p}, jnp.asarray(c, jnp.float32), jnp.asarray(s, jnp.float32))
   assert out.shape == c.shape and out.dtype == jnp.float32
   np.testing.assert_allclose(out, _np_mcc(p, c, s, 0.0), rtol=1e-4, atol=1e-4)
 
@@ -156,7 +156,7 @@ def test_transform_bfloat16_returns_bfloat16_close_to_float32():
   rng = np.random.default_rng(5)
   c, s = (jnp.asarray(rng.normal(size=(1, 4, 4, ch)), jnp.float32) for _ in range(2))
   p = _transform_params(ch, 6, rng.uniform(0.3, 1.0, ch))
-  out = mccnet.MCC(dtype=jnp.bfloat16).apply({"params": p}, c.astype(jnp.bfloat16), s.astype(jnp.bfloat16))
+  out = jax.jit(mccnet.MCC(dtype=jnp.bfloat16).apply)({"params": p}, c.astype(jnp.bfloat16), s.astype(jnp.bfloat16))
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out, np.float32), _np_mcc(p, c, s, 0.0), rtol=0.05, atol=0.1)
 

@@ -255,11 +255,16 @@ def _train(opt, params, masks, target, steps, mask_updates):
   """Five masked-forward steps; with mask_updates also masks grads and the params after each update."""
   loss = lambda p: sum(jnp.sum((q - t) ** 2) for q, t in
                        zip(jax.tree.leaves(sp.apply_masks(p, masks)), jax.tree.leaves(target)))
-  # One dense step first: stale Adam moments, as when the optimizer state outlives the pruning.
-  state = opt.init(params)
-  _, state = opt.update(jax.grad(lambda p: sum(jnp.sum((q - t) ** 2) for q, t in zip(
-      jax.tree.leaves(p), jax.tree.leaves(target))))(params), state, params)
-  params = sp.apply_masks(params, masks)
+  # One dense step first: stale Adam moments, as when the optimizer state outlives the pruning. (Jitted: run
+  # eagerly, every op and leaf shape compiles a program of its own.)
+  @jax.jit
+  def dense_step(params):
+    state = opt.init(params)
+    _, state = opt.update(jax.grad(lambda p: sum(jnp.sum((q - t) ** 2) for q, t in zip(
+        jax.tree.leaves(p), jax.tree.leaves(target))))(params), state, params)
+    return sp.apply_masks(params, masks), state
+
+  params, state = dense_step(params)
 
   @jax.jit
   def step(params, state):

@@ -71,7 +71,7 @@ def test_r21_matches_independent_numpy_forward(params):
   h = np.pad(h, ((0, 0), (0, 1), (0, 0), (0, 0)), constant_values=-np.inf)  # H=7 is odd: ceil mode
   h = h.reshape(2, 4, 2, 3, 2, h.shape[-1]).max(axis=(2, 4))
   r21 = relu(_np_conv(h, **p["conv2_1"]))
-  taps = enc.apply({"params": p}, jnp.asarray(x, jnp.float32))
+  taps = jax.jit(enc.apply)({"params": p}, jnp.asarray(x, jnp.float32))  # eager, every op compiles alone
   np.testing.assert_allclose(taps["r11"], r11, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(taps["r21"], r21, rtol=1e-4, atol=1e-5)
 
@@ -128,5 +128,5 @@ def test_r21_floor_pool_matches_numpy(params):
   h = relu(_np_conv(relu(_np_conv(h, **p["conv1_1"])), **p["conv1_2"]))
   h = h[:, :6, :8].reshape(1, 3, 2, 4, 2, h.shape[-1]).max(axis=(2, 4))  # floor: the last row/column is dropped
   r21 = relu(_np_conv(h, **p["conv2_1"]))
-  taps = vgg.VGGEncoder("r21", width=1 / 16, ceil_pool=False).apply({"params": p}, jnp.asarray(x, jnp.float32))
+  taps = jax.jit(vgg.VGGEncoder("r21", width=1 / 16, ceil_pool=False).apply)({"params": p}, jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(taps["r21"], r21, rtol=1e-4, atol=1e-5)

@@ -235,9 +235,12 @@ class AdaAttNModel(StyleModel):
 
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:
     """{'decoder', 'transform': N(0, 0.02) init; 'encoder': copy of the VGG up to r51 (only when train_encoder)}."""
-    feats = {t: jnp.zeros((1, s, s, vgg_lib.channels(c, self.width)), jnp.float32)
+    # Host zeros and the keys' shapes only: the inits are traced from shapes, and eager jnp ops would compile a
+    # program per op and shape.
+    feats = {t: np.zeros((1, s, s, vgg_lib.channels(c, self.width)), np.float32)
              for t, s, c in (("r11", 32, 64), ("r21", 16, 128), ("r31", 8, 256), ("r41", 4, 512), ("r51", 2, 512))}
-    keys = {t: get_key(feats, t) for t in KEY_TAPS}
+    keys = {t: np.zeros(k.shape, k.dtype)
+            for t, k in jax.eval_shape(lambda f: {t: get_key(f, t) for t in KEY_TAPS}, feats).items()}
     r_dec, r_tr = jax.random.split(rng)
     params = {"transform": layers.init_params(self.transform, r_tr, feats, feats, keys, keys),
               "decoder": layers.init_params(self.decoder, r_dec, feats["r41"], feats["r31"])}
