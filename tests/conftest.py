@@ -2,10 +2,10 @@
 
 import os
 
-# The command-line runs the tests start (main, multi-process, kill and resume) compile the very same tiny programs
-# (the AdaIN step at 1/16 width, its eval step): JAX's persistent compilation cache lets every run after the first
-# load them instead of recompiling. Set through the environment before JAX is imported, so the subprocesses get it.
-# Entries are keyed by the program and the JAX version, so a stale cache only costs disk.
+# Many tests compile the very same tiny programs (the AdaIN step at 1/16 width, its eval step): JAX's persistent
+# compilation cache lets every test after the first load them instead of recompiling. Set through the environment
+# before JAX is imported, so the subprocesses the tests start (main, multi-process) share it too. Entries are keyed
+# by the program and the JAX version, so a stale cache only costs disk.
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax-compilation")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -22,14 +22,7 @@ XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensi
                   "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
 
-import jax  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
-
-# The cache is off in the test processes themselves: writing an executable to the cache serializes it, which costs more
-# than half again its compile time on XLA CPU, and most of what a test process compiles (each model's steps, eager
-# ops) no other process asks for. Measured with the README's command from an empty cache, 2026-12-01: 8 min 02 s
-# with the cache in every process, 7 min 00 s with it in the subprocesses only (with the stats change of 165b323).
-jax.config.update("jax_enable_compilation_cache", False)
 
 from jaxtickets import config as config_lib  # pylint: disable=wrong-import-position
 
