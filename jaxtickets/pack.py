@@ -8,7 +8,6 @@ position, checkpoint slot and ticket, so a packed run gives the ticket it gives 
 """
 
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -71,18 +70,13 @@ class Job:
     return {"branch": self.branch, "round": self.round, "replicate": self.replicate.index}
 
 
-@functools.lru_cache(maxsize=8)
-def _optimizer_init(tx) -> Any:
-  # One program per optimizer: run eagerly, its init compiles an op per leaf shape, in every process.
-  return jax.jit(tx.init)
-
-
 def _fresh_state(s, job: Job) -> dict:
   """A run's start state on the host: masked params, a fresh optimizer, the step it starts at."""
   params = jax.tree.map(lambda p, m: np.where(m, p, 0).astype(p.dtype), job.init_params, job.masks)
   trained, _ = train.split_groups(params, s.model.trained_groups)
-  return {"step": np.int32(job.start_step), "params": params, "opt_state": jax.device_get(_optimizer_init(s.tx)(trained)),
-          "nan_skips": np.int32(0), "first_bad": np.int32(-1)}
+  opt_state = jax.device_get(train.optimizer_init(s.tx)(trained))
+  return {"step": np.int32(job.start_step), "params": params, "opt_state": opt_state, "nan_skips": np.int32(0),
+          "first_bad": np.int32(-1)}
 
 
 def _stack(trees: list) -> Any:

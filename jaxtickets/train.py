@@ -73,14 +73,17 @@ def create_state(params, masks, step: int, tx, mesh, trained_groups=None) -> Tra
   params = jax.tree.map(lambda p, m: np.where(m, p, 0).astype(p.dtype), jax.device_get(params), jax.device_get(masks))
   params = parallel.replicate(params, mesh)
   trained, _ = split_groups(params, params.keys() if trained_groups is None else trained_groups)
-  opt_state = _optimizer_init(tx, mesh)(trained)
+  opt_state = optimizer_init(tx, mesh)(trained)
   return TrainState(step=parallel.replicate(np.int32(step), mesh), params=params, opt_state=opt_state,
                     nan_skips=parallel.replicate(np.int32(0), mesh), first_bad=parallel.replicate(np.int32(-1), mesh))
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer_init(tx, mesh) -> Callable:
-  # The same sharding as the step's outputs, or the second step would compile again.
+def optimizer_init(tx, mesh=None) -> Callable:
+  """tx.init as one program per optimizer (run eagerly, it compiles an op per leaf shape). On a mesh the state comes
+  out replicated, the sharding of the step's outputs, or the second step would compile again."""
+  if mesh is None:
+    return jax.jit(tx.init)
   return jax.jit(tx.init, out_shardings=parallel.replicated(mesh))
 
 

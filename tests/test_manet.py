@@ -80,7 +80,7 @@ def test_multi_adaptation_matches_numpy():
   fc = np.maximum(rng.normal(size=(2, 3, 4, c)) + 0.3, 0).astype(np.float32)
   fs = np.maximum(rng.normal(size=(2, 4, 2, c)) + 0.3, 0).astype(np.float32)
   t = manet.MultiAdaptation()
-  p = nonzero_biases(jax.jit(t.init)(jax.random.key(0), fc, fs)["params"], 1)  # jitted: see test_adaattn
+  p = nonzero_biases(jax.jit(t.init)(jax.random.key(0), fc, fs)["params"], 1)  # jitted: eager, each op compiles alone
   p = {**p, "SSA": jax.tree.map(lambda a: a * 0.3 if a.ndim == 4 else a, p["SSA"])}  # softmax not one-hot
   out = t.apply({"params": p}, fc, fs)
   c_hat = np_sanet_block(p["CSA"], to_bcn(fc), to_bcn(fc))  # CSA: the content attends to itself
@@ -186,10 +186,11 @@ def test_stylize_alpha_and_any_size(setup):
   blend = jax.jit(m.stylize)
   half = blend(p, vgg, c, st, jnp.float32(0.5))
   # D is nonlinear, so check the blend in feature space: D(0.5 MA(c, s) + 0.5 MA(c, c)).
-  encode = jax.jit(VGGEncoder("r41", width=W).apply)  # jitted: see test_adaattn
+  # Jitted: run eagerly, every op and shape compiles a program of its own.
+  encode, transform = jax.jit(VGGEncoder("r41", width=W).apply), jax.jit(m.transform.apply)
   fc = encode({"params": m.encoder_params(p, vgg)}, c)["r41"]
   fs = encode({"params": m.encoder_params(p, vgg)}, st)["r41"]
-  ma = lambda a, b: jax.jit(m.transform.apply)({"params": p["transform"]}, a, b)
+  ma = lambda a, b: transform({"params": p["transform"]}, a, b)
   expected = jax.jit(m.decoder.apply)({"params": p["decoder"]}, 0.5 * ma(fc, fs) + 0.5 * ma(fc, fc))
   np.testing.assert_allclose(half, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(blend(p, vgg, c, st, jnp.float32(0.0)), s["stylize"](p, vgg, c, c), rtol=1e-5, atol=1e-5)

@@ -85,7 +85,8 @@ def test_transform_matches_numpy():
   # Style maps differ in size from the content ones; r51 is half of r41.
   c41, c51, s41, s51 = f(2, 4, 6, c), f(2, 2, 3, c), f(2, 6, 4, c), f(2, 3, 2, c)
   t = sanet.Transform()
-  p = nonzero_biases(jax.jit(t.init)(jax.random.key(0), c41, s41, c51, s51)["params"], 1)  # jitted: see test_adaattn
+  # jitted: eager, each op compiles alone
+  p = nonzero_biases(jax.jit(t.init)(jax.random.key(0), c41, s41, c51, s51)["params"], 1)
   out = t.apply({"params": p}, c41, s41, c51, s51)
   a41 = to_nhwc(np_sanet_block(p["sanet4_1"], to_bcn(c41), to_bcn(s41)), 4, 6)
   a51 = to_nhwc(np_sanet_block(p["sanet5_1"], to_bcn(c51), to_bcn(s51)), 2, 3)

@@ -24,12 +24,12 @@ def _field(config: Any, name: str, default: Any) -> Any:
   return default if value is None else value
 
 
-
 def _fresh_copy(a: jax.Array) -> jax.Array:
   """`a` in a new buffer: through the host outside a trace (an eager jnp copy compiles an op per leaf shape)."""
   if isinstance(a, jax.core.Tracer):
     return jnp.array(a, copy=True)
   return jax.device_put(np.array(a))
+
 
 class StyleModel:
   """A style-transfer model: pure, jittable functions of explicit params; the object holds only settings.
