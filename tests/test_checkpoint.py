@@ -283,6 +283,32 @@ def test_train_checkpoints_of_another_round_or_masks_are_not_used(tmp_path):
   ck.close()
 
 
+def test_train_state_is_stored_as_one_row_per_dtype_and_slot(tmp_path):
+  """Orbax pays per array, so a step stores each slot's leaves end to end, one array per dtype."""
+  ck, masks, _ = _saved_manager(tmp_path, steps=(2,))
+  ck.close()
+  state, _ = _pack(2, masks)
+  meta = checkpoint.load_json(tmp_path / 'state' / '2' / 'meta' / 'metadata')
+  one = jax.device_get(_state(2))  # one slot's leaves
+  sizes = lambda tree, kind: sum(int(np.size(x)) for x in jax.tree.leaves(tree) if np.asarray(x).dtype == kind)
+  assert meta['widths'] == {'state': {'float32': sizes(one, np.float32), 'int32': sizes(one, np.int32)},
+                            'masks': {'bool': sizes(masks, bool)}}
+  # The inverse split gives every leaf of every slot back (slot 1 is slot 0 + 100).
+  rows = checkpoint._flat_rows(state)  # pylint: disable=protected-access
+  back = checkpoint._split_rows(rows, jax.device_get(_state(0)))  # pylint: disable=protected-access
+  for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_train_checkpoint_of_other_shapes_starts_afresh_with_a_warning(tmp_path):
+  ck, masks, logs = _saved_manager(tmp_path)
+  bigger = jax.device_get(_state(0))
+  bigger['params'] = jax.tree.map(lambda p: np.zeros(np.shape(p) + (2,), np.float32), bigger['params'])
+  assert ck.restore_runs(RUNS, bigger, [masks, masks]) == [None, None]
+  assert len(logs) == 1 and 'holds a state of other shapes' in logs[0] and ck.steps() == [2, 4, 6]  # nothing deleted
+  ck.close()
+
+
 def test_workdir_lock(tmp_path):
   import subprocess
   import sys
