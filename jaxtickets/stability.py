@@ -14,6 +14,10 @@ in W/stability/state, resumable: the same command continues); trained copies are
 W/stability/rep_<r>/round_NN/copy_<a|b>.
 """
 
+if __name__ == "__main__":  # first, before the heavy imports: it may re-execute this command under tcmalloc
+  from jaxtickets import tcmalloc  # pylint: disable=g-import-not-at-top
+  tcmalloc.preload()
+
 import os
 import sys
 
@@ -203,7 +207,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from jaxtickets import tcmalloc
-  tcmalloc.preload()
   define_flags()
   app.run(main)

@@ -14,6 +14,10 @@ Then WORKDIR/study.md and WORKDIR/study.png compare them (finding 4: tickets for
 finished tickets, so running the same command again resumes.
 """
 
+if __name__ == "__main__":  # first, before the heavy imports: it may re-execute this command under tcmalloc
+  from jaxtickets import tcmalloc  # pylint: disable=g-import-not-at-top
+  tcmalloc.preload()
+
 import ast
 import copy
 import dataclasses
@@ -422,7 +426,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from jaxtickets import tcmalloc
-  tcmalloc.preload()  # first: it may re-execute this command under tcmalloc (CPU only)
   define_flags()
   app.run(main, flags_parser=config_lib.parse_flags)
