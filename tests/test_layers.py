@@ -1,5 +1,7 @@
 """Tests for jaxtickets.models.layers: padding, pooling, upsampling, reflect conv, AdaIN statistics."""
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +107,34 @@ def test_reflect_conv_module_params_and_output():
   # On CPU the module runs the SAME-conv fast path (1-pixel padding inside the conv).
   if jax.default_backend() == "cpu":
     assert "padding=((1, 1), (1, 1))" in str(jax.make_jaxpr(conv.apply)({"params": params}, x))
+
+
+@pytest.mark.parametrize("make, x_shape", [
+    (lambda init: layers.ReflectConv(4, kernel_init=init), (2, 5, 6, 3)),
+    (lambda init: layers.Conv(4, (3, 3), padding="SAME", kernel_init=init), (2, 5, 6, 3)),
+    (lambda init: layers.Dense(4, kernel_init=init), (2, 3)),
+])
+def test_known_shape_params_apply_without_the_initializer_and_check_shapes(make, x_shape):
+  """Apply reads the params without running the initializer (flax evaluates it at every apply), computes what
+  flax's own module computes, and still refuses a param of the wrong shape by name."""
+  calls = []
+  counting_init = lambda key, shape, dtype=jnp.float32: calls.append(shape) or layers.torch_default_init(key, shape,
+                                                                                                        dtype)
+  module = make(counting_init)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=x_shape).astype(np.float32))
+  params = layers.init_params(module, jax.random.key(0), x)
+  assert len(calls) == 1  # init creates the kernel
+  y = jax.jit(module.apply)({"params": params}, x)
+  assert len(calls) == 1
+  if not isinstance(module, layers.ReflectConv):  # the same module without the mixin: flax's path
+    plain = (nn.Dense if isinstance(module, nn.Dense) else nn.Conv)(**{
+        f: getattr(module, f) for f in ("features", "kernel_init") + (
+            ("kernel_size", "padding") if isinstance(module, nn.Conv) else ())})
+    np.testing.assert_array_equal(y, jax.jit(plain.apply)({"params": params}, x))
+    assert len(calls) == 2  # flax's apply ran the initializer abstractly
+  wrong = dict(params, kernel=params["kernel"][..., :3])
+  with pytest.raises(flax.errors.ScopeParamShapeError, match="kernel"):
+    module.apply({"params": wrong}, x)
 
 
 def test_reflect_conv_bfloat16_computes_in_bf16_with_f32_params():

@@ -32,9 +32,9 @@ def torch_bias_init(fan_in: int):
 
 # The transform keeps PyTorch's default bias init, as the reference does: with zero biases both 32x32 matrices
 # start near 0 (the covariance of three shrinking convs), so T = T_s T_c is ~1e-9 and no gradient reaches it.
-def _conv(features: int, size: int, in_features: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, size: int, in_features: int, dtype: Any, name: str) -> layers.Conv:
   """A conv with PyTorch's default init and float32 params; 3x3 ones ZERO-pad by 1 (== SAME)."""
-  return nn.Conv(features, (size, size), padding="SAME" if size == 3 else "VALID", dtype=dtype,
+  return layers.Conv(features, (size, size), padding="SAME" if size == 3 else "VALID", dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
                  bias_init=torch_bias_init(size * size * in_features), name=name)
 
@@ -60,7 +60,7 @@ class CNN(nn.Module):
     # The covariance is divided by h*w only (no centring of y, no channel factor), as in the reference.
     m = jnp.einsum("bpi,bpj->bij", y, y) / (h * w)
     # Row-major flatten/reshape == PyTorch's view; M is symmetric, so only the output order matters.
-    out = nn.Dense(k * k, param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
+    out = layers.Dense(k * k, param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
                    bias_init=torch_bias_init(k * k), name="fc")(m.reshape(b, k * k))
     return out.reshape(b, k, k)
 
