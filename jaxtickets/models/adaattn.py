@@ -7,7 +7,7 @@ Layout (models.md §6):
 - decoder: the mirrored decoder with the relu3_1 skip: [up2(decoder_layer_1(t)), adaattn_3(c31, s31)].
 Parameter names follow the reference state dicts: transform/transformer/attn_adain_4_1/f <- attn_adain_4_1.f,
 transform/adaattn_3/h <- (latest_net_adaattn_3) h, decoder/decoder_layer_2_14 <- decoder_layer_2.14.
-1x1 convs are layers.Conv((1, 1)) (flax's Conv) with (1, 1, I, O) kernels, so every ported kernel is w.transpose(2, 3, 1, 0).
+1x1 convs are layers.Conv((1, 1)) with (1, 1, I, O) kernels, so every ported kernel is w.transpose(2, 3, 1, 0).
 
 Losses (§6.4): global style L_g (mean/std, r21..r51, r11 excluded), local feature loss L_l (r21..r51, against a
 parameter-free AdaAttN target from the frozen loss VGG), normalized content loss (r21..r51, weight 0 by default:
