@@ -78,21 +78,15 @@ def encode(model_name: str, model_config: dict, params, masks, vgg_params=None, 
 def write(out: str, tensors: dict, metadata: dict) -> None:
   """Writes the tensors and metadata as .npz or .safetensors, atomically (temporary sibling + rename)."""
   ext = _check_out(out)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = f"{out}.tmp-{os.getpid()}"
   text = json.dumps(metadata, sort_keys=True)
+  if ext == ".npz":
+    write = lambda tmp: weights.write_npz(tmp, {**tensors, _META_KEY: np.frombuffer(text.encode(), dtype=np.uint8)})
+  else:
+    write = lambda tmp: safetensors_numpy().save_file(tensors, tmp, metadata={"jaxtickets": text})
   try:
-    if ext == ".npz":
-      with open(tmp, "wb") as f:
-        np.savez(f, **tensors, **{_META_KEY: np.frombuffer(text.encode(), dtype=np.uint8)})
-    else:
-      safetensors_numpy().save_file(tensors, tmp, metadata={"jaxtickets": text})
-    os.replace(tmp, out)
+    weights.write_atomically(out, write)
   except OSError as err:
     raise UserError(f"Could not write '{out}' ({err.strerror or err}): choose a writable path.") from None
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def safetensors_numpy():

@@ -264,13 +264,23 @@ def save_vgg_weights(path, params, *, overwrite: bool = False) -> None:
   if os.path.exists(path) and not overwrite:
     raise UserError(f"VGG weights already exist at '{path}'; pass overwrite=True to replace them or choose "
                     'another path.')
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
   arrays = {k: np.asarray(v) for k, v in flatten(params).items()}
+  write_atomically(path, lambda tmp: write_npz(tmp, arrays))
+
+
+def write_npz(path: str, arrays: dict) -> None:
+  with open(path, 'wb') as f:  # a file object, so numpy does not append another '.npz'
+    np.savez(f, **arrays)
+
+
+def write_atomically(path: str, write) -> None:
+  """write(tmp) to a temporary sibling of `path`, then renamed to it: readers see the old file or the whole new one,
+  and a failed write leaves nothing behind."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
-    with open(tmp, 'wb') as f:  # a file object, so numpy does not append another '.npz'
-      np.savez(f, **arrays)
-    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    write(tmp)
+    os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -84,6 +84,10 @@ def test_size_table_and_bad_files(tmp_path, ticket):
   np.savez(tmp_path / "other.npz", a=np.zeros(3))
   with pytest.raises(UserError, match="is not a jaxtickets export"):
     export.load_export(str(tmp_path / "other.npz"))
+  # A folder that cannot be made (a file stands in its way) is the user's sentence, and leaves nothing behind.
+  (tmp_path / "file").write_text("")
+  with pytest.raises(UserError, match=r"Could not write '.*file/t.npz' .*: choose a writable path"):
+    export.export_ticket(ticket[0], str(tmp_path / "file" / "t.npz"))
 
 
 def test_cli_prints_the_size_table_and_one_sentence_errors(tmp_path, ticket):

@@ -236,3 +236,21 @@ def test_load_or_init_vgg(tmp_path, capsys):
   loaded = weights.load_or_init_vgg(model, str(tmp_path / 'vgg.npz'), jax.random.PRNGKey(2))
   assert capsys.readouterr().out == ''
   jax.tree.map(np.testing.assert_array_equal, loaded, drawn)
+
+
+def test_write_atomically_replaces_whole_files_and_a_failed_write_leaves_the_old_one(tmp_path):
+  path = str(tmp_path / "sub" / "w.npz")  # the folder is made
+  weights.write_atomically(path, lambda tmp: weights.write_npz(tmp, {"a": np.arange(3)}))
+  with np.load(path) as z:
+    np.testing.assert_array_equal(z["a"], np.arange(3))
+
+  def half_written(tmp):
+    with open(tmp, "wb") as f:
+      f.write(b"PK")
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    weights.write_atomically(path, half_written)
+  with np.load(path) as z:  # the old file, whole
+    np.testing.assert_array_equal(z["a"], np.arange(3))
+  assert os.listdir(tmp_path / "sub") == ["w.npz"]  # no temporary left
