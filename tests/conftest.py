@@ -78,8 +78,8 @@ def assert_early_bird_and_stability_work(workdir: str, round_: int) -> None:
 # sorts the files by their number of tests, which started the few-test, long end-to-end files last and left one
 # worker idle while the other finished them. Here the longest files go first (their seconds in a cold run,
 # 2026-12-01: test_main 163, test_resume 123, test_parallel 86, the per-model IMP runs 35-78, ...) and the rest keep
-# pytest's order. test_parallel is second so that test_resume, which also needs the shared command-line run that
-# test_main's first test makes, does not wait for it on the other worker.
+# pytest's order. test_parallel is second so that test_resume, which needs the same shared command-line run
+# (cli_reference) as test_main, does not wait idle for it while the other worker makes it.
 LONGEST_FILES_FIRST = ("test_main.py", "test_parallel.py", "test_resume.py", "test_imp.py", "test_adaattn.py",
                        "test_mccnet.py", "test_train.py", "test_manet.py", "test_study.py", "test_port.py",
                        "test_sanet.py", "test_lst.py", "test_bench.py", "test_stylize.py", "test_metric_names.py")

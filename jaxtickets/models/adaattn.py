@@ -134,7 +134,7 @@ class AdaAttN(nn.Module):
 
   def _conv(self, features: int, name: str) -> layers.Conv:
     return layers.Conv(features, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, kernel_init=adaattn_init,
-                   name=name)
+                       name=name)
 
   @nn.compact
   def __call__(self, content, style, content_key, style_key, rng=None, sample_index=None) -> jax.Array:

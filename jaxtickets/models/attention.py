@@ -17,7 +17,7 @@ from jaxtickets.models import layers
 def conv1x1(name: str, features: int, dtype: Any) -> layers.Conv:
   """A 1x1 conv with float32 params (kernel (1,1,I,O)), PyTorch's default kernel init and zero bias."""
   return layers.Conv(features, (1, 1), padding="VALID", dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=layers.torch_default_init, name=name)
+                     kernel_init=layers.torch_default_init, name=name)
 
 
 def _flat(x: jax.Array) -> jax.Array:

@@ -35,8 +35,8 @@ def torch_bias_init(fan_in: int):
 def _conv(features: int, size: int, in_features: int, dtype: Any, name: str) -> layers.Conv:
   """A conv with PyTorch's default init and float32 params; 3x3 ones ZERO-pad by 1 (== SAME)."""
   return layers.Conv(features, (size, size), padding="SAME" if size == 3 else "VALID", dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
-                 bias_init=torch_bias_init(size * size * in_features), name=name)
+                     param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
+                     bias_init=torch_bias_init(size * size * in_features), name=name)
 
 
 def channel_mean(x: jax.Array) -> jax.Array:
@@ -61,7 +61,7 @@ class CNN(nn.Module):
     m = jnp.einsum("bpi,bpj->bij", y, y) / (h * w)
     # Row-major flatten/reshape == PyTorch's view; M is symmetric, so only the output order matters.
     out = layers.Dense(k * k, param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
-                   bias_init=torch_bias_init(k * k), name="fc")(m.reshape(b, k * k))
+                       bias_init=torch_bias_init(k * k), name="fc")(m.reshape(b, k * k))
     return out.reshape(b, k, k)
 
 

@@ -62,14 +62,14 @@ class MCC(nn.Module):
   @nn.compact
   def __call__(self, content: jax.Array, style: jax.Array) -> jax.Array:
     ch = content.shape[-1]
-    conv = lambda name, **kw: layers.Conv(ch, (1, 1), param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
-                                      name=name, **kw)
+    conv = lambda name, **kw: layers.Conv(ch, (1, 1), param_dtype=jnp.float32,
+                                          kernel_init=layers.torch_default_init, name=name, **kw)
     f = conv("f", dtype=self.dtype)(layers.normalize(content).astype(self.dtype))
     # g feeds a statistic whose denominator is a near-cancelling sum (N * bias): float32 even under bfloat16.
     g = conv("g", dtype=jnp.float32, bias_init=torch_bias_init(ch))(layers.normalize(style))
     w = channel_correlation(g, self.eps)
     a = layers.Dense(ch, dtype=jnp.float32, param_dtype=jnp.float32, kernel_init=layers.torch_default_init,
-                 name="fc")(w)
+                     name="fc")(w)
     out = conv("out_conv", dtype=self.dtype)(f * a[:, None, None, :].astype(self.dtype))
     return (out + content.astype(self.dtype)).astype(self.dtype)
 

@@ -72,7 +72,7 @@ class VGGEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     last = _check_depth(self.depth)
     x = layers.Conv(3, (1, 1), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=self.kernel_init, name="conv0")(x.astype(self.dtype))
+                    kernel_init=self.kernel_init, name="conv0")(x.astype(self.dtype))
     taps = {}
     for b, (n, c) in enumerate(_BLOCKS[:last + 1]):
       if b:
