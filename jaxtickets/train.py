@@ -139,7 +139,9 @@ def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: b
       outs = [step_fn(row(state, i), row(masks, i), vgg_params, row(batch, i), keys[i]) for i in range(runs_per_device)]
       new, metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
     active = state.step < ends
-    keep = lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
+    # lax.select rather than jnp.where: one op per leaf, not a nested jitted helper to trace per shape.
+    keep = lambda n, o: jax.lax.select(jnp.broadcast_to(active.reshape(active.shape + (1,) * (n.ndim - 1)),
+                                                        n.shape), n, o)
     return jax.tree.map(keep, new, state), metrics
 
   if mesh.shape[parallel.RUNS_AXIS] == 1:

@@ -40,6 +40,22 @@ def test_reflect_pad_matches_hand_worked_example():
   np.testing.assert_array_equal(layers.reflect_pad(_nhwc(X5))[0, :, :, 0], expected)
 
 
+def test_reflect_pad_of_any_width_and_its_gradient_match_jnp_pad():
+  """The slice-and-concatenate pad against jnp.pad(mode='reflect') (values and gradient), wider pads included; a pad
+  as wide as a side takes jnp.pad's own path (repeated reflection)."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32))
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 11, 13, 3)).astype(np.float32))
+  for n in (1, 2, 3, 4, 5):
+    reference = lambda x: jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(layers.reflect_pad(x, n), reference(x), err_msg=f"n={n}")
+    np.testing.assert_array_equal(layers.reflect_pad(x, n), np.pad(np.asarray(x), ((0, 0), (n, n), (n, n), (0, 0)),
+                                                                   mode="reflect"), err_msg=f"n={n}")
+    if n <= 3:  # the gradient scatters each border pixel back onto the pixel it reflects
+      loss = lambda pad: lambda x: jnp.sum(pad(x) * weights[:, 3 - n:8 + n, 3 - n:10 + n])
+      np.testing.assert_allclose(jax.grad(loss(lambda x: layers.reflect_pad(x, n)))(x), jax.grad(loss(reference))(x),
+                                 rtol=1e-6, atol=1e-6, err_msg=f"n={n}")
+
+
 def test_max_pool_ceil_matches_hand_worked_example():
   expected = np.array([[9, 8, 6],
                        [6, 7, 4],

@@ -251,6 +251,19 @@ def test_apply_masks_under_jit():
     sp.apply_masks(params, {'encoder': masks['encoder']})
 
 
+def test_apply_masks_zeros_pruned_entries_even_non_finite_ones_and_takes_0_1_masks():
+  """Pruned entries become 0 whatever they held (a product with the mask would keep NaN and inf); masks of 0/1
+  numbers, or of another shape that broadcasts, zero the same entries as bool masks."""
+  p = {'w': np.array([[1.5, np.nan], [np.inf, -2.0]], np.float32)}
+  bool_mask = {'w': np.array([[True, False], [False, True]])}
+  expected = np.array([[1.5, 0.0], [0.0, -2.0]], np.float32)
+  for masks in (bool_mask, {'w': bool_mask['w'].astype(np.float32)}, jax.tree.map(jnp.asarray, bool_mask)):
+    for fn in (sp.apply_masks, jax.jit(sp.apply_masks)):
+      np.testing.assert_array_equal(fn(p, masks)['w'], expected)
+  row = {'w': np.array([True, False])}  # broadcasts over rows: the second column pruned
+  np.testing.assert_array_equal(sp.apply_masks(p, row)['w'], np.array([[1.5, 0.0], [np.inf, 0.0]], np.float32))
+
+
 def _train(opt, params, masks, target, steps, mask_updates):
   """Five masked-forward steps; with mask_updates also masks grads and the params after each update."""
   loss = lambda p: sum(jnp.sum((q - t) ** 2) for q, t in
