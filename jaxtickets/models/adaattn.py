@@ -95,7 +95,7 @@ def _sqrt_soft_grad_jvp(grad_eps, primals, tangents):
 def _std_from_var(var: jax.Array, grad_eps: float) -> jax.Array:
   """sqrt(relu(var)) as in the reference; with grad_eps > 0 the gradient is that of sqrt(relu(var) + grad_eps)
   (finite at 0) while the value stays exact."""
-  var = jax.nn.relu(var)
+  var = layers.relu(var)
   return _sqrt_soft_grad(var, grad_eps) if grad_eps else jnp.sqrt(var)
 
 
@@ -188,10 +188,10 @@ class SkipDecoder(nn.Module):
     def conv(features, name):
       return layers.ReflectConv(features, dtype=self.dtype, kernel_init=adaattn_init, name=name)
 
-    x = nn.relu(conv(vgg_lib.channels(256, self.width), "decoder_layer_1_1")(x.astype(self.dtype)))
+    x = layers.relu(conv(vgg_lib.channels(256, self.width), "decoder_layer_1_1")(x.astype(self.dtype)))
     x = jnp.concatenate([layers.upsample_nearest2x(x), skip.astype(self.dtype)], axis=-1)
     for idx, c, up in _DECODER_LAYER_2:
-      x = nn.relu(conv(vgg_lib.channels(c, self.width), f"decoder_layer_2_{idx}")(x))
+      x = layers.relu(conv(vgg_lib.channels(c, self.width), f"decoder_layer_2_{idx}")(x))
       if up:
         x = layers.upsample_nearest2x(x)
     # No output activation in the reference.

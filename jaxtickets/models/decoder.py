@@ -32,7 +32,7 @@ class Decoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
     for name, c, up in _LAYERS:
-      x = nn.relu(layers.ReflectConv(channels(c, self.width), dtype=self.dtype, name=name)(x))
+      x = layers.relu(layers.ReflectConv(channels(c, self.width), dtype=self.dtype, name=name)(x))
       if up:
         x = layers.upsample_nearest2x(x)
     # The reference has no output activation: the image is neither squashed nor clamped.

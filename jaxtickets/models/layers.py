@@ -47,6 +47,16 @@ def reflect_pad(x: jax.Array, n: int = 1) -> jax.Array:
   return x
 
 
+@jax.custom_jvp
+def relu(x: jax.Array) -> jax.Array:
+  """max(x, 0) with gradient 0 at 0: jax.nn.relu's definition without its jit wrapper, whose nested program is
+  traced anew for every activation shape under vmap and grad."""
+  return jax.lax.max(x, jax.lax.full_like(x, 0))
+
+
+relu.defjvps(lambda g, ans, x: jax.lax.select(x > 0, g, jax.lax.full_like(g, 0)))
+
+
 def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN)
 
@@ -72,7 +82,7 @@ def _valid_conv_bwd(res, g):
   b, h, w, co = g.shape
   ci = xp.shape[-1]
   # dX: the full correlation of g with the flipped, transposed kernel (what autodiff of the VALID conv computes).
-  dxp = _conv(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), ((2, 2), (2, 2)))
+  dxp = _conv(g, jax.lax.rev(kernel, (0, 1)).swapaxes(2, 3), ((2, 2), (2, 2)))
   # dW[i, j] = sum over b, y, x of xp[b, y + i, x + j]^T g[b, y, x]. Per row shift i, one matmul against g
   # placed at the three column offsets j (zero-padded to the padded width) gives dW[i, 0..2] at once: 3 copies of
   # g and 3 row slices of xp feed 3 large matmuls, where XLA CPU's own dW (a conv with the batch as features)
@@ -172,6 +182,7 @@ def mean_std(x: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:
   """Per-sample, per-channel mean and sqrt(unbiased var + eps) over H, W, in float32; shapes (B,1,1,C)."""
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+  # (jnp.var nests jitted helpers, but spelled out by hand it changed the rounding of vmapped (packed) steps.)
   var = jnp.var(x, axis=(1, 2), keepdims=True, ddof=1)
   return mean, jnp.sqrt(var + eps)
 

@@ -52,8 +52,8 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c1, c2 = vgg_lib.channels(256, self.width), vgg_lib.channels(128, self.width)
-    y = nn.relu(_conv(c1, 3, x.shape[-1], self.dtype, "convs_0")(x.astype(self.dtype)))
-    y = nn.relu(_conv(c2, 3, c1, self.dtype, "convs_2")(y))
+    y = layers.relu(_conv(c1, 3, x.shape[-1], self.dtype, "convs_0")(x.astype(self.dtype)))
+    y = layers.relu(_conv(c2, 3, c1, self.dtype, "convs_2")(y))
     y = _conv(MATRIX_SIZE, 3, c2, self.dtype, "convs_4")(y)
     b, h, w, k = y.shape
     y = y.reshape(b, h * w, k).astype(jnp.float32)

@@ -80,7 +80,7 @@ class VGGEncoder(nn.Module):
       for i in range(n if b < last else 1):
         x = layers.ReflectConv(channels(c, self.width), dtype=self.dtype, kernel_init=self.kernel_init,
                                name=f"conv{b + 1}_{i + 1}")(x)
-        x = nn.relu(x)
+        x = layers.relu(x)
         if i == 0:
           taps[TAPS[b]] = x
     return taps
