@@ -172,37 +172,47 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damaged_then_kil
   assert "[rep 0 imp round 0] already done" in out
 
 
-def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(damaged_then_killed, cli_reference):
+@pytest.fixture(scope="module")
+def resumed_to_end(damaged_then_killed):
+  """After the SIGKILL, the same command with a config field changed: refused; then again with
+  --allow_config_change, which resumes the run and finishes it."""
+  workdir = damaged_then_killed["workdir"]
+  # early_bird_patience does nothing while early-bird is off, so the tickets stay the reference's, but it is a
+  # change all the same; checkpoint.every_steps is resume-safe and not listed.
+  changed = ["--config.imp.early_bird_patience=5", "--config.checkpoint.every_steps=3"]
+  refused = run_to_end(workdir, *changed)
+  allowed = run_to_end(workdir, *changed, "--allow_config_change")
+  return dict(workdir=workdir, refused=refused, allowed=allowed)
+
+
+def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(damaged_then_killed, resumed_to_end,
+                                                                                 cli_reference):
   workdir, done = damaged_then_killed["workdir"], damaged_then_killed["done"]
   assert done[("imp", 1, 0)] and done[("imp", 0, 1)]
   assert not done[("imp", 1, 1)], "killed too late: the round had finished"
   assert damaged_then_killed["lock"]  # a killed run cannot clean up
+  assert "taking over the stale lock" in resumed_to_end["refused"].stdout  # the first command after the kill
 
-  r = run_to_end(workdir)
+  r = resumed_to_end["allowed"]
   assert r.returncode == 0, r.stdout + r.stderr
-  assert "taking over the stale lock" in r.stdout
   for done in ("[rep 0 imp round 0]", "[rep 0 imp round 1]", "[rep 0 random_prune round 1]", "[rep 1 imp round 0]"):
     assert f"{done} already done" in r.stdout and f"{done} step" not in r.stdout  # nothing redone
   assert re.search(r"\[rep 1 imp round 1\] resuming at step [24] from its checkpoint", r.stdout), r.stdout
   assert "[rep 1 imp round 1] step 1/6" not in r.stdout
   assert not os.path.exists(os.path.join(workdir, "run.lock"))
-  # SIGTERM, a damaged checkpoint and SIGKILL on the way: the uninterrupted run's tickets.
+  # SIGTERM, a damaged checkpoint, SIGKILL and an allowed config change on the way: the uninterrupted run's tickets.
   assert_same_tickets(cli_reference, workdir)
 
 
-def test_changed_config_is_refused_on_the_command_line_unless_allowed(cli_reference, tmp_path):
-  import shutil
-
-  workdir = str(tmp_path / "copy")
-  shutil.copytree(cli_reference, workdir)
-  r = run_to_end(workdir, "--config.train.lr=0.001", "--config.train.log_every=3")
-  assert r.returncode != 0 and "Traceback" not in r.stderr
-  assert (f"error: The workdir '{workdir}' holds a run with another config (train.lr: 0.0002 -> 0.001): run with "
-          "the same config to resume it, pass --allow_config_change") in r.stderr
-  r = run_to_end(workdir, "--config.train.lr=0.001", "--allow_config_change")
-  assert r.returncode == 0, r.stdout + r.stderr
-  assert "resuming" in r.stdout and "with a changed config" in r.stdout and "train.lr: 0.0002 -> 0.001" in r.stdout
-  assert checkpoint.load_json(os.path.join(workdir, "config.json"))["train"]["lr"] == 0.001
+def test_changed_config_is_refused_on_the_command_line_unless_allowed(resumed_to_end):
+  workdir, refused, allowed = resumed_to_end["workdir"], resumed_to_end["refused"], resumed_to_end["allowed"]
+  assert refused.returncode != 0 and "Traceback" not in refused.stderr
+  assert (f"error: The workdir '{workdir}' holds a run with another config (imp.early_bird_patience: 3 -> 5): run "
+          "with the same config to resume it, pass --allow_config_change") in refused.stderr
+  assert "resuming" in allowed.stdout and "with a changed config" in allowed.stdout
+  assert "imp.early_bird_patience: 3 -> 5" in allowed.stdout and "every_steps" not in allowed.stdout
+  saved = checkpoint.load_json(os.path.join(workdir, "config.json"))
+  assert saved["imp"]["early_bird_patience"] == 5 and saved["checkpoint"]["every_steps"] == 3
 
 
 # ----------------------------------------------------------------------------- in-process
