@@ -87,11 +87,9 @@ def ones_masks(params: PyTree) -> PyTree:
 
 
 def _zero_where_pruned(p, m):
-  # lax.select where it applies (a bool mask of the param's shape, the only kind this package makes): jnp.where
-  # nests a jitted helper that costs ten times as much to trace per new shape under vmap and grad.
-  if np.dtype(getattr(m, 'dtype', None)) == np.bool_ and np.shape(m) == np.shape(p):
-    return jax.lax.select(m, p, jax.lax.full_like(p, 0))
-  return jnp.where(m, p, jnp.zeros_like(p))
+  # lax.select, not jnp.where: jnp.where nests a jitted helper that costs ten times as much to trace per new shape
+  # under vmap and grad. A 0/1 or broadcastable mask selects as jnp.where would.
+  return jax.lax.select(jnp.broadcast_to(jnp.asarray(m, bool), np.shape(p)), p, jax.lax.full_like(p, 0))
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
