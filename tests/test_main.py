@@ -120,7 +120,8 @@ def test_two_processes_packed_killed_then_resumed_unpacked_give_the_one_process_
   """A pod packed (each process holds one replicate: 'runs' spans the hosts), kill -9 of both processes in round 1,
   then the same command with packing off (each run's batch over both processes): the run packed in the killed
   command resumes from its slot of the pack's checkpoint, and every ticket is the one-process run's. Packing is
-  resume-safe (config.RESUME_SAFE_FIELDS), so no --allow_config_change is needed."""
+  resume-safe (config.RESUME_SAFE_FIELDS), so no --allow_config_change is needed. (The state directory holds one
+  pack at a time, so replicate 1's round 1, the other run of that pack, starts its round again: README, Resume.)"""
   import signal
   import time
 
