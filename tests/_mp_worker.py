@@ -29,12 +29,12 @@ def config_for_tests():
 
 
 def packed_config_for_tests(pack_runs: bool = True):
-  """4 replicates, IMP for 1 round, batch 4; packed, 4 runs per step: on 8 devices that is 'runs' = 4 x 'data' = 2,
-  and each round's 4 runs fill one pack."""
+  """2 replicates, IMP for 1 round, batch 4; packed, 2 runs per step: on 8 devices that is 'runs' = 2 x 'data' = 4,
+  and each round's 2 runs fill one pack."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  return tiny_config(train__batch_size=4, imp__rounds=1, imp__replicates=4, imp__branches="imp",
-                     train__adam_eps=1e-4, parallel__pack_runs=pack_runs, parallel__runs_per_step=4)
+  return tiny_config(train__batch_size=4, imp__rounds=1, imp__replicates=2, imp__branches="imp",
+                     train__adam_eps=1e-4, parallel__pack_runs=pack_runs, parallel__runs_per_step=2)
 
 
 def sample_hash(batch: dict, k: int) -> str:
@@ -94,7 +94,7 @@ def main():
     from jaxtickets import imp  # pylint: disable=g-import-not-at-top
     from jaxtickets import pack  # pylint: disable=g-import-not-at-top
     imp.run(packed_config_for_tests(), args.imp_packed)
-    layout = pack.choose_layout(packed_config_for_tests(), concurrent=4)
+    layout = pack.choose_layout(packed_config_for_tests(), concurrent=2)
     result["packed_layout"] = [layout.runs_per_step, layout.runs_axis]
   with open(os.path.join(args.out, f"run_{pid}.json"), "w") as f:
     json.dump(result, f)

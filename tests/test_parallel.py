@@ -49,7 +49,7 @@ def _load(out):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """The same 3 steps on 1 device here and on 8 fake devices; and a packed IMP of 4 replicates on the 8 devices
+  """The same 3 steps on 1 device here and on 8 fake devices; and a packed IMP of 2 replicates on the 8 devices
   against one run at a time here."""
   root = tmp_path_factory.mktemp("parallel")
   eight = root / "eight"
@@ -91,17 +91,17 @@ def _flat_masks(ticket):
   return np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(ticket.masks)])
 
 
-def test_eight_devices_packed_four_by_two_give_the_sequential_runs_tickets(runs):
-  """4 runs side by side ('runs' = 4) with each run's batch over 2 devices ('data' = 2), against one run after the
+def test_eight_devices_packed_two_by_four_give_the_sequential_runs_tickets(runs):
+  """2 runs side by side ('runs' = 2) with each run's batch over 4 devices ('data' = 4), against one run after the
   other on one device: every ticket's masks identical, losses equal up to float rounding."""
   import csv
 
-  assert runs["eight"]["packed_layout"] == [4, 4]  # 4 runs per step, 'runs' = 4 devices, so 'data' = 2
+  assert runs["eight"]["packed_layout"] == [2, 2]  # 2 runs per step, 'runs' = 2 devices, so 'data' = 4
   seq, packed = str(runs["sequential_one"]), str(runs["packed_eight"])
   table = lambda d: [{k: r[k] for k in ("branch", "replicate", "round", "sparsity_prunable", "remaining_prunable")}
                      for r in csv.DictReader(open(os.path.join(d, "results.csv")))]
-  assert table(packed) == table(seq) and len(table(seq)) == 4 * 2
-  for rep in range(4):
+  assert table(packed) == table(seq) and len(table(seq)) == 2 * 2
+  for rep in range(2):
     for round_ in (0, 1):
       a = checkpoint.load_ticket(imp.ticket_dir(seq, "imp", round_, rep))
       b = checkpoint.load_ticket(imp.ticket_dir(packed, "imp", round_, rep))
@@ -111,8 +111,8 @@ def test_eight_devices_packed_four_by_two_give_the_sequential_runs_tickets(runs)
       if round_ == 1:  # 20% of the prunable weights
         assert b.sparsity["prunable"]["sparsity"] == pytest.approx(0.2, abs=1e-3)
   # The replicates are different runs: a pack that mixed up its slots would give them the same masks.
-  masks = [_flat_masks(checkpoint.load_ticket(imp.ticket_dir(packed, "imp", 1, rep))) for rep in range(4)]
-  assert all(not np.array_equal(masks[i], masks[j]) for i in range(4) for j in range(i))
+  masks = [_flat_masks(checkpoint.load_ticket(imp.ticket_dir(packed, "imp", 1, rep))) for rep in range(2)]
+  assert not np.array_equal(masks[0], masks[1])
 
 
 def test_initialize_distributed_single_process_is_a_no_op(monkeypatch):
