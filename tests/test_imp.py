@@ -285,8 +285,9 @@ def test_packed_runs_give_the_same_masks_and_table_as_one_run_at_a_time(run_dir,
   imp.run(packed, str(tmp_path))
   out = capsys.readouterr().out
   assert "Packing: up to 2 runs side by side per step" in out and "[2 runs side by side]" in out
-  assert "[rep 0 random_prune round 1] step 3/3" in out.split("[rep 0 random_reinit round 1] step 3/3")[0].split(
-      "[2 runs side by side]")[-1]  # the two branches' runs logged together: one pack
+  before_reinit, reinit_done, _ = out.partition("[rep 0 random_reinit round 1] step 3/3")
+  assert reinit_done and "[rep 0 random_prune round 1] step 3/3" in before_reinit.split("[2 runs side by side]")[-1]
+  # (the two branches' last steps logged together, with no pack's end between them: one pack)
   read = lambda d: list(csv.DictReader(open(os.path.join(d, "results.csv"))))
   columns = [k for k in read(workdir)[0] if k.startswith(("sparsity", "remaining"))] + ["branch", "replicate", "round"]
   ours = [{k: r[k] for k in columns} for r in read(workdir) if r["branch"] in branches and int(r["round"]) <= 1]
