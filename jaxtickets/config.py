@@ -22,7 +22,7 @@ MODELS = {
 }
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
 GROUPS = ("encoder", "decoder", "transform")  # the top-level keys of every model's params tree
-PRUNE_METHODS = ("global", "layerwise")
+PRUNE_METHODS = ("global", "layerwise", "lamp")
 DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("stop", "skip")
 # Sections whose fields are all known here; config.model also takes per-model fields, other top-level sections
@@ -78,7 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.sparsity = ml_collections.ConfigDict()
   c.sparsity.scope = "encoder,decoder,transform"  # groups or globs like 'decoder/conv3_*'; comma-separated
-  c.sparsity.method = "global"
+  c.sparsity.method = "global"  # 'global' |w|, 'layerwise' |w| per layer, 'lamp' LAMP scores (sparsity.lamp_prune)
   c.sparsity.fraction = 0.2  # of the remaining weights, per round
   c.sparsity.layer_cap = 1.0  # global pruning never prunes a layer beyond this fraction; 1.0 = off (the paper's)
 

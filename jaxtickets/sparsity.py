@@ -1,4 +1,5 @@
-"""Masks as pytrees: prunable leaves, magnitude and random pruning, applying masks, sparsity reports.
+"""Masks as pytrees: prunable leaves, magnitude (global, layer-wise, LAMP) and random pruning, applying masks, sparsity
+reports.
 
 A mask pytree has exactly the params' structure with boolean leaves (True = weight kept). Masks and
 prunable trees live on the host as numpy; only `apply_masks` runs inside jit.
@@ -169,13 +170,39 @@ def _masks_without(masks: PyTree, removals: dict[int, np.ndarray]) -> PyTree:
   return jax.tree.unflatten(treedef, new)
 
 
-def _prune_n_globally(params, masks, prunable, n: int, layer_cap: float = 1.0) -> PyTree:
-  """Removes the n alive prunable weights with the smallest |w|, across all prunable leaves.
+def lamp_scores(magnitudes: np.ndarray) -> np.ndarray:
+  """LAMP scores of one layer's alive weights (Lee et al. 2021), in the order given.
 
-  No leaf ends with more than floor(layer_cap * size) pruned; what a capped leaf cannot give comes from the
-  others. When the allowances add up to fewer than n, every allowed weight is pruned.
+  With the layer's weights sorted by magnitude ascending, weight u scores w_u^2 / sum_{v >= u} w_v^2: its share of
+  the squared weights at least as large as it. Ties in magnitude go by position (the lower position sorts first, as
+  the other pruners break ties), so the last of the sorted weights, the layer's largest, scores exactly 1 and no
+  layer is emptied before every layer is down to one weight.
   """
+  order = np.argsort(magnitudes, kind='stable')
+  squares = np.square(magnitudes[order].astype(np.float64))
+  # Float64 suffix sums, added from the large end: a small weight's score in a big layer stays exact.
+  suffix = np.cumsum(squares[::-1])[::-1]
+  ranked = np.divide(squares, suffix, out=np.zeros_like(squares), where=suffix > 0)
+  if ranked.size:
+    ranked[-1] = 1.0  # w^2 / w^2, also for a layer whose alive weights are all 0
+  scores = np.empty_like(ranked)
+  scores[order] = ranked
+  return scores
+
+
+def _prune_n_globally(params, masks, prunable, n: int, layer_cap: float = 1.0, method: str = 'global') -> PyTree:
+  """Removes the n alive prunable weights with the smallest scores, across all prunable leaves.
+
+  The score is |w| ('global') or the weight's LAMP score within its leaf ('lamp'); both order a leaf's weights alike,
+  so a capped leaf loses its smallest |w| either way. No leaf ends with more than floor(layer_cap * size) pruned;
+  what a capped leaf cannot give comes from the others. When the allowances add up to fewer than n, every allowed
+  weight is pruned.
+  """
+  if method not in ('global', 'lamp'):
+    raise UserError(f"The pruning method is {method!r}; choose 'global' or 'lamp'.")
   pool = _alive_scores(params, masks, prunable)
+  if method == 'lamp':
+    pool = [(i, alive, lamp_scores(scores)) for i, alive, scores in pool]
   allowed = _allowances(masks, pool, layer_cap)
   removals = {}
   # A leaf holding more than its allowance among the pool's n smallest also fills its allowance in the exact
@@ -208,6 +235,18 @@ def global_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, frac
   return _prune_n_globally(params, masks, prunable, round(fraction * alive), layer_cap)
 
 
+def lamp_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float, layer_cap: float = 1.0) -> PyTree:
+  """Layer-adaptive magnitude pruning (LAMP, Lee et al. 2021): prunes round(fraction * alive) of the alive prunable
+  weights with the smallest LAMP scores (see lamp_scores), one threshold over all leaves.
+
+  Pruned weights stay pruned and take no part in the scores. layer_cap < 1 caps every leaf as in global pruning.
+  """
+  fraction = _check_fraction(fraction, 'fraction')
+  layer_cap = _check_cap(layer_cap)
+  alive = sum(a.size for _, a, _ in _alive_scores(params, masks, prunable))
+  return _prune_n_globally(params, masks, prunable, round(fraction * alive), layer_cap, method='lamp')
+
+
 def layerwise_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, fraction: float,
                               layer_cap: float = 1.0) -> PyTree:
   """Prunes min(round(fraction * alive_in_leaf), its cap allowance) of the smallest |w| in every prunable leaf."""
@@ -221,8 +260,9 @@ def layerwise_magnitude_prune(params: PyTree, masks: PyTree, prunable: PyTree, f
 
 
 def prune_to_sparsity(params: PyTree, prunable: PyTree, sparsity: float, masks: PyTree = None,
-                      layer_cap: float = 1.0) -> PyTree:
-  """One-shot global pruning until exactly round(sparsity * prunable size) prunable weights are zero.
+                      layer_cap: float = 1.0, method: str = 'global') -> PyTree:
+  """One-shot pruning until exactly round(sparsity * prunable size) prunable weights are zero, by the smallest |w|
+  over all leaves ('global') or the smallest LAMP scores ('lamp').
 
   With layer_cap < 1 the target may be out of reach; then every weight the caps allow is pruned, and the
   caller reads the reached sparsity from `count`.
@@ -236,7 +276,7 @@ def prune_to_sparsity(params: PyTree, prunable: PyTree, sparsity: float, masks: 
   if target < already:
     raise UserError(f'The masks already prune {already / total["size"]:.4f} of the prunable weights, more '
                     f'than the requested sparsity {sparsity}; ask for a higher sparsity or start from all-ones masks.')
-  return _prune_n_globally(params, masks, prunable, target - already, layer_cap)
+  return _prune_n_globally(params, masks, prunable, target - already, layer_cap, method)
 
 
 def prune_like(params: PyTree, prunable: PyTree, reference_masks: PyTree, masks: PyTree = None) -> PyTree:

@@ -211,3 +211,9 @@ def test_a_saved_config_is_read_on_todays_defaults():
   assert config.parallel.to_dict() == defaults.parallel.to_dict() and config.imp.early_bird is defaults.imp.early_bird
   assert config.imp.rounds == 5 and config.model.width == 1 / 16 and config.model.style_weight == 3.0
   assert json.loads(config.to_json()).keys() == json.loads(defaults.to_json()).keys()
+
+
+def test_lamp_is_a_pruning_method():
+  c = demo()
+  c.sparsity.method = "lamp"
+  config_lib.validate(c)

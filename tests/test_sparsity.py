@@ -171,6 +171,69 @@ def test_layerwise_prunes_each_layer_by_its_own_count():
     masks = new
 
 
+def test_lamp_prunes_a_hand_computed_case():
+  # A: |w| 1, 2, 3 alive (the 100 is pruned already, so it takes no part): squares 1, 4, 9, suffix sums 14, 13, 9,
+  #    scores 1/14 = 0.071, 4/13 = 0.308, 1.
+  # B: |w| 5, 10, 20, 40 (in the order 5, -40, 10, 20): squares 25, 100, 400, 1600, suffix sums 2125, 2100, 2000,
+  #    1600, scores 0.0118, 0.0476, 0.2, 1.
+  # 4 of the 7 alive go: B5, B10, A1, B20. Global magnitude would empty A instead (1, 2, 3 and 5).
+  params = {'decoder': {'a': {'kernel': np.array([[1.0, -2.0, 3.0, 100.0]], np.float32)},
+                        'b': {'kernel': np.array([[5.0, -40.0], [10.0, 20.0]], np.float32)}}}
+  prunable = sp.prunable_leaves(params, ['decoder'])
+  masks = sp.ones_masks(params)
+  masks['decoder']['a']['kernel'][0, 3] = False
+  new = sp.lamp_prune(params, masks, prunable, 4 / 7)
+  np.testing.assert_array_equal(new['decoder']['a']['kernel'], [[False, True, True, False]])
+  np.testing.assert_array_equal(new['decoder']['b']['kernel'], [[False, True], [False, False]])
+  np.testing.assert_allclose(sp.lamp_scores(np.array([5.0, 40.0, 10.0, 20.0])),
+                             [25 / 2125, 1.0, 100 / 2100, 400 / 2000])
+  global_ = sp.global_magnitude_prune(params, masks, prunable, 4 / 7)
+  assert not global_['decoder']['a']['kernel'].any()
+  # Ties in magnitude go by position: the later of two equal largest weights scores 1.
+  np.testing.assert_allclose(sp.lamp_scores(np.array([2.0, 1.0, 2.0])), [4 / 8, 1 / 9, 1.0])
+
+
+def _lamp_reference(params, masks, prunable, n):
+  """The n alive prunable weights with the smallest LAMP scores, scored weight by weight from the definition."""
+  scores = []
+  for p, m, f in zip(jax.tree.leaves(params), jax.tree.leaves(masks), jax.tree.leaves(prunable)):
+    if not f:
+      continue
+    w, alive = np.abs(np.asarray(p, np.float64)).ravel(), np.asarray(m).ravel()
+    for u in range(w.size):
+      larger = alive & (w >= w[u])  # no ties in these random weights
+      scores.append(w[u] ** 2 / np.sum(w[larger] ** 2) if alive[u] else np.inf)
+  return set(np.argsort(np.array(scores), kind='stable')[:n])
+
+
+def test_lamp_prunes_exactly_the_requested_count_and_keeps_every_layers_largest_weight():
+  params = _toy_params(3)
+  # Layers of very different scales: global magnitude would empty the small ones first.
+  for scale, leaf in zip((1e-3, 1.0, 30.0, 0.1), (params['decoder']['conv1'], params['decoder']['dense'],
+                                                  params['encoder']['conv1'], params['encoder']['conv2'])):
+    leaf['kernel'] = leaf['kernel'] * scale
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  masks = sp.ones_masks(params)
+  for _ in range(8):
+    new = sp.lamp_prune(params, masks, prunable, 0.3)
+    _, alive = _flat_prunable(params, masks, prunable)
+    removed = _pruned_positions(masks, new, prunable)
+    assert len(removed) == round(0.3 * alive.sum())
+    assert set(removed) == _lamp_reference(params, masks, prunable, len(removed))
+    for p, m, f in zip(jax.tree.leaves(params), jax.tree.leaves(new), jax.tree.leaves(prunable)):
+      if f:
+        assert m.ravel()[np.argmax(np.abs(p).ravel())], 'a layer lost its largest weight'
+    masks = new
+  # Eight rounds of 30% leave about 6% of the weights, yet no layer is empty.
+  report = sp.count(masks, prunable)
+  assert report['prunable']['sparsity'] > 0.9 and all(e['remaining'] > 0 for e in report['layers'].values())
+  # One shot to a sparsity: the exact count, the same choice as pruning that many at once.
+  total = report['prunable']['size']
+  one = sp.prune_to_sparsity(params, prunable, 0.75, method='lamp')
+  assert total - sp.count(one, prunable)['prunable']['remaining'] == round(0.75 * total)
+  jax.tree.map(np.testing.assert_array_equal, one, sp.lamp_prune(params, sp.ones_masks(params), prunable, 0.75))
+
+
 def test_prune_to_sparsity_hits_the_exact_count_with_the_globally_smallest():
   params = _toy_params()
   prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
