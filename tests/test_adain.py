@@ -155,3 +155,22 @@ def test_bfloat16_loss_is_float32_and_close(setup):
   ref, _ = s["loss_frozen"](s["p_frozen"], s["vgg"], s["content"], s["style"], jax.random.key(0))
   assert loss.dtype == metrics["style"].dtype == jnp.float32
   np.testing.assert_allclose(loss, ref, rtol=0.1)
+
+
+def test_random_reinit_redraws_every_layer_from_its_theta_0_distribution():
+  # theta_0's encoder is a copy of the random He-normal VGG (std sqrt(2 / fan_in)), its decoder PyTorch's default
+  # (std sqrt(1 / (3 fan_in)), 2.45x smaller): the re-draw must keep each layer's scale, not only the decoder's.
+  model = adain.AdaIN(_config(width=1 / 8, train_encoder=True))
+  vgg = model.init_vgg(jax.random.key(0))
+  theta_0 = model.init(jax.random.key(1), vgg)
+  fresh = model.reinit(jax.random.key(2), vgg, theta_0)
+  checked = {"encoder": 0, "decoder": 0}
+  for group in checked:
+    for name, layer in theta_0[group].items():
+      before, after = np.asarray(layer["kernel"]), np.asarray(fresh[group][name]["kernel"])
+      assert after.shape == before.shape and not np.allclose(after, before), f"{group}/{name} was not re-drawn"
+      if before.size >= 1000:  # the std of 1000 draws is within 10% with a wide margin (its s.e. is ~2%)
+        ratio = float(np.std(after) / np.std(before))
+        assert abs(ratio - 1) < 0.1, f"{group}/{name}: re-drawn std / theta_0's std = {ratio:.3f}"
+        checked[group] += 1
+  assert checked["encoder"] >= 7 and checked["decoder"] >= 7, checked

@@ -10,7 +10,7 @@ import numpy as np
 from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.layers import init_params, torch_default_init
+from jaxtickets.models.layers import init_params
 from jaxtickets.models.torch_layout import Part
 
 ENCODER, DECODER, TRANSFORM = config_lib.GROUPS
@@ -121,13 +121,16 @@ class StyleModel:
   def reinit(self, rng: jax.Array, vgg_params: dict, params: dict) -> dict:
     """The random-reinitialisation baseline's weights: every trained group re-drawn, frozen groups kept from `params`.
 
-    A trained encoder (a copy of the VGG in theta_0) is re-drawn too, with the decoder's initializer, so the
-    baseline owes nothing to pretrained weights.
+    Each group is re-drawn from the distribution its theta_0 came from, so the baseline changes the draw and not the
+    init's scale: the decoder and transform with their layers' initializers (as `init`), a trained encoder (a copy of
+    the VGG in theta_0) with the random VGG's He-normal init, layer by layer. With a pretrained VGG loaded, theta_0's
+    encoder is those weights, which no distribution reproduces; the He-normal draw a random VGG would have is the
+    natural stand-in, and the baseline then owes nothing to the pretrained weights.
     """
     fresh = self.init(rng, vgg_params)
     if "encoder" in fresh:
-      module = self.encoder.clone(kernel_init=torch_default_init)
-      fresh["encoder"] = init_params(module, jax.random.fold_in(rng, 1), jnp.zeros((1, 16, 16, 3), jnp.float32))
+      # self.encoder has the VGG's initializer (vgg_lib.vgg_init), the one init_vgg draws the random VGG with.
+      fresh["encoder"] = init_params(self.encoder, jax.random.fold_in(rng, 1), jnp.zeros((1, 16, 16, 3), jnp.float32))
     return {g: (fresh[g] if g in self.trained_groups else v) for g, v in params.items()}
 
   def stylize(self, params: dict, vgg_params: dict, content: jax.Array, style: jax.Array,

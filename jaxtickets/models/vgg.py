@@ -66,7 +66,7 @@ class VGGEncoder(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   ceil_pool: bool = True
-  kernel_init: Any = vgg_init  # the random stand-in's; random_reinit re-draws a trained encoder with the decoder's
+  kernel_init: Any = vgg_init  # the random stand-in's; random_reinit re-draws a trained encoder with it too
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
