@@ -92,7 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Early-bird tickets: stop the dense round once the mask pruning would give has settled (see early_bird.py).
   c.imp.early_bird = False
   c.imp.early_bird_every = 1000  # steps between mask draws
-  c.imp.early_bird_epsilon = 0.1  # normalised Hamming distance between consecutive masks that counts as settled
+  # Consecutive masks count as settled below this distance: their Hamming distance over that of two unrelated masks
+  # at their sparsity (early_bird.distance: 0 = the same mask, about 1 = unrelated, whatever the sparsity).
+  c.imp.early_bird_epsilon = 0.1
   c.imp.early_bird_patience = 3  # settled checks in a row that stop the dense round
 
   c.eval = ml_collections.ConfigDict()

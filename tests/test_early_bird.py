@@ -18,8 +18,25 @@ def _masks(bits, other=None):
 
 def test_distance_counts_prunable_weights_only():
   a, b = _masks([1, 1, 0, 0]), _masks([1, 0, 0, 1], other=[False, True])
-  assert early_bird.distance(a, b, PRUNABLE) == pytest.approx(2 / 4)  # 'b' differs everywhere but is not prunable
+  # 'b' differs everywhere but is not prunable; 2 of 4 differ, against 2 * 0.5 * 0.5 = 0.5 for unrelated masks.
+  assert early_bird.distance(a, b, PRUNABLE) == pytest.approx((2 / 4) / 0.5)
   assert early_bird.distance(a, a, PRUNABLE) == 0.0
+
+
+@pytest.mark.parametrize("s", [0.2, 0.5, 0.9, 0.95])
+def test_unrelated_masks_are_far_and_nearly_identical_ones_close_at_any_sparsity(s):
+  rng = np.random.default_rng(int(s * 100))
+  n = 20_000
+  draw = lambda: {"a": rng.permutation(n) >= round(s * n), "b": np.ones(2, bool)}
+  a, b = draw(), draw()
+  assert early_bird.distance(a, b, PRUNABLE) == pytest.approx(1.0, abs=0.05)  # raw Hamming: 2 s (1 - s), 0.095 at 0.95
+  assert early_bird.distance(a, a, PRUNABLE) == 0.0
+  near = {"a": a["a"].copy(), "b": a["b"]}  # 1% of the smaller side (pruned or kept) swapped with the other side
+  pruned, kept = np.flatnonzero(~a["a"]), np.flatnonzero(a["a"])
+  k = round(0.01 * min(pruned.size, kept.size))
+  near["a"][pruned[:k]], near["a"][kept[:k]] = True, False
+  assert early_bird.distance(a, near, PRUNABLE) == pytest.approx(2 * k / n / (2 * s * (1 - s)))
+  assert early_bird.distance(a, near, PRUNABLE) < 0.05
 
 
 def _watch(sequence, epsilon=0.1, patience=2, every=10):
@@ -33,7 +50,7 @@ def test_a_mask_that_stops_changing_stops_the_round_after_patience_checks():
   watch = _watch([m0, m1, m1, m1, m1], epsilon=0.1, patience=2)
   stops = [watch.check(step, None) for step in (10, 20, 30, 40)]
   assert stops == [False, False, False, True] and watch.stop_step == 40
-  assert watch.history == [[20, 0.4], [30, 0.0], [40, 0.0]]
+  assert watch.history == [[20, pytest.approx(0.4 / (2 * 0.6 * 0.4))], [30, 0.0], [40, 0.0]]
   assert not watch.due(50)  # stopped: no more draws
 
 
@@ -41,10 +58,21 @@ def test_a_mask_that_keeps_changing_never_stops_and_a_big_change_resets_the_coun
   a, b = _masks([1, 0, 1, 0, 1, 0, 1, 0, 1, 0]), _masks([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
   watch = _watch([a, b] * 10, patience=1)
   assert not any(watch.check(10 * k, None) for k in range(1, 21)) and watch.stop_step is None
-  near = _masks([1, 0, 1, 0, 1, 0, 1, 0, 1, 1])  # 1 of 10 differs: 0.1 is not below epsilon 0.1
-  watch = _watch([a, a, near, near, a], epsilon=0.1, patience=2)
+  near = _masks([1, 0, 1, 0, 1, 0, 1, 0, 1, 1])  # 1 of 10 differs, against 0.5 by chance: 0.2, above epsilon
+  watch = _watch([a, a, near, near, a], epsilon=0.15, patience=2)
   assert [watch.check(10 * k, None) for k in range(1, 6)] == [False, False, False, False, False]
   assert watch.below == 0  # the last draw changed again
+
+
+def test_a_settled_mask_never_stops_the_round_before_the_rewind_step():
+  m = _masks([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+  watch = _watch([m] * 6, patience=1, every=1)
+  watch.min_step = 4  # theta_4 is saved at step 4; a round stopped before it leaves the pruned rounds no start
+  stops = [watch.check(step, None) for step in range(1, 5)]
+  assert stops == [False, False, False, True] and watch.stop_step == 4 and not watch.due(5)
+  assert watch.history == [[2, 0.0], [3, 0.0], [4, 0.0]]  # settled from step 2 on, held back until step 4
+  unlimited = _watch([m] * 6, patience=1, every=1)
+  assert [unlimited.check(step, None) for step in (1, 2)] == [False, True]
 
 
 def test_the_watch_resumes_from_its_checkpoint_state_to_the_same_decision():
