@@ -73,14 +73,32 @@ def _copy_dir(workdir: str, replicate: int, round_: int, copy: str) -> str:
   return os.path.join(workdir, "stability", f"rep_{replicate}", f"round_{round_:02d}", f"copy_{copy}")
 
 
-def _copies(s, ticket, replicate: int, round_: int, same_order: bool) -> list[pack.Job]:
-  """The round's two copies as jobs: the ticket's start, each with its own data order (unless same_order)."""
+def start_params(workdir: str, config, ticket, replicate: int):
+  """theta_k, the weights every round's copies start from at step k: the replicate's saved rewind point when k > 0.
+
+  Not the ticket's rewind weights alone: round 0's ticket keeps theta_0, where the dense round began, and copies
+  trained from theta_0 over steps k..T would measure another start than the pruned rounds rewind to.
+  """
+  k = config.imp.rewind_step
+  if k == 0:
+    return ticket.rewind_params
+  path = os.path.join(results.init_dir(workdir, replicate), f"theta_{k}")
+  if not checkpoint.params_exist(path):
+    raise UserError(f"The run in '{workdir}' has no rewind point theta_{k} of replicate {replicate} ({path}): its "
+                    f"dense round stopped before step {k} = imp.rewind_step (an early-bird stop of an older version), "
+                    "so there is no start to measure; run it again in a new workdir to measure its stability.")
+  return checkpoint.load_params(path)
+
+
+def _copies(s, workdir: str, ticket, replicate: int, round_: int, same_order: bool) -> list[pack.Job]:
+  """The round's two copies as jobs: theta_k * mask from step k, each with its own data order (unless same_order)."""
+  init = start_params(workdir, s.config, ticket, replicate)
   jobs = []
   for i, copy in enumerate(COPIES):
     seed = s.config.seed + replicate + _COPY_SEED_OFFSET * (1 if same_order else i + 1)
     rep = imp.Replicate(index=replicate, seed=seed, key=jax.random.PRNGKey(seed))
     start = s.config.imp.rewind_step
-    jobs.append(pack.Job(f"stability_{copy}", round_, rep, ticket.rewind_params, ticket.masks, start_step=start))
+    jobs.append(pack.Job(f"stability_{copy}", round_, rep, init, ticket.masks, start_step=start))
   return jobs
 
 
@@ -117,7 +135,7 @@ def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, poi
   ticket = checkpoint.load_ticket(ticket_path)
   trained = {}
   todo = []
-  for copy, job in zip(COPIES, _copies(s, ticket, replicate, round_, same_order)):
+  for copy, job in zip(COPIES, _copies(s, workdir, ticket, replicate, round_, same_order)):
     path = _copy_dir(workdir, replicate, round_, copy)
     if checkpoint.params_exist(path):
       trained[copy] = checkpoint.load_params(path)

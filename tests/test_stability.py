@@ -96,3 +96,29 @@ def test_the_command_line_answers_bad_input_in_one_sentence(tmp_path):
   assert r.returncode == 1 and "holds no run (no config.json)" in r.stderr and "Traceback" not in r.stderr
   r = run(f"--workdir={tmp_path}", "--rounds=a,b")
   assert r.returncode == 1 and "--rounds=a,b is not a list of round numbers" in r.stderr
+
+
+def test_with_a_rewind_step_every_rounds_copies_start_from_theta_k(tmp_path):
+  """Round 0's ticket keeps theta_0 (where the dense round began); its copies, like every round's, must start from
+  theta_k at step k, the start the pruned rounds rewind to."""
+  from types import SimpleNamespace
+
+  from jaxtickets import checkpoint, results
+
+  config = tiny_config(imp__rewind_step=2)
+  theta_0 = {"decoder": {"conv": {"kernel": np.full((2, 3), 1.0, np.float32), "bias": np.zeros(3, np.float32)}}}
+  theta_2 = jax.tree.map(lambda x: x + 0.5, theta_0)
+  for name, params in (("theta_0", theta_0), ("theta_2", theta_2)):
+    checkpoint.save_params(os.path.join(results.init_dir(str(tmp_path), 1), name), params)
+  masks = jax.tree.map(lambda x: np.ones(np.shape(x), bool), theta_0)
+  dense = SimpleNamespace(rewind_params=theta_0, masks=masks)
+  jobs = stability._copies(SimpleNamespace(config=config), str(tmp_path), dense, 1, 0, same_order=False)
+  for job in jobs:
+    assert job.start_step == 2 and job.replicate.index == 1
+    jax.tree.map(np.testing.assert_array_equal, job.init_params, theta_2)
+  assert jobs[0].replicate.seed != jobs[1].replicate.seed
+  with pytest.raises(UserError, match=r"has no rewind point theta_2 of replicate 0 .* stopped before step 2"):
+    stability._copies(SimpleNamespace(config=config), str(tmp_path), dense, 0, 0, same_order=False)
+  # Rewinding to theta_0 (k = 0): the ticket's own start.
+  (job, _) = stability._copies(SimpleNamespace(config=tiny_config()), str(tmp_path), dense, 1, 0, same_order=True)
+  assert job.start_step == 0 and job.init_params is theta_0
