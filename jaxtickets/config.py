@@ -67,7 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.steps = 160_000  # per round
   c.train.lr = 1e-4
   c.train.dtype = ""  # compute dtype: float32 or bfloat16 (params, Adam and losses stay float32); '' = model.dtype
-  c.train.schedule = "inverse"  # 'inverse': lr / (1 + lr_decay * i); 'epoch_step': see train.learning_rate
+  c.train.schedule = "inverse"  # 'inverse': lr / (1 + lr_decay * i); 'epoch_step', 'cosine': see train.learning_rate
+  c.train.warmup_steps = 0  # 'cosine' only: linear warm-up from 0 before the cosine decay to 0 at train.steps
   c.train.lr_decay = 5e-5
   c.train.adam_eps = 1e-8  # Adam's epsilon (PyTorch's default, as in every reference implementation)
   c.train.epoch_steps = 10_000  # 'epoch_step' only: iterations per epoch
@@ -270,6 +271,10 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   need(is_num(t.adam_eps) and t.adam_eps > 0, "train.adam_eps", t.adam_eps, "use a small positive number like 1e-8")
   from jaxtickets.train import SCHEDULES
   need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"choose one of {', '.join(SCHEDULES)}")
+  if t.schedule == "cosine":
+    below = t.warmup_steps < t.steps if is_int(t.steps) else True  # a bad train.steps has its own sentence
+    need(is_int(t.warmup_steps) and t.warmup_steps >= 0 and below, "train.warmup_steps", t.warmup_steps,
+         "use an integer >= 0 and below train.steps (the cosine decay needs steps after the warm-up)")
   if t.schedule == "epoch_step":
     need(is_int(t.epoch_steps) and t.epoch_steps > 0, "train.epoch_steps", t.epoch_steps, "use a positive integer")
     need(is_int(t.lr_constant_epochs) and t.lr_constant_epochs >= 0, "train.lr_constant_epochs",

@@ -8,10 +8,21 @@ import numpy as np
 from jaxtickets import sparsity
 
 
+RECON_PSNR = "recon_psnr"  # dB, the held-out content reconstructed through the network with itself as the style
+FLAT_PSNR = "flat_psnr"  # dB, a flat image of the content's mean colour: what a network that learned nothing scores
+LEARNED_MARGIN_DB = 3.0  # a dense network less than this above the flat image has not learned to reconstruct
+
+
+def psnr(x, reference):
+  """Peak signal-to-noise ratio in dB of `x` against `reference`, images in [0, 1]."""
+  mse = jax.numpy.mean((x.astype(jax.numpy.float32) - reference.astype(jax.numpy.float32)) ** 2)
+  return 10.0 * jax.numpy.log10(1.0 / jax.numpy.maximum(mse, 1e-10))
+
+
 @functools.lru_cache(maxsize=8)
 def make_eval_fn(model):
-  """Per-pair metrics (every name of model.metric_names) for a chunk of pairs, under one jit (one per model and
-  process)."""
+  """Per-pair metrics (every name of model.metric_names, and the learnability check's RECON_PSNR and FLAT_PSNR) for a
+  chunk of pairs, under one jit (one per model and process)."""
 
   @jax.jit
   def eval_fn(params, masks, vgg_params, content, style):
@@ -20,7 +31,10 @@ def make_eval_fn(model):
 
     def one(c, s):
       _, metrics = model.loss(params, vgg_params, c[None], s[None], key)
-      return metrics
+      # The content stylized with itself as the style: a network that has learned the task gives it back.
+      recon = jax.numpy.clip(model.stylize(params, vgg_params, c[None], c[None])[0], 0.0, 1.0)
+      flat = jax.numpy.broadcast_to(c.mean(axis=(0, 1)), c.shape)
+      return {**metrics, RECON_PSNR: psnr(recon, c), FLAT_PSNR: psnr(flat, c)}
 
     return jax.vmap(one)(content, style)
 
@@ -40,7 +54,10 @@ def evaluate(eval_fn, params, masks, vgg_params, pairs, batch_size: int) -> dict
     chunks.append({k: np.asarray(v)[:keep] for k, v in out.items()})
   per_pair = {k: np.concatenate([c[k] for c in chunks]).astype(np.float64) for k in chunks[0]}
   means = {k: float(np.mean(v)) for k, v in per_pair.items()}
-  return {**means, "per_pair": {k: v.tolist() for k, v in per_pair.items()}}
+  out = {**means, "per_pair": {k: v.tolist() for k, v in per_pair.items()}}
+  if "names" in pairs:  # 'content__style' per pair: the statistics average a combination's crops into one unit
+    out["pair_names"] = list(pairs["names"])
+  return out
 
 
 def stylize_pairs(model, params, masks, vgg_params, pairs) -> np.ndarray:

@@ -37,7 +37,7 @@ def state_from_dict(d: dict) -> TrainState:
   return TrainState(**d)
 
 
-SCHEDULES = ("inverse", "epoch_step")
+SCHEDULES = ("inverse", "epoch_step", "cosine")
 
 
 def learning_rate(train_config, step):
@@ -47,8 +47,14 @@ def learning_rate(train_config, step):
                 gives the same value for step k as this form before it).
   'epoch_step': lr * lr_epoch_factor ** max(0, epoch + 1 - lr_constant_epochs), epoch = i // epoch_steps
                 (AdaAttN: constant for 2 epochs, then x0.3 per epoch).
+  'cosine':     optax's cosine decay from lr to 0 over the round's `steps` iterations, after a linear warm-up of
+                `warmup_steps` from 0: a round ends at the bottom of a descent, not at a random point of a walk.
   """
   schedule = train_config.schedule
+  if schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=train_config.lr, warmup_steps=train_config.warmup_steps,
+        decay_steps=max(train_config.steps, train_config.warmup_steps + 1), end_value=0.0)(step)
   if schedule == "epoch_step":
     epoch = jnp.floor_divide(step, train_config.epoch_steps)
     exponent = jnp.maximum(0.0, epoch + 1.0 - train_config.lr_constant_epochs)
@@ -90,12 +96,15 @@ def optimizer_init(tx, mesh=None) -> Callable:
 # The config.train fields a step reads (the schedule and the NaN policy); the rest (steps, logging...) do not
 # change the compiled program.
 STEP_FIELDS = ("schedule", "lr", "lr_decay", "epoch_steps", "lr_constant_epochs", "lr_epoch_factor", "nan_policy")
+# The cosine schedule also reads the round's length; only it, so other schedules share a step across lengths.
+COSINE_FIELDS = ("steps", "warmup_steps")
 
 
 def _step_settings(train_config) -> tuple:
   """The step's fields as a hashable key, so equal settings share one traced and compiled step: every run of a
   process (rounds, baselines, a study's sub-runs, stability copies) reuses it instead of tracing again."""
-  return tuple((f, train_config[f]) for f in STEP_FIELDS)
+  fields = STEP_FIELDS + (COSINE_FIELDS if train_config.schedule == "cosine" else ())
+  return tuple((f, train_config[f]) for f in fields)
 
 
 def make_train_step(model, train_config, tx, mesh) -> Callable:

@@ -96,7 +96,7 @@ def test_paper_scale_defaults_give_replicates_and_enough_pairs():
     ("checkpoint.async_save", "yes", "config.checkpoint.async_save = 'yes' is not allowed: use True or False"),
     ("resume", "no", "config.resume = 'no' is not allowed: use True or False"),
     ("seed", 1.5, "config.seed = 1.5 is not allowed: use an integer"),
-    ("train.schedule", "cosine", "config.train.schedule = 'cosine' is not allowed: choose one of inverse, epoch_step"),
+    ("train.schedule", "linear", "config.train.schedule = 'linear' is not allowed: choose one of inverse, epoch_step, cosine"),
     ("train.steps", 2.5, "config.train.steps = 2.5 is not allowed: use a positive integer"),
     ("train.log_every", -1, "config.train.log_every = -1 is not allowed: use a positive integer"),
     ("train.lr_decay", -1e-5, "config.train.lr_decay = -1e-05 is not allowed: use a non-negative number"),
