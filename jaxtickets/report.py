@@ -2,12 +2,14 @@
 
 Writes into the workdir (process 0 only):
   results.csv, summary.csv, summary.json   rebuilt from the saved tickets (results.write_results)
-  curves.png     relative difference to the dense network in the total loss and in each of the model's loss terms
-                 (one panel each) vs sparsity, one line per branch with its 95% interval as a band, the tolerance
-                 as a line, each branch's highest matching sparsity starred
+  curves.png     the geometric mean ratio of held-out loss (ticket / dense) - 1 over replicates and image
+                 combinations, in the total loss and in each of the model's loss terms (one panel each) vs sparsity,
+                 one line per branch with its 95% interval as a band, the tolerance as a line, each branch's highest
+                 matching sparsity starred
   layers.png     per-layer sparsity of replicate 0's final IMP ticket (which layers IMP empties first)
   grid.png       rows = held-out content/style pairs, columns = content, style, dense and each IMP round (rep 0)
-  report.md      the settings (replicates, pairs, rewind point), the verdicts, IMP vs each baseline, the figures
+  report.md      the settings (replicates, pairs, rewind point), the verdicts, the dense round's learnability check,
+                 the replicate spread and the replicates it calls for, IMP vs each baseline, the figures
 """
 
 import math
@@ -44,9 +46,9 @@ _VERDICT_MARKERS = {"matches": dict(marker="o"), "does not match": dict(marker="
 
 def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "",
                 terms: tuple[str, ...] = results.LEGACY_TERMS) -> None:
-  """One panel for the total and one per loss term in `terms`: the mean relative difference to the dense network
-  vs prunable sparsity, per branch, with its 95% interval as a band; filled dots match, hollow ones are
-  inconclusive, crosses do not match."""
+  """One panel for the total and one per loss term in `terms`: the geometric mean ratio of held-out loss
+  (ticket / dense) - 1 vs prunable sparsity, per branch, with its 95% interval as a band; filled dots match, hollow
+  ones are inconclusive, crosses do not match."""
   metrics = ("total", *terms)
   cols = min(len(metrics), MAX_CURVE_COLUMNS)
   rows = math.ceil(len(metrics) / cols)
@@ -77,7 +79,7 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
         ax.plot(100 * b["sparsity_prunable"], 100 * b[rel], "*", color=color, ms=16, mec="k",
                 label=f"{branch}: highest matching {b['sparsity_prunable']:.1%}")
     ax.set_xlabel("sparsity of the prunable weights (%)")
-    ax.set_ylabel(f"{metric} loss vs dense (%, held-out pairs)")
+    ax.set_ylabel(f"{metric} loss: ticket / dense - 1 (%, geometric mean)")
     ax.set_title(f"{metric} loss" + (" (matches: whole interval below the tolerance)" if metric == "total" else ""))
     ax.grid(alpha=0.3)
   handles, labels = axes[0].get_legend_handles_labels()
@@ -165,6 +167,8 @@ def _fmt(value, key: str) -> str:
     return f"{value:,}" if key.startswith("remaining") else str(value)
   if key == "relative_to_dense":
     return f"{value:+.2%}"
+  if key in results.LEARNABILITY:
+    return f"{value:.2f}"
   return f"{value:.4f}" if key.startswith("sparsity") else f"{value:.6g}"
 
 
@@ -184,6 +188,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   dense = [r for r in rows if r["branch"] == "imp" and r["round"] == 0]
   reps = sorted({r["replicate"] for r in rows})
   pairs = sorted({len(r["per_pair"]["total"]) for r in rows})
+  combos = sorted({r["combinations"] for r in summary})
   done = max((r["round"] for r in rows if r["branch"] == "imp"), default=0)
   vgg = f"`{m.vgg_weights}`" if m.vgg_weights else "**random** (no pretrained VGG: the losses are not meaningful)"
   rewinds = sorted({r["rewind_step"] for r in rows})
@@ -199,7 +204,9 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
       ["rewind point used", rewind],
       ["rounds", f"{done} pruned round(s) done of {ip.rounds} configured; {config.train.steps:,} steps per round"],
       ["replicates", f"{len(reps)} done of {ip.replicates} configured (seeds {config.seed} + r); each "
-                     f"point rests on {len(reps)} replicate(s) x {', '.join(map(str, pairs))} held-out pairs"],
+                     f"point rests on {len(reps)} replicate(s) x {', '.join(map(str, pairs))} held-out pairs "
+                     f"({', '.join(map(str, combos))} image combinations, the units the pairs' crops are averaged "
+                     "into)"],
       ["branches", _branches_line(config, rows)],
       ["matching", results.match_rule(ip.match_tolerance)],
   ]
@@ -209,23 +216,41 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   text = [f"# Lottery tickets of {m.name}", "", f"Workdir `{workdir}`, made by `python -m jaxtickets.report`.", "",
           _table(["setting", "value"], settings), "", "## Highest matching sparsity", ""]
   text += [f"- {line.strip()}" for line in results.matching_lines(summary, ip.match_tolerance)] + [""]
+  learn = results.learnability_lines(summary)
+  if learn:
+    psnr = [r for r in summary if all(k in r for k in results.LEARNABILITY)]
+    text += ["## Learnability", ""] + [f"- {line}" for line in learn] + [
+        "", "Reconstruction PSNR (the held-out content stylized with itself as the style) against a flat mean-colour "
+        "image of it, in dB, mean over replicates:", "",
+        _table(["branch", "round", "sparsity", "reconstruction PSNR", "flat image PSNR"],
+               [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['recon_psnr']:.2f}",
+                 f"{r['flat_psnr']:.2f}"] for r in psnr]), ""]
+  text += ["## Replicates needed", ""] + [f"- {line}" for line in results.planner_lines(rows, ip.match_tolerance)]
+  text += [""]
   terms, extra = results.run_terms(rows)
   # The terms' own differences share the last column ('content / style vs dense' for most models).
   by_term = [f"{' / '.join(terms)} vs dense"] if terms else []
   cells = lambda r: [" / ".join(_pct(r.get(f"{t}_relative")) for t in terms)] if terms else []
   lines = [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['sparsity_inference']:.4f}",
-            f"{r['replicates']} x {r['pairs']}", f"{r['total']:.6g}", _pct(r["relative_to_dense"]),
+            f"{r['replicates']} x {r['pairs']} ({r['combinations']})", f"{r['total']:.6g}",
+            _pct(r["relative_to_dense"]),
             f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["verdict"] else "",
             r["verdict"] or "(dense reference)", *cells(r)] for r in summary]
   text += ["## Verdicts (summary.csv)", "",
-           _table(["branch", "round", "sparsity (prunable)", "sparsity (inference)", "replicates x pairs",
-                   "total loss", "vs dense", "95% interval", "verdict", *by_term], lines), ""]
+           f"Ticket / dense - 1: the {results.ESTIMATOR} (summary.csv's relative_to_dense), each ticket paired "
+           "with its own replicate's dense round on the same held-out pairs; the interval and the verdict as in "
+           "the match rule above. Total loss: the mean over replicates and pairs.", "",
+           _table(["branch", "round", "sparsity (prunable)", "sparsity (inference)",
+                   "replicates x pairs (image combinations)", "total loss", "ticket / dense - 1 (geometric mean)",
+                   "95% interval", "verdict", *by_term], lines), ""]
   vs = [r for r in summary if "vs_imp" in r]
   if vs:
     text += ["## IMP against each baseline at the same round", "",
-             "The baseline's held-out total loss minus IMP's, relative to the dense network's, paired by replicate "
-             "and pair: above zero means IMP's ticket is better.", "",
-             _table(["branch", "round", "sparsity", "baseline - IMP", "95% interval", "comparison"],
+             "The geometric mean ratio of held-out total loss (baseline / IMP at the same replicate and round) - 1, "
+             "over replicates and image combinations, paired by replicate and pair: above zero means IMP's ticket "
+             "is better.", "",
+             _table(["branch", "round", "sparsity", "baseline / IMP - 1 (geometric mean)", "95% interval",
+                     "comparison"],
                     [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", _pct(r["vs_imp"]),
                       f"[{_pct(r['vs_imp_ci_low'])}, {_pct(r['vs_imp_ci_high'])}]", r["vs_imp_verdict"]]
                      for r in vs]), ""]
@@ -248,9 +273,11 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   for key, name in figures.items():
     text += [f"### {captions[key]}", "", f"![{captions[key]}]({name})", ""]
   text += [f"- {n}" for n in notes] + ([""] if notes else [])
-  keys = [k for k in results.result_fields(terms, extra) if any(k in r for r in rows)]
-  text += ["## All results (results.csv)", "", _table(keys, [[_fmt(r.get(k, ""), k) for k in keys] for r in rows]),
-           ""]
+  keys = [k for k in results.result_fields(terms, extra, learnability=True) if any(k in r for r in rows)]
+  text += ["## All results (results.csv)", "",
+           "One row per ticket; relative_to_dense here is this ticket's mean total loss over its own replicate's "
+           "dense round's, minus 1 (one replicate, a ratio of means), not the verdicts' estimate.", "",
+           _table(keys, [[_fmt(r.get(k, ""), k) for k in keys] for r in rows]), ""]
   return "\n".join(text)
 
 
@@ -278,7 +305,7 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
     raise UserError(f"No finished ticket in '{os.path.join(workdir, 'tickets')}': run python -m jaxtickets.main "
                     f"--workdir={workdir} first.")
   figures, notes = {}, []
-  title = f"{config.model.name}: held-out loss vs sparsity, relative to the dense network"
+  title = f"{config.model.name}: held-out loss vs sparsity, geometric mean ratio to the dense network"
   plot_curves(summary, config.imp.match_tolerance, os.path.join(workdir, FIGURES["curves"]), title,
               terms=results.run_terms(rows)[0])
   figures["curves"] = FIGURES["curves"]
@@ -371,6 +398,13 @@ def main(argv):
     sys.exit(f"error: {e}")
   if path:
     print(f"Wrote {path} with its figures (PNG) beside it.")
+    from jaxtickets import inference
+
+    config = inference.load_run_config(FLAGS.workdir)
+    rows = results.collect_rows(FLAGS.workdir)
+    for line in (results.learnability_lines(results.summarize(rows, config.imp.match_tolerance))
+                 + results.planner_lines(rows, config.imp.match_tolerance)):
+      print(line)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,25 @@
 """A run's results as tables, rebuilt from its saved tickets; where the tickets live.
 
   tickets/<branch>/rep_<r>/round_NN/   one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)
-  results.csv    one row per branch x round x replicate: sparsities, held-out losses (each of the model's own terms,
-                 then the total), difference to the replicate's own dense round
-  summary.csv    one row per branch x round: the mean relative difference to the dense network over replicates and
-                 pairs, its interval (ci_low, ci_high), the verdict, the same per loss term (<term>_relative,
-                 <term>_ci_low, <term>_ci_high), and each baseline against IMP at the same round
-  summary.json   the highest matching sparsity per branch, the match rule, the unreadable images skipped, the terms
+  results.csv    one row per branch x round x replicate: sparsities, the learnability check (recon_psnr, flat_psnr,
+                 when recorded), held-out losses (each of the model's own terms, then the total), and
+                 relative_to_dense: this ticket's mean total loss over its own replicate's dense round's, minus 1
+  summary.csv    one row per branch x round: relative_to_dense, the geometric mean ratio of held-out loss
+                 (ticket / its own replicate's dense network) - 1 over replicates and image combinations, its interval
+                 (ci_low, ci_high), the verdict, the same per loss term (<term>_relative, <term>_ci_low,
+                 <term>_ci_high), each baseline against IMP at the same round (vs_imp: the geometric mean ratio
+                 baseline / IMP - 1, positive when IMP is better), and the mean recon_psnr and flat_psnr
+  summary.json   the highest matching sparsity per branch (the headline), the exploratory sparsest matching round,
+                 the match rule, the replicate spread and the replicates it calls for, the unreadable images
+                 skipped, the terms
 
 The loss terms are the names the model declares (StyleModel.terms, e.g. content and style, or AdaAttN's global and
 local); each ticket records them, so the tables are rebuilt without building the model.
 """
 
 import csv
+import math
 import os
-import zlib
 
 import jax
 import numpy as np
@@ -24,30 +29,48 @@ from jaxtickets.errors import UserError
 
 GROUPS = config_lib.GROUPS
 CONFIDENCE = 0.95
+# The learnability check each ticket records (evaluate.py): PSNR in dB of the held-out content reconstructed with
+# itself as the style, and of a flat mean-colour image of it. A dense network less than LEARNED_MARGIN_DB above the
+# flat image has not learned to reconstruct, and verdicts about its tickets say little about style transfer.
+LEARNABILITY = ("recon_psnr", "flat_psnr")
+LEARNED_MARGIN_DB = 3.0
+# The tolerances the replicate planner always answers for, beside the run's own.
+PLANNED_TOLERANCES = (0.02, 0.10)
+PLANNED_POWER = 0.8
+ESTIMATOR = ("geometric mean ratio of held-out total loss (ticket / its own replicate's dense network) - 1, over "
+             "replicates and image combinations")
+SPARSEST_NOTE = ("exploratory: the sparsest matching round anywhere, which may follow a round that did not match; "
+                 "the best of many tests, so its interval does not hold for the choice. The headline is "
+                 "highest_matching, which needs every round before it to match too.")
 # The terms of a ticket that recorded none (saved before models named their own): what was reported then.
 LEGACY_TERMS = ("content", "style")
 
 
-def result_fields(terms=LEGACY_TERMS, extra_metrics=()) -> tuple[str, ...]:
-  """results.csv's columns for a model with these loss terms and extra metrics."""
+def result_fields(terms=LEGACY_TERMS, extra_metrics=(), learnability: bool = False) -> tuple[str, ...]:
+  """results.csv's columns for a model with these loss terms and extra metrics (and the learnability check's).
+
+  The learnability columns go before the losses, so the losses stay the last columns, where tools look for them.
+  """
   return ("branch", "replicate", "round", "steps", "rewind_step", "sparsity_prunable", "sparsity_total",
           "sparsity_inference", *(f"sparsity_{g}" for g in GROUPS), "remaining_prunable", "remaining_total",
-          *terms, *extra_metrics, "total", "relative_to_dense")
+          *(LEARNABILITY if learnability else ()), *terms, *extra_metrics, "total", "relative_to_dense")
 
 
 def summary_fields(terms=LEGACY_TERMS) -> tuple[str, ...]:
   """summary.csv's columns for a model with these loss terms (total alone decides the verdict)."""
-  return ("branch", "round", "replicates", "pairs", "sparsity_prunable", "sparsity_total", "sparsity_inference",
-          "total", "relative_to_dense", "ci_low", "ci_high", "verdict",
+  return ("branch", "round", "replicates", "pairs", "combinations", "sparsity_prunable", "sparsity_total",
+          "sparsity_inference", "total", "relative_to_dense", "ci_low", "ci_high", "verdict",
           *(f"{t}_{k}" for t in terms for k in ("relative", "ci_low", "ci_high")),
-          "vs_imp", "vs_imp_ci_low", "vs_imp_ci_high", "vs_imp_verdict")
+          "vs_imp", "vs_imp_ci_low", "vs_imp_ci_high", "vs_imp_verdict", *LEARNABILITY)
 
 
 RESULT_FIELDS = result_fields()  # the columns of a model whose terms are content and style
 SUMMARY_FIELDS = summary_fields()
-MATCH_RULE = ("A round matches when the whole {conf:.0%} interval of its mean relative difference in held-out total "
-              "loss to the dense network lies below +{tol:.1%}, does not match when the whole interval lies above, "
-              "and is inconclusive otherwise (always with a single replicate, which cannot measure seed noise).")
+MATCH_RULE = ("A round matches when the whole {conf:.0%} interval of its " + ESTIMATOR + ", lies below +{tol:.1%}, "
+              "does not match when the whole interval lies above, and is inconclusive otherwise (always with a "
+              "single replicate, which cannot measure seed noise). The interval comes from the log ratios of each "
+              "replicate and image combination (a combination's crops averaged) under a crossed random-effects "
+              "model of seeds and images.")
 
 
 def ticket_dir(workdir: str, branch: str, round_: int, replicate: int = 0) -> str:
@@ -126,7 +149,9 @@ def _row(branch: str, replicate: int, meta: dict) -> dict:
       row[f"sparsity_{g}"] = groups[g]["sparsity"]
   row.update(remaining_prunable=sp["prunable"]["remaining"], remaining_total=sp["total"]["remaining"],
              **{k: m[k] for k in terms + extra}, total=m["total"], relative_to_dense=m["relative_to_dense"],
-             per_pair=m.get("per_pair") or {k: [m[k]] for k in ("total", *terms)}, terms=terms, extra_metrics=extra)
+             per_pair=m.get("per_pair") or {k: [m[k]] for k in ("total", *terms)}, terms=terms, extra_metrics=extra,
+             pair_names=m.get("pair_names") if m.get("per_pair") else None)
+  row.update({k: m[k] for k in LEARNABILITY if m.get(k) is not None})
   if m.get("early_bird_step") is not None:
     row.update(early_bird_step=int(m["early_bird_step"]), early_bird_history=m.get("early_bird_history", []))
   return row
@@ -149,8 +174,25 @@ def _write_csv(path: str, fields, rows: list[dict]) -> None:
   os.replace(tmp, path)
 
 
+def pair_names(group: list[dict]) -> list[str] | None:
+  """The evaluation pairs' names that all of `group`'s rows recorded, None when any row has none (every pair then
+  counts as its own image combination); UserError when they disagree, since cells are paired by position."""
+  names = [r.get("pair_names") for r in group]
+  if any(n is None for n in names):
+    return None
+  if any(list(n) != list(names[0]) for n in names):
+    raise UserError("The tickets were evaluated on differently named pairs; evaluate every network on the same "
+                    "held-out pairs (the same config.eval and data settings) before comparing them.")
+  return list(names[0])
+
+
+def _losses(group: list[dict], metric: str) -> np.ndarray:
+  return np.array([r["per_pair"][metric] for r in group], np.float64)
+
+
 def summarize(rows: list[dict], tolerance: float) -> list[dict]:
-  """One row per branch x round: means over replicates, intervals over replicates and pairs, the verdicts.
+  """One row per branch x round: the geometric mean ratio of held-out loss to the dense network minus 1, over
+  replicates and image combinations, its interval and the verdict (stats.relative_difference_interval).
 
   Each ticket is paired with its own replicate's dense round on the same held-out pairs; a baseline is paired with
   IMP's ticket of the same replicate and round. Replicates without a dense round yet are left out.
@@ -164,10 +206,11 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
   out = []
   for (branch, round_), rs in sorted(cells.items(), key=lambda kv: (_branch_order(kv[0][0]), kv[0][1])):
     rs = sorted(rs, key=lambda r: r["replicate"])
-    losses = lambda group, metric: np.array([r["per_pair"][metric] for r in group], np.float64)
     ref = [dense[r["replicate"]] for r in rs]
-    seed = zlib.crc32(f"{branch}/{round_}".encode())  # the same table every time it is rebuilt
-    row = dict(branch=branch, round=round_, replicates=len(rs), pairs=losses(rs, "total").shape[1])
+    names = pair_names(rs + ref)
+    pairs = _losses(rs, "total").shape[1]
+    row = dict(branch=branch, round=round_, replicates=len(rs), pairs=pairs,
+               combinations=len(set(names)) if names is not None else pairs)
     for key in ("sparsity_prunable", "sparsity_total", "sparsity_inference"):
       row[key] = float(np.mean([r[key] for r in rs]))
     row["total"] = float(np.mean([r["total"] for r in rs]))
@@ -176,11 +219,11 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
         continue
       if round_ == 0 and branch == "imp":  # the reference itself
         iv, verdict = None, ""
-      elif metric != "total" and np.any(losses(ref, metric) <= 0):
-        continue  # a term the dense network drives to zero has no relative difference; the total decides anyway
+      elif metric != "total" and (np.any(_losses(ref, metric) <= 0) or np.any(_losses(rs, metric) <= 0)):
+        continue  # a term driven to zero has no ratio; the total decides anyway
       else:
-        iv = stats.relative_difference_interval(losses(rs, metric), losses(ref, metric), confidence=CONFIDENCE,
-                                                seed=seed)
+        iv = stats.relative_difference_interval(_losses(rs, metric), _losses(ref, metric), pair_names=names,
+                                                confidence=CONFIDENCE)
         verdict = stats.verdict(iv, tolerance)
       prefix = "" if metric == "total" else f"{metric}_"
       row[f"{prefix}relative_to_dense" if metric == "total" else f"{metric}_relative"] = iv.estimate if iv else 0.0
@@ -191,13 +234,88 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
     imp_cells = {r["replicate"]: r for r in cells.get(("imp", round_), [])}
     paired = [r for r in rs if r["replicate"] in imp_cells]
     if branch != "imp" and paired:
-      iv = stats.paired_difference_interval(losses(paired, "total"),
-                                            losses([imp_cells[r["replicate"]] for r in paired], "total"),
-                                            losses([dense[r["replicate"]] for r in paired], "total"),
-                                            confidence=CONFIDENCE, seed=seed)
+      imp_rows = [imp_cells[r["replicate"]] for r in paired]
+      iv = stats.paired_difference_interval(_losses(paired, "total"), _losses(imp_rows, "total"),
+                                            pair_names=pair_names(paired + imp_rows), confidence=CONFIDENCE)
       row.update(vs_imp=iv.estimate, vs_imp_ci_low=iv.low, vs_imp_ci_high=iv.high, vs_imp_verdict=stats.comparison(iv))
+    for key in LEARNABILITY:
+      if all(key in r for r in rs):
+        row[key] = float(np.mean([r[key] for r in rs]))
     out.append(row)
   return out
+
+
+def replicate_spread(rows: list[dict]) -> dict | None:
+  """The per-replicate standard deviation of the mean log loss ratio (ticket / dense), what the replicate planner
+  needs; None with fewer than two replicates.
+
+  From IMP's pruned rounds with two or more replicates: each replicate's mean log ratio over image combinations,
+  the variance over replicates pooled over rounds. A dense-only pilot (no pruned round with two replicates) has no
+  ticket to compare: then sqrt(2) x the SD over replicates of log(mean dense loss), since a ticket-vs-dense
+  difference spans two independent trainings.
+  """
+  dense = {r["replicate"]: r for r in rows if r["branch"] == "imp" and r["round"] == 0}
+  squares, dof, rounds = 0.0, 0, 0
+  for round_ in sorted({r["round"] for r in rows if r["branch"] == "imp" and r["round"] > 0}):
+    rs = sorted((r for r in rows if r["branch"] == "imp" and r["round"] == round_ and r["replicate"] in dense),
+                key=lambda r: r["replicate"])
+    if len(rs) < 2:
+      continue
+    ref = [dense[r["replicate"]] for r in rs]
+    means = stats.replicate_log_means(_losses(rs, "total"), _losses(ref, "total"), pair_names(rs + ref))
+    squares += float(np.sum((means - means.mean()) ** 2))
+    dof += len(rs) - 1
+    rounds += 1
+  if dof:
+    return dict(sd=math.sqrt(squares / dof), source="pruned", rounds=rounds, df=dof)
+  if len(dense) >= 2:
+    logs = [math.log(float(np.mean(r["per_pair"]["total"]))) for r in dense.values()]
+    return dict(sd=math.sqrt(2.0) * float(np.std(logs, ddof=1)), source="dense", rounds=0, df=len(logs) - 1)
+  return None
+
+
+def _tolerance(t: float) -> str:
+  return f"{t:.0%}" if abs(100 * t - round(100 * t)) < 1e-9 else f"{t:.1%}"
+
+
+def replicates_planned(sd: float, tolerance: float) -> dict[float, int]:
+  """{tolerance: replicates needed} at this spread for 2%, 10% and the run's own tolerance."""
+  tolerances = sorted({*PLANNED_TOLERANCES, *([round(float(tolerance), 9)] if tolerance > 0 else [])})
+  return {t: stats.replicates_needed(sd, t, PLANNED_POWER, CONFIDENCE) for t in tolerances}
+
+
+def planner_lines(rows: list[dict], tolerance: float) -> list[str]:
+  """The measured replicate spread in words, and the replicates a 2%, a 10% and the run's tolerance call for."""
+  spread = replicate_spread(rows)
+  if spread is None:
+    return ["Replicate spread: unmeasured with one replicate; run at least 2 to plan how many a verdict needs."]
+  if spread["source"] == "pruned":
+    how = (f"pooled over IMP's {spread['rounds']} pruned round(s) with 2 or more replicates ({spread['df']} degrees "
+           "of freedom)")
+  else:
+    how = (f"from the dense rounds alone (a dense-only pilot, or no pruned round with 2 replicates yet): sqrt(2) x "
+           f"the SD over {spread['df'] + 1} replicates of log(mean dense loss), the spread of a difference between "
+           "two independent trainings")
+  needs = ", ".join(f"{_tolerance(t)} needs {n}" for t, n in replicates_planned(spread["sd"], tolerance).items())
+  return [f"Replicate spread: the per-replicate SD of the mean log loss ratio (ticket / dense) is {spread['sd']:.4f}, "
+          f"{how}.",
+          f"At this spread, for a ticket as good as its dense network to match with {PLANNED_POWER:.0%} power "
+          f"({CONFIDENCE:.0%} intervals): {needs} replicates."]
+
+
+def learnability_lines(summary: list[dict]) -> list[str]:
+  """The dense round's learnability check in words, with a warning when it has not learned to reconstruct."""
+  dense = next((r for r in summary if r["branch"] == "imp" and r["round"] == 0), None)
+  if dense is None or not all(k in dense for k in LEARNABILITY):
+    return []
+  recon, flat = dense["recon_psnr"], dense["flat_psnr"]
+  lines = [f"Dense round: reconstruction PSNR {recon:.2f} dB against {flat:.2f} dB for a flat mean-colour image "
+           f"(held-out content stylized with itself as the style, mean over {dense['replicates']} replicate(s))."]
+  if not recon >= flat + LEARNED_MARGIN_DB:
+    lines.append(f"WARNING: the dense network has not learned to reconstruct its content (less than "
+                 f"{LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little about "
+                 "style transfer.")
+  return lines
 
 
 def highest_matching(summary: list[dict]) -> dict[str, tuple[dict | None, dict | None]]:
@@ -210,7 +328,7 @@ def highest_matching(summary: list[dict]) -> dict[str, tuple[dict | None, dict |
 
 def _brief(row: dict | None) -> dict | None:
   keys = ("round", "sparsity_prunable", "sparsity_total", "sparsity_inference", "relative_to_dense", "ci_low",
-          "ci_high", "replicates", "pairs")
+          "ci_high", "replicates", "pairs", "combinations")
   return None if row is None else {k: row[k] for k in keys}
 
 
@@ -224,7 +342,7 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
   if jax.process_index() != 0:
     return rows, summary
   terms, extra = run_terms(rows)
-  _write_csv(os.path.join(workdir, "results.csv"), result_fields(terms, extra), rows)
+  _write_csv(os.path.join(workdir, "results.csv"), result_fields(terms, extra, learnability=True), rows)
   _write_csv(os.path.join(workdir, "summary.csv"), summary_fields(terms), summary)
   if skipped is None:
     path = os.path.join(workdir, "skipped_images.json")
@@ -233,13 +351,19 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
     except UserError:
       skipped = {}
   best = highest_matching(summary)
+  spread = replicate_spread(rows)
   checkpoint.save_json(os.path.join(workdir, "summary.json"), {
       "model": config.model.name, "terms": list(terms), "match_tolerance": config.imp.match_tolerance,
-      "confidence": CONFIDENCE,
+      "confidence": CONFIDENCE, "estimator": ESTIMATOR,
       "rule": match_rule(config.imp.match_tolerance),
       "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.replicates,
       "highest_matching": {b: _brief(c) for b, (c, _) in best.items()},
       "sparsest_matching": {b: _brief(s) for b, (c, s) in best.items() if s is not c},
+      "sparsest_matching_note": SPARSEST_NOTE,
+      "replicate_spread": None if spread is None else {
+          **spread, "power": PLANNED_POWER,
+          "replicates_needed": {_tolerance(t): n for t, n in replicates_planned(spread["sd"],
+                                                                               config.imp.match_tolerance).items()}},
       "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])},
       # Per replicate: the dense round's step where the mask settled (None: it trained to the end), and the
       # [step, distance to the previous check's mask] history.
@@ -259,7 +383,7 @@ def _pct(v) -> str:
 
 
 def format_summary(summary: list[dict]) -> str:
-  """The verdict table printed at the end of a run."""
+  """The verdict table printed at the end of a run, what its columns mean, and the dense round's learnability."""
   head = (f"{'branch':<14}{'round':>6}{'sparsity':>10}{'reps':>6}{'pairs':>7}{'total':>10}{'vs dense':>10}"
           f"{'95% interval':>28}  verdict")
   lines = [head, "-" * len(head)]
@@ -268,11 +392,13 @@ def format_summary(summary: list[dict]) -> str:
     lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
                  f"{r['total']:>10.4f}{_pct(r['relative_to_dense']):>10}{interval:>28}  "
                  f"{r['verdict'] or '(dense reference)'}")
-  return "\n".join(lines)
+  lines.append(f"vs dense: the {ESTIMATOR}.")
+  return "\n".join(lines + learnability_lines(summary))
 
 
 def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
-  """The run's answer in words: the highest matching sparsity per branch (and the sparsest, if it differs)."""
+  """The run's answer in words: the highest matching sparsity per branch (and the exploratory sparsest, if it
+  differs)."""
   lines = []
   for branch, (best, sparsest) in highest_matching(summary).items():
     if best is None:
@@ -286,10 +412,12 @@ def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
     else:
       lines.append(f"Highest matching sparsity ({branch}): {best['sparsity_prunable']:.4f} of the prunable weights "
                    f"({best['sparsity_inference']:.4f} of the inference network), round {best['round']}: it and "
-                   f"every round below it match ({best['replicates']} replicates x {best['pairs']} pairs).")
+                   f"every round below it match ({best['replicates']} replicates x {best['pairs']} pairs, "
+                   f"{best['combinations']} image combinations).")
     if sparsest is not None and sparsest is not best:
-      lines.append(f"  The sparsest matching round ({branch}) is round {sparsest['round']} at "
-                   f"{sparsest['sparsity_prunable']:.4f}, but a round below it does not match.")
+      lines.append(f"  Exploratory, not the answer: the sparsest matching round ({branch}) is round "
+                   f"{sparsest['round']} at {sparsest['sparsity_prunable']:.4f}, but a round below it does not "
+                   "match, and picking the best of many tests does not keep the interval's confidence.")
   return lines
 
 

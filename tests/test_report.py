@@ -49,7 +49,9 @@ def test_results_csv_has_one_row_per_branch_round_and_replicate(run):
   rows = read_csv(workdir)
   assert [(r["branch"], int(r["replicate"]), int(r["round"])) for r in rows] == [
       ("imp", rep, r) for rep in (0, 1) for r in (0, 1, 2)] + [("random_prune", rep, r) for rep in (0, 1) for r in (1, 2)]
-  assert list(rows[0]) == [f for f in results.RESULT_FIELDS if f != "sparsity_transform"]
+  # The learnability check's columns come with tickets that recorded it (the evaluation does).
+  learn = "recon_psnr" in checkpoint.load_ticket_metadata(results.ticket_dir(workdir, "imp", 0, 0))["metrics"]
+  assert list(rows[0]) == [f for f in results.result_fields(learnability=learn) if f != "sparsity_transform"]
 
 
 def _md_table(text, first_header):
@@ -86,24 +88,39 @@ def test_report_md_numbers_match_the_tables(run):
   for md, cs in zip(verdicts, summary):
     assert (md["branch"], md["round"]) == (cs["branch"], cs["round"])
     assert md["verdict"] == (cs["verdict"] or "(dense reference)")
-    assert md["replicates x pairs"] == "2 x 2"
-    assert _num(md["vs dense"]) == pytest.approx(float(cs["relative_to_dense"]), abs=1e-4)
+    assert md["replicates x pairs (image combinations)"] == f"2 x 2 ({cs['combinations']})" == "2 x 2 (2)"
+    assert _num(md["ticket / dense - 1 (geometric mean)"]) == pytest.approx(float(cs["relative_to_dense"]), abs=1e-4)
     if cs["verdict"]:
       low, high = (_num(v.strip()) for v in md["95% interval"].strip("[]").split(","))
       assert (low, high) == (pytest.approx(float(cs["ci_low"]), abs=1e-4), pytest.approx(float(cs["ci_high"]), abs=1e-4))
-  against = _md_table(text, "branch | round | sparsity | baseline - IMP")
+  against = _md_table(text, "branch | round | sparsity | baseline / IMP - 1 (geometric mean)")
   assert [(r["branch"], r["round"]) for r in against] == [("random_prune", "1"), ("random_prune", "2")]
   for md, cs in zip(against, [r for r in summary if r["branch"] == "random_prune"]):
-    assert md["comparison"] == cs["vs_imp_verdict"] and _num(md["baseline - IMP"]) == pytest.approx(
-        float(cs["vs_imp"]), abs=1e-4)
+    assert md["comparison"] == cs["vs_imp_verdict"] and _num(md["baseline / IMP - 1 (geometric mean)"]) == \
+        pytest.approx(float(cs["vs_imp"]), abs=1e-4)
   dense = csv_rows[0]
   assert f"{int(dense['remaining_total']):,} in all, {int(dense['remaining_prunable']):,} prunable" in text
   assert f"`{config.sparsity.scope}`" in text and "rewind point used | 0 (the initial weights)" in text
   assert "2 pruned round(s) done of 2" in text
   assert "2 done of 2 configured (seeds 0 + r); each point rests on 2 replicate(s) x 2 held-out pairs" in text
   assert results.match_rule(config.imp.match_tolerance) in text
-  for line in results.matching_lines(results.summarize(results.collect_rows(workdir), 0.02), 0.02):
+  rows = results.collect_rows(workdir)
+  for line in results.matching_lines(results.summarize(rows, 0.02), 0.02):
     assert line.strip() in text
+  assert results.ESTIMATOR in text and "mean relative difference" not in text
+  # The replicate planner: the spread measured from the pruned rounds of the 2 replicates, and what it calls for.
+  planner = results.planner_lines(rows, 0.02)
+  assert "pooled over IMP's 2 pruned round(s)" in planner[0] and "2% needs" in planner[1]
+  for line in planner:
+    assert f"- {line}" in text
+  # The learnability check, when the tickets recorded it: the dense round's line and a row per branch and round.
+  learn = results.learnability_lines(results.summarize(rows, 0.02))
+  if "recon_psnr" in rows[0]:
+    assert learn and "## Learnability" in text and "| reconstruction PSNR | flat image PSNR |" in text
+    assert all(f"- {line}" in text for line in learn)
+    assert [float(r["recon_psnr"]) for r in summary] == pytest.approx(
+        [np.mean([float(c["recon_psnr"]) for c in csv_rows if (c["branch"], c["round"]) == (r["branch"], r["round"])])
+         for r in summary], abs=1e-5)
   for name in ("curves.png", "layers.png", "grid.png"):
     assert f"]({name})" in text
 
@@ -119,6 +136,17 @@ def test_the_ticket_stylizer_reproduces_the_runs_evaluation(run):
                           config.eval.batch_size)
   want = checkpoint.load_ticket_metadata(path)["metrics"]
   assert got["total"] == pytest.approx(want["total"], rel=1e-4)
+
+
+def test_cli_rebuilds_the_report_and_states_the_spread(run):
+  workdir, _, _ = run
+  os.remove(os.path.join(workdir, "summary.csv"))
+  r = subprocess.run([sys.executable, "-m", "jaxtickets.report", f"--workdir={workdir}", "--nogrid"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert os.path.exists(os.path.join(workdir, "summary.csv"))
+  for line in results.planner_lines(results.collect_rows(workdir), 0.02):
+    assert line in r.stdout
 
 
 def test_cli_without_a_run_is_one_sentence(tmp_path):

@@ -1,0 +1,182 @@
+"""results.summarize and its words on synthetic result rows whose verdicts are known."""
+
+import math
+
+import numpy as np
+import pytest
+
+from jaxtickets import results, stats
+from jaxtickets.errors import UserError
+
+TOLERANCE = 0.02
+# 4 image combinations x 2 crops each.
+NAMES = [f"content{k // 2}__style{k // 2}" for k in range(8)]
+# Each replicate's dense network scores very differently (seeds move the loss by tens of percent), and some
+# pairs are much harder than others.
+DENSE_SCALE = {0: 1.0, 1: 1.6, 2: 2.5}
+PAIR_LOSS = np.array([0.8, 0.9, 1.4, 1.3, 0.6, 0.7, 1.1, 1.0])
+
+
+def _row(branch, replicate, round_, losses, *, sparsity=None, names=NAMES, **extra):
+  losses = np.asarray(losses, np.float64)
+  sparsity = 1 - 0.8 ** round_ if sparsity is None else sparsity
+  row = dict(branch=branch, replicate=replicate, round=round_, sparsity_prunable=sparsity, sparsity_total=sparsity,
+             sparsity_inference=sparsity, total=float(losses.mean()), per_pair={"total": list(losses)},
+             pair_names=names, **extra)
+  return row
+
+
+def _dense(replicate):
+  return DENSE_SCALE[replicate] * PAIR_LOSS
+
+
+def _run(factors: dict[int, dict[int, float]], branch="imp", replicates=(0, 1, 2), jitter=0.002):
+  """Dense rounds, and per round the ticket losses = dense x factor[replicate] x a small per-pair jitter."""
+  rng = np.random.default_rng(0)
+  rows = [_row("imp", rep, 0, _dense(rep)) for rep in replicates]
+  for round_, per_rep in factors.items():
+    for rep in replicates:
+      rows.append(_row(branch, rep, round_, _dense(rep) * per_rep[rep] * np.exp(rng.normal(0, jitter, 8))))
+  return rows
+
+
+def _same(factor):
+  return {rep: factor for rep in DENSE_SCALE}
+
+
+def _by(summary, branch, round_):
+  return next(r for r in summary if r["branch"] == branch and r["round"] == round_)
+
+
+def test_known_verdicts():
+  rows = _run({1: _same(1.0), 2: _same(1.2), 3: {0: 0.95, 1: 1.06, 2: 1.02}})
+  summary = results.summarize(rows, TOLERANCE)
+  assert [(r["branch"], r["round"]) for r in summary] == [("imp", 0), ("imp", 1), ("imp", 2), ("imp", 3)]
+  assert _by(summary, "imp", 0)["verdict"] == ""  # the reference
+  assert _by(summary, "imp", 1)["verdict"] == stats.MATCHES
+  assert _by(summary, "imp", 2)["verdict"] == stats.DOES_NOT_MATCH
+  assert _by(summary, "imp", 3)["verdict"] == stats.INCONCLUSIVE  # replicates disagree by +-5%
+  for round_, row in ((1, _by(summary, "imp", 1)), (2, _by(summary, "imp", 2))):
+    ticket = np.array([r["per_pair"]["total"] for r in rows if r["round"] == round_])
+    dense = np.array([r["per_pair"]["total"] for r in rows if r["round"] == 0])
+    # The geometric mean ratio over replicates and pairs (every combination has 2 crops, so crop averaging keeps it).
+    assert row["relative_to_dense"] == pytest.approx(np.exp(np.mean(np.log(ticket / dense))) - 1, rel=1e-9)
+    assert row["ci_low"] <= row["relative_to_dense"] <= row["ci_high"]
+    assert (row["replicates"], row["pairs"], row["combinations"]) == (3, 8, 4)
+  assert _by(summary, "imp", 2)["relative_to_dense"] == pytest.approx(0.2, abs=0.003)
+
+
+def test_one_replicate_stays_inconclusive():
+  summary = results.summarize(_run({1: _same(1.0), 2: _same(1.5)}, replicates=(0,)), TOLERANCE)
+  assert [r["verdict"] for r in summary] == ["", stats.INCONCLUSIVE, stats.INCONCLUSIVE]
+
+
+def test_each_ticket_is_paired_with_its_own_replicates_dense_round():
+  """Tickets as good as their own dense networks, whose dense networks differ by a factor 2.5: paired with their
+  own replicate they match; paired with another replicate's dense round the seeds' differences would swamp it."""
+  rows = _run({1: _same(1.0)}, replicates=(0, 1, 2))
+  # Replicates in any order, the rows of replicate 2 first, and a dense round whose tickets are not done yet.
+  rows = sorted(rows, key=lambda r: (-r["replicate"], r["round"])) + [_row("imp", 7, 0, _dense(0) * 3)]
+  row = _by(results.summarize(rows, TOLERANCE), "imp", 1)
+  assert row["verdict"] == stats.MATCHES and row["replicates"] == 3
+  ticket = np.array([r["per_pair"]["total"] for r in sorted(rows, key=lambda r: r["replicate"])
+                     if r["round"] == 1])
+  dense = np.array([_dense(rep) for rep in (0, 1, 2)])
+  crossed = stats.relative_difference_interval(ticket, np.roll(dense, 1, axis=0), pair_names=NAMES)
+  assert stats.verdict(crossed, TOLERANCE) != stats.MATCHES
+  assert crossed.estimate == pytest.approx(row["relative_to_dense"])  # the same geometric mean, a wider interval
+  # Relabelled so that each ticket sits with another replicate's dense round: the answer changes.
+  shifted = [dict(r, replicate=(r["replicate"] + 1) % 3) if r["round"] == 0 and r["replicate"] < 3 else r
+             for r in rows]
+  assert _by(results.summarize(shifted, TOLERANCE), "imp", 1)["verdict"] != stats.MATCHES
+
+
+def test_baseline_against_imp_and_its_sign():
+  rows = _run({1: _same(1.0)}) + [
+      r for r in _run({1: _same(1.15)}, branch="random_prune", jitter=0.003) if r["branch"] == "random_prune"]
+  row = _by(results.summarize(rows, TOLERANCE), "random_prune", 1)
+  assert row["vs_imp"] == pytest.approx(0.15, abs=0.005)  # the baseline's loss 15% above IMP's
+  assert row["vs_imp_ci_low"] > 0 and row["vs_imp_verdict"] == stats.IMP_BETTER
+  assert row["verdict"] == stats.DOES_NOT_MATCH
+  # Swapping which branch is IMP and which the baseline flips the sign and the comparison.
+  swap = {"imp": "random_prune", "random_prune": "imp"}
+  swapped = [dict(r, branch=swap[r["branch"]]) if r["round"] > 0 else r for r in rows]
+  row = _by(results.summarize(swapped, TOLERANCE), "random_prune", 1)
+  assert row["vs_imp"] == pytest.approx(1 / 1.15 - 1, abs=0.005)
+  assert row["vs_imp_ci_high"] < 0 and row["vs_imp_verdict"] == stats.IMP_WORSE
+
+
+def test_highest_matching_headline_stops_at_a_gap():
+  """Round 2 fails, round 3 matches: the headline stays at round 1; the sparsest matching round is round 3,
+  exploratory."""
+  summary = results.summarize(_run({1: _same(1.0), 2: _same(1.2), 3: _same(1.0)}), TOLERANCE)
+  assert [r["verdict"] for r in summary[1:]] == [stats.MATCHES, stats.DOES_NOT_MATCH, stats.MATCHES]
+  headline, sparsest = results.highest_matching(summary)["imp"]
+  assert headline["round"] == 1 and sparsest["round"] == 3
+  lines = results.matching_lines(summary, TOLERANCE)
+  assert lines[0].startswith("Highest matching sparsity (imp): 0.2000") and "round 1" in lines[0]
+  assert "Exploratory" in lines[1] and "round 3" in lines[1]
+  assert "4 image combinations" in lines[0]
+
+
+def test_crops_are_averaged_only_when_named():
+  rows = _run({1: _same(1.0)})
+  assert _by(results.summarize(rows, TOLERANCE), "imp", 1)["combinations"] == 4
+  unnamed = [dict(r, pair_names=None) for r in rows]
+  assert _by(results.summarize(unnamed, TOLERANCE), "imp", 1)["combinations"] == 8
+  mixed = [dict(r, pair_names=list(reversed(NAMES))) if r["replicate"] == 1 else r for r in rows]
+  with pytest.raises(UserError, match="differently named pairs"):
+    results.summarize(mixed, TOLERANCE)
+
+
+def test_the_estimator_is_named_in_the_words():
+  summary = results.summarize(_run({1: _same(1.0)}), TOLERANCE)
+  text = results.format_summary(summary)
+  assert "geometric mean ratio of held-out total loss (ticket / its own replicate's dense network) - 1" in text
+  assert "geometric mean ratio of held-out total loss" in results.match_rule(TOLERANCE)
+  assert "mean relative difference" not in text + results.match_rule(TOLERANCE)
+
+
+def test_learnability_columns_and_warning():
+  def with_psnr(rows, recon, flat):
+    return [dict(r, recon_psnr=recon + r["round"], flat_psnr=flat) for r in rows]
+
+  learned = results.summarize(with_psnr(_run({1: _same(1.0)}), 24.0, 14.0), TOLERANCE)
+  assert (learned[0]["recon_psnr"], learned[0]["flat_psnr"], learned[1]["recon_psnr"]) == (24.0, 14.0, 25.0)
+  (line,) = results.learnability_lines(learned)
+  assert "reconstruction PSNR 24.00 dB against 14.00 dB for a flat mean-colour image" in line
+  assert "WARNING" not in results.format_summary(learned)
+  flat = results.summarize(with_psnr(_run({1: _same(1.0)}), 15.0, 14.0), TOLERANCE)
+  warning = ("the dense network has not learned to reconstruct its content (less than 3 dB above a flat image): "
+             "verdicts about its tickets say little about style transfer")
+  assert warning in results.learnability_lines(flat)[1] and warning in results.format_summary(flat)
+  assert results.learnability_lines(results.summarize(_run({1: _same(1.0)}), TOLERANCE)) == []  # not recorded
+  assert results.result_fields(("content", "style"), (), learnability=True)[-6:] == (
+      "recon_psnr", "flat_psnr", "content", "style", "total", "relative_to_dense")
+
+
+def test_replicate_spread_from_pruned_rounds():
+  # Replicate factors exp(-s), 1, exp(s) in both rounds: each round's SD over replicates is s, pooled too.
+  s = 0.03
+  factors = {0: math.exp(-s), 1: 1.0, 2: math.exp(s)}
+  rows = _run({1: factors, 2: factors}, jitter=0.0)
+  spread = results.replicate_spread(rows)
+  assert spread["source"] == "pruned" and spread["rounds"] == 2 and spread["df"] == 4
+  assert spread["sd"] == pytest.approx(s, rel=1e-9)
+  lines = results.planner_lines(rows, TOLERANCE)
+  n2, n10 = stats.replicates_needed(s, 0.02), stats.replicates_needed(s, 0.10)
+  assert "SD of the mean log loss ratio (ticket / dense) is 0.0300" in lines[0] and "IMP's 2 pruned" in lines[0]
+  assert f"2% needs {n2}, 10% needs {n10} replicates" in lines[1]
+  assert n2 > n10 >= 2
+
+
+def test_replicate_spread_of_a_dense_only_pilot():
+  rows = _run({})  # imp.rounds = 0: the dense rounds alone
+  spread = results.replicate_spread(rows)
+  logs = [math.log(DENSE_SCALE[rep] * PAIR_LOSS.mean()) for rep in (0, 1, 2)]
+  assert spread["source"] == "dense" and spread["sd"] == pytest.approx(math.sqrt(2) * np.std(logs, ddof=1))
+  assert "dense-only pilot" in results.planner_lines(rows, TOLERANCE)[0]
+  assert results.replicate_spread(_run({1: _same(1.0)}, replicates=(0,))) is None
+  assert "unmeasured" in results.planner_lines(_run({}, replicates=(0,)), TOLERANCE)[0]
+  # A tolerance other than 2% and 10% is answered too.
+  assert "5% needs" in results.planner_lines(rows, 0.05)[1]
