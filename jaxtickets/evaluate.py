@@ -10,7 +10,6 @@ from jaxtickets import sparsity
 
 RECON_PSNR = "recon_psnr"  # dB, the held-out content reconstructed through the network with itself as the style
 FLAT_PSNR = "flat_psnr"  # dB, a flat image of the content's mean colour: what a network that learned nothing scores
-LEARNED_MARGIN_DB = 3.0  # a dense network less than this above the flat image has not learned to reconstruct
 
 
 def psnr(x, reference):

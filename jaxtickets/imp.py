@@ -176,11 +176,13 @@ def early_bird_watch(s: Setup, params):
     return None
   ones = sparsity.ones_masks(params)
   if i.target_sparsity:
-    draw = lambda p: sparsity.prune_to_sparsity(p, s.prunable, i.target_sparsity, layer_cap=s.config.sparsity.layer_cap)
+    method = "lamp" if s.config.sparsity.method == "lamp" else "global"
+    draw = lambda p: sparsity.prune_to_sparsity(p, s.prunable, i.target_sparsity, layer_cap=s.config.sparsity.layer_cap,
+                                                method=method)
   else:
     draw = lambda p: prune(s.config, p, ones, s.prunable)
   return early_bird.Watch(every=i.early_bird_every, epsilon=i.early_bird_epsilon, patience=i.early_bird_patience,
-                          draw=draw, prunable=s.prunable)
+                          draw=draw, prunable=s.prunable, min_step=i.rewind_step)
 
 
 def rewind_params(s: Setup, rep: Replicate, theta_0):
@@ -269,12 +271,18 @@ def _finish_run(s: Setup, job: pack.Job, trained, nan_skips: int) -> checkpoint.
   if s.monitor is not None and s.monitor.enabled:
     sample = {k: s.pairs[k][:4] for k in ("content", "style")}
     images = evaluate.stylize_pairs(s.model, trained, job.masks, jax.device_get(s.vgg_params), sample)
-    scalars = {k: v for k, v in metrics.items() if k != "per_pair"}
+    scalars = {k: v for k, v in metrics.items() if k not in ("per_pair", "pair_names")}
     s.monitor.round_end(tag, job.round, scalars, report, images)
   named = ", ".join(f"{k} {metrics[k]:.4f}" for k in (*s.model.terms, *s.model.extra_metrics))
   s.log(f"{job.label} eval: total {metrics['total']:.4f} ({named}) on {len(s.pairs['content'])} pairs, "
         f"{metrics['relative_to_dense']:+.2%} vs "
-        "this replicate's dense round (the verdicts come from all replicates at the end)")
+        "this replicate's dense round (the verdicts come from all replicates at the end); content reconstructed "
+        f"with itself as the style: {metrics[evaluate.RECON_PSNR]:.2f} dB PSNR "
+        f"(a flat mean-colour image: {metrics[evaluate.FLAT_PSNR]:.2f} dB)")
+  if job.round == 0 and metrics[evaluate.RECON_PSNR] < metrics[evaluate.FLAT_PSNR] + results.LEARNED_MARGIN_DB:
+    s.log(f"WARNING: {job.label} the dense network reconstructs its held-out content less than "
+          f"{results.LEARNED_MARGIN_DB:.0f} dB better than a flat mean-colour image: it has not learned the task, so "
+          "verdicts about its tickets say little about style transfer (train longer, or see docs/study_cpu).")
   checkpoint.save_ticket(path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,
                          metrics=metrics, sparsity=report)
   results.write_results(s.workdir, cfg, skipped=s.skip_log.summary())
@@ -388,18 +396,20 @@ def initial_params(s: Setup, rep: Replicate):
 
 def prune(config, params, masks, prunable):
   """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights, smallest magnitude."""
-  fn = {"global": sparsity.global_magnitude_prune, "layerwise": sparsity.layerwise_magnitude_prune}
+  fn = {"global": sparsity.global_magnitude_prune, "layerwise": sparsity.layerwise_magnitude_prune,
+        "lamp": sparsity.lamp_prune}
   return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction,
                                     layer_cap=config.sparsity.layer_cap)
 
 
 def oneshot_masks(config, dense_params, imp_masks, prunable):
-  """The one-shot baseline's masks: the dense round's trained weights pruned straight to IMP's round, globally
-  (IMP's total count, under the same layer cap) or layer-wise (IMP's count in every layer)."""
+  """The one-shot baseline's masks: the dense round's trained weights pruned straight to IMP's round, globally or by
+  LAMP scores (IMP's total count, under the same layer cap) or layer-wise (IMP's count in every layer)."""
   if config.sparsity.method == "layerwise":
     return sparsity.prune_like(dense_params, prunable, imp_masks)
   target = sparsity.count(imp_masks, prunable)["prunable"]["sparsity"]
-  return sparsity.prune_to_sparsity(dense_params, prunable, target, layer_cap=config.sparsity.layer_cap)
+  return sparsity.prune_to_sparsity(dense_params, prunable, target, layer_cap=config.sparsity.layer_cap,
+                                    method=config.sparsity.method)
 
 
 def sparsity_report(s: Setup, masks, params) -> dict:
