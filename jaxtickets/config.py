@@ -142,8 +142,8 @@ def pick_variant(config: ml_collections.ConfigDict, arg: str, variants: Mapping[
   every config file picks `--config=configs/<file>.py:<variant>`."""
   if arg and arg not in variants:
     names = ", ".join(repr(v) for v in variants)
-    raise ValueError(f"Unknown variant {arg!r} of configs/{os.path.basename(path)}: use '' (paper scale) or one of "
-                     f"{names}.")
+    raise UserError(f"Unknown variant {arg!r} of configs/{os.path.basename(path)}: use '' (paper scale) or one of "
+                    f"{names}.")
   if arg:
     variants[arg](config)
   return config
@@ -413,13 +413,21 @@ def config_changes(saved: dict, config) -> list[str]:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flags_parser for the command lines that take --config: a misspelled override (--config.imp.round=3)
-  ends in one sentence and exit status 2, not ml_collections' traceback."""
+  or an unknown variant (--config=configs/adain.py:dmeo) ends in one sentence and exit status 2, not
+  ml_collections' traceback."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # a value of the wrong type, an unknown flag: absl's own sentence
-    print(f"error: {e}", file=sys.stderr)
+    # ml_collections re-raises a config file's error as the same type with its traceback pasted into the message;
+    # the innermost one, when it is a UserError (an unknown variant), is already the sentence to show.
+    sentence, cause = str(e), e
+    while cause is not None:
+      if isinstance(cause, UserError) and cause.args:
+        sentence = str(cause.args[0])
+      cause = cause.__cause__ or cause.__context__
+    print(f"error: {sentence}", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError) as e:
     while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))

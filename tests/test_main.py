@@ -37,6 +37,18 @@ def test_cli_misspelled_or_mistyped_override_is_one_line_and_exit_2(tmp_path, ov
   assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("module,config", [("jaxtickets.main", "configs/adain.py"),
+                                           ("jaxtickets.study", "configs/study_adain.py")])
+def test_cli_unknown_variant_is_one_line_naming_the_choices_and_exit_2(tmp_path, module, config):
+  """Every command line that takes --config: the config file's sentence, not ml_collections' traceback."""
+  r = subprocess.run([sys.executable, "-m", module, f"--config={config}:demox", f"--workdir={tmp_path}"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.startswith(f"error: Unknown variant 'demox' of {config}: use '' (paper scale) or one of 'demo'"), \
+      r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
 def test_cli_without_data_names_the_fields_and_the_demo(tmp_path):
   r = run_main("--config=configs/adain.py", f"--workdir={tmp_path}")
   assert r.returncode != 0
