@@ -324,6 +324,7 @@ def test_configs():
     mod.get_config("nope")
 
 
+@pytest.mark.e2e
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="adaattn", imp__rounds=2, train__steps=3, **EARLY_BIRD)  # trains the encoder
   imp.run(config, str(tmp_path))

@@ -18,6 +18,7 @@ def bench():
   return module
 
 
+@pytest.mark.e2e
 def test_bench_prints_table_and_json(bench, capsys):
   pytest.importorskip("torch")  # --torch times the PyTorch reference step; the torch-free install skips only this
   from jaxtickets import sparsity  # pylint: disable=g-import-not-at-top

@@ -90,6 +90,7 @@ def test_the_watch_resumes_from_its_checkpoint_state_to_the_same_decision():
   assert second.stop_step == whole.stop_step == 40 and second.history == whole.history
 
 
+@pytest.mark.e2e
 def test_a_run_with_early_bird_stops_its_dense_rounds_and_reports_the_steps_it_trained(tmp_path, capsys):
   # epsilon 0.99: any two masks count as settled, so the dense round stops at the second draw (step 2 of 6).
   config = tiny_config(train__steps=6, imp__rounds=1, imp__replicates=2, imp__early_bird=True,

@@ -90,6 +90,7 @@ def test_size_table_and_bad_files(tmp_path, ticket):
     export.export_ticket(ticket[0], str(tmp_path / "file" / "t.npz"))
 
 
+@pytest.mark.e2e
 def test_cli_prints_the_size_table_and_one_sentence_errors(tmp_path, ticket):
   run = lambda *a: subprocess.run([sys.executable, "-m", "jaxtickets.export", *a], cwd=ROOT, capture_output=True,
                                   text=True, timeout=300)

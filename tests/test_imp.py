@@ -76,6 +76,7 @@ def pruned_count(masks, flags):
   return sum(int(m.size - np.count_nonzero(m)) for m, f in zip(jax.tree.leaves(masks), jax.tree.leaves(flags)) if f)
 
 
+@pytest.mark.e2e
 def test_tickets_are_stored_per_replicate(run_dir):
   workdir, _, _, _ = run_dir
   for branch in BRANCHES:
@@ -84,6 +85,7 @@ def test_tickets_are_stored_per_replicate(run_dir):
   assert sorted(os.listdir(os.path.join(workdir, "init"))) == ["rep_0", "rep_1"]
 
 
+@pytest.mark.e2e
 def test_imp_prunes_exactly_20_percent_of_the_survivors_each_round(run_dir):
   workdir, config, _, _ = run_dir
   for rep in range(REPLICATES):
@@ -99,6 +101,7 @@ def test_imp_prunes_exactly_20_percent_of_the_survivors_each_round(run_dir):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
 
 
+@pytest.mark.e2e
 def test_imp_masks_are_the_previous_rounds_smallest_survivors_pruned(run_dir):
   """Round r's mask is round r-1's less its round(fraction * alive) smallest trained |w|, computed here in numpy."""
   workdir, config, _, _ = run_dir
@@ -112,6 +115,7 @@ def test_imp_masks_are_the_previous_rounds_smallest_survivors_pruned(run_dir):
         np.testing.assert_array_equal(a, b, err_msg=f"rep {rep} round {r}")
 
 
+@pytest.mark.e2e
 def test_every_run_starts_from_its_replicates_theta_0_times_its_mask_with_a_fresh_adam(run_dir):
   """The state the first train step got, against theta_0 drawn again by the seed rule (replicate r: seed + r)."""
   from jaxtickets.models import get_model
@@ -140,6 +144,7 @@ def test_every_run_starts_from_its_replicates_theta_0_times_its_mask_with_a_fres
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.e2e
 def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
   """Replicate 1 of seed 0 and replicate 0 of seed 1 are the same run: init, data order, masks, weights."""
   from jaxtickets import weights
@@ -164,6 +169,7 @@ def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
   # trained weights are compared above.
 
 
+@pytest.mark.e2e
 def test_baselines_take_imps_counts_and_what_they_promise(run_dir):
   workdir, config, _, _ = run_dir
   for rep in range(REPLICATES):
@@ -191,6 +197,7 @@ def test_baselines_take_imps_counts_and_what_they_promise(run_dir):
         np.testing.assert_array_equal(a, b, err_msg=f"oneshot round {r} rep {rep}")
 
 
+@pytest.mark.e2e
 def test_results_csv_has_a_row_per_branch_round_and_replicate(run_dir):
   workdir, _, rows, _ = run_dir
   with open(os.path.join(workdir, "results.csv")) as f:
@@ -214,6 +221,7 @@ def test_results_csv_has_a_row_per_branch_round_and_replicate(run_dir):
       assert float(r[f"sparsity_{group}"]) == pytest.approx(pruned, abs=1e-6)
 
 
+@pytest.mark.e2e
 def test_summary_csv_has_intervals_and_verdicts_by_the_rule(run_dir):
   workdir, config, _, _ = run_dir
   with open(os.path.join(workdir, "summary.csv")) as f:
@@ -256,6 +264,7 @@ def test_one_replicate_never_gives_a_verdict_beyond_inconclusive():
   assert summary[1]["verdict"] == stats.INCONCLUSIVE and summary[1]["relative_to_dense"] == pytest.approx(1.0)
 
 
+@pytest.mark.e2e
 def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
   workdir, config, _, _ = run_dir
   dense = ticket(workdir, "imp", 0, 0)
@@ -275,6 +284,7 @@ def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
       sparsity.prune_like(dense.trained_params, prunable, imp_masks))[1])
 
 
+@pytest.mark.e2e
 def test_packed_runs_give_the_same_masks_and_table_as_one_run_at_a_time(run_dir, tmp_path, capsys):
   """The same config with 2 runs per step (vmapped on this one device): the same runs, so the same tickets.
 
@@ -310,6 +320,7 @@ def config_from(config, **overrides):
   return c
 
 
+@pytest.mark.e2e
 def test_rerun_skips_finished_rounds(run_dir, capsys):
   workdir, config, _, _ = run_dir
   imp.run(config, workdir)
@@ -324,6 +335,7 @@ def test_a_single_seed_workdir_of_an_older_version_is_refused(tmp_path):
       call()
 
 
+@pytest.mark.e2e
 def test_rewind_to_step_k_restores_theta_k_and_restarts_the_schedule(tmp_path, capsys):
   config = tiny_config(imp__rounds=1, imp__rewind_step=2, train__steps=4)
   imp.run(config, str(tmp_path))
@@ -337,6 +349,7 @@ def test_rewind_to_step_k_restores_theta_k_and_restarts_the_schedule(tmp_path, c
   assert "[rep 0 imp round 1] step 3/4" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
   from jaxtickets import weights
   from jaxtickets.models import get_model

@@ -245,6 +245,7 @@ def test_stylize_alpha_and_any_size(setup):
   assert out.shape == (1, 13, 19, 3) and bool(jnp.all(jnp.isfinite(out)))
 
 
+@pytest.mark.e2e
 def test_imp_prunes_only_the_transform_and_keeps_the_decoder(tmp_path):
   config = tiny_config(model__name="lst", model__train_encoder=False, imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))

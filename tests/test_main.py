@@ -18,6 +18,7 @@ def run_main(*args, cwd=ROOT):
                         timeout=300)
 
 
+@pytest.mark.e2e
 def test_cli_bad_input_is_one_sentence(tmp_path):
   """The command line turns validation's sentence into its error (every field's sentence: test_config)."""
   r = run_main("--config=configs/adain.py:demo", f"--workdir={tmp_path}", "--config.model.name=adan")
@@ -26,6 +27,7 @@ def test_cli_bad_input_is_one_sentence(tmp_path):
   assert "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override,expected", [
     ("--config.imp.round=3", "error: config.imp.round does not exist; did you mean config.imp.rounds?"),
     ("--config.imp.zzzq=1", "error: config.imp.zzzq does not exist; check the spelling against jaxtickets/config.py"),
@@ -37,6 +39,7 @@ def test_cli_misspelled_or_mistyped_override_is_one_line_and_exit_2(tmp_path, ov
   assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module,config", [("jaxtickets.main", "configs/adain.py"),
                                            ("jaxtickets.study", "configs/study_adain.py")])
 def test_cli_unknown_variant_is_one_line_naming_the_choices_and_exit_2(tmp_path, module, config):
@@ -49,6 +52,7 @@ def test_cli_unknown_variant_is_one_line_naming_the_choices_and_exit_2(tmp_path,
   assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_cli_without_data_names_the_fields_and_the_demo(tmp_path):
   r = run_main("--config=configs/adain.py", f"--workdir={tmp_path}")
   assert r.returncode != 0
@@ -65,6 +69,7 @@ def test_folder_without_images_is_named(tmp_path):
     imp.run(config, str(tmp_path / "run"))
 
 
+@pytest.mark.e2e
 def test_image_folders_train_end_to_end(tmp_path):
   """Content and style from folders of Pillow-written images (grayscale and RGBA among them)."""
   for kind in ("content", "style"):
@@ -129,6 +134,7 @@ def _assert_tickets_like(reference, workdir):
     assert os.path.exists(os.path.join(workdir, name)), name
 
 
+@pytest.mark.e2e
 def test_two_processes_packed_killed_then_resumed_unpacked_give_the_one_process_tickets(cli_reference, tmp_path):
   """A pod packed (each process holds one replicate: 'runs' spans the hosts), kill -9 of both processes in round 1,
   then the same command with packing off (each run's batch over both processes): the run packed in the killed
@@ -168,6 +174,7 @@ def test_two_processes_packed_killed_then_resumed_unpacked_give_the_one_process_
   _assert_tickets_like(cli_reference, str(workdir))
 
 
+@pytest.mark.e2e
 def test_an_error_on_one_process_ends_every_process_with_its_sentence(tmp_path):
   """A problem only process 1 sees (here its own data flag: on a pod, a file missing on one host's disk)."""
   missing = str(tmp_path / "missing")

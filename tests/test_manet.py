@@ -197,6 +197,7 @@ def test_stylize_alpha_and_any_size(setup):
   assert _any_size(s, c[:, :27, :29], st[:, :30]).shape == (3, 27, 29, 3)
 
 
+@pytest.mark.e2e
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="manet", imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))

@@ -256,6 +256,7 @@ def test_stylize_alpha_blends_mcc_outputs_and_any_size(setup):
 
 # ---- IMP ----
 
+@pytest.mark.e2e
 def test_two_round_imp_prunes_the_transform(tmp_path):
   # A frozen encoder keeps the compile (the bulk of this test) short; the trained-encoder loss is tested above.
   config = tiny_config(model__name="mccnet", model__train_encoder=False, sparsity__scope="decoder,transform",

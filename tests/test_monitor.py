@@ -63,6 +63,7 @@ def test_disabled_monitor_writes_nothing(tmp_path):
   assert Monitor(str(tmp_path)).enabled  # process 0 of 1 writes by default
 
 
+@pytest.mark.e2e
 def test_writing_events_does_not_import_torch(tmp_path):
   """tensorboardX would import PyTorch (2 s) when it is installed; the monitor keeps it out, and torch still imports
   afterwards for whoever needs it (porting weights)."""

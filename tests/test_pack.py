@@ -78,6 +78,7 @@ def _with(s, workdir, watch):
   return s, logs
 
 
+@pytest.mark.e2e
 def test_a_preemption_saves_every_run_of_the_pack_and_raises(pack_setup, tmp_path):
   s, logs = _with(pack_setup, str(tmp_path), _Watch(at=3))
   jobs = _jobs(s)

@@ -77,6 +77,7 @@ def _assert_params_close(got, want):
   assert np.mean(diff <= 1e-6) > 0.9, np.mean(diff <= 1e-6)
 
 
+@pytest.mark.e2e
 def test_eight_devices_train_like_one(runs):
   one, eight = runs["one"], runs["eight"]
   assert one["device_count"] == 1 and eight["device_count"] == 8 and eight["process_count"] == 1
@@ -91,6 +92,7 @@ def _flat_masks(ticket):
   return np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(ticket.masks)])
 
 
+@pytest.mark.e2e
 def test_eight_devices_packed_two_by_four_give_the_sequential_runs_tickets(runs):
   """2 runs side by side ('runs' = 2) with each run's batch over 4 devices ('data' = 4), against one run after the
   other on one device: every ticket's masks identical, losses equal up to float rounding."""

@@ -573,6 +573,7 @@ def _cli(*args):
                         timeout=300)
 
 
+@pytest.mark.e2e
 @needs_torch
 def test_cli_vgg_only_and_full_model(adain_files, tmp_path):
   net, vgg_path, dec_path = adain_files

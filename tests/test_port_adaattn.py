@@ -95,6 +95,7 @@ def test_adaattn_parity(vgg_file, tmp_path):
     port.convert('adaattn', vgg=vgg_path, decoder=dec_path, transforms=[files[0], files[0]])
 
 
+@pytest.mark.e2e
 def test_adaattn_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on the three files in the released key layout (two --transform): read back, each
   kernel is the torch weight transposed."""

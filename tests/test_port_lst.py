@@ -98,6 +98,7 @@ def test_lst_parity(tmp_path):
   tp.check_parity('lst', tp.stylize_jax(ported, c, s), want)
 
 
+@pytest.mark.e2e
 def test_lst_cli(tmp_path):
   """scripts/port_weights.py on LST's own three layouts (vgg_r51, dec_r41, r41): read back, each kernel is the
   torch weight transposed."""

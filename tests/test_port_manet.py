@@ -55,6 +55,7 @@ def test_manet_parity(vgg_file, tmp_path):
   tp.check_parity('manet', tp.stylize_jax(ported, c, s), want)
 
 
+@pytest.mark.e2e
 def test_manet_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on files in the released key layout (ma_module with 'module.'): read back, each
   kernel is the torch weight transposed."""

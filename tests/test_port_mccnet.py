@@ -55,6 +55,7 @@ def test_mccnet_parity(vgg_file, tmp_path):
   tp.check_parity('mccnet', tp.stylize_jax(ported, c, s), want)
 
 
+@pytest.mark.e2e
 def test_mccnet_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on files in the released key layout (the decoder as .npz, MCCN.h kept): read back,
   each kernel is the torch weight transposed."""

@@ -63,6 +63,7 @@ def test_sanet_parity(vgg_file, tmp_path):
   tp.check_parity('sanet', tp.stylize_jax(ported, c, s), want)
 
 
+@pytest.mark.e2e
 def test_sanet_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on files in the released key layout: read back, each kernel is the torch weight
   transposed."""

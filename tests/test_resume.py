@@ -108,6 +108,7 @@ def sigtermed(tmp_path_factory):
               lock=os.path.exists(os.path.join(workdir, "run.lock")))
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_a_fresh_checkpoint_and_exits_cleanly(sigtermed):
   out = sigtermed["out"]
   m = re.search(r"Stopped by SIGTERM at step (\d) of \[rep 0 imp round (\d)\]; the checkpoint is step (\d) in '(.*)'\. "
@@ -124,6 +125,7 @@ def test_sigterm_saves_a_fresh_checkpoint_and_exits_cleanly(sigtermed):
   assert not sigtermed["lock"]
 
 
+@pytest.mark.e2e
 def test_ctrl_c_finishes_the_step_saves_and_exits_130_without_a_traceback(tmp_path):
   workdir = str(tmp_path / "run")
   child = Child(workdir)
@@ -163,6 +165,7 @@ def damaged_then_killed(sigtermed):
               lock=os.path.exists(os.path.join(workdir, "run.lock")))
 
 
+@pytest.mark.e2e
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damaged_then_killed):
   """(The run's tickets are compared with the reference at the end of the chain, after the SIGKILL's resume.)"""
   workdir, latest, out = damaged_then_killed["workdir"], damaged_then_killed["latest"], damaged_then_killed["out"]
@@ -185,6 +188,7 @@ def resumed_to_end(damaged_then_killed):
   return dict(workdir=workdir, refused=refused, allowed=allowed)
 
 
+@pytest.mark.e2e
 def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets(damaged_then_killed, resumed_to_end,
                                                                                  cli_reference):
   workdir, done = damaged_then_killed["workdir"], damaged_then_killed["done"]
@@ -204,6 +208,7 @@ def test_sigkill_inside_replicate_1_then_the_same_command_gives_the_same_tickets
   assert_same_tickets(cli_reference, workdir)
 
 
+@pytest.mark.e2e
 def test_changed_config_is_refused_on_the_command_line_unless_allowed(resumed_to_end):
   workdir, refused, allowed = resumed_to_end["workdir"], resumed_to_end["refused"], resumed_to_end["allowed"]
   assert refused.returncode != 0 and "Traceback" not in refused.stderr
@@ -314,6 +319,7 @@ def rewinding(tmp_path_factory):
   return s, reference
 
 
+@pytest.mark.e2e
 def test_preempted_before_theta_k_and_inside_baseline_rounds_the_resumed_run_matches(rewinding, tmp_path, capsys):
   """Stopped in the dense round before theta_k exists, then in random_prune, then in random_reinit (each time
   resumed), then run to the end: the uninterrupted run's tickets."""
@@ -335,6 +341,7 @@ def test_preempted_before_theta_k_and_inside_baseline_rounds_the_resumed_run_mat
   _assert_same_run(reference, workdir)
 
 
+@pytest.mark.e2e
 def test_second_run_on_a_workdir_stops(tmp_path):
   import socket
 
@@ -388,6 +395,7 @@ def _every_kind_of_image(folder):
   return sorted(bad.values())
 
 
+@pytest.mark.e2e
 def test_folder_with_every_kind_of_bad_file_trains_and_reports_the_skips(tmp_path, capsys):
   bad = _every_kind_of_image(str(tmp_path / "content"))
   # 12 files, no holdout (eval images from the demo), 6 steps of 2: every file is drawn.
@@ -402,6 +410,7 @@ def test_folder_with_every_kind_of_bad_file_trains_and_reports_the_skips(tmp_pat
   assert np.isfinite(checkpoint.load_ticket(imp.ticket_dir(str(tmp_path / "run"), "imp", 0)).metrics["total"])
 
 
+@pytest.mark.e2e
 def test_non_finite_loss_stops_the_round_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   sample = data._Sample.__call__
 

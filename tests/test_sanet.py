@@ -151,6 +151,7 @@ def test_stylize_alpha_and_any_size(setup):
   assert odd.shape == (2, 27, 21, 3)
 
 
+@pytest.mark.e2e
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="sanet", imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))

@@ -41,6 +41,7 @@ def finished(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.e2e
 def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(finished):
   rows = stability.run(finished, rounds=[1], points=5, same_order=True)
   (row,) = rows
@@ -69,6 +70,7 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   assert f"| 1 | 0 | {rows[1]['sparsity']:.4f} | 0 |" in text
 
 
+@pytest.mark.e2e
 def test_a_path_between_unrelated_random_networks_has_a_barrier(finished):
   s = imp.setup(tiny_config(), finished)
   vgg = jax.device_get(s.vgg_params)
@@ -78,6 +80,7 @@ def test_a_path_between_unrelated_random_networks_has_a_barrier(finished):
   assert stability.barrier(losses)[0] > 0
 
 
+@pytest.mark.e2e
 def test_rounds_that_are_not_finished_are_named(finished):
   with pytest.raises(UserError, match=r"--rounds names round\(s\) 5 that the run in .* has not finished"):
     stability.run(finished, rounds=[5])
@@ -85,6 +88,7 @@ def test_rounds_that_are_not_finished_are_named(finished):
     stability.run(os.path.dirname(finished), rounds=[0])
 
 
+@pytest.mark.e2e
 def test_the_command_line_answers_bad_input_in_one_sentence(tmp_path):
   import subprocess
   import sys

@@ -59,6 +59,7 @@ def _ticket_times(workdir):
   return out
 
 
+@pytest.mark.e2e
 def test_tiny_study_writes_one_report_and_resumes(tmp_path):
   c = study_config("demo")
   c.overrides = TINY
@@ -95,6 +96,7 @@ app.run(study.main)
 """
 
 
+@pytest.mark.e2e
 def test_preempted_study_exits_75_and_says_how_to_resume():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -109,6 +111,7 @@ def test_preempted_study_exits_75_and_says_how_to_resume():
   assert "Traceback" not in done.stderr
 
 
+@pytest.mark.e2e
 def test_rewind_sweep_and_early_bird_study(tmp_path):
   """One IMP per rewind point with each round's stability, and early-bird IMP against the reference's IMP."""
   c = study_config("demo_sweep")

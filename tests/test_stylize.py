@@ -125,6 +125,7 @@ def test_bad_input_is_one_sentence(tmp_path, ported):
     stylize.run(st, img, [str(tmp_path / "nope.png")], str(tmp_path / "o.png"))
 
 
+@pytest.mark.e2e
 def test_cli_with_ported_weights(tmp_path, ported):
   folder, st, _ = ported
   content = write_image(tmp_path / "c.png", (27, 35), mode="L", seed=4)
@@ -142,6 +143,7 @@ def test_cli_with_ported_weights(tmp_path, ported):
   assert "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_cli_with_a_ticket_writes_the_masked_trained_networks_output(tmp_path, tiny_ticket):
   from jaxtickets.models import get_model
 

@@ -68,6 +68,7 @@ print("loaded", tcmalloc.loaded_library(), "args", sys.argv[1:], flush=True)
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
 def test_preload_reexecutes_the_same_command_once(tmp_path):
   lib = _stand_in_library(tmp_path)
