@@ -21,7 +21,7 @@ BATCH = 8
 def config_for_tests():
   """The tests' tiny AdaIN config at a batch that splits over 8 devices and 2 processes."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
   # Adam's eps well above rounding noise: with eps = 1e-8, a gradient that is ~0 up to summation-order rounding
   # (dead ReLU channels) still moves its weight by ~lr in a noise-given direction, which made 1 vs 8 devices
   # differ by ~4e-4 after 3 steps; with 1e-4 the runs differ only by rounding, so the masks must be identical.
@@ -32,7 +32,7 @@ def packed_config_for_tests(pack_runs: bool = True):
   """2 replicates, IMP for 1 round, batch 4; packed, 2 runs per step: on 8 devices that is 'runs' = 2 x 'data' = 4,
   and each round's 2 runs fill one pack."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
   return tiny_config(train__batch_size=4, imp__rounds=1, imp__replicates=2, imp__branches="imp",
                      train__adam_eps=1e-4, parallel__pack_runs=pack_runs, parallel__runs_per_step=2)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configs that run the real pipeline in seconds."""
+"""The tests' environment (set before JAX is imported) and shared fixtures; the helpers are in helpers.py."""
 
 import os
 
@@ -38,51 +38,7 @@ if _TCMALLOC is not None:
 
 import pytest  # pylint: disable=wrong-import-position
 
-from jaxtickets import config as config_lib  # pylint: disable=wrong-import-position
-
-
-def tiny_config(**overrides):
-  """AdaIN at 1/16 width on 32 px crops of the embedded demo images, 3 steps per round, Adam's eps 1e-4."""
-  c = config_lib.default_config()
-  c.model.name = "adain"
-  c.model.width = 1 / 16
-  c.data.content = c.data.style = c.data.eval_content = c.data.eval_style = "demo"
-  c.data.load_size = 40
-  c.data.crop_size = 32
-  c.train.batch_size = 2
-  c.train.steps = 3
-  c.train.lr = 1e-3
-  # Adam's eps above rounding noise (as CLI_ARGS): runs compared across layouts give the same masks, and every
-  # tiny AdaIN run of a process shares one compiled step (eps is a constant of the step's program).
-  c.train.adam_eps = 1e-4
-  c.train.log_every = 1
-  c.imp.rounds = 3
-  c.imp.replicates = 1
-  c.eval.num_pairs = 2
-  c.eval.batch_size = 2
-  for key, value in overrides.items():
-    section, name = key.split("__") if "__" in key else (None, key)
-    (c[section] if section else c)[name] = value
-  return c
-
-
-EARLY_BIRD = dict(imp__early_bird=True, imp__early_bird_every=1, imp__early_bird_epsilon=0.99,
-                  imp__early_bird_patience=1)  # any two masks count as settled: a dense round of 3 steps stops at 2
-
-
-def assert_early_bird_and_stability_work(workdir: str, round_: int) -> None:
-  """For a run made with EARLY_BIRD: its dense round recorded the stop, and the stability of `round_` measures."""
-  import json  # pylint: disable=g-import-not-at-top
-
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from jaxtickets import stability  # pylint: disable=g-import-not-at-top
-
-  with open(os.path.join(workdir, "summary.json")) as f:
-    (bird,) = json.load(f)["early_bird"]
-  assert bird["early_bird_step"] == 2 and bird["steps_trained"] == 2 and len(bird["history"]) == 1
-  (row,) = stability.run(workdir, rounds=[round_], points=3)
-  assert row["round"] == round_ and len(row["path"]) == 3 and np.all(np.isfinite(row["path"]))
+from helpers import CLI_ARGS, ROOT, cli_env, tiny_config  # pylint: disable=wrong-import-position
 
 
 # pytest-xdist hands whole files (--dist loadfile) to its two workers in collection order; by default it first
@@ -112,40 +68,6 @@ def tiny():
 
 
 # ----------------------------------------------------------------------------- the shared command-line run
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The command-line run of the end-to-end tests (test_main.py: pods; test_resume.py: kill -9, signals): AdaIN at 1/16
-# width on 32 px crops, 6 steps per round with a checkpoint every 2, one pruned round, IMP and random pruning, 2
-# replicates. Adam's eps is above rounding noise, so every layout (packed, unpacked, 2 processes) gives the same masks.
-CLI_ARGS = ["--config=configs/adain.py:demo", "--config.model.width=0.0625", "--config.data.load_size=40",
-            "--config.data.crop_size=32", "--config.train.batch_size=2", "--config.train.steps=6",
-            "--config.train.log_every=1", "--config.checkpoint.every_steps=2", "--config.imp.rounds=1",
-            "--config.imp.branches=imp,random_prune", "--config.imp.replicates=2", "--config.eval.num_pairs=2",
-            "--config.train.adam_eps=1e-4"]
-
-
-def state_checkpoints(workdir) -> dict:
-  """{step: meta} of a workdir's finalized train-state checkpoints: Orbax writes a step into a temporary directory
-  and renames it to the step when complete."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-
-  found = {}
-  for d in glob.glob(os.path.join(workdir, "state", "*")):
-    name = os.path.basename(d)
-    try:
-      if name.isdigit():
-        with open(os.path.join(d, "meta", "metadata")) as f:
-          found[int(name)] = json.load(f)
-    except (OSError, ValueError):
-      pass  # deleted or being replaced while we looked
-  return found
-
-
-def cli_env() -> dict:
-  """The children's environment: CPU only, unbuffered output (tests read it while the run goes on)."""
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-
 
 @pytest.fixture(scope="session")
 def cli_reference(tmp_path_factory) -> str:

@@ -13,7 +13,7 @@ import pytest
 from jaxtickets import checkpoint, imp
 from jaxtickets.models import adaattn, get_model, layers
 from jaxtickets.models.vgg import VGGEncoder
-from conftest import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
+from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 
 W = 1 / 16
 TAPS = ("r11", "r21", "r31", "r41", "r51")

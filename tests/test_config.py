@@ -7,7 +7,7 @@ import pytest
 
 from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def model_config(name, variant=""):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxtickets import early_bird, imp
-from conftest import tiny_config
+from helpers import tiny_config
 
 PRUNABLE = {"a": True, "b": False}
 

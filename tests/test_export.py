@@ -11,7 +11,7 @@ import pytest
 
 from jaxtickets import export, inference
 from jaxtickets.errors import UserError
-from conftest import tiny_config
+from helpers import tiny_config
 from test_inference import make_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import pytest
 
 from jaxtickets import checkpoint, imp, load_ticket, pack, results, sparsity, stats
 from jaxtickets.errors import UserError
-from conftest import tiny_config
+from helpers import tiny_config
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
 ROUNDS, REPLICATES = 2, 2

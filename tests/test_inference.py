@@ -10,7 +10,7 @@ import pytest
 
 from jaxtickets import checkpoint, imp, inference, models, sparsity
 from jaxtickets.errors import UserError
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def make_workdir(root, config, rounds=3):

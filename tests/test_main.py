@@ -10,7 +10,7 @@ from PIL import Image
 
 from jaxtickets import imp
 from jaxtickets.errors import UserError
-from conftest import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
+from helpers import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
 
 
 def run_main(*args, cwd=ROOT):

@@ -13,7 +13,7 @@ import pytest
 from jaxtickets import checkpoint, imp
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model, mccnet
-from conftest import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
+from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 
 W = 1 / 16
 TAPS = ("r11", "r21", "r31", "r41", "r51")

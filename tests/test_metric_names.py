@@ -13,7 +13,7 @@ from PIL import Image
 
 from jaxtickets import checkpoint, report, results
 from jaxtickets.models import adain, get_model, layers, losses, model_names
-from conftest import tiny_config
+from helpers import tiny_config
 
 W = 1 / 16
 ADAATTN_TERMS = ("global", "local")

@@ -10,7 +10,7 @@ from tensorboardX.proto import event_pb2
 
 from jaxtickets import train
 from jaxtickets.monitor import Monitor
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def read_events(folder):

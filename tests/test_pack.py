@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxtickets import imp, pack, parallel, preempt, sparsity
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def _layout(monkeypatch, devices, platform="cpu", concurrent=2, **parallel):

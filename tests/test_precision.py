@@ -7,7 +7,7 @@ import pytest
 
 from jaxtickets import data, parallel, sparsity, train
 from jaxtickets.models import get_model
-from conftest import tiny_config
+from helpers import tiny_config
 
 STEPS = 10
 

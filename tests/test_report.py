@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from jaxtickets import checkpoint, evaluate, imp, inference, report, results
-from conftest import tiny_config
+from helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.e2e  # every test reads one module-wide replicated IMP run

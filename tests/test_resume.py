@@ -1,6 +1,6 @@
 """Long runs: SIGKILL and SIGTERM then the same command, damaged checkpoints, bad images, NaNs, config changes.
 
-The command-line runs share one tiny configuration (conftest.CLI_ARGS: AdaIN at 1/16 width, 32 px, 6 steps per
+The command-line runs share one tiny configuration (helpers.CLI_ARGS: AdaIN at 1/16 width, 32 px, 6 steps per
 round, 1 pruned round, IMP and random pruning, 2 replicates, a checkpoint every 2 steps) and one uninterrupted
 reference run (conftest.cli_reference, shared with test_main.py's pods) to compare their tickets with.
 
@@ -28,7 +28,7 @@ from PIL import Image
 
 from jaxtickets import checkpoint, data, imp, pack, preempt, train
 from jaxtickets.errors import UserError
-from conftest import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
+from helpers import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
 
 ROUNDS = (0, 1)
 REPLICATES = (0, 1)

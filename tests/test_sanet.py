@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
+from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 from jaxtickets import checkpoint, imp
 from jaxtickets.errors import UserError
 from jaxtickets.models import StyleModel, get_model, sanet

@@ -8,7 +8,7 @@ import pytest
 
 from jaxtickets import evaluate, imp, stability
 from jaxtickets.errors import UserError
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def test_barrier_is_the_paths_peak_above_the_mean_of_its_ends():

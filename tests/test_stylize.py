@@ -12,7 +12,7 @@ from PIL import Image
 
 from jaxtickets import checkpoint, inference, stylize
 from jaxtickets.errors import UserError
-from conftest import tiny_config
+from helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

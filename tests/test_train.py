@@ -7,7 +7,7 @@ import pytest
 
 from jaxtickets import parallel, sparsity, train
 from jaxtickets.models import get_model
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
