@@ -140,16 +140,11 @@ def relative_difference_interval(losses, dense, *, pair_names: Sequence[str] | N
   return crossed_interval(d, confidence=confidence, pairs=np.shape(losses)[1])
 
 
-def paired_difference_interval(losses_a, losses_b, dense=None, *, pair_names: Sequence[str] | None = None,
+def paired_difference_interval(losses_a, losses_b, *, pair_names: Sequence[str] | None = None,
                                confidence: float = 0.95) -> Interval:
   """Geometric mean ratio of held-out loss (A / B) - 1, A a baseline and B IMP paired by replicate and pair:
-  positive means the baseline's loss is higher, so IMP is better.
-
-  `dense` is accepted for callers of the former (A - B) / dense form and only checked for shape: a ratio of the two
-  needs no reference.
+  positive means the baseline's loss is higher, so IMP is better. A ratio of the two needs no dense reference.
   """
-  if dense is not None:
-    _check_losses({'baseline losses': losses_a, 'dense losses': dense})
   d = log_ratios(losses_a, losses_b, pair_names, names=('baseline losses', 'IMP losses'))
   return crossed_interval(d, confidence=confidence, pairs=np.shape(losses_a)[1])
 

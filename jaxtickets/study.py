@@ -307,12 +307,12 @@ def _early_bird_section(runs) -> list[str]:
     spent = lambda rows, r: np.mean([sum(x["steps"] for x in rows if x["branch"] == "imp" and x["round"] <= r
                                          and x["replicate"] == rep) for rep in {x["replicate"] for x in rows}])
     for r in sorted({x["round"] for x in a if x["branch"] == "imp"}):
-      ra, rb, dense = pick(a, r), pick(b, r), pick(b, 0)
+      ra, rb = pick(a, r), pick(b, r)
       reps = sorted({x["replicate"] for x in ra} & {x["replicate"] for x in rb})
       if not reps:
         continue
       grid = lambda rows: np.array([next(x for x in rows if x["replicate"] == rep)["per_pair"]["total"] for rep in reps])
-      interval = stats.paired_difference_interval(grid(ra), grid(rb), grid(dense))
+      interval = stats.paired_difference_interval(grid(ra), grid(rb), pair_names=ra[0].get("pair_names"))
       lines.append([bird.model, r, f"{ra[0]['sparsity_prunable']:.4f}", f"{np.mean(grid(rb)):.4g}",
                     f"{np.mean(grid(ra)):.4g}", f"{interval.estimate:+.2%} [{interval.low:+.2%}, {interval.high:+.2%}]",
                     stats.comparison(interval), f"{spent(b, r):.0f}", f"{spent(a, r):.0f}"])
@@ -320,8 +320,8 @@ def _early_bird_section(runs) -> list[str]:
     return []
   return ["", f"## {_TITLES['early_bird']}", "",
           "The early-bird run's rounds against the reference's IMP rounds at the same sparsity. Difference = "
-          "(early bird - IMP) / the reference's dense loss, paired by replicate and held-out pair, with its 95% "
-          "interval; steps = training steps spent up to that round (mean over replicates).", ""] + \
+          "geometric mean ratio of held-out loss (early bird / IMP) - 1, paired by replicate and held-out pair, "
+          "crops of one image combination averaged, with its 95% interval; steps = training steps spent up to that round (mean over replicates).", ""] + \
       _table(["model", "round", "sparsity", "IMP total", "early-bird total", "difference (95%)", "verdict",
               "IMP steps", "early-bird steps"], lines)
 
