@@ -8,11 +8,11 @@ import pytest
 from jaxtickets import port
 from jaxtickets.errors import UserError
 
-torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
-import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
+import test_port as tp  # shared PyTorch formulations
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import  (fixtures)
 
-nn, F, norm = tp.nn, tp.F, tp.norm
+torch, nn, F, norm = tp.torch, tp.nn, tp.F, tp.norm
+needs_torch = tp.needs_torch  # every test here runs the PyTorch formulation
 
 
 def get_key(feats, idx):
@@ -21,7 +21,7 @@ def get_key(feats, idx):
   return torch.cat([norm(F.interpolate(f, size=(h, w))) for f in feats[:idx]] + [norm(feats[idx])], dim=1)
 
 
-class AdaAttN(nn.Module):
+class AdaAttN(tp.Module):
   """S * norm(content) + M, M = A V, S = sqrt(relu(A V^2 - M^2)), A = softmax_j(f(key_c)_i . g(key_s)_j)."""
 
   def __init__(self, in_planes, key_planes):
@@ -41,7 +41,7 @@ class AdaAttN(nn.Module):
     return to_map(std) * norm(content) + to_map(mean)
 
 
-class Transformer(nn.Module):
+class Transformer(tp.Module):
   def __init__(self):
     super().__init__()
     self.attn_adain_4_1, self.attn_adain_5_1 = AdaAttN(512, 960), AdaAttN(512, 1472)
@@ -52,7 +52,7 @@ class Transformer(nn.Module):
     return self.merge_conv(self.merge_conv_pad(self.attn_adain_4_1(c41, s41, ck41, sk41) + up))
 
 
-class Decoder(nn.Module):
+class Decoder(tp.Module):
   """Decoder(skip_connection_3=True): decoder_layer_1 (Sequential 0..3), decoder_layer_2 (Sequential 0..24)."""
 
   def __init__(self):
@@ -68,6 +68,7 @@ class Decoder(nn.Module):
     return self.decoder_layer_2(torch.cat((self.decoder_layer_1(cs), skip), dim=1))
 
 
+@needs_torch
 def test_adaattn_parity(vgg_file, tmp_path):
   vgg, vgg_path = vgg_file
   torch.manual_seed(50)
@@ -95,6 +96,7 @@ def test_adaattn_parity(vgg_file, tmp_path):
     port.convert('adaattn', vgg=vgg_path, decoder=dec_path, transforms=[files[0], files[0]])
 
 
+@needs_torch
 @pytest.mark.e2e
 def test_adaattn_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on the three files in the released key layout (two --transform): read back, each

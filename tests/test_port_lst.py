@@ -6,17 +6,17 @@ import pytest
 
 from jaxtickets import port
 
-torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
-import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
+import test_port as tp  # shared PyTorch formulations
 
-nn, F = tp.nn, tp.F
+torch, nn, F = tp.torch, tp.nn, tp.F
+needs_torch = tp.needs_torch  # every test here runs the PyTorch formulation
 
 _ENC = ((3, 3, 1), (3, 64, 3), (64, 64, 3), (64, 128, 3), (128, 128, 3), (128, 256, 3), (256, 256, 3),
         (256, 256, 3), (256, 256, 3), (256, 512, 3), (512, 512, 3), (512, 512, 3), (512, 512, 3), (512, 512, 3))
 _DEC = ((512, 256), (256, 256), (256, 256), (256, 256), (256, 128), (128, 128), (128, 64), (64, 64), (64, 3))
 
 
-class Encoder5(nn.Module):
+class Encoder5(tp.Module):
   """conv1 (1x1) .. conv14; reflect pad before each 3x3 conv, floor-mode max pools; forward returns r41."""
 
   def __init__(self):
@@ -33,7 +33,7 @@ class Encoder5(nn.Module):
     return x
 
 
-class Decoder4(nn.Module):
+class Decoder4(tp.Module):
   def __init__(self):
     super().__init__()
     for i, (cin, cout) in enumerate(_DEC, start=11):
@@ -49,7 +49,7 @@ class Decoder4(nn.Module):
     return x
 
 
-class CNN(nn.Module):
+class CNN(tp.Module):
   """Three zero-padded 3x3 convs to 32 channels, M = y y^T / (h w), fc(vec M) reshaped to 32x32."""
 
   def __init__(self):
@@ -66,7 +66,7 @@ class CNN(nn.Module):
     return self.fc(m.reshape(b, -1)).reshape(b, 32, 32)
 
 
-class MulLayer(nn.Module):
+class MulLayer(tp.Module):
   def __init__(self):
     super().__init__()
     self.snet, self.cnet = CNN(), CNN()
@@ -81,6 +81,7 @@ class MulLayer(nn.Module):
     return self.unzip(torch.bmm(t, z).reshape(b, 32, h, w)) + s_mean
 
 
+@needs_torch
 def test_lst_parity(tmp_path):
   torch.manual_seed(40)
   enc, dec, mul = tp.he_init(Encoder5(), 40).eval(), Decoder4().eval(), MulLayer().eval()
@@ -98,6 +99,7 @@ def test_lst_parity(tmp_path):
   tp.check_parity('lst', tp.stylize_jax(ported, c, s), want)
 
 
+@needs_torch
 @pytest.mark.e2e
 def test_lst_cli(tmp_path):
   """scripts/port_weights.py on LST's own three layouts (vgg_r51, dec_r41, r41): read back, each kernel is the

@@ -6,15 +6,15 @@ import pytest
 
 from jaxtickets import port
 
-torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
-import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
-from test_port_sanet import SANetBlock  # pylint: disable=wrong-import-position  (CSA and CA are SANet blocks)
+import test_port as tp  # shared PyTorch formulations
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import  (fixtures)
+from test_port_sanet import SANetBlock  # CSA and CA are SANet blocks
 
-nn, norm = tp.nn, tp.norm
+torch, nn, norm = tp.torch, tp.nn, tp.norm
+needs_torch = tp.needs_torch  # every test here runs the PyTorch formulation
 
 
-class SSA(nn.Module):
+class SSA(tp.Module):
   """Channel-wise style self-attention: A = softmax_last(f(s) g(s)^T), O[c] = sum_c' A[c', c] h(norm s)[c']."""
 
   def __init__(self, c=512):
@@ -30,7 +30,7 @@ class SSA(nn.Module):
     return self.out_conv(o) + style
 
 
-class MAModule(nn.Module):
+class MAModule(tp.Module):
   def __init__(self):
     super().__init__()
     self.CSA, self.SSA, self.CA = SANetBlock(), SSA(), SANetBlock()  # pylint: disable=invalid-name
@@ -39,6 +39,7 @@ class MAModule(nn.Module):
     return self.CA(self.CSA(content, content), self.SSA(style))
 
 
+@needs_torch
 def test_manet_parity(vgg_file, tmp_path):
   vgg, vgg_path = vgg_file
   torch.manual_seed(20)
@@ -55,6 +56,7 @@ def test_manet_parity(vgg_file, tmp_path):
   tp.check_parity('manet', tp.stylize_jax(ported, c, s), want)
 
 
+@needs_torch
 @pytest.mark.e2e
 def test_manet_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on files in the released key layout (ma_module with 'module.'): read back, each

@@ -7,14 +7,14 @@ import pytest
 from jaxtickets import port
 from jaxtickets.errors import UserError
 
-torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
-import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
+import test_port as tp  # shared PyTorch formulations
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import  (fixtures)
 
-nn, norm = tp.nn, tp.norm
+torch, nn, norm = tp.torch, tp.nn, tp.norm
+needs_torch = tp.needs_torch  # every test here runs the PyTorch formulation
 
 
-class MCCN(nn.Module):
+class MCCN(tp.Module):
   """out_conv(f(norm c) * fc(w)) + c with w[b, c] = sum_n G^2 / sum_n G, G = g(norm s); h is never used."""
 
   def __init__(self, c=512):
@@ -29,12 +29,13 @@ class MCCN(nn.Module):
     return self.out_conv(self.f(norm(content)) * self.fc(w).reshape(b, c, 1, 1)) + content
 
 
-class MCCModule(nn.Module):
+class MCCModule(tp.Module):
   def __init__(self):
     super().__init__()
     self.MCCN = MCCN()  # pylint: disable=invalid-name
 
 
+@needs_torch
 def test_mccnet_parity(vgg_file, tmp_path):
   vgg, vgg_path = vgg_file
   torch.manual_seed(30)
@@ -55,6 +56,7 @@ def test_mccnet_parity(vgg_file, tmp_path):
   tp.check_parity('mccnet', tp.stylize_jax(ported, c, s), want)
 
 
+@needs_torch
 @pytest.mark.e2e
 def test_mccnet_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on files in the released key layout (the decoder as .npz, MCCN.h kept): read back,
@@ -72,6 +74,7 @@ def test_mccnet_cli(vgg_safetensors, tmp_path):
   np.testing.assert_array_equal(got['transform']['out_conv']['kernel'], tp.flax_kernel(mcc.MCCN.out_conv.weight))
 
 
+@needs_torch
 def test_mccnet_linear_fc_shape_is_checked(vgg_file, tmp_path):
   torch.manual_seed(0)
   state = MCCModule().state_dict()

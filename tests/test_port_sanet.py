@@ -7,14 +7,14 @@ import pytest
 from jaxtickets import port
 from jaxtickets.errors import UserError
 
-torch = pytest.importorskip('torch')  # every test here runs the PyTorch formulation
-import test_port as tp  # pylint: disable=wrong-import-position  (shared PyTorch formulations)
-from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import,wrong-import-position  (fixtures)
+import test_port as tp  # shared PyTorch formulations
+from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import  (fixtures)
 
-nn, F, norm = tp.nn, tp.F, tp.norm
+torch, nn, F, norm = tp.torch, tp.nn, tp.F, tp.norm
+needs_torch = tp.needs_torch  # every test here runs the PyTorch formulation
 
 
-class SANetBlock(nn.Module):
+class SANetBlock(tp.Module):
   """out_conv(h(Fs) softmax_j(<f(norm Fc)_i, g(norm Fs)_j>)^T) + Fc."""
 
   def __init__(self, c=512):
@@ -31,7 +31,7 @@ class SANetBlock(nn.Module):
     return self.out_conv(o) + content
 
 
-class Transform(nn.Module):
+class Transform(tp.Module):
   def __init__(self):
     super().__init__()
     self.sanet4_1, self.sanet5_1 = SANetBlock(), SANetBlock()
@@ -43,6 +43,7 @@ class Transform(nn.Module):
     return self.merge_conv(self.merge_conv_pad(self.sanet4_1(c41, s41) + up))
 
 
+@needs_torch
 def test_sanet_parity(vgg_file, tmp_path):
   vgg, vgg_path = vgg_file
   torch.manual_seed(10)
@@ -63,6 +64,7 @@ def test_sanet_parity(vgg_file, tmp_path):
   tp.check_parity('sanet', tp.stylize_jax(ported, c, s), want)
 
 
+@needs_torch
 @pytest.mark.e2e
 def test_sanet_cli(vgg_safetensors, tmp_path):
   """scripts/port_weights.py on files in the released key layout: read back, each kernel is the torch weight
@@ -81,6 +83,7 @@ def test_sanet_cli(vgg_safetensors, tmp_path):
   np.testing.assert_array_equal(got['transform']['merge_conv']['bias'], transform.merge_conv.bias.detach().numpy())
 
 
+@needs_torch
 def test_sanet_transform_wrong_shape(vgg_file, tmp_path):
   torch.manual_seed(0)
   state = Transform().state_dict()
