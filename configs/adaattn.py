@@ -11,15 +11,13 @@
               multiple of 16: AdaAttN adds r41 and up2(r51)), batch 4, 30 steps per round at a constant 2e-4
               (epoch_steps = steps: the reference's first 2 epochs are constant too, and a few dozen steps need
               the full rate), 4 rounds (dense + 3 pruned, 48.8% sparsity) plus the random-pruning baseline:
-              7 rounds x 30 steps. A step costs ~1.3x an AdaIN demo step (VGG to r51, the r31-skip decoder, the
-              transform and the attention losses) and the step compiles in ~1.5 min, so the whole demo takes
-              about 8-9 minutes on a 2-core CPU (estimated from measured CPU time per step; AdaIN's demo runs
-              40 steps x 9 rounds).
+              7 rounds x 30 steps. A step runs the VGG to r51, the r31-skip decoder, the transform and the
+              attention losses, so it costs more than an AdaIN demo step and compiles longer; this demo is sized
+              to take minutes on a CPU.
 
 model.std_grad_eps (default 0 = the reference): an eps under the sqrt of the attention std for its GRADIENT
 only (the value stays exact). sqrt(relu(v)) has an infinite derivative as v -> 0+; the reference keeps it, and
-a demo round (30 steps, random VGG, encoder trained) trains without NaN without the eps (loss 165 -> ~1.5).
-Set e.g. 1e-8 if a run hits a non-finite loss.
+the demo trains without NaN at the default. Set e.g. 1e-8 if a run hits a non-finite loss.
 """
 
 from jaxtickets import config as config_lib

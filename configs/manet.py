@@ -5,10 +5,9 @@
               disentanglement 1 (switched on while 1 L_c + 5 L_s < disentangle_threshold = 10); 10 rounds of 20%
               global pruning over encoder (VGG to r41, all the transform reads), decoder and transform.
 'demo':       the embedded demo: full-width VGG, scikit-image's photographs and textures, 64 px crops, batch 4,
-              15 steps, 3 rounds plus the random-pruning baseline (7 trainings, 105 steps). A MANet step decodes
-              five images per pair (Ics, Icc, Iss, Ic1s, Ics1) and runs each through the loss VGG to r51: about
-              2.5 AdaIN steps of CPU time (measured, batch 4 at 64 px) and compiles take twice as long, hence 15
-              steps and 3 rounds instead of AdaIN's 40 and 4 to stay near 10 minutes on 2 cores.
+              15 steps, 3 rounds plus the random-pruning baseline. A MANet step decodes five images per pair
+              (Ics, Icc, Iss, Ic1s, Ics1) and runs each through the loss VGG to r51, so it costs several AdaIN
+              steps and compiles longer: fewer steps and rounds than AdaIN's demo keep it to minutes on a CPU.
 
 config.model.manet_original_pairing (default False) picks the disentanglement pairs:
   False: the paper's intent. Ic1s = D(MA(c1, s)) stylizes ONE content c1 (drawn from the batch) with each style of

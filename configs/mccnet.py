@@ -6,9 +6,8 @@
               global pruning over encoder, decoder and the MCC transform.
 'demo':       the embedded demo: full width, scikit-image's photographs and textures, 64 px crops,
               4 rounds (dense + 3 pruned, 48.8% sparsity) of 15 steps plus the random-pruning baseline. An MCCNet
-              step costs ~2.8x an AdaIN one (measured: 4.9 vs 1.8 CPU-seconds; four decoder passes and the VGG
-              to r51 on five image batches), hence 105 steps in all against configs/adain.py:demo's 360, to stay
-              under ~10 minutes on a 2-core laptop CPU.
+              step makes four decoder passes and runs the VGG to r51 on five image batches, so it costs several
+              AdaIN steps: fewer steps and rounds than configs/adain.py:demo keep it to minutes on a laptop CPU.
 
 Departures from the reference:
 - model.mcc_eps (default 1e-5): the MCC weight w = sum_n G^2 / sum_n G divides by a sum that equals N times g's

@@ -5,10 +5,9 @@
               20% global pruning over encoder, decoder and transform (the paper's SANet ticket is at 6 rounds).
 'demo':       the embedded demo: full-width VGG, scikit-image's photographs and textures, 64 px crops (a multiple
               of SANet's divisor 16, so r51 is 4x4), batch 4, 25 steps, 3 rounds plus the random-pruning
-              baseline (7 trainings, 175 steps). A SANet step costs about 1.8 AdaIN steps of CPU time (measured,
-              batch 4 at 64 px: VGG to r51, three decoded images per pair for the identity losses) and compiles
-              take twice as long, hence 25 steps and 3 rounds instead of AdaIN's 40 and 4 to stay near 10 minutes
-              on 2 cores.
+              baseline. A SANet step runs the VGG to r51 and decodes three images per pair (for the identity
+              losses), so it costs more than an AdaIN step and compiles longer: fewer steps and rounds than
+              AdaIN's demo keep it to minutes on a CPU.
 """
 
 from jaxtickets import config as config_lib

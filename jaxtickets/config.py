@@ -99,9 +99,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.imp.early_bird_patience = 3  # settled checks in a row that stop the dense round
 
   c.eval = ml_collections.ConfigDict()
-  # Fixed held-out pairs. Their number limits pair noise only; seed-to-seed noise (the held-out loss's coefficient of
-  # variation over seeds was 16-22% in measured runs) sets how many replicates a tolerance needs: see the report's
-  # "Replicates needed" section (its replicate planner).
+  # Fixed held-out pairs. Their number limits pair noise only; seed-to-seed noise, which more pairs cannot average
+  # away, sets how many replicates a tolerance needs: see the report's "Replicates needed" section (its replicate
+  # planner).
   c.eval.num_pairs = 64
   c.eval.batch_size = 8
 

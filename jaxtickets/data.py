@@ -82,8 +82,8 @@ class BoundedCache:
 
 
 # Image files decoded and resized to load_size, per process: a small source (the demo, a folder of a few styles)
-# is then decoded once instead of at every sample (the demo's images take 5-16 ms each to decode and 2-6 ms to
-# resize here, as long as the tests' tiny train step).
+# is then decoded once instead of at every sample, where decoding and resizing would cost as much as a small
+# model's train step.
 # Keyed by the file's path, modification time and size, so a replaced file is read again.
 _RESIZED = BoundedCache(max_bytes=256 << 20)
 
@@ -518,12 +518,12 @@ class _Sample:
 class _Order:
   """Infinite stream of source indices: a seeded shuffle, reshuffled each epoch (grain's shuffle().repeat()).
 
-  grain draws each element with index_shuffle, which costs about 30 ms / n for n images: ~8 ms per sample for the
-  demo's few images. A small source's epochs are therefore drawn whole, once per process, and kept (the same
-  values): a run's rounds, and a study's runs, draw the same epochs again.
+  grain draws each element with index_shuffle, whose cost hardly shrinks with the source, so a source of a few
+  images would pay it at nearly every sample. A small source's epochs are therefore drawn whole, once per process,
+  and kept (the same values): a run's rounds, and a study's runs, draw the same epochs again.
   """
 
-  WHOLE_EPOCHS_UP_TO = 4096  # sources at most this long; drawing a whole epoch costs ~30-60 ms
+  WHOLE_EPOCHS_UP_TO = 4096  # sources at most this long: a whole epoch is cheap to draw and to keep
 
   def __init__(self, indices: np.ndarray, seed: int):
     self._stream = grain.MapDataset.source([int(i) for i in indices]).shuffle(seed=seed).repeat(None)

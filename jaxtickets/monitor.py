@@ -32,7 +32,7 @@ def _scalar(value) -> float | None:
 
 def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is installed,
-  only to accept torch tensors, which jaxtickets never passes (2 s of every run's start-up)."""
+  only to accept torch tensors, which jaxtickets never passes, and that import would slow every run's start-up."""
   hide_torch = "torch" not in sys.modules
   if hide_torch:
     sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile, which tensorboardX handles

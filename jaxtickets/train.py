@@ -155,8 +155,8 @@ def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: b
 
   if mesh.shape[parallel.RUNS_AXIS] == 1:
     # One device group holds the whole pack: the plain jit partitions it over 'data' by itself and computes a
-    # one-run pack with the plain step's rounding. (Through shard_map it compiles as fast, but test_train's
-    # packed-vs-alone comparison drifted by up to 6e-6 on 5 of 576 weights after 2 steps.)
+    # one-run pack with the plain step's rounding, so a packed run stays the run trained alone (shard_map would
+    # round differently).
     runs_sharding = parallel.runs_sharding(mesh)
     return jax.jit(local_step, donate_argnums=(0,), out_shardings=(runs_sharding, runs_sharding))
   runs = P(parallel.RUNS_AXIS)
@@ -206,8 +206,8 @@ def _guard(old: TrainState, new: TrainState, loss, grads, policy: str) -> TrainS
   finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)],
                             jnp.isfinite(loss))
   ok = finite if policy == "skip" else finite & (old.first_bad < 0)
-  # One conditional rather than a select per leaf: XLA copies a select's scalar condition (this chain of one test
-  # per leaf) into every leaf's fused select, which made the step's optimised program about twice as large.
+  # One conditional rather than a select per leaf: XLA would copy a select's scalar condition (this chain of one
+  # test per leaf) into every leaf's fused select, bloating the step's optimised program.
   params, opt_state = jax.lax.cond(ok, lambda: (new.params, new.opt_state), lambda: (old.params, old.opt_state))
   first_bad = jnp.where((old.first_bad < 0) & ~finite, old.step + 1, old.first_bad).astype(jnp.int32)
   skips = old.nan_skips + (~finite).astype(jnp.int32) if policy == "skip" else old.nan_skips

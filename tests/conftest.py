@@ -12,12 +12,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The tests run tiny programs once or a few times, so compiling dominates: LLVM at optimisation level 0 without its
 # expensive passes, and XLA's older loop emitters instead of its MLIR fusion emitters, compile XLA CPU programs
-# several times faster (measured side by side, 2026-11-30: AdaAttN's tiny train step compiles in 17.1 s at O0 with
-# the fusion emitters, 7.1 s without; the tiny AdaIN step took 54 s at XLA's defaults, 15.5 s at O0) and compute
-# the same values up to float rounding (no fast-math either way; that step's updated params were bitwise equal).
+# several times faster and compute the same values up to float rounding (no fast-math either way).
 # One LLVM module per program instead of XLA's default split into parallel codegen parts: the parts save wall time
-# only when a core is idle, and two test workers keep both busy (measured 2026-12-01, the same StableHLO compiled in
-# fresh processes: AdaAttN's train step 12.6-13.7 s CPU -> 10.1-11.3 s, its eval 3.1-3.3 -> 2.5-2.6 s).
+# only when a core is idle, and two test workers keep both busy, so splitting only adds work.
 # Rounding can differ between a vmapped (packed) and a plain step, so the tests that compare masks across layouts
 # set Adam's eps above rounding noise (1e-4), where near-tied pruning decisions cannot flip. Subprocesses inherit
 # the flags; tests that add flags (8 fake devices) append to them.
@@ -27,8 +24,7 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".
 
 # The test processes run under tcmalloc, as the CPU entry points do (jaxtickets.tcmalloc): set here, before
 # pytest-xdist starts its workers, they and every command they start load it (the commands then need no re-exec).
-# XLA's compiler and JAX's tracing allocate heavily; under glibc's malloc a model's tiny train step took about 6%
-# more CPU (measured 2026-12-01, MANet, fresh processes, 4 pairs).
+# XLA's compiler and JAX's tracing allocate heavily, which glibc's malloc serves more slowly.
 from jaxtickets import tcmalloc  # pylint: disable=wrong-import-position
 
 _TCMALLOC = tcmalloc.reexec_plan(dict(os.environ), tcmalloc.find_library(), tcmalloc.loaded_library(),
@@ -43,10 +39,10 @@ from helpers import CLI_ARGS, ROOT, cli_env, tiny_config  # pylint: disable=wron
 
 # pytest-xdist hands whole files (--dist loadfile) to its two workers in collection order; by default it first
 # sorts the files by their number of tests, which started the few-test, long end-to-end files last and left one
-# worker idle while the other finished them. Here the longest files go first (their seconds in a cold run,
-# 2026-12-01: test_main 163, test_resume 123, test_parallel 86, the per-model IMP runs 35-78, ...) and the rest keep
-# pytest's order. test_parallel is second so that test_resume, which needs the same shared command-line run
-# (cli_reference) as test_main, does not wait idle for it while the other worker makes it.
+# worker idle while the other finished them. Here the longest files go first (the command-line and multi-process
+# files, then the per-model IMP runs) and the rest keep pytest's order. test_parallel is second so that
+# test_resume, which needs the same shared command-line run (cli_reference) as test_main, does not wait idle for it
+# while the other worker makes it.
 LONGEST_FILES_FIRST = ("test_main.py", "test_parallel.py", "test_resume.py", "test_imp.py", "test_adaattn.py",
                        "test_mccnet.py", "test_train.py", "test_manet.py", "test_study.py", "test_port.py",
                        "test_sanet.py", "test_lst.py", "test_bench.py", "test_stylize.py", "test_metric_names.py")

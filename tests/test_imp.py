@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory):
 
 @functools.lru_cache(maxsize=None)
 def ticket(workdir, branch, round_, rep):
-  """A saved ticket, read once per test session: tickets are never rewritten, and Orbax takes ~0.2 s a read."""
+  """A saved ticket, read once per test session: tickets are never rewritten, and Orbax reads are slow."""
   return load_ticket(imp.ticket_dir(workdir, branch, round_, rep))
 
 

@@ -65,7 +65,7 @@ def test_disabled_monitor_writes_nothing(tmp_path):
 
 @pytest.mark.e2e
 def test_writing_events_does_not_import_torch(tmp_path):
-  """tensorboardX would import PyTorch (2 s) when it is installed; the monitor keeps it out, and torch still imports
+  """tensorboardX would import PyTorch (slow) when it is installed; the monitor keeps it out, and torch still imports
   afterwards for whoever needs it (porting weights)."""
   import subprocess
   import sys

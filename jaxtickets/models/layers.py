@@ -25,8 +25,8 @@ def _jit_init(module: nn.Module, rng: jax.Array, *inputs) -> dict:
 
 def init_params(module: nn.Module, rng: jax.Array, *inputs) -> dict:
   """`module.init(rng, *inputs)["params"]`, jitted (cached per module), drawing from the classic threefry."""
-  # Partitionable threefry makes each random init several times slower to compile on XLA CPU (~10 s vs ~2 s
-  # for the VGG); the classic stream is just as deterministic for a given key and shape.
+  # Partitionable threefry makes each random init several times slower to compile on XLA CPU; the classic stream
+  # is just as deterministic for a given key and shape.
   with jax.threefry_partitionable(False):
     return _jit_init(module, rng, *inputs)
 
@@ -35,8 +35,8 @@ def reflect_pad(x: jax.Array, n: int = 1) -> jax.Array:
   """Pads H and W of an NHWC array by reflection without repeating the edge (== torch ReflectionPad2d)."""
   if n >= min(x.shape[1:3]):  # torch refuses this; jnp.pad reflects repeatedly
     return jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode="reflect")
-  # Slices and one concatenation per axis: the same values as jnp.pad(mode="reflect"), which traces about ten
-  # times slower per new shape (it nests jitted helpers); it was a fifth of tracing a model's train step.
+  # Slices and one concatenation per axis: the same values as jnp.pad(mode="reflect"), which nests jitted helpers
+  # that are traced anew for every shape, and every conv of a model pads.
   for axis in (1, 2):
     size = x.shape[axis]
     before = jax.lax.slice_in_dim(x, 1, n + 1, axis=axis)
