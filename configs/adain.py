@@ -4,14 +4,17 @@
               of 20% global pruning (89.3% sparsity at the end), VGG encoder trained too.
 'demo':       the embedded demo: half-width VGG, scikit-image's photographs and textures, 64 px crops,
               5 rounds (dense + 4 pruned) plus the random-pruning baseline, 2 replicates, minutes on a laptop CPU.
-'cpu_study':  the CPU study in docs/study_cpu/: the demo images at 1/4 width, 3 replicates, 4 pruned rounds of 36%
-              (two of the paper's 20% steps at once, to fit two hours of a 2-core CPU) to 83.2% sparsity, IMP
-              against random pruning and random reinitialisation, 64 held-out pairs.
+'cpu_study':  the CPU study in docs/study_cpu/: the demo images at 1/4 width, 6 replicates, 4 pruned rounds of 36%
+              (two of the paper's 20% steps at once, to fit a 2-core CPU) to 83.2% sparsity of the decoder, IMP
+              against random pruning and random reinitialisation, 64 held-out pairs, a 10% tolerance, cosine
+              schedule. Two deviations from the reference, the best setting the pilots in docs/study_cpu/ found
+              for a random VGG: the encoder stays the fixed loss VGG (a trained random encoder collapses), and the
+              content loss adds the shallow taps r11-r31.
 """
 
 from jaxtickets import config as config_lib
 
-STUDY_STEPS = 500  # per round: the dense loss is flat from about step 250 at lr 1e-3 (docs/study_cpu/dense_curve.png)
+STUDY_STEPS = 400  # per round, annealed to 0 by the cosine schedule
 
 
 def demo(c):
@@ -20,13 +23,19 @@ def demo(c):
 
 
 def cpu_study(c):
-  config_lib.use_demo_data(c, steps=STUDY_STEPS, rounds=4, replicates=3)
+  config_lib.use_demo_data(c, steps=STUDY_STEPS, rounds=4, replicates=6)
   c.model.width = 0.25
-  c.train.lr = 1e-3  # at 2e-4 the loss sat on its first plateau for 300 steps and still fell at step 600
+  c.model.train_encoder = False
+  c.model.content_taps = "r11,r21,r31,r41"
+  c.model.style_weight = 1.0
+  c.train.lr = 1e-3
+  c.train.schedule = "cosine"
+  c.train.warmup_steps = 20
   c.sparsity.fraction = 0.36
-  c.train.log_every = 25
+  c.train.log_every = 50
   c.checkpoint.every_steps = 200
   c.imp.branches = "imp,random_prune,random_reinit"
+  c.imp.match_tolerance = 0.10
   c.eval.num_pairs = 64
 
 
