@@ -9,19 +9,9 @@ from typing import Callable, Mapping, Sequence
 import ml_collections
 
 from jaxtickets.errors import UserError
+from jaxtickets.models import GROUPS, MODELS
 
-# The model registry: name -> module, whose `Model` is its StyleModel subclass. Adding a model = one new module
-# under jaxtickets/models/ (its PyTorch layout at its end) + one line here.
-MODELS = {
-    "adain": "jaxtickets.models.adain",
-    "sanet": "jaxtickets.models.sanet",
-    "lst": "jaxtickets.models.lst",
-    "manet": "jaxtickets.models.manet",
-    "adaattn": "jaxtickets.models.adaattn",
-    "mccnet": "jaxtickets.models.mccnet",
-}
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
-GROUPS = ("encoder", "decoder", "transform")  # the top-level keys of every model's params tree
 PRUNE_METHODS = ("global", "layerwise", "lamp")
 DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("stop", "skip")

@@ -26,8 +26,8 @@ import numpy as np
 
 from jaxtickets import checkpoint, config as config_lib, stats
 from jaxtickets.errors import UserError
+from jaxtickets.models import GROUPS
 
-GROUPS = config_lib.GROUPS
 CONFIDENCE = 0.95
 # The learnability check each ticket records (evaluate.py): PSNR in dB of the held-out content reconstructed with
 # itself as the style, and of a flat mean-colour image of it. A dense network less than LEARNED_MARGIN_DB above the

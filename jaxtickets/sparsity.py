@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtickets.errors import UserError
+from jaxtickets.models import GROUPS
 
 PyTree = Any
-GROUPS = ('encoder', 'decoder', 'transform')
 _GLOB_CHARS = '*?['
 
 

@@ -12,7 +12,8 @@ import pytest
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
 from jaxtickets import checkpoint, imp
 from jaxtickets.errors import UserError
-from jaxtickets.models import StyleModel, get_model, sanet
+from jaxtickets.models import get_model, sanet
+from jaxtickets.models.base import StyleModel
 from jaxtickets.models.vgg import VGGEncoder
 from test_attention import nonzero_biases, np_sanet_block, to_bcn, to_nhwc
 

@@ -9,11 +9,12 @@ import numpy as np
 
 from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
+from jaxtickets.models import GROUPS
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.layers import init_params
 from jaxtickets.models.torch_layout import Part
 
-ENCODER, DECODER, TRANSFORM = config_lib.GROUPS
+ENCODER, DECODER, TRANSFORM = GROUPS
 _DATA_SOURCES = ("vgg_weights", "init_from")  # where weights come from: they are arguments, not part of the model
 
 
@@ -34,7 +35,7 @@ def _fresh_copy(a: jax.Array) -> jax.Array:
 class StyleModel:
   """A style-transfer model: pure, jittable functions of explicit params; the object holds only settings.
 
-  Params come in two trees: `params` (top-level keys = `groups`, each one of config.GROUPS)
+  Params come in two trees: `params` (top-level keys = `groups`, each one of models.GROUPS)
   and `vgg_params` (the frozen loss VGG up to `loss_depth`). When `train_encoder` is False the stylizing encoder
   reads `vgg_params`. Only `trained_groups` (default: all of `groups`) get gradients and can be pruned; the others
   (e.g. LST's pre-trained decoder) ride along in `params` unchanged. `torch_parts` names the released PyTorch
