@@ -152,7 +152,7 @@ def _imp_rounds(s: Setup, reps: list[Replicate]) -> dict[int, list[checkpoint.Ti
     jobs = []
     for rep in going:
       prev = tickets[rep.index][-1]
-      masks = prune(config, prev.trained_params, prev.masks, s.prunable)
+      masks = sparsity.prune(config, prev.trained_params, prev.masks, s.prunable)
       jobs.append(pack.Job("imp", r, rep, rewind_params(s, rep, theta_0[rep.index]), masks, start_step=k))
     for rep, ticket in zip(going, _train_jobs(s, jobs)):
       tickets[rep.index].append(ticket)
@@ -180,7 +180,7 @@ def early_bird_watch(s: Setup, params):
     draw = lambda p: sparsity.prune_to_sparsity(p, s.prunable, i.target_sparsity, layer_cap=s.config.sparsity.layer_cap,
                                                 method=method)
   else:
-    draw = lambda p: prune(s.config, p, ones, s.prunable)
+    draw = lambda p: sparsity.prune(s.config, p, ones, s.prunable)
   return early_bird.Watch(every=i.early_bird_every, epsilon=i.early_bird_epsilon, patience=i.early_bird_patience,
                           draw=draw, prunable=s.prunable, min_step=i.rewind_step)
 
@@ -211,7 +211,7 @@ def _baseline_jobs(s: Setup, reps: list[Replicate], imp_tickets: dict) -> list[p
                                                    theta_k))
           masks, init = imp_ticket.masks, reinit
         else:  # oneshot: the dense round's trained weights pruned at once, the way IMP prunes
-          masks = oneshot_masks(config, dense.trained_params, imp_ticket.masks, s.prunable)
+          masks = sparsity.oneshot_masks(config, dense.trained_params, imp_ticket.masks, s.prunable)
         jobs.append(pack.Job(branch, r, rep, init, masks, start_step=k))
   return jobs
 
@@ -392,24 +392,6 @@ def initial_params(s: Setup, rep: Replicate):
     log(f"theta_0: decoder/transform from {s.config.model.init_from}")
   checkpoint.save_params(path, theta_0)
   return theta_0
-
-
-def prune(config, params, masks, prunable):
-  """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights, smallest magnitude."""
-  fn = {"global": sparsity.global_magnitude_prune, "layerwise": sparsity.layerwise_magnitude_prune,
-        "lamp": sparsity.lamp_prune}
-  return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction,
-                                    layer_cap=config.sparsity.layer_cap)
-
-
-def oneshot_masks(config, dense_params, imp_masks, prunable):
-  """The one-shot baseline's masks: the dense round's trained weights pruned straight to IMP's round, globally or by
-  LAMP scores (IMP's total count, under the same layer cap) or layer-wise (IMP's count in every layer)."""
-  if config.sparsity.method == "layerwise":
-    return sparsity.prune_like(dense_params, prunable, imp_masks)
-  target = sparsity.count(imp_masks, prunable)["prunable"]["sparsity"]
-  return sparsity.prune_to_sparsity(dense_params, prunable, target, layer_cap=config.sparsity.layer_cap,
-                                    method=config.sparsity.method)
 
 
 def sparsity_report(s: Setup, masks, params) -> dict:

@@ -320,6 +320,23 @@ def random_prune_like(reference_masks: PyTree, prunable: PyTree, seed: int) -> P
   return jax.tree.unflatten(treedef, new)
 
 
+def prune(config, params: PyTree, masks: PyTree, prunable: PyTree) -> PyTree:
+  """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights, smallest magnitude."""
+  fn = {'global': global_magnitude_prune, 'layerwise': layerwise_magnitude_prune, 'lamp': lamp_prune}
+  return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction,
+                                    layer_cap=config.sparsity.layer_cap)
+
+
+def oneshot_masks(config, dense_params: PyTree, imp_masks: PyTree, prunable: PyTree) -> PyTree:
+  """The one-shot baseline's masks: the dense round's trained weights pruned straight to IMP's round, globally or by
+  LAMP scores (IMP's total count, under the same layer cap) or layer-wise (IMP's count in every layer)."""
+  if config.sparsity.method == 'layerwise':
+    return prune_like(dense_params, prunable, imp_masks)
+  target = count(imp_masks, prunable)['prunable']['sparsity']
+  return prune_to_sparsity(dense_params, prunable, target, layer_cap=config.sparsity.layer_cap,
+                           method=config.sparsity.method)
+
+
 def _entry(size: int, remaining: int) -> dict:
   return {'size': size, 'remaining': remaining,
           'sparsity': float((size - remaining) / size) if size else 0.0}

@@ -272,12 +272,12 @@ def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
   capped = tiny_config(sparsity__layer_cap=0.1)
   masks = dense.masks
   for _ in range(3):
-    masks = imp.prune(capped, dense.trained_params, masks, prunable)
+    masks = sparsity.prune(capped, dense.trained_params, masks, prunable)
   for e in sparsity.count(masks, prunable)["layers"].values():
     assert e["size"] - e["remaining"] <= int(0.1 * e["size"])
   layerwise = tiny_config(sparsity__method="layerwise")
-  imp_masks = imp.prune(layerwise, dense.trained_params, dense.masks, prunable)
-  one = imp.oneshot_masks(layerwise, dense.trained_params, imp_masks, prunable)
+  imp_masks = sparsity.prune(layerwise, dense.trained_params, dense.masks, prunable)
+  one = sparsity.oneshot_masks(layerwise, dense.trained_params, imp_masks, prunable)
   for a, b, f in zip(jax.tree.leaves(one), jax.tree.leaves(imp_masks), jax.tree.leaves(prunable)):
     assert a.sum() == b.sum()  # IMP's count in every layer, positions from the dense weights
   np.testing.assert_array_equal(jax.tree.leaves(one)[1], jax.tree.leaves(
