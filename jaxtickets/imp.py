@@ -94,7 +94,6 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
         nonlocal lock
         config_lib.validate(config)
         lock = _lock_workdir(config, workdir)
-        results.check_layout(workdir)
         _check_resume_config(config, workdir, allow_config_change)
         return setup(config, workdir, watch=watch, place=False)
 

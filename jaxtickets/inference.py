@@ -143,12 +143,7 @@ class Stylizer:
     ticket_dir = os.path.abspath(os.fspath(ticket_dir))
     if not checkpoint.ticket_exists(ticket_dir):
       checkpoint.load_ticket_metadata(ticket_dir)  # raises the UserError that names what is wrong
-    rep_dir = os.path.dirname(ticket_dir)
-    if not os.path.basename(rep_dir).startswith("rep_"):
-      raise UserError(f"The ticket '{ticket_dir}' is not at WORKDIR/tickets/<branch>/rep_<r>/round_NN: a single-seed "
-                      "run of an older jaxtickets (tickets/<branch>/round_NN) cannot be read by this version; run "
-                      "it again in a new --workdir.")
-    workdir = os.path.dirname(os.path.dirname(os.path.dirname(rep_dir)))
+    workdir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(ticket_dir))))
     config = load_run_config(workdir, ticket_dir)
     model, vgg = model_and_vgg(config)
     ticket = checkpoint.load_ticket(ticket_dir)

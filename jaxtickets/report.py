@@ -44,8 +44,8 @@ _VERDICT_MARKERS = {"matches": dict(marker="o"), "does not match": dict(marker="
                     "inconclusive": dict(marker="o", mfc="white"), "": dict(marker="s")}
 
 
-def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "",
-                terms: tuple[str, ...] = results.LEGACY_TERMS) -> None:
+def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "", *,
+                terms: tuple[str, ...]) -> None:
   """One panel for the total and one per loss term in `terms`: the geometric mean ratio of held-out loss
   (ticket / dense) - 1 vs prunable sparsity, per branch, with its 95% interval as a band; filled dots match, hollow
   ones are inconclusive, crosses do not match."""

@@ -42,11 +42,11 @@ ESTIMATOR = ("geometric mean ratio of held-out total loss (ticket / its own repl
 SPARSEST_NOTE = ("exploratory: the sparsest matching round anywhere, which may follow a round that did not match; "
                  "the best of many tests, so its interval does not hold for the choice. The headline is "
                  "highest_matching, which needs every round before it to match too.")
-# The terms of a ticket that recorded none (saved before models named their own): what was reported then.
-LEGACY_TERMS = ("content", "style")
+# The default model's (AdaIN's) loss terms, the columns' default.
+DEFAULT_TERMS = ("content", "style")
 
 
-def result_fields(terms=LEGACY_TERMS, extra_metrics=(), learnability: bool = False) -> tuple[str, ...]:
+def result_fields(terms=DEFAULT_TERMS, extra_metrics=(), learnability: bool = False) -> tuple[str, ...]:
   """results.csv's columns for a model with these loss terms and extra metrics (and the learnability check's).
 
   The learnability columns go before the losses, so the losses stay the last columns, where tools look for them.
@@ -56,7 +56,7 @@ def result_fields(terms=LEGACY_TERMS, extra_metrics=(), learnability: bool = Fal
           *(LEARNABILITY if learnability else ()), *terms, *extra_metrics, "total", "relative_to_dense")
 
 
-def summary_fields(terms=LEGACY_TERMS) -> tuple[str, ...]:
+def summary_fields(terms=DEFAULT_TERMS) -> tuple[str, ...]:
   """summary.csv's columns for a model with these loss terms (total alone decides the verdict)."""
   return ("branch", "round", "replicates", "pairs", "combinations", "sparsity_prunable", "sparsity_total",
           "sparsity_inference", "total", "relative_to_dense", "ci_low", "ci_high", "verdict",
@@ -82,19 +82,6 @@ def init_dir(workdir: str, replicate: int) -> str:
   return os.path.join(workdir, "init", f"rep_{replicate}")
 
 
-def check_layout(workdir: str) -> None:
-  """Refuses a workdir written before replicates existed (tickets/<branch>/round_NN): it must not be misread."""
-  root = os.path.join(workdir, "tickets")
-  old = os.path.isdir(os.path.join(workdir, "init", "theta_0"))
-  if os.path.isdir(root):
-    old = old or any(name.startswith("round_") for branch in os.listdir(root)
-                     if os.path.isdir(os.path.join(root, branch)) for name in os.listdir(os.path.join(root, branch)))
-  if old:
-    raise UserError(f"'{workdir}' holds a single-seed run of an older jaxtickets (tickets/<branch>/round_NN), which "
-                    "this version cannot read: it keeps tickets per replicate (tickets/<branch>/rep_<r>/round_NN), "
-                    "so run again in a new --workdir (or set --config.resume=false to move the old run aside).")
-
-
 def _branch_order(branch: str):
   order = {b: i for i, b in enumerate(config_lib.BRANCHES)}
   return order.get(branch, 99), branch
@@ -112,7 +99,6 @@ def _sub_dirs(path: str, prefix: str) -> list[tuple[int, str]]:
 
 def collect_rows(workdir: str) -> list[dict]:
   """One row per saved ticket (IMP first, then by replicate and round), with the per-pair losses under 'per_pair'."""
-  check_layout(workdir)
   root = os.path.join(workdir, "tickets")
   branches = sorted(os.listdir(root), key=_branch_order) if os.path.isdir(root) else []
   rows = []
@@ -125,10 +111,8 @@ def collect_rows(workdir: str) -> list[dict]:
 
 
 def recorded_terms(metrics: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """(loss terms, extra metrics) a ticket's metrics recorded; an older ticket's are the legacy content/style."""
-  if "terms" in metrics:
-    return tuple(metrics["terms"]), tuple(metrics.get("extra_metrics", ()))
-  return tuple(t for t in LEGACY_TERMS if t in metrics), ()
+  """(loss terms, extra metrics) a ticket's metrics recorded."""
+  return tuple(metrics.get("terms", ())), tuple(metrics.get("extra_metrics", ()))
 
 
 def run_terms(rows: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:

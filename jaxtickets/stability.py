@@ -168,7 +168,6 @@ def _load_config(workdir: str):
   if not os.path.isfile(path):
     raise UserError(f"'{workdir}' holds no run (no config.json): pass the --workdir of a finished "
                     "`python -m jaxtickets.main` run.")
-  results.check_layout(workdir)
   from jaxtickets import inference
 
   return inference.load_run_config(workdir)  # on today's defaults, so an older run's config.json still loads

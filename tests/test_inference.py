@@ -142,12 +142,6 @@ def test_from_ticket_errors_name_the_path(tmp_path, ticket):
   os.symlink(ticket[0], moved)
   with pytest.raises(UserError, match=re.escape(f"'{tmp_path / 'a' / 'config.json'}' does not exist")):
     inference.Stylizer.from_ticket(str(moved))
-  # A ticket of the older single-seed layout (tickets/<branch>/round_NN) is refused, not misread.
-  old = tmp_path / "old" / "tickets" / "imp" / "round_03"
-  os.makedirs(old.parent)
-  os.symlink(ticket[0], old)
-  with pytest.raises(UserError, match=r"not at WORKDIR/tickets/<branch>/rep_<r>/round_NN: a single-seed run"):
-    inference.Stylizer.from_ticket(str(old))
   with pytest.raises(UserError, match="which = 'best'"):
     inference.Stylizer.from_ticket(ticket[0], which="best")
   with pytest.raises(UserError, match=r"shape \(4, 4\)"):

@@ -92,28 +92,27 @@ def test_adain_style_loss_is_the_shared_one_and_the_hand_computation(dtype):
 # ----------------------------------------------------------------------------- results tables and the report
 
 
-def _meta(round_, rep, terms, legacy=False):
+def _meta(round_, rep, terms):
   """A ticket's metadata: per-pair losses that grow with the round, so every term has a relative difference."""
   rng = np.random.default_rng(10 * rep + round_)
   per_pair = {k: list(1.0 + 0.05 * round_ * (i + 1) + 0.01 * rng.random(4)) for i, k in enumerate(("total", *terms))}
   metrics = {k: float(np.mean(v)) for k, v in per_pair.items()}
-  metrics.update(round=round_, steps=3, rewind_step=0, relative_to_dense=0.05 * round_, per_pair=per_pair)
-  if not legacy:
-    metrics.update(terms=list(terms), extra_metrics=[])
+  metrics.update(round=round_, steps=3, rewind_step=0, relative_to_dense=0.05 * round_, per_pair=per_pair,
+                 terms=list(terms), extra_metrics=[])
   sp = 0.2 * round_
   entry = lambda: {"sparsity": sp, "remaining": 100, "size": 125}
   return {"metrics": metrics,
           "sparsity": {"prunable": entry(), "total": entry(), "inference": entry(), "groups": {"decoder": entry()}}}
 
 
-def _fake_run(tmp_path, monkeypatch, terms, legacy=False):
+def _fake_run(tmp_path, monkeypatch, terms):
   """A workdir of two replicates x rounds 0..2 of IMP whose tickets hold only `_meta`'s metadata."""
   metas = {}
   for rep in (0, 1):
     for round_ in (0, 1, 2):
       path = results.ticket_dir(str(tmp_path), "imp", round_, rep)
       os.makedirs(path)
-      metas[path] = _meta(round_, rep, terms, legacy)
+      metas[path] = _meta(round_, rep, terms)
   monkeypatch.setattr(checkpoint, "ticket_exists", lambda path: path in metas)
   monkeypatch.setattr(checkpoint, "load_ticket_metadata", lambda path: metas[path])
   return str(tmp_path)
@@ -155,15 +154,9 @@ def test_six_terms_give_seven_curve_panels_in_two_rows(tmp_path, monkeypatch):
     assert img.size == (2000, 1040)
 
 
-def test_content_style_models_keep_their_columns_and_old_tickets_read_as_before(tmp_path, monkeypatch):
-  workdir = _fake_run(tmp_path / "new", monkeypatch, ("content", "style"))
+def test_content_style_models_keep_their_columns(tmp_path, monkeypatch):
+  workdir = _fake_run(tmp_path, monkeypatch, ("content", "style"))
   results.write_results(workdir, tiny_config(imp__branches="imp"), skipped={})
   assert _header(workdir, "results.csv") == [f for f in results.RESULT_FIELDS
                                              if f not in ("sparsity_encoder", "sparsity_transform")]
   assert _header(workdir, "summary.csv")[:12 + 6] == list(results.SUMMARY_FIELDS[:12 + 6])
-  # A ticket saved before models named their terms (an old AdaAttN one has content/style and more): the legacy
-  # content and style columns, nothing else.
-  old = _fake_run(tmp_path / "old", monkeypatch, ("content", "style", "local", "global"), legacy=True)
-  rows, _ = results.write_results(old, tiny_config(model__name="adaattn", imp__branches="imp"), skipped={})
-  assert results.run_terms(rows) == (("content", "style"), ())
-  assert _header(old, "results.csv")[-4:] == ["content", "style", "total", "relative_to_dense"]
