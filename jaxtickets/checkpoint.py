@@ -1,4 +1,4 @@
-"""Orbax storage of tickets, lone params trees and the running round's train state; the workdir lock.
+"""Orbax storage of tickets, lone params trees and the running round's train state.
 
 Every checkpoint here is one Orbax directory written by a `CompositeCheckpointHandler`. Orbax itself makes the
 write atomic: it writes `<path>.orbax-checkpoint-tmp` beside the target and renames it when every item is done,
@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import socket
-import time
 from typing import Any
 
 from absl import logging as absl_logging
@@ -290,93 +289,6 @@ def load_json(path) -> Any:
     raise UserError(f"No JSON file at '{path}'; check the path (or run the step that writes it).") from None
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
     raise UserError(f"'{path}' is not readable JSON ({err}); delete it and write it again.") from None
-
-
-# ----------------------------------------------------------------------------- workdir lock
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # alive, owned by another user
-    return True
-  return True
-
-
-class WorkdirLock:
-  """`<workdir>/run.lock` holding the owner's PID and host: one run per workdir at a time.
-
-  A lock whose PID is dead on this host (a killed run) is stale and taken over with a warning; a lock held by
-  another host cannot be checked from here, so it is refused with a sentence saying how to clear it.
-  """
-
-  NAME = 'run.lock'
-
-  def __init__(self, workdir, log=print):
-    self.path = os.path.join(os.fspath(workdir), self.NAME)
-    self.log = log
-    self.held = False
-
-  def _owner(self) -> dict | None:
-    try:
-      with open(self.path) as f:
-        owner = json.load(f)
-      return owner if isinstance(owner, dict) and isinstance(owner.get('pid'), int) else None
-    except FileNotFoundError:
-      return {}
-    except (OSError, ValueError):
-      return None
-
-  def _create(self) -> bool:
-    """Writes the lock atomically (a full temporary file, then a hard link); False when one exists."""
-    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
-    tmp = f'{self.path}.tmp-{me["host"]}-{me["pid"]}'
-    with open(tmp, 'w') as f:
-      json.dump(me, f)
-    try:
-      os.link(tmp, self.path)
-      return True
-    except FileExistsError:
-      return False
-    finally:
-      os.remove(tmp)
-
-  def acquire(self) -> 'WorkdirLock':
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    for _ in range(3):  # a lost race with a stale-lock takeover by another run: look again
-      if self._create():
-        self.held = True
-        return self
-      owner = self._owner()
-      if owner == {}:
-        continue  # removed in the meantime
-      host = socket.gethostname()
-      if owner is None:
-        self.log(f"WARNING: the lock file '{self.path}' is unreadable (a run died while writing it); taking it over.")
-      elif owner['host'] == host and not _pid_alive(owner['pid']):
-        self.log(f"WARNING: taking over the stale lock '{self.path}' of PID {owner['pid']} on {host}, which is no "
-                 'longer running (a killed or crashed run).')
-      elif owner['host'] == host:
-        raise UserError(f"Another run (PID {owner['pid']} on {host}, started {owner.get('started', '?')}) is "
-                        f"using the workdir '{os.path.dirname(self.path)}': wait for it to finish, stop it, or pass "
-                        'another --workdir.')
-      else:
-        raise UserError(f"Another run (PID {owner['pid']} on host {owner['host']}) holds the lock "
-                        f"'{self.path}': wait for it to finish or pass another --workdir, and delete the lock file "
-                        'only if you are sure that run is gone.')
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
-    raise UserError(f"Could not take the lock '{self.path}' (other runs keep taking it): pass another --workdir.")
-
-  def release(self) -> None:
-    owner = self._owner() if self.held else None
-    if owner and owner.get('pid') == os.getpid() and owner.get('host') == socket.gethostname():
-      os.remove(self.path)
-    self.held = False
 
 
 # ----------------------------------------------------------------------------- train-state checkpoints

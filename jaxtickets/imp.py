@@ -11,21 +11,15 @@
 """
 
 import dataclasses
-import json
-import os
-import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from jaxtickets import (checkpoint, config as config_lib, data, early_bird, evaluate, pack, parallel, preempt, results,
-                        sparsity, train, weights)
-from jaxtickets.results import ticket_dir
+                        sparsity, train, weights, workdir as workdir_lib)
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model
-
-SKIPPED_FILE = "skipped_images.json"
 
 
 def log(msg: str) -> None:
@@ -57,7 +51,7 @@ class Setup:
 
   def save_skips(self) -> None:
     if jax.process_index() == 0 and len(self.skip_log):
-      checkpoint.save_json(os.path.join(self.workdir, SKIPPED_FILE), self.skip_log.summary())
+      workdir_lib.save_skips(self.workdir, self.skip_log.summary())
 
   def close(self) -> None:
     if self.monitor is not None:
@@ -93,8 +87,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
       def prepare() -> Setup:
         nonlocal lock
         config_lib.validate(config)
-        lock = _lock_workdir(config, workdir)
-        _check_resume_config(config, workdir, allow_config_change)
+        lock = workdir_lib.lock_workdir(config, workdir, log)
+        workdir_lib.check_resume_config(config, workdir, allow_config_change, log)
         return setup(config, workdir, watch=watch, place=False)
 
       s = with_run_state(parallel.agree(prepare))
@@ -114,8 +108,8 @@ def with_run_state(s: Setup) -> Setup:
 
   if not isinstance(jax.tree.leaves(s.vgg_params)[0], jax.Array):
     s = dataclasses.replace(s, vgg_params=parallel.replicate(s.vgg_params, s.mesh))
-  s.skip_log.merge(_load_skips(s.workdir))
-  ckpts = checkpoint.TrainCheckpoints(os.path.join(s.workdir, "state"), keep=s.config.checkpoint.keep,
+  s.skip_log.merge(workdir_lib.load_skips(s.workdir))
+  ckpts = checkpoint.TrainCheckpoints(workdir_lib.state_dir(s.workdir), keep=s.config.checkpoint.keep,
                                       async_save=s.config.checkpoint.async_save, log=log)
   return dataclasses.replace(s, ckpts=ckpts, monitor=Monitor(s.workdir))
 
@@ -131,7 +125,7 @@ def _run_rounds(s: Setup) -> list[dict]:
   for group in ([[rep] for rep in reps] if s.layout.runs_per_step == 1 else [reps]):
     imp_tickets = _imp_rounds(s, group)
     _train_jobs(s, _baseline_jobs(s, group, imp_tickets))
-  rows, summary = results.write_results(s.workdir, s.config, skipped=s.skip_log.summary())
+  rows, summary = results.write_results(s.workdir, s.config, skips=s.skip_log.summary())
   s.log(results.format_summary(summary))
   s.log(skipped_line(s.skip_log.summary()))
   for line in results.matching_lines(summary, s.config.imp.match_tolerance):
@@ -187,8 +181,7 @@ def early_bird_watch(s: Setup, params):
 def rewind_params(s: Setup, rep: Replicate, theta_0):
   """theta_k, the weights a pruned round rewinds to (theta_0 when k = 0)."""
   k = s.config.imp.rewind_step
-  return theta_0 if k == 0 else checkpoint.load_params(os.path.join(results.init_dir(s.workdir, rep.index),
-                                                                    f"theta_{k}"))
+  return theta_0 if k == 0 else checkpoint.load_params(workdir_lib.theta_dir(s.workdir, rep.index, k))
 
 
 def _baseline_jobs(s: Setup, reps: list[Replicate], imp_tickets: dict) -> list[pack.Job]:
@@ -220,7 +213,7 @@ def _train_jobs(s: Setup, jobs: list[pack.Job]) -> list[checkpoint.Ticket]:
   tickets: dict[int, checkpoint.Ticket] = {}
   todo = []
   for i, job in enumerate(jobs):
-    path = ticket_dir(s.workdir, job.branch, job.round, job.replicate.index)
+    path = workdir_lib.ticket_dir(s.workdir, job.branch, job.round, job.replicate.index)
     if checkpoint.ticket_exists(path):
       s.log(f"{job.label} already done, loading {path}")
       tickets[i] = checkpoint.load_ticket(path)
@@ -253,7 +246,7 @@ def _announce(s: Setup, job: pack.Job) -> None:
 def _finish_run(s: Setup, job: pack.Job, trained, nan_skips: int) -> checkpoint.Ticket:
   """Evaluates a trained run on the held-out pairs and saves its ticket (and refreshes the results tables)."""
   cfg, rep = s.config, job.replicate
-  path = ticket_dir(s.workdir, job.branch, job.round, rep.index)
+  path = workdir_lib.ticket_dir(s.workdir, job.branch, job.round, rep.index)
   report = sparsity_report(s, job.masks, job.init_params)
   metrics = evaluate.evaluate(s.eval_fn, jax.device_put(trained), jax.device_put(job.masks), s.vgg_params, s.pairs,
                               cfg.eval.batch_size)
@@ -284,54 +277,9 @@ def _finish_run(s: Setup, job: pack.Job, trained, nan_skips: int) -> checkpoint.
           "verdicts about its tickets say little about style transfer (train longer, or see docs/study_cpu).")
   checkpoint.save_ticket(path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,
                          metrics=metrics, sparsity=report)
-  results.write_results(s.workdir, cfg, skipped=s.skip_log.summary())
+  results.write_results(s.workdir, cfg, skips=s.skip_log.summary())
   return checkpoint.Ticket(path=path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,
                            metrics=metrics, sparsity=report)
-
-
-def _lock_workdir(config, workdir: str):
-  """Locks the workdir (process 0 only); with config.resume = False, first moves a previous run aside."""
-  if jax.process_index() != 0:
-    os.makedirs(workdir, exist_ok=True)
-    return None
-  lock = checkpoint.WorkdirLock(workdir, log).acquire()
-  if config.resume or not (set(os.listdir(workdir)) - {checkpoint.WorkdirLock.NAME}):
-    return lock
-  aside = f"{workdir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-  lock.release()
-  os.rename(workdir, aside)
-  log(f"config.resume is False: moved the previous run in '{workdir}' aside to '{aside}'; starting afresh.")
-  return checkpoint.WorkdirLock(workdir, log).acquire()
-
-
-def _has_progress(workdir: str) -> bool:
-  """Whether the workdir holds anything computed (theta_0, a ticket, a train-state checkpoint)."""
-  nonempty = lambda d: os.path.isdir(d) and bool(os.listdir(d))
-  return any(nonempty(os.path.join(workdir, d)) for d in ("init", "tickets", "state"))
-
-
-def _check_resume_config(config, workdir: str, allow_config_change: bool) -> None:
-  """Refuses to resume a run under a changed config (unless allowed); writes config.json."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path) and _has_progress(workdir):
-    changes = config_lib.config_changes(checkpoint.load_json(path), config)
-    if changes and not allow_config_change:
-      raise UserError(
-          f"The workdir '{workdir}' holds a run with another config ({'; '.join(changes)}): run with the same "
-          "config to resume it, pass --allow_config_change to resume it with this one, or set "
-          "--config.resume=false to move it aside and start afresh.")
-    if changes:
-      log(f"WARNING: resuming '{workdir}' with a changed config (--allow_config_change): {'; '.join(changes)}.")
-  if jax.process_index() == 0:
-    checkpoint.save_json(path, json.loads(config.to_json()))
-
-
-def _load_skips(workdir: str) -> dict:
-  path = os.path.join(workdir, SKIPPED_FILE)
-  try:
-    return checkpoint.load_json(path) if os.path.exists(path) else {}
-  except UserError:
-    return {}  # a damaged record only loses the names of earlier skips; they are found again
 
 
 def skipped_line(summary: dict) -> str:
@@ -381,7 +329,7 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> Setup:
 
 def initial_params(s: Setup, rep: Replicate):
   """The replicate's theta_0, saved once so that a restarted run rewinds to exactly the same weights."""
-  path = os.path.join(results.init_dir(s.workdir, rep.index), "theta_0")
+  path = workdir_lib.theta_dir(s.workdir, rep.index, 0)
   if checkpoint.params_exist(path):
     return checkpoint.load_params(path)
   theta_0 = jax.device_get(s.model.init(jax.random.fold_in(rep.key, 0), jax.device_get(s.vgg_params)))
@@ -405,4 +353,5 @@ def sparsity_report(s: Setup, masks, params) -> dict:
 
 
 def _dense_total(workdir: str, replicate: int) -> float:
-  return float(checkpoint.load_ticket_metadata(ticket_dir(workdir, "imp", 0, replicate))["metrics"]["total"])
+  dense = workdir_lib.ticket_dir(workdir, "imp", 0, replicate)
+  return float(checkpoint.load_ticket_metadata(dense)["metrics"]["total"])

@@ -17,10 +17,9 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib, models, weights as weights_lib
+from jaxtickets import checkpoint, models, weights as weights_lib, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
 # FCC NTSC RGB -> YIQ; rows give Y, I, Q. The inverse is computed, so the round trip is exact to float precision.
@@ -143,8 +142,7 @@ class Stylizer:
     ticket_dir = os.path.abspath(os.fspath(ticket_dir))
     if not checkpoint.ticket_exists(ticket_dir):
       checkpoint.load_ticket_metadata(ticket_dir)  # raises the UserError that names what is wrong
-    workdir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(ticket_dir))))
-    config = load_run_config(workdir, ticket_dir)
+    config = workdir_lib.load_run_config(workdir_lib.run_of_ticket(ticket_dir), ticket_dir)
     model, vgg = model_and_vgg(config)
     ticket = checkpoint.load_ticket(ticket_dir)
     params = ticket.trained_params if which == "trained" else ticket.rewind_params
@@ -179,21 +177,6 @@ class Stylizer:
     model = models.build(e.model_name, e.model_config)
     vgg = e.vgg_params if e.vgg_params is not None else unused_vgg(model)
     return cls(model, e.params, vgg, e.masks, model_config=e.model_config)
-
-
-def load_run_config(workdir: str, ticket_dir: str | None = None) -> ml_collections.ConfigDict:
-  """A run's resolved config from workdir/config.json."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    if ticket_dir:
-      raise UserError(f"The ticket '{ticket_dir}' is not inside a run's workdir: '{path}' does not exist; pass a "
-                      "ticket at WORKDIR/tickets/<branch>/rep_<r>/round_NN of a run made by jaxtickets.main.")
-    raise UserError(f"No run at '{workdir}': '{path}' does not exist; pass the workdir of a run made by "
-                    "jaxtickets.main.")
-  data = checkpoint.load_json(path)
-  if not isinstance(data, dict) or "model" not in data:
-    raise UserError(f"'{path}' is not a jaxtickets config (no 'model' section); restore the run's config.json.")
-  return config_lib.from_saved(data)
 
 
 def model_and_vgg(config):

@@ -16,6 +16,8 @@ import sys
 import jax
 import numpy as np
 
+from jaxtickets import workdir as workdir_lib
+
 MAX_IMAGES = 4
 
 
@@ -49,7 +51,7 @@ class Monitor:
 
   def __init__(self, workdir: str, enabled: bool | None = None, flush_secs: int = 30):
     self.enabled = (jax.process_index() == 0) if enabled is None else bool(enabled)
-    self.logdir = os.path.join(workdir, "tensorboard")
+    self.logdir = workdir_lib.tensorboard_dir(workdir)
     self.flush_secs = flush_secs
     self._writers = {}
 

@@ -9,14 +9,13 @@ position, checkpoint slot and ticket, so a packed run gives the ticket it gives 
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, data, parallel, preempt, results, train
+from jaxtickets import checkpoint, data, parallel, preempt, train, workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +162,7 @@ def train_pack(s, jobs: list[Job], finish) -> None:
 
   live = range(len(jobs))
   policy = cfg.train.nan_policy
-  theta_paths = {i: os.path.join(results.init_dir(s.workdir, job.replicate.index), f"theta_{job.keep_theta_at}")
+  theta_paths = {i: workdir_lib.theta_dir(s.workdir, job.replicate.index, job.keep_theta_at)
                  for i, job in enumerate(jobs) if job.keep_theta_at and steps[i] <= job.keep_theta_at}
   theta_paths = {i: p for i, p in theta_paths.items() if not checkpoint.params_exist(p)}
   last_t, last_step = time.perf_counter(), max(steps[i] for i in live)

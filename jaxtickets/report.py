@@ -22,10 +22,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from jaxtickets import checkpoint, config as config_lib, results
+from jaxtickets import checkpoint, config as config_lib, results, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
-FIGURES = {"curves": "curves.png", "layers": "layers.png", "grid": "grid.png", "early_bird": "early_bird.png"}
 MAX_GRID_ROWS = 8
 MAX_CURVE_COLUMNS = 4  # panels per row of curves.png (MCCNet has six terms)
 _GROUP_COLORS = {"encoder": "tab:blue", "decoder": "tab:orange", "transform": "tab:green"}
@@ -138,7 +137,7 @@ def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
   model, vgg = inference.model_and_vgg(config)
   columns = [("content", pairs["content"]), ("style", pairs["style"])]
   for r in tqdm(imp_rows, desc="report grid", unit="round", disable=None, leave=False):
-    ticket = checkpoint.load_ticket(results.ticket_dir(workdir, "imp", r["round"], r["replicate"]))
+    ticket = checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, "imp", r["round"], r["replicate"]))
     out = evaluate.stylize_pairs(model, ticket.trained_params, ticket.masks, vgg, pairs)
     label = "dense" if r["round"] == 0 else f"round {r['round']}\n{r['sparsity_prunable']:.1%} sparse"
     columns.append((label, out))
@@ -297,38 +296,37 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
   process 0)."""
   if jax.process_index() != 0:
     return None
-  from jaxtickets import inference
-
-  config = config if config is not None else inference.load_run_config(workdir)
+  config = config if config is not None else workdir_lib.load_run_config(workdir)
   rows, summary = results.write_results(workdir, config)
   if not rows:
-    raise UserError(f"No finished ticket in '{os.path.join(workdir, 'tickets')}': run python -m jaxtickets.main "
-                    f"--workdir={workdir} first.")
+    raise UserError(f"No finished ticket in '{os.path.join(workdir, workdir_lib.TICKETS)}': run python -m "
+                    f"jaxtickets.main --workdir={workdir} first.")
+  names = workdir_lib.FIGURES
+  at = lambda figure: os.path.join(workdir, names[figure])
   figures, notes = {}, []
   title = f"{config.model.name}: held-out loss vs sparsity, geometric mean ratio to the dense network"
-  plot_curves(summary, config.imp.match_tolerance, os.path.join(workdir, FIGURES["curves"]), title,
-              terms=results.run_terms(rows)[0])
-  figures["curves"] = FIGURES["curves"]
+  plot_curves(summary, config.imp.match_tolerance, at("curves"), title, terms=results.run_terms(rows)[0])
+  figures["curves"] = names["curves"]
   notes += _collapse_notes(workdir, rows)
   first_rep = min(r["replicate"] for r in rows)
   imp_rows = sorted((r for r in rows if r["branch"] == "imp" and r["replicate"] == first_rep), key=lambda r: r["round"])
   if imp_rows:
     final = imp_rows[-1]
-    meta = checkpoint.load_ticket_metadata(results.ticket_dir(workdir, "imp", final["round"], first_rep))
-    plot_layers(meta["sparsity"], os.path.join(workdir, FIGURES["layers"]),
+    meta = checkpoint.load_ticket_metadata(workdir_lib.ticket_dir(workdir, "imp", final["round"], first_rep))
+    plot_layers(meta["sparsity"], at("layers"),
                 f"{config.model.name}: per-layer sparsity, IMP round {final['round']} (replicate {first_rep})")
-    figures["layers"] = FIGURES["layers"]
+    figures["layers"] = names["layers"]
   birds = [r for r in rows if r["branch"] == "imp" and r["round"] == 0 and r.get("early_bird_history")]
   if birds:
-    plot_early_bird(birds, config.imp.early_bird_epsilon, os.path.join(workdir, FIGURES["early_bird"]))
-    figures["early_bird"] = FIGURES["early_bird"]
+    plot_early_bird(birds, config.imp.early_bird_epsilon, at("early_bird"))
+    figures["early_bird"] = names["early_bird"]
   if grid and imp_rows:
     try:
-      plot_grid(config, imp_rows, workdir, os.path.join(workdir, FIGURES["grid"]))
-      figures["grid"] = FIGURES["grid"]
+      plot_grid(config, imp_rows, workdir, at("grid"))
+      figures["grid"] = names["grid"]
     except UserError as e:  # e.g. the evaluation images moved since the run: the rest of the report still holds
       notes.append(f"The image grid was skipped: {e}")
-  path = os.path.join(workdir, "report.md")
+  path = os.path.join(workdir, workdir_lib.REPORT)
   text = format_markdown(config, rows, summary, workdir, figures, notes)
   section = _stability_section(workdir)  # when the run's stability was measured (jaxtickets.stability)
   if section:
@@ -342,7 +340,7 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
 
 def _stability_section(workdir: str) -> list[str]:
   """The stability section, when stability.csv exists."""
-  path = os.path.join(workdir, results.STABILITY_CSV)
+  path = os.path.join(workdir, workdir_lib.STABILITY_CSV)
   if not os.path.exists(path):
     return []
   rows = results.read_stability_csv(path)
@@ -358,7 +356,7 @@ def _stability_section(workdir: str) -> list[str]:
   for r in rows:
     lines.append(f"| {r['round']} | {r['replicate']} | {r['sparsity']:.4f} | {r['rewind_step']} | "
                  f"{r['barrier']:.4g} | {r['barrier_relative']:+.2%} | {r['barrier_linear']:.4g} |")
-  lines += ["", f"![stability]({results.STABILITY_FIGURE})", ""]
+  lines += ["", f"![stability]({workdir_lib.STABILITY_FIGURE})", ""]
   return lines
 
 
@@ -369,7 +367,7 @@ def _collapse_notes(workdir: str, rows: list[dict]) -> list[str]:
   notes = []
   for rep in sorted({r["replicate"] for r in rows}):
     for r in sorted((r for r in rows if r["branch"] == "imp" and r["replicate"] == rep), key=lambda r: r["round"]):
-      report = checkpoint.load_ticket_metadata(results.ticket_dir(workdir, "imp", r["round"], rep))["sparsity"]
+      report = checkpoint.load_ticket_metadata(workdir_lib.ticket_dir(workdir, "imp", r["round"], rep))["sparsity"]
       collapsed = sparsity.collapsed_layers(report)
       if collapsed:
         notes.append(f"WARNING, layer collapse: from IMP round {r['round']} of replicate {rep}, "
@@ -398,9 +396,7 @@ def main(argv):
     sys.exit(f"error: {e}")
   if path:
     print(f"Wrote {path} with its figures (PNG) beside it.")
-    from jaxtickets import inference
-
-    config = inference.load_run_config(FLAGS.workdir)
+    config = workdir_lib.load_run_config(FLAGS.workdir)
     rows = results.collect_rows(FLAGS.workdir)
     for line in (results.learnability_lines(results.summarize(rows, config.imp.match_tolerance))
                  + results.planner_lines(rows, config.imp.match_tolerance)):

@@ -1,6 +1,5 @@
-"""A run's results as tables, rebuilt from its saved tickets; where the tickets live.
+"""A run's results as tables, rebuilt from its saved tickets (workdir.py says where everything lives).
 
-  tickets/<branch>/rep_<r>/round_NN/   one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)
   results.csv    one row per branch x round x replicate: sparsities, the learnability check (recon_psnr, flat_psnr,
                  when recorded), held-out losses (each of the model's own terms, then the total), and
                  relative_to_dense: this ticket's mean total loss over its own replicate's dense round's, minus 1
@@ -24,7 +23,7 @@ import os
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib, stats
+from jaxtickets import checkpoint, config as config_lib, stats, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import GROUPS
 
@@ -73,41 +72,16 @@ MATCH_RULE = ("A round matches when the whole {conf:.0%} interval of its " + EST
               "model of seeds and images.")
 
 
-def ticket_dir(workdir: str, branch: str, round_: int, replicate: int = 0) -> str:
-  return os.path.join(workdir, "tickets", branch, f"rep_{replicate}", f"round_{round_:02d}")
-
-
-def init_dir(workdir: str, replicate: int) -> str:
-  """Where replicate r keeps theta_0 and theta_k (the weights its rounds rewind to)."""
-  return os.path.join(workdir, "init", f"rep_{replicate}")
-
-
 def _branch_order(branch: str):
   order = {b: i for i, b in enumerate(config_lib.BRANCHES)}
   return order.get(branch, 99), branch
 
 
-def _sub_dirs(path: str, prefix: str) -> list[tuple[int, str]]:
-  """(number, path) of the entries 'prefix<number>' in `path`, by number."""
-  out = []
-  for name in os.listdir(path) if os.path.isdir(path) else ():
-    tail = name[len(prefix):]
-    if name.startswith(prefix) and tail.isdigit():
-      out.append((int(tail), os.path.join(path, name)))
-  return sorted(out)
-
-
 def collect_rows(workdir: str) -> list[dict]:
   """One row per saved ticket (IMP first, then by replicate and round), with the per-pair losses under 'per_pair'."""
-  root = os.path.join(workdir, "tickets")
-  branches = sorted(os.listdir(root), key=_branch_order) if os.path.isdir(root) else []
-  rows = []
-  for branch in branches:
-    for replicate, rep_path in _sub_dirs(os.path.join(root, branch), "rep_"):
-      for _, path in _sub_dirs(rep_path, "round_"):
-        if checkpoint.ticket_exists(path):
-          rows.append(_row(branch, replicate, checkpoint.load_ticket_metadata(path)))
-  return rows
+  found = sorted(workdir_lib.ticket_dirs(workdir), key=lambda t: (_branch_order(t[0]), t[1], t[2]))
+  return [_row(branch, replicate, checkpoint.load_ticket_metadata(path))
+          for branch, replicate, _, path in found if checkpoint.ticket_exists(path)]
 
 
 def recorded_terms(metrics: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -316,27 +290,23 @@ def _brief(row: dict | None) -> dict | None:
   return None if row is None else {k: row[k] for k in keys}
 
 
-def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[list[dict], list[dict]]:
+def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list[dict], list[dict]]:
   """results.csv, summary.csv and summary.json from the saved tickets (process 0 writes); returns (rows, summary).
 
-  `skipped` is a data.SkipLog summary; None reads the workdir's record of skipped images.
+  `skips` is a data.SkipLog summary; None reads the workdir's record of unreadable images.
   """
   rows = collect_rows(workdir)
   summary = summarize(rows, config.imp.match_tolerance)
   if jax.process_index() != 0:
     return rows, summary
   terms, extra = run_terms(rows)
-  _write_csv(os.path.join(workdir, "results.csv"), result_fields(terms, extra, learnability=True), rows)
-  _write_csv(os.path.join(workdir, "summary.csv"), summary_fields(terms), summary)
-  if skipped is None:
-    path = os.path.join(workdir, "skipped_images.json")
-    try:
-      skipped = checkpoint.load_json(path) if os.path.exists(path) else {}
-    except UserError:
-      skipped = {}
+  _write_csv(os.path.join(workdir, workdir_lib.RESULTS_CSV), result_fields(terms, extra, learnability=True), rows)
+  _write_csv(os.path.join(workdir, workdir_lib.SUMMARY_CSV), summary_fields(terms), summary)
+  if skips is None:
+    skips = workdir_lib.load_skips(workdir)
   best = highest_matching(summary)
   spread = replicate_spread(rows)
-  checkpoint.save_json(os.path.join(workdir, "summary.json"), {
+  checkpoint.save_json(os.path.join(workdir, workdir_lib.SUMMARY_JSON), {
       "model": config.model.name, "terms": list(terms), "match_tolerance": config.imp.match_tolerance,
       "confidence": CONFIDENCE, "estimator": ESTIMATOR,
       "rule": match_rule(config.imp.match_tolerance),
@@ -348,7 +318,7 @@ def write_results(workdir: str, config, skipped: dict | None = None) -> tuple[li
           **spread, "power": PLANNED_POWER,
           "replicates_needed": {_tolerance(t): n for t, n in replicates_planned(spread["sd"],
                                                                                config.imp.match_tolerance).items()}},
-      "skipped_images": {"count": skipped.get("count", 0), "first": skipped.get("first", [])},
+      "skipped_images": {"count": skips.get("count", 0), "first": skips.get("first", [])},
       # Per replicate: the dense round's step where the mask settled (None: it trained to the end), and the
       # [step, distance to the previous check's mask] history.
       **({"early_bird": [{"replicate": r["replicate"], "early_bird_step": r.get("early_bird_step"),
@@ -406,10 +376,6 @@ def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- stability (jaxtickets.stability)
-
-STABILITY_CSV = "stability.csv"
-STABILITY_FIGURE = "stability.png"
-
 
 def _path_columns(points: int) -> list[str]:
   return [f"loss_at_{a:.2f}" for a in np.linspace(0.0, 1.0, points)]

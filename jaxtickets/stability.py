@@ -26,11 +26,11 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxtickets import checkpoint, evaluate, imp, pack, preempt, results
+from jaxtickets import checkpoint, evaluate, imp, pack, preempt, results, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
-CSV = results.STABILITY_CSV
-FIGURE = results.STABILITY_FIGURE
+CSV = workdir_lib.STABILITY_CSV
+FIGURE = workdir_lib.STABILITY_FIGURE
 COPIES = ("a", "b")
 # Seeds of the copies' data orders, far from the run's own seed + replicate: the copies see other orders than
 # the round did, and than each other.
@@ -69,10 +69,6 @@ def path_losses(s, a, b, masks, points: int) -> list[float]:
   return out
 
 
-def _copy_dir(workdir: str, replicate: int, round_: int, copy: str) -> str:
-  return os.path.join(workdir, "stability", f"rep_{replicate}", f"round_{round_:02d}", f"copy_{copy}")
-
-
 def start_params(workdir: str, config, ticket, replicate: int):
   """theta_k, the weights every round's copies start from at step k: the replicate's saved rewind point when k > 0.
 
@@ -82,7 +78,7 @@ def start_params(workdir: str, config, ticket, replicate: int):
   k = config.imp.rewind_step
   if k == 0:
     return ticket.rewind_params
-  path = os.path.join(results.init_dir(workdir, replicate), f"theta_{k}")
+  path = workdir_lib.theta_dir(workdir, replicate, k)
   if not checkpoint.params_exist(path):
     raise UserError(f"The run in '{workdir}' has no rewind point theta_{k} of replicate {replicate} ({path}): its "
                     f"dense round stopped before step {k} = imp.rewind_step (an early-bird stop of an older version), "
@@ -108,7 +104,7 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
   if points < 3:
     raise UserError(f"--points={points} is too few for a path: use at least 3 (11 is usual).")
   config = _load_config(workdir)
-  done = {r: results.ticket_dir(workdir, "imp", r, replicate) for r in range(config.imp.rounds + 1)}
+  done = {r: workdir_lib.ticket_dir(workdir, "imp", r, replicate) for r in range(config.imp.rounds + 1)}
   done = {r: p for r, p in done.items() if checkpoint.ticket_exists(p)}
   if not done:
     raise UserError(f"The workdir '{workdir}' has no IMP ticket of replicate {replicate}: run "
@@ -119,7 +115,7 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
     raise UserError(f"--rounds names round(s) {', '.join(map(str, missing))} that the run in '{workdir}' has not "
                     f"finished (replicate {replicate} has rounds {', '.join(map(str, sorted(done)))}).")
   with preempt.PreemptionWatch() as watch:
-    s = imp.setup(config, os.path.join(workdir, "stability"), watch=watch, place=False)
+    s = imp.setup(config, workdir_lib.stability_dir(workdir), watch=watch, place=False)
     s = imp.with_run_state(s)
     try:
       rows = [_measure(s, workdir, done[r], replicate, r, points, same_order) for r in chosen]
@@ -136,7 +132,7 @@ def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, poi
   trained = {}
   todo = []
   for copy, job in zip(COPIES, _copies(s, workdir, ticket, replicate, round_, same_order)):
-    path = _copy_dir(workdir, replicate, round_, copy)
+    path = workdir_lib.stability_copy_dir(workdir, replicate, round_, copy)
     if checkpoint.params_exist(path):
       trained[copy] = checkpoint.load_params(path)
     else:
@@ -147,7 +143,7 @@ def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, poi
 
     def finish(job, params, nan_skips, todo=todo):  # pylint: disable=unused-argument
       copy = next(c for c, j in todo if j is job)
-      checkpoint.save_params(_copy_dir(workdir, replicate, round_, copy), params)
+      checkpoint.save_params(workdir_lib.stability_copy_dir(workdir, replicate, round_, copy), params)
       trained[copy] = params
 
     for start in range(0, len(todo), s.layout.runs_per_step):
@@ -164,13 +160,10 @@ def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, poi
 
 
 def _load_config(workdir: str):
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise UserError(f"'{workdir}' holds no run (no config.json): pass the --workdir of a finished "
+  if not os.path.isfile(workdir_lib.config_path(workdir)):
+    raise UserError(f"'{workdir}' holds no run (no {workdir_lib.CONFIG}): pass the --workdir of a finished "
                     "`python -m jaxtickets.main` run.")
-  from jaxtickets import inference
-
-  return inference.load_run_config(workdir)  # on today's defaults, so an older run's config.json still loads
+  return workdir_lib.load_run_config(workdir)
 
 
 def plot(rows: list[dict], path: str, title: str = "") -> None:

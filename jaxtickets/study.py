@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxtickets import config as config_lib, imp, preempt, results
+from jaxtickets import config as config_lib, imp, preempt, results, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
 COMPARISONS = ("encoder", "transform", "baselines", "rewind", "early_bird")
@@ -275,7 +275,7 @@ def plot_study(runs, tables, path: str) -> None:
 
 
 def _stability_rows(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, results.STABILITY_CSV)
+  path = os.path.join(workdir, workdir_lib.STABILITY_CSV)
   return results.read_stability_csv(path) if os.path.exists(path) else []
 
 

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp
+from jaxtickets import checkpoint, imp, workdir as workdir_lib
 from jaxtickets.models import adaattn, get_model, layers
 from jaxtickets.models.vgg import VGGEncoder
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
@@ -329,7 +329,7 @@ def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="adaattn", imp__rounds=2, train__steps=3, **EARLY_BIRD)  # trains the encoder
   imp.run(config, str(tmp_path))
   assert_early_bird_and_stability_work(str(tmp_path), 2)
-  t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
+  t = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
   # The tables carry AdaAttN's own term names (issue 14), recorded with every ticket.
   assert t.metrics["terms"] == ["global", "local"] and "content" not in t.metrics["per_pair"]

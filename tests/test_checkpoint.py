@@ -309,40 +309,6 @@ def test_train_checkpoint_of_other_shapes_starts_afresh_with_a_warning(tmp_path)
   ck.close()
 
 
-def test_workdir_lock(tmp_path):
-  import subprocess
-  import sys
-
-  logs = []
-  lock = checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
-  owner = checkpoint.load_json(tmp_path / 'run.lock')
-  assert owner['pid'] == os.getpid() and owner['host']
-  lock.release()
-  assert not (tmp_path / 'run.lock').exists()
-  # A live owner on this host: refused with a sentence naming the PID.
-  sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
-  try:
-    checkpoint.save_json(tmp_path / 'run.lock', {'pid': sleeper.pid, 'host': owner['host'], 'started': 'now'})
-    with pytest.raises(UserError, match=rf"Another run \(PID {sleeper.pid} on .*\) is using the workdir"):
-      checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
-  finally:
-    sleeper.kill()
-    sleeper.wait()
-  # The same PID, now dead: a stale lock, taken over with a warning.
-  lock = checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
-  assert 'stale lock' in logs[-1] and str(sleeper.pid) in logs[-1]
-  assert checkpoint.load_json(tmp_path / 'run.lock')['pid'] == os.getpid()
-  lock.release()
-  # Another host's lock cannot be checked: refused, saying how to clear it.
-  checkpoint.save_json(tmp_path / 'run.lock', {'pid': 1, 'host': 'elsewhere'})
-  with pytest.raises(UserError, match='host elsewhere.*delete the lock file only if'):
-    checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire()
-  # An unreadable (half-written) lock is taken over.
-  (tmp_path / 'run.lock').write_text('{"pi')
-  checkpoint.WorkdirLock(tmp_path, log=logs.append).acquire().release()
-  assert 'unreadable' in logs[-1]
-
-
 def test_a_directory_that_is_not_a_ticket_is_named_so_and_never_to_be_deleted(tmp_path):
   (tmp_path / 'notes.txt').write_text('mine')
   with pytest.raises(UserError) as e:

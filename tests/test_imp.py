@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, load_ticket, pack, results, sparsity, stats
+from jaxtickets import checkpoint, imp, load_ticket, pack, results, sparsity, stats, workdir as workdir_lib
 from helpers import tiny_config
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory):
 @functools.lru_cache(maxsize=None)
 def ticket(workdir, branch, round_, rep):
   """A saved ticket, read once per test session: tickets are never rewritten, and Orbax reads are slow."""
-  return load_ticket(imp.ticket_dir(workdir, branch, round_, rep))
+  return load_ticket(workdir_lib.ticket_dir(workdir, branch, round_, rep))
 
 
 def prunable_of(ticket_, config):
@@ -80,7 +80,7 @@ def test_tickets_are_stored_per_replicate(run_dir):
   workdir, _, _, _ = run_dir
   for branch in BRANCHES:
     assert sorted(os.listdir(os.path.join(workdir, "tickets", branch))) == ["rep_0", "rep_1"]
-  assert imp.ticket_dir(workdir, "imp", 2, 1) == os.path.join(workdir, "tickets", "imp", "rep_1", "round_02")
+  assert workdir_lib.ticket_dir(workdir, "imp", 2, 1) == os.path.join(workdir, "tickets", "imp", "rep_1", "round_02")
   assert sorted(os.listdir(os.path.join(workdir, "init"))) == ["rep_0", "rep_1"]
 
 

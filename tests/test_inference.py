@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, inference, models, sparsity
+from jaxtickets import checkpoint, inference, models, sparsity, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -25,7 +25,7 @@ def make_workdir(root, config, rounds=3):
     masks = sparsity.global_magnitude_prune(params, masks, prunable, 0.2)
   # "Trained" weights differ from the rewind point, and are masked as a finished round's are.
   trained = jax.tree.map(lambda p, m: np.where(m, p * 1.5 + 0.01, 0).astype(p.dtype), params, masks)
-  path = imp.ticket_dir(workdir, "imp", rounds)
+  path = workdir_lib.ticket_dir(workdir, "imp", rounds)
   checkpoint.save_ticket(path, masks=masks, rewind_params=params, trained_params=trained,
                          metrics={"round": rounds, "total": 1.0}, sparsity=sparsity.count(masks, prunable, params))
   return path, model, vgg, params, trained, masks

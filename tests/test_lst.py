@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
-from jaxtickets import checkpoint, config as config_lib, imp
+from jaxtickets import checkpoint, config as config_lib, imp, workdir as workdir_lib
 from jaxtickets.models import get_model, layers, lst
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.decoder import Decoder
@@ -253,7 +253,7 @@ def test_imp_prunes_only_the_transform_and_keeps_the_decoder(tmp_path):
   theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_0"))
   assert set(theta_0) == {"decoder", "transform"}
   for r in range(3):
-    ticket = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", r))
+    ticket = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", r))
     trained, masks = ticket.trained_params, ticket.masks
     # The frozen decoder: never pruned, never moved by training.
     assert all(bool(np.all(m)) for m in jax.tree.leaves(masks["decoder"]))

@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from jaxtickets import imp
+from jaxtickets import imp, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
 
@@ -123,8 +123,8 @@ def _assert_tickets_like(reference, workdir):
                            key=lambda r: (r["branch"], r["round"], r["replicate"]))
   assert len(table(workdir)) == len(EVERY_RUN) and table(workdir) == table(reference)
   for branch, round_, rep in EVERY_RUN:
-    a = checkpoint.load_ticket(imp.ticket_dir(reference, branch, round_, rep))
-    b = checkpoint.load_ticket(imp.ticket_dir(workdir, branch, round_, rep))
+    a = checkpoint.load_ticket(workdir_lib.ticket_dir(reference, branch, round_, rep))
+    b = checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, branch, round_, rep))
     for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
       np.testing.assert_array_equal(x, y, err_msg=f"{branch} {round_} {rep}")
     for x, y in zip(jax.tree.leaves(a.trained_params), jax.tree.leaves(b.trained_params)):

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp
+from jaxtickets import checkpoint, imp, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model, mccnet
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
@@ -263,7 +263,7 @@ def test_two_round_imp_prunes_the_transform(tmp_path):
                        imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))
   assert_early_bird_and_stability_work(str(tmp_path), 2)
-  t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
+  t = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"decoder", "transform"}
   for name in ("f", "g", "out_conv", "fc"):
     mask = np.asarray(t.masks["transform"][name]["kernel"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, report, results
+from jaxtickets import checkpoint, report, results, workdir as workdir_lib
 from jaxtickets.models import adain, get_model, layers, losses, model_names
 from helpers import tiny_config
 
@@ -110,7 +110,7 @@ def _fake_run(tmp_path, monkeypatch, terms):
   metas = {}
   for rep in (0, 1):
     for round_ in (0, 1, 2):
-      path = results.ticket_dir(str(tmp_path), "imp", round_, rep)
+      path = workdir_lib.ticket_dir(str(tmp_path), "imp", round_, rep)
       os.makedirs(path)
       metas[path] = _meta(round_, rep, terms)
   monkeypatch.setattr(checkpoint, "ticket_exists", lambda path: path in metas)
@@ -126,7 +126,7 @@ def _header(workdir, name):
 def test_adaattn_results_and_report_carry_its_own_term_names(tmp_path, monkeypatch):
   workdir = _fake_run(tmp_path, monkeypatch, ADAATTN_TERMS)
   config = tiny_config(model__name="adaattn", imp__branches="imp", imp__replicates=2)
-  rows, summary = results.write_results(workdir, config, skipped={})
+  rows, summary = results.write_results(workdir, config, skips={})
   head = _header(workdir, "results.csv")
   assert head[-4:] == ["global", "local", "total", "relative_to_dense"]
   assert "content" not in head and "style" not in head
@@ -147,7 +147,7 @@ def test_adaattn_results_and_report_carry_its_own_term_names(tmp_path, monkeypat
 def test_six_terms_give_seven_curve_panels_in_two_rows(tmp_path, monkeypatch):
   terms = _model("mccnet").terms
   workdir = _fake_run(tmp_path, monkeypatch, terms)
-  rows, summary = results.write_results(workdir, tiny_config(model__name="mccnet", imp__branches="imp"), skipped={})
+  rows, summary = results.write_results(workdir, tiny_config(model__name="mccnet", imp__branches="imp"), skips={})
   assert _header(workdir, "results.csv")[-8:] == [*terms, "total", "relative_to_dense"]
   report.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=results.run_terms(rows)[0])
   with Image.open(tmp_path / "curves.png") as img:
@@ -156,7 +156,7 @@ def test_six_terms_give_seven_curve_panels_in_two_rows(tmp_path, monkeypatch):
 
 def test_content_style_models_keep_their_columns(tmp_path, monkeypatch):
   workdir = _fake_run(tmp_path, monkeypatch, ("content", "style"))
-  results.write_results(workdir, tiny_config(imp__branches="imp"), skipped={})
+  results.write_results(workdir, tiny_config(imp__branches="imp"), skips={})
   assert _header(workdir, "results.csv") == [f for f in results.RESULT_FIELDS
                                              if f not in ("sparsity_encoder", "sparsity_transform")]
   assert _header(workdir, "summary.csv")[:12 + 6] == list(results.SUMMARY_FIELDS[:12 + 6])

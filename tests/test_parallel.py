@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, parallel
+from jaxtickets import checkpoint, imp, parallel, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
 import _mp_worker as worker
@@ -105,15 +105,15 @@ def test_eight_devices_packed_two_by_four_give_the_sequential_runs_tickets(runs)
   assert table(packed) == table(seq) and len(table(seq)) == 2 * 2
   for rep in range(2):
     for round_ in (0, 1):
-      a = checkpoint.load_ticket(imp.ticket_dir(seq, "imp", round_, rep))
-      b = checkpoint.load_ticket(imp.ticket_dir(packed, "imp", round_, rep))
+      a = checkpoint.load_ticket(workdir_lib.ticket_dir(seq, "imp", round_, rep))
+      b = checkpoint.load_ticket(workdir_lib.ticket_dir(packed, "imp", round_, rep))
       assert jax.tree.structure(b.masks) == jax.tree.structure(a.masks)
       np.testing.assert_array_equal(_flat_masks(b), _flat_masks(a), err_msg=f"round {round_} rep {rep}")
       assert b.metrics["total"] == pytest.approx(a.metrics["total"], rel=1e-4)
       if round_ == 1:  # 20% of the prunable weights
         assert b.sparsity["prunable"]["sparsity"] == pytest.approx(0.2, abs=1e-3)
   # The replicates are different runs: a pack that mixed up its slots would give them the same masks.
-  masks = [_flat_masks(checkpoint.load_ticket(imp.ticket_dir(packed, "imp", 1, rep))) for rep in range(2)]
+  masks = [_flat_masks(checkpoint.load_ticket(workdir_lib.ticket_dir(packed, "imp", 1, rep))) for rep in range(2)]
   assert not np.array_equal(masks[0], masks[1])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, evaluate, imp, inference, report, results
+from jaxtickets import checkpoint, evaluate, imp, inference, report, results, workdir as workdir_lib
 from helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def test_results_csv_has_one_row_per_branch_round_and_replicate(run):
   assert [(r["branch"], int(r["replicate"]), int(r["round"])) for r in rows] == [
       ("imp", rep, r) for rep in (0, 1) for r in (0, 1, 2)] + [("random_prune", rep, r) for rep in (0, 1) for r in (1, 2)]
   # The learnability check's columns come with tickets that recorded it (the evaluation does).
-  learn = "recon_psnr" in checkpoint.load_ticket_metadata(results.ticket_dir(workdir, "imp", 0, 0))["metrics"]
+  learn = "recon_psnr" in checkpoint.load_ticket_metadata(workdir_lib.ticket_dir(workdir, "imp", 0, 0))["metrics"]
   assert list(rows[0]) == [f for f in results.result_fields(learnability=learn) if f != "sparsity_transform"]
 
 
@@ -129,7 +129,7 @@ def test_report_md_numbers_match_the_tables(run):
 def test_the_ticket_stylizer_reproduces_the_runs_evaluation(run):
   """from_ticket rebuilds the run's random VGG and masked weights: re-scoring the last ticket gives its metrics."""
   workdir, config, _ = run
-  path = imp.ticket_dir(workdir, "imp", 2, 1)
+  path = workdir_lib.ticket_dir(workdir, "imp", 2, 1)
   st = inference.Stylizer.from_ticket(path)
   from jaxtickets import data
   pairs = data.eval_pairs(config)

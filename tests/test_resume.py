@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, data, imp, pack, preempt, train
+from jaxtickets import checkpoint, data, imp, pack, preempt, train, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
 
@@ -78,8 +78,8 @@ def assert_same_tickets(a, b):
   """Every ticket's masks and rewind point identical, trained weights equal up to float rounding."""
   for branch, rep, r in [("imp", rep, r) for rep in REPLICATES for r in ROUNDS] + [("random_prune", rep, 1)
                                                                                   for rep in REPLICATES]:
-    ta = checkpoint.load_ticket(imp.ticket_dir(a, branch, r, rep))
-    tb = checkpoint.load_ticket(imp.ticket_dir(b, branch, r, rep))
+    ta = checkpoint.load_ticket(workdir_lib.ticket_dir(a, branch, r, rep))
+    tb = checkpoint.load_ticket(workdir_lib.ticket_dir(b, branch, r, rep))
     for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
       np.testing.assert_array_equal(x, y)
     for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
@@ -159,7 +159,7 @@ def damaged_then_killed(sigtermed):
   child.wait_for(saved, "a checkpoint of replicate 1's round 1")
   child.proc.send_signal(signal.SIGKILL)
   _, out, err = child.finish()
-  done = {(branch, r, rep): checkpoint.ticket_exists(imp.ticket_dir(workdir, branch, r, rep))
+  done = {(branch, r, rep): checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, branch, r, rep))
           for branch, r, rep in [("imp", 1, 0), ("imp", 0, 1), ("imp", 1, 1)]}
   return dict(workdir=workdir, latest=latest, out=out, err=err, done=done,
               lock=os.path.exists(os.path.join(workdir, "run.lock")))
@@ -233,15 +233,10 @@ def test_config_checks_before_anything_runs(tmp_path):
     imp.run(tiny_config(train__lr=2e-3, imp__rounds=5), workdir)
   assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on the way out
   logs = []
-  imp.log, log = logs.append, imp.log
-  try:
-    imp._check_resume_config(tiny_config(train__lr=2e-3), workdir, allow_config_change=True)
-    assert "changed config (--allow_config_change): train.lr: 0.001 -> 0.002" in logs[-1]
-    # resume=False moves the previous run aside and starts in an empty workdir.
-    lock = imp._lock_workdir(tiny_config(resume=False), workdir)
-    lock.release()
-  finally:
-    imp.log = log
+  workdir_lib.check_resume_config(tiny_config(train__lr=2e-3), workdir, allow_config_change=True, log=logs.append)
+  assert "changed config (--allow_config_change): train.lr: 0.001 -> 0.002" in logs[-1]
+  # resume=False moves the previous run aside and starts in an empty workdir.
+  workdir_lib.lock_workdir(tiny_config(resume=False), workdir, log=logs.append).release()
   aside = glob.glob(workdir + ".old-*")
   assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], "init", "rep_0", "theta_0"))
   assert os.listdir(workdir) == [] and "moved the previous run" in logs[-1]
@@ -287,7 +282,7 @@ def _preempt(s, workdir, branch, round_, step):
     mp.setattr(pack, "train_pack", stopping)
     with pytest.raises(preempt.Preempted, match=rf"at step {step} of \[rep 0 {branch} round {round_}\]"):
       _run(s, workdir)
-  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, branch, round_, 0))
+  assert not checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, branch, round_, 0))
 
 
 def _assert_same_run(a, b):
@@ -296,7 +291,7 @@ def _assert_same_run(a, b):
   for x, y in zip(jax.tree.leaves(theta(a)), jax.tree.leaves(theta(b))):
     np.testing.assert_array_equal(x, y)
   for branch, r in [("imp", 0)] + [(branch, 1) for branch in BRANCHES]:
-    ta, tb = (checkpoint.load_ticket(imp.ticket_dir(w, branch, r, 0)) for w in (a, b))
+    ta, tb = (checkpoint.load_ticket(workdir_lib.ticket_dir(w, branch, r, 0)) for w in (a, b))
     for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
       np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {r}")
     for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
@@ -331,7 +326,7 @@ def test_preempted_before_theta_k_and_inside_baseline_rounds_the_resumed_run_mat
   out = capsys.readouterr().out
   assert "[rep 0 imp round 0] resuming at step 1 from its checkpoint" in out
   assert "[rep 0 imp round 0] step 1/4" not in out.split("resuming at step 1")[1]  # not trained again from 0
-  assert checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 1, 0))
+  assert checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, "imp", 1, 0))
   _preempt(s, workdir, "random_reinit", 1, step=3)
   assert "[rep 0 random_prune round 1] resuming at step 3 from its checkpoint" in capsys.readouterr().out
   _run(s, workdir)
@@ -407,7 +402,7 @@ def test_folder_with_every_kind_of_bad_file_trains_and_reports_the_skips(tmp_pat
   out = capsys.readouterr().out
   assert out.count("WARNING: skipping the unreadable content image") == 4
   assert "Data: skipped 4 unreadable images, each replaced by the next readable one" in out
-  assert np.isfinite(checkpoint.load_ticket(imp.ticket_dir(str(tmp_path / "run"), "imp", 0)).metrics["total"])
+  assert np.isfinite(checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path / "run"), "imp", 0)).metrics["total"])
 
 
 @pytest.mark.e2e
@@ -426,6 +421,6 @@ def test_non_finite_loss_stops_the_round_and_keeps_the_last_good_checkpoint(tmp_
                                                 rf"checkpoint is step 2 in '{state_dir}'"):
     imp.run(config, workdir)
   assert sorted(state_checkpoints(workdir)) == [2]
-  assert not checkpoint.ticket_exists(imp.ticket_dir(workdir, "imp", 0))
+  assert not checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, "imp", 0))
   params = glob.glob(os.path.join(state_dir, "2", "state"))
   assert params and not os.path.exists(os.path.join(workdir, "run.lock"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
-from jaxtickets import checkpoint, imp
+from jaxtickets import checkpoint, imp, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model, sanet
 from jaxtickets.models.base import StyleModel
@@ -157,7 +157,7 @@ def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="sanet", imp__rounds=2, train__steps=3, **EARLY_BIRD)
   imp.run(config, str(tmp_path))
   assert_early_bird_and_stability_work(str(tmp_path), 2)
-  t = checkpoint.load_ticket(imp.ticket_dir(str(tmp_path), "imp", 2))
+  t = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
   sparsity = lambda tree: 1 - np.mean(np.concatenate(
       [np.asarray(leaf).ravel() for path, leaf in jax.tree.leaves_with_path(tree) if path[-1].key == "kernel"]))

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import evaluate, imp, stability
+from jaxtickets import evaluate, imp, stability, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -51,7 +51,7 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   # The ends are the trained copies themselves, scored as any ticket is.
   from jaxtickets import checkpoint
   s = imp.setup(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4), finished)
-  ticket = checkpoint.load_ticket(imp.ticket_dir(finished, "imp", 1, 0))
+  ticket = checkpoint.load_ticket(workdir_lib.ticket_dir(finished, "imp", 1, 0))
   for copy, end in (("a", 0), ("b", -1)):
     params = checkpoint.load_params(os.path.join(finished, "stability", "rep_0", "round_01", f"copy_{copy}"))
     got = evaluate.evaluate(s.eval_fn, params, ticket.masks, s.vgg_params, s.pairs, s.config.eval.batch_size)
@@ -107,13 +107,13 @@ def test_with_a_rewind_step_every_rounds_copies_start_from_theta_k(tmp_path):
   theta_k at step k, the start the pruned rounds rewind to."""
   from types import SimpleNamespace
 
-  from jaxtickets import checkpoint, results
+  from jaxtickets import checkpoint
 
   config = tiny_config(imp__rewind_step=2)
   theta_0 = {"decoder": {"conv": {"kernel": np.full((2, 3), 1.0, np.float32), "bias": np.zeros(3, np.float32)}}}
   theta_2 = jax.tree.map(lambda x: x + 0.5, theta_0)
-  for name, params in (("theta_0", theta_0), ("theta_2", theta_2)):
-    checkpoint.save_params(os.path.join(results.init_dir(str(tmp_path), 1), name), params)
+  for step, params in ((0, theta_0), (2, theta_2)):
+    checkpoint.save_params(workdir_lib.theta_dir(str(tmp_path), 1, step), params)
   masks = jax.tree.map(lambda x: np.ones(np.shape(x), bool), theta_0)
   dense = SimpleNamespace(rewind_params=theta_0, masks=masks)
   jobs = stability._copies(SimpleNamespace(config=config), str(tmp_path), dense, 1, 0, same_order=False)

@@ -56,11 +56,11 @@ def read(path):
 @pytest.fixture(scope="module")
 def tiny_ticket(tmp_path_factory):
   """Round 1 of a tiny run (1 step a round): a ticket with pruned weights, in its workdir."""
-  from jaxtickets import imp
+  from jaxtickets import workdir as workdir_lib
 
   workdir = str(tmp_path_factory.mktemp("run"))
   imp.run(tiny_config(imp__rounds=1, train__steps=1), workdir)
-  return imp.ticket_dir(workdir, "imp", 1, 0)
+  return workdir_lib.ticket_dir(workdir, "imp", 1, 0)
 
 
 def write_image(path, size, mode="RGB", seed=0):

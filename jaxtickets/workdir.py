@@ -1,0 +1,262 @@
+"""A run's workdir: the name of everything in it, and the functions that find, read and check those files.
+
+  config.json                        the run's resolved config (a resumed run must have the same, see
+                                     config.RESUME_SAFE_FIELDS)
+  run.lock                           the PID and host of the run using the workdir
+  init/rep_<r>/theta_<k>/            replicate r's weights at step k: theta_0, and theta_k that pruned rounds rewind to
+  tickets/<branch>/rep_<r>/round_NN/ one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)
+  state/                             the running rounds' train-state checkpoints
+  skipped_images.json                the unreadable images skipped so far (a data.SkipLog summary)
+  results.csv, summary.csv, summary.json   the tables (results.py)
+  tensorboard/                       TensorBoard event files (monitor.py)
+  report.md and its figures          report.py
+  stability/                         stability.py's copies, rep_<r>/round_NN/copy_<a|b>, and their own run files
+  stability.csv, stability.png       stability.py's results
+"""
+
+import json
+import os
+import socket
+import time
+
+import jax
+import ml_collections
+
+from jaxtickets import checkpoint, config as config_lib
+from jaxtickets.errors import UserError
+
+CONFIG = "config.json"
+LOCK = "run.lock"
+INIT = "init"
+TICKETS = "tickets"
+STATE = "state"
+SKIPS = "skipped_images.json"
+RESULTS_CSV = "results.csv"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+TENSORBOARD = "tensorboard"
+REPORT = "report.md"
+FIGURES = {"curves": "curves.png", "layers": "layers.png", "grid": "grid.png", "early_bird": "early_bird.png"}
+STABILITY = "stability"
+STABILITY_CSV = "stability.csv"
+STABILITY_FIGURE = "stability.png"
+# What a run has computed: a changed config must not silently reuse it.
+_PROGRESS = (INIT, TICKETS, STATE)
+
+
+# ----------------------------------------------------------------------------- where things are
+
+
+def ticket_dir(workdir: str, branch: str, round_: int, replicate: int = 0) -> str:
+  return os.path.join(workdir, TICKETS, branch, f"rep_{replicate}", f"round_{round_:02d}")
+
+
+def ticket_dirs(workdir: str) -> list[tuple[str, int, int, str]]:
+  """(branch, replicate, round, path) of every round folder under tickets/ (saved tickets or not), branches by
+  name, replicates and rounds by number."""
+  root = os.path.join(workdir, TICKETS)
+  out = []
+  for branch in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+    for replicate, rep_path in _numbered(os.path.join(root, branch), "rep_"):
+      out += [(branch, replicate, round_, path) for round_, path in _numbered(rep_path, "round_")]
+  return out
+
+
+def _numbered(path: str, prefix: str) -> list[tuple[int, str]]:
+  """(number, path) of the entries 'prefix<number>' in `path`, by number."""
+  out = []
+  for name in os.listdir(path) if os.path.isdir(path) else ():
+    tail = name[len(prefix):]
+    if name.startswith(prefix) and tail.isdigit():
+      out.append((int(tail), os.path.join(path, name)))
+  return sorted(out)
+
+
+def run_of_ticket(path: str) -> str:
+  """The workdir that holds the ticket at `path` (WORKDIR/tickets/<branch>/rep_<r>/round_NN)."""
+  return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+
+
+def init_dir(workdir: str, replicate: int) -> str:
+  """Where replicate r keeps theta_0 and theta_k (the weights its rounds rewind to)."""
+  return os.path.join(workdir, INIT, f"rep_{replicate}")
+
+
+def theta_dir(workdir: str, replicate: int, step: int) -> str:
+  """Replicate r's saved weights at `step` (theta_0, theta_k)."""
+  return os.path.join(init_dir(workdir, replicate), f"theta_{step}")
+
+
+def state_dir(workdir: str) -> str:
+  return os.path.join(workdir, STATE)
+
+
+def tensorboard_dir(workdir: str) -> str:
+  return os.path.join(workdir, TENSORBOARD)
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG)
+
+
+def stability_dir(workdir: str) -> str:
+  """The workdir of stability.py's own training (its state and records of skipped images)."""
+  return os.path.join(workdir, STABILITY)
+
+
+def stability_copy_dir(workdir: str, replicate: int, round_: int, copy: str) -> str:
+  return os.path.join(stability_dir(workdir), f"rep_{replicate}", f"round_{round_:02d}", f"copy_{copy}")
+
+
+# ----------------------------------------------------------------------------- what is in them
+
+
+def has_progress(workdir: str) -> bool:
+  """Whether the workdir holds anything computed (theta_0, a ticket, a train-state checkpoint)."""
+  nonempty = lambda d: os.path.isdir(d) and bool(os.listdir(d))
+  return any(nonempty(os.path.join(workdir, d)) for d in _PROGRESS)
+
+
+def load_skips(workdir: str) -> dict:
+  """The workdir's record of unreadable images skipped (a data.SkipLog summary); {} when there is none."""
+  path = os.path.join(workdir, SKIPS)
+  try:
+    return checkpoint.load_json(path) if os.path.exists(path) else {}
+  except UserError:
+    return {}  # a damaged record only loses the names of earlier skips; they are found again
+
+
+def save_skips(workdir: str, summary: dict) -> None:
+  checkpoint.save_json(os.path.join(workdir, SKIPS), summary)
+
+
+def load_run_config(workdir: str, for_ticket: str | None = None) -> ml_collections.ConfigDict:
+  """A run's resolved config from its config.json, on today's defaults (`for_ticket`: the ticket it is read for,
+  named in the error when there is none)."""
+  path = config_path(workdir)
+  if not os.path.isfile(path):
+    if for_ticket:
+      raise UserError(f"The ticket '{for_ticket}' is not inside a run's workdir: '{path}' does not exist; pass a "
+                      "ticket at WORKDIR/tickets/<branch>/rep_<r>/round_NN of a run made by jaxtickets.main.")
+    raise UserError(f"No run at '{workdir}': '{path}' does not exist; pass the workdir of a run made by "
+                    "jaxtickets.main.")
+  data = checkpoint.load_json(path)
+  if not isinstance(data, dict) or "model" not in data:
+    raise UserError(f"'{path}' is not a jaxtickets config (no 'model' section); restore the run's {CONFIG}.")
+  return config_lib.from_saved(data)
+
+
+def check_resume_config(config, workdir: str, allow_config_change: bool, log=print) -> None:
+  """Refuses to resume a run under a changed config (unless allowed); writes config.json."""
+  path = config_path(workdir)
+  if os.path.exists(path) and has_progress(workdir):
+    changes = config_lib.config_changes(checkpoint.load_json(path), config)
+    if changes and not allow_config_change:
+      raise UserError(
+          f"The workdir '{workdir}' holds a run with another config ({'; '.join(changes)}): run with the same "
+          "config to resume it, pass --allow_config_change to resume it with this one, or set "
+          "--config.resume=false to move it aside and start afresh.")
+    if changes:
+      log(f"WARNING: resuming '{workdir}' with a changed config (--allow_config_change): {'; '.join(changes)}.")
+  if jax.process_index() == 0:
+    checkpoint.save_json(path, json.loads(config.to_json()))
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def lock_workdir(config, workdir: str, log=print) -> "WorkdirLock | None":
+  """Locks the workdir (process 0 only); with config.resume = False, first moves a previous run aside."""
+  if jax.process_index() != 0:
+    os.makedirs(workdir, exist_ok=True)
+    return None
+  lock = WorkdirLock(workdir, log).acquire()
+  if config.resume or not (set(os.listdir(workdir)) - {LOCK}):
+    return lock
+  aside = f"{workdir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+  lock.release()
+  os.rename(workdir, aside)
+  log(f"config.resume is False: moved the previous run in '{workdir}' aside to '{aside}'; starting afresh.")
+  return WorkdirLock(workdir, log).acquire()
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, owned by another user
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`<workdir>/run.lock` holding the owner's PID and host: one run per workdir at a time.
+
+  A lock whose PID is dead on this host (a killed run) is stale and taken over with a warning; a lock held by
+  another host cannot be checked from here, so it is refused with a sentence saying how to clear it.
+  """
+
+  def __init__(self, workdir, log=print):
+    self.path = os.path.join(os.fspath(workdir), LOCK)
+    self.log = log
+    self.held = False
+
+  def _owner(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        owner = json.load(f)
+      return owner if isinstance(owner, dict) and isinstance(owner.get('pid'), int) else None
+    except FileNotFoundError:
+      return {}
+    except (OSError, ValueError):
+      return None
+
+  def _create(self) -> bool:
+    """Writes the lock atomically (a full temporary file, then a hard link); False when one exists."""
+    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+    tmp = f'{self.path}.tmp-{me["host"]}-{me["pid"]}'
+    with open(tmp, 'w') as f:
+      json.dump(me, f)
+    try:
+      os.link(tmp, self.path)
+      return True
+    except FileExistsError:
+      return False
+    finally:
+      os.remove(tmp)
+
+  def acquire(self) -> 'WorkdirLock':
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    for _ in range(3):  # a lost race with a stale-lock takeover by another run: look again
+      if self._create():
+        self.held = True
+        return self
+      owner = self._owner()
+      if owner == {}:
+        continue  # removed in the meantime
+      host = socket.gethostname()
+      if owner is None:
+        self.log(f"WARNING: the lock file '{self.path}' is unreadable (a run died while writing it); taking it over.")
+      elif owner['host'] == host and not _pid_alive(owner['pid']):
+        self.log(f"WARNING: taking over the stale lock '{self.path}' of PID {owner['pid']} on {host}, which is no "
+                 'longer running (a killed or crashed run).')
+      elif owner['host'] == host:
+        raise UserError(f"Another run (PID {owner['pid']} on {host}, started {owner.get('started', '?')}) is "
+                        f"using the workdir '{os.path.dirname(self.path)}': wait for it to finish, stop it, or pass "
+                        'another --workdir.')
+      else:
+        raise UserError(f"Another run (PID {owner['pid']} on host {owner['host']}) holds the lock "
+                        f"'{self.path}': wait for it to finish or pass another --workdir, and delete the lock file "
+                        'only if you are sure that run is gone.')
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+    raise UserError(f"Could not take the lock '{self.path}' (other runs keep taking it): pass another --workdir.")
+
+  def release(self) -> None:
+    owner = self._owner() if self.held else None
+    if owner and owner.get('pid') == os.getpid() and owner.get('host') == socket.gethostname():
+      os.remove(self.path)
+    self.held = False
