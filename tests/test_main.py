@@ -140,7 +140,7 @@ def test_two_processes_packed_killed_then_resumed_unpacked_give_the_one_process_
   then the same command with packing off (each run's batch over both processes): the run packed in the killed
   command resumes from its slot of the pack's checkpoint, and every ticket is the one-process run's. Packing is
   resume-safe (config.RESUME_SAFE_FIELDS), so no --allow_config_change is needed. (The state directory holds one
-  pack at a time, so replicate 1's round 1, the other run of that pack, starts its round again: README, Resume.)"""
+  pack at a time, so replicate 1's round 1, the other run of that pack, starts its round again: docs/operations.md, Resume.)"""
   import signal
   import time
 
