@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 import ml_collections
 
 from jaxtickets.errors import UserError
-from jaxtickets.models import GROUPS, MODELS
+from jaxtickets.models import GROUPS, MODELS, SHARED_FIELDS
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
 PRUNE_METHODS = ("global", "layerwise", "lamp")
@@ -30,13 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.resume = True  # continue the run in --workdir; False moves an existing run aside and starts afresh
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "adain"
-  c.model.width = 1.0  # channel multiplier; < 1 only for tests and quick experiments
-  c.model.train_encoder = True  # the paper's finding 1: training the VGG encoder too beats keeping it fixed
-  c.model.dtype = "float32"
-  c.model.vgg_weights = ""  # Flax-format VGG file; empty = random weights (results not meaningful)
-  c.model.init_from = ""  # a directory from scripts/port_weights.py: its decoder/transform become theta_0
+  c.model = ml_collections.ConfigDict(dict(SHARED_FIELDS))  # name, width, train_encoder, dtype, weights: see there
   # Loss weights are fields named '<loss>_weight' (content_weight, style_weight, identity1_weight, ...); each
   # configs/<model>.py sets its model's, and a model falls back to the reference's value for any not set.
 

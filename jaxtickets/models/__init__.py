@@ -20,6 +20,16 @@ MODELS = {
     "mccnet": "jaxtickets.models.mccnet",
 }
 GROUPS = ("encoder", "decoder", "transform")  # the top-level keys of every model's params tree
+# The config.model fields every model reads, with their defaults: config.default_config's model section is built
+# from this, so a model and the config share one source of defaults without the models importing the config.
+SHARED_FIELDS = {
+    "name": "adain",
+    "width": 1.0,  # channel multiplier; < 1 only for tests and quick experiments
+    "train_encoder": True,  # the paper's finding 1: training the VGG encoder too beats keeping it fixed
+    "dtype": "float32",
+    "vgg_weights": "",  # Flax-format VGG file; empty = random weights (results not meaningful)
+    "init_from": "",  # a directory from scripts/port_weights.py: its decoder/transform become theta_0
+}
 
 
 def model_names() -> tuple[str, ...]:
@@ -36,9 +46,9 @@ def get_model(name: str) -> type:
 
 def build(name: str, fields: Mapping | None = None):
   """The model `name` (a StyleModel) built from a plain dict of config.model fields; shared fields it lacks take
-  config.default_config()'s values, its own fields (loss weights...) the reference implementation's."""
+  SHARED_FIELDS' values, its own fields (loss weights...) the reference implementation's."""
   import ml_collections  # pylint: disable=import-outside-toplevel  (only builders need it)
   return get_model(name)(ml_collections.ConfigDict({**dict(fields or {}), "name": name}))
 
 
-__all__ = ["GROUPS", "MODELS", "build", "get_model", "model_names"]
+__all__ = ["GROUPS", "MODELS", "SHARED_FIELDS", "build", "get_model", "model_names"]

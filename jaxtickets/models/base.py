@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtickets import config as config_lib
 from jaxtickets.errors import UserError
-from jaxtickets.models import GROUPS
+from jaxtickets.models import GROUPS, SHARED_FIELDS
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.layers import init_params
 from jaxtickets.models.torch_layout import Part
@@ -62,10 +61,9 @@ class StyleModel:
     # Models are pure functions of their settings: equal settings are the same model, so jitted functions that
     # take a model as a static argument (or are cached per model) are traced once per process.
     self._identity = (type(self).__module__, type(self).__qualname__, json.dumps(fields, sort_keys=True, default=repr))
-    # The fields every model reads; one a config lacks takes config.default_config's value, the one source of
-    # defaults (values are validated there too, by config.validate, before any model is built).
-    defaults = config_lib.default_config().model
-    shared = lambda name: _field(model_config, name, defaults[name])
+    # The fields every model reads; one a config lacks takes SHARED_FIELDS' value, the one source of defaults
+    # (config.default_config is built from it; config.validate checks the values before any model is built).
+    shared = lambda name: _field(model_config, name, SHARED_FIELDS[name])
     self.width = float(shared("width"))
     self.train_encoder = bool(shared("train_encoder"))
     self.dtype = getattr(jnp, shared("dtype"))  # a name in config.DTYPES
