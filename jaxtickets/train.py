@@ -74,23 +74,20 @@ def make_optimizer(eps: float = 1e-8) -> optax.GradientTransformation:
   return optax.scale_by_adam(b1=0.9, b2=0.999, eps=eps)
 
 
-def create_state(params, masks, step: int, tx, mesh, trained_groups=None) -> TrainState:
-  """A fresh state: masked params and a fresh optimizer (over `trained_groups`, default all), replicated."""
+def create_state(params, masks, step: int, tx, mesh=None, trained_groups=None) -> TrainState:
+  """A fresh state at `step`: masked params and a fresh optimizer (over `trained_groups`, default all); on the host,
+  or replicated over `mesh`."""
   params = jax.tree.map(lambda p, m: np.where(m, p, 0).astype(p.dtype), jax.device_get(params), jax.device_get(masks))
-  params = parallel.replicate(params, mesh)
   trained, _ = split_groups(params, params.keys() if trained_groups is None else trained_groups)
-  opt_state = optimizer_init(tx, mesh)(trained)
-  return TrainState(step=parallel.replicate(np.int32(step), mesh), params=params, opt_state=opt_state,
-                    nan_skips=parallel.replicate(np.int32(0), mesh), first_bad=parallel.replicate(np.int32(-1), mesh))
+  state = TrainState(step=np.int32(step), params=params, opt_state=jax.device_get(optimizer_init(tx)(trained)),
+                     nan_skips=np.int32(0), first_bad=np.int32(-1))
+  return state if mesh is None else parallel.replicate(state, mesh)
 
 
 @functools.lru_cache(maxsize=8)
-def optimizer_init(tx, mesh=None) -> Callable:
-  """tx.init as one program per optimizer (run eagerly, it compiles an op per leaf shape). On a mesh the state comes
-  out replicated, the sharding of the step's outputs, or the second step would compile again."""
-  if mesh is None:
-    return jax.jit(tx.init)
-  return jax.jit(tx.init, out_shardings=parallel.replicated(mesh))
+def optimizer_init(tx) -> Callable:
+  """tx.init as one program per optimizer (run eagerly, it compiles an op per leaf shape)."""
+  return jax.jit(tx.init)
 
 
 # The config.train fields a step reads (the schedule and the NaN policy); the rest (steps, logging...) do not
@@ -105,18 +102,6 @@ def _step_settings(train_config) -> tuple:
   process (rounds, baselines, a study's sub-runs, stability copies) reuses it instead of tracing again."""
   fields = STEP_FIELDS + (COSINE_FIELDS if train_config.schedule == "cosine" else ())
   return tuple((f, train_config[f]) for f in fields)
-
-
-def make_train_step(model, train_config, tx, mesh) -> Callable:
-  """Returns step(state, masks, vgg_params, batch, key) -> (state, metrics) of one run, jitted, data-parallel."""
-  return _train_step(model, _step_settings(train_config), tx, mesh)
-
-
-@functools.lru_cache(maxsize=8)
-def _train_step(model, settings: tuple, tx, mesh) -> Callable:
-  train_config = ml_collections.ConfigDict(dict(settings))
-  replicated = parallel.replicated(mesh)
-  return jax.jit(_step_fn(model, train_config, tx), donate_argnums=(0,), out_shardings=(replicated, replicated))
 
 
 def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vmap: bool = True) -> Callable:
@@ -134,7 +119,7 @@ def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vm
 
 @functools.lru_cache(maxsize=8)
 def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: bool) -> Callable:
-  step_fn = _step_fn(model, ml_collections.ConfigDict(dict(settings)), tx)
+  step_fn = masked_step(model, ml_collections.ConfigDict(dict(settings)), tx)
 
   def local_step(state, masks, vgg_params, batch, keys, ends):
     if runs_per_device == 1:
@@ -166,7 +151,7 @@ def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: b
   return jax.jit(packed, donate_argnums=(0,))
 
 
-def _step_fn(model, train_config, tx) -> Callable:
+def masked_step(model, train_config, tx) -> Callable:
   """The un-jitted masked train step of one run: step(state, masks, vgg_params, batch, key) -> (state, metrics).
 
   A non-finite loss or gradient leaves params and optimizer state as they were (decided on device, no host sync)
@@ -212,14 +197,6 @@ def _guard(old: TrainState, new: TrainState, loss, grads, policy: str) -> TrainS
   first_bad = jnp.where((old.first_bad < 0) & ~finite, old.step + 1, old.first_bad).astype(jnp.int32)
   skips = old.nan_skips + (~finite).astype(jnp.int32) if policy == "skip" else old.nan_skips
   return TrainState(step=new.step, params=params, opt_state=opt_state, nan_skips=skips, first_bad=first_bad)
-
-
-def health(state: TrainState) -> tuple[int, int]:
-  """(first non-finite step or -1, skipped batches); a host sync, so only at log and checkpoint intervals."""
-  if state.first_bad is None:
-    return -1, 0
-  first_bad, skips = jax.device_get((state.first_bad, state.nan_skips))
-  return int(first_bad), int(skips)
 
 
 def non_finite_error(first_bad: int, label: str, last_good: str) -> NonFiniteLoss:

@@ -114,12 +114,19 @@ def model_config(name: str, args):
   return config
 
 
+def one_run_step(model, train_config, tx, mesh):
+  """train.masked_step jitted for one run, replicated over `mesh`: the step without a pack's run axis."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(train.masked_step(model, train_config, tx), donate_argnums=(0,),
+                 out_shardings=(replicated, replicated))
+
+
 def compile_dense_step(model, train_config, tx, mesh, *example_args):
-  """train.make_train_step's step with the masking traced out (apply_masks = identity): the overhead's baseline."""
+  """one_run_step with the masking traced out (apply_masks = identity): the overhead's baseline."""
   original = sparsity.apply_masks
   sparsity.apply_masks = lambda tree, masks: tree
   try:
-    return train.make_train_step(model, train_config, tx, mesh).lower(*example_args).compile()
+    return one_run_step(model, train_config, tx, mesh).lower(*example_args).compile()
   finally:
     sparsity.apply_masks = original
 
@@ -145,7 +152,7 @@ def bench_model(name: str, args, mesh, with_dense: bool = True, extra_runs: dict
   fresh = lambda: train.create_state(params, sparsity.ones_masks(params), 0, tx, mesh, model.trained_groups)
 
   t = time.perf_counter()
-  masked = train.make_train_step(model, config.train, tx, mesh).lower(fresh(), masks_r, vgg_r, batch, key).compile()
+  masked = one_run_step(model, config.train, tx, mesh).lower(fresh(), masks_r, vgg_r, batch, key).compile()
   compile_s = time.perf_counter() - t
   flops = cost_flops(masked)
   runs = {"masked": masked}

@@ -62,7 +62,8 @@ def train_steps(config, steps: int = STEPS) -> dict:
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size)
   tx = train.make_optimizer(config.train.adam_eps)
-  step_fn = train.make_train_step(model, config.train, tx, mesh)
+  from helpers import make_train_step  # pylint: disable=g-import-not-at-top
+  step_fn = make_train_step(model, config.train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
   masks_r, vgg_r = parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh)
   dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count())

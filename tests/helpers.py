@@ -85,3 +85,15 @@ def state_checkpoints(workdir) -> dict:
 def cli_env() -> dict:
   """The children's environment: CPU only, unbuffered output (tests read it while the run goes on)."""
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+def make_train_step(model, train_config, tx, mesh):
+  """The plain jitted step of one run, replicated over `mesh`: step(state, masks, vgg_params, batch, key) ->
+  (state, metrics). Runs train in packs (train.make_packed_step); this is the one-run reference they are held to."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from jaxtickets import parallel, train  # pylint: disable=g-import-not-at-top
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(train.masked_step(model, train_config, tx), donate_argnums=(0,),
+                 out_shardings=(replicated, replicated))

@@ -7,7 +7,7 @@ import pytest
 
 from jaxtickets import data, parallel, sparsity, train
 from jaxtickets.models import get_model
-from helpers import tiny_config
+from helpers import make_train_step, tiny_config
 
 STEPS = 10
 
@@ -21,7 +21,7 @@ def _train(dtype: str):
   masks = sparsity.ones_masks(params)
   mesh = parallel.make_mesh()
   tx = train.make_optimizer()
-  step_fn = train.make_train_step(model, config.train, tx, mesh)
+  step_fn = make_train_step(model, config.train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
   masks_r, vgg_r, key = parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh), jax.random.PRNGKey(2)
   batches = data.make_train_iterator(data.make_train_dataset(config, 2), num_threads=0, prefetch=0)

@@ -7,7 +7,7 @@ import pytest
 
 from jaxtickets import parallel, sparsity, train
 from jaxtickets.models import get_model
-from helpers import tiny_config
+from helpers import make_train_step, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def pieces():
   masks = sparsity.global_magnitude_prune(params, sparsity.ones_masks(params), prunable, 0.5)
   mesh = parallel.make_mesh()
   tx = train.make_optimizer()
-  step_fn = train.make_train_step(model, config.train, tx, mesh)
+  step_fn = make_train_step(model, config.train, tx, mesh)
   rng = np.random.default_rng(0)
   batch = {"content": rng.random((2, 32, 32, 3), np.float32), "style": rng.random((2, 32, 32, 3), np.float32)}
   return config, model, vgg, params, masks, mesh, tx, step_fn, batch
@@ -51,7 +51,7 @@ def test_frozen_groups_get_no_update_and_no_optimizer_state(pieces):
   frozen_model = DecoderOnly(config.model)
   state = train.create_state(params, masks, 0, tx, mesh, frozen_model.trained_groups)
   assert set(state.opt_state.mu) == {"decoder"}
-  step_fn = train.make_train_step(frozen_model, config.train, tx, mesh)
+  step_fn = make_train_step(frozen_model, config.train, tx, mesh)
   state, _ = step_fn(state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh),
                      parallel.shard_batch(batch, mesh), jax.random.PRNGKey(0))
   after = jax.device_get(state.params)
@@ -118,7 +118,7 @@ def test_non_finite_loss_keeps_the_old_state_and_is_recorded(pieces, policy):
   config, model, vgg, params, masks, mesh, tx, step_fn, batch = pieces
   assert config.train.nan_policy == "stop"  # the default; 'skip' needs its own step
   if policy == "skip":
-    step_fn = train.make_train_step(model, tiny_config(train__nan_policy="skip").train, tx, mesh)
+    step_fn = make_train_step(model, tiny_config(train__nan_policy="skip").train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh)
   vgg_r, masks_r, key = parallel.replicate(vgg, mesh), parallel.replicate(masks, mesh), jax.random.PRNGKey(3)
   bad = dict(batch, content=np.full_like(batch["content"], np.nan))
@@ -128,7 +128,7 @@ def test_non_finite_loss_keeps_the_old_state_and_is_recorded(pieces, policy):
     state, metrics = step_fn(state, masks_r, vgg_r, parallel.shard_batch(b, mesh), key)
     snapshots.append((before, jax.device_get(state.params), bool(np.isfinite(float(metrics["total"])))))
   assert int(state.step) == 5
-  first_bad, skips = train.health(state)
+  first_bad, skips = (int(x) for x in jax.device_get((state.first_bad, state.nan_skips)))
   assert first_bad == 2
   for i, (before, after, finite) in enumerate(snapshots, start=1):
     changed = any(np.any(a != b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
