@@ -5,8 +5,9 @@ A mask pytree has exactly the params' structure with boolean leaves (True = weig
 prunable trees live on the host as numpy; only `apply_masks` runs inside jit.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import fnmatch
+import functools
 import math
 from typing import Any
 
@@ -321,10 +322,22 @@ def random_prune_like(reference_masks: PyTree, prunable: PyTree, seed: int) -> P
 
 
 def prune(config, params: PyTree, masks: PyTree, prunable: PyTree) -> PyTree:
-  """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights, smallest magnitude."""
+  """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights (all when masks is None),
+  smallest magnitude."""
+  masks = ones_masks(params) if masks is None else masks
   fn = {'global': global_magnitude_prune, 'layerwise': layerwise_magnitude_prune, 'lamp': lamp_prune}
   return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction,
                                     layer_cap=config.sparsity.layer_cap)
+
+
+def early_bird_masks(config, prunable: PyTree) -> Callable[[PyTree], PyTree]:
+  """params -> the masks the early-bird test compares (config.imp.early_bird): the dense network pruned as round 1
+  would prune it, or straight to imp.target_sparsity when that is set (globally, or by LAMP scores)."""
+  if config.imp.target_sparsity:
+    method = 'lamp' if config.sparsity.method == 'lamp' else 'global'
+    return functools.partial(prune_to_sparsity, prunable=prunable, sparsity=config.imp.target_sparsity,
+                             layer_cap=config.sparsity.layer_cap, method=method)
+  return functools.partial(prune, config, masks=None, prunable=prunable)
 
 
 def oneshot_masks(config, dense_params: PyTree, imp_masks: PyTree, prunable: PyTree) -> PyTree:

@@ -639,3 +639,20 @@ def test_bad_layer_cap_raises_user_error(cap):
     sp.prune_to_sparsity(params, prunable, 0.2, layer_cap=cap)
   with pytest.raises(UserError, match='layer cap'):
     sp.layerwise_magnitude_prune(params, masks, prunable, 0.2, layer_cap=cap)
+
+
+@pytest.mark.parametrize('method, target', [('global', 0.0), ('lamp', 0.0), ('layerwise', 0.0), ('global', 0.6),
+                                            ('lamp', 0.6), ('layerwise', 0.6)])
+def test_early_bird_masks_are_round_ones_pruning_or_the_target_sparsitys(method, target):
+  from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  config = config_lib.default_config()
+  config.sparsity.method, config.imp.target_sparsity = method, target
+  params = _toy_params()
+  prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
+  got = sp.early_bird_masks(config, prunable)(params)
+  if target:  # layer-wise pruning has no one-shot target of its own: global magnitudes stand in
+    want = sp.prune_to_sparsity(params, prunable, target, method='lamp' if method == 'lamp' else 'global')
+  else:
+    want = sp.prune(config, params, sp.ones_masks(params), prunable)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
