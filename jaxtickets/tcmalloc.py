@@ -9,6 +9,7 @@ Where it looks: $JAXTICKETS_TCMALLOC (a path), <venv>/lib (scripts/install_tcmal
 root), the dynamic linker's cache (`apt-get install libtcmalloc-minimal4`), the usual system directories.
 """
 
+import glob
 import importlib.util
 import os
 import subprocess
@@ -19,7 +20,12 @@ _GUARD = "JAXTICKETS_TCMALLOC_REEXEC"  # set in the re-executed process: never l
 LIBRARY = "libtcmalloc_minimal.so.4"
 _SYSTEM_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 # Installed accelerator plugins: the job will not run on the CPU, keep the process as it is.
-_ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+_ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+# libtpu is also installed on CPU machines that only compile for TPU topologies (jaxtickets.plan), so it counts only
+# when a TPU chip is attached: a PCI device of Google's vendor id with a TPU's device id (the ids JAX's own hardware
+# check knows; Google's vendor id alone also covers a cloud VM's network card).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
 
 
 def loaded_library(maps_path: str = "/proc/self/maps") -> str | None:
@@ -48,11 +54,28 @@ def find_library(env: dict | None = None) -> str | None:
   return next((c for c in candidates if os.path.isfile(c)), None)
 
 
+def tpu_attached(pci_devices: str = "/sys/bus/pci/devices") -> bool:
+  """Whether a TPU chip is attached to this machine (read from the PCI devices, without starting JAX)."""
+  for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() != _GOOGLE_PCI_VENDOR:
+          continue
+      with open(os.path.join(os.path.dirname(vendor), "device")) as f:
+        if f.read().strip() in _TPU_PCI_DEVICES:
+          return True
+    except OSError:
+      continue
+  return False
+
+
 def accelerator_installed() -> bool:
   platforms = os.environ.get("JAX_PLATFORMS", "")
   if platforms:
     return platforms.split(",")[0].strip() not in ("cpu", "")
-  return any(importlib.util.find_spec(m) is not None for m in _ACCELERATOR_MODULES)
+  if any(importlib.util.find_spec(m) is not None for m in _ACCELERATOR_MODULES):
+    return True
+  return importlib.util.find_spec("libtpu") is not None and tpu_attached()
 
 
 def reexec_plan(env: dict, library: str | None, loaded: str | None, accelerator: bool,

@@ -22,6 +22,13 @@ XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensi
                   "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
 
+# The tests run on the CPU, also where libtpu is installed (the .[tpu] extra, for the planner's topology compiles):
+# JAX would otherwise try to start a TPU backend in every process. Compiling for a TPU topology needs no TPU backend,
+# but each process that does it loads libtpu, which takes a lock only one process may hold unless told otherwise
+# (the two test workers both compile).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 # The test processes run under tcmalloc, as the CPU entry points do (jaxtickets.tcmalloc): set here, before
 # pytest-xdist starts its workers, they and every command they start load it (the commands then need no re-exec).
 # XLA's compiler and JAX's tracing allocate heavily, which glibc's malloc serves more slowly.

@@ -49,6 +49,19 @@ def test_loaded_library_reads_the_maps(tmp_path):
   assert tcmalloc.loaded_library(str(tmp_path / "none")) is None
 
 
+def test_tpu_attached_reads_tpu_device_ids_not_any_google_device(tmp_path):
+  def device(name, vendor, device_id):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "vendor").write_text(vendor + "\n")
+    (tmp_path / name / "device").write_text(device_id + "\n")
+
+  device("0000:00:04.0", "0x1ae0", "0x0042")  # a cloud VM's network card: Google's, but no TPU
+  device("0000:00:05.0", "0x8086", "0x0063")
+  assert not tcmalloc.tpu_attached(str(tmp_path))
+  device("0000:00:06.0", "0x1ae0", "0x0063")  # a v5e chip
+  assert tcmalloc.tpu_attached(str(tmp_path))
+
+
 def _stand_in_library(tmp_path) -> str:
   """A harmless shared library under tcmalloc's name (a copy of libm), so the re-exec runs on any Linux box."""
   libm = next((p for p in ("/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib/x86_64-linux-gnu/libm.so.6",
