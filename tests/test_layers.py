@@ -261,3 +261,17 @@ def test_conv_defaults_follow_the_backend():
   plain = jaxpr(n, n, False, False)
   assert "custom_vjp" not in plain and "padding=((0, 0), (0, 0))" in plain
   assert "custom_vjp" in jaxpr(n, n, True, True)
+
+
+def test_target_platform_picks_the_conv_path_of_the_target_not_of_the_tracing_machine():
+  n = layers.MATMUL_GRAD_MIN_CHANNELS
+  jaxpr = lambda: str(jax.make_jaxpr(lambda x, k: layers.conv3x3_reflect(x, k, jnp.zeros(n)))(
+      jnp.ones((1, 4, 4, n)), jnp.ones((3, 3, n, n))))
+  with layers.target_platform("tpu"):
+    assert layers.platform() == "tpu"
+    on_tpu = jaxpr()
+  with layers.target_platform("cpu"):
+    on_cpu = jaxpr()
+  assert layers.platform() == jax.default_backend()  # the block ends, the default is back
+  assert "custom_vjp" not in on_tpu and "padding=((0, 0), (0, 0))" in on_tpu  # the plain VALID conv
+  assert "padding=((1, 1), (1, 1))" in on_cpu and ("custom_vjp" in on_cpu) == layers.MATMUL_GRAD_ON_CPU

@@ -1,7 +1,9 @@
 """Building blocks shared by the style-transfer models: reflect-padded conv, ceil-mode pool, AdaIN statistics."""
 
+import contextlib
+import contextvars
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax
 import flax.linen as nn
@@ -16,6 +18,26 @@ MATMUL_GRAD_ON_CPU = True
 MATMUL_GRAD_MIN_CHANNELS = 16
 
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+# The platform the traced program is for, when it is not the machine that traces it: a program compiled ahead of
+# time for a TPU on a CPU machine must get the TPU's conv path, not the CPU's. None = JAX's default backend.
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str | None) -> Iterator[None]:
+  """Within the block, the layers trace their code path for `platform` ('cpu', 'gpu', 'tpu'; None: JAX's default
+  backend). Set it around the tracing (jit's lower or first call) of a program compiled for other devices."""
+  token = _TARGET_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORM.reset(token)
+
+
+def platform() -> str:
+  """The platform the layers trace for: the target_platform block's, else JAX's default backend."""
+  return _TARGET_PLATFORM.get() or jax.default_backend()
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -102,13 +124,13 @@ def conv3x3_reflect(x: jax.Array, kernel: jax.Array, bias: jax.Array, same_trick
                     matmul_grad: bool | None = None) -> jax.Array:
   """Reflect pad 1 + 3x3 VALID conv + bias.
 
-  `same_trick` (default: on when JAX's default backend is the CPU, off on GPU/TPU, which keep the plain conv) runs
+  `same_trick` (default: on when the target `platform()` is the CPU, off on GPU/TPU, which keep the plain conv) runs
   the conv as a cropped SAME conv; `matmul_grad` (default: `same_trick and MATMUL_GRAD_ON_CPU`) also swaps in a
   custom VJP whose weight gradient is three large matmuls (layers with at least
   MATMUL_GRAD_MIN_CHANNELS channels in and out). Every path's value and gradients equal the plain VALID
   conv's up to float rounding.
   """
-  same_trick = jax.default_backend() == "cpu" if same_trick is None else same_trick
+  same_trick = platform() == "cpu" if same_trick is None else same_trick
   matmul_grad = (same_trick and MATMUL_GRAD_ON_CPU) if matmul_grad is None else matmul_grad
   xp = reflect_pad(x)
   # Layers with few channels (RGB in or out) keep XLA's own dW, which is as fast there.
