@@ -201,7 +201,7 @@ def _data_problems(d, need) -> list[str]:
   return p
 
 
-def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[str]:
+def _problems(config, model_names: Sequence[str], divisor: int | None, device_count: int | None = None) -> list[str]:
   """Every problem in `config`, one sentence each."""
   p = _unknown_fields(config)
   if any(" is missing: " in x for x in p):
@@ -249,7 +249,7 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   need(is_int(pl.runs_per_step) and pl.runs_per_step >= 0, "parallel.runs_per_step", pl.runs_per_step,
        "use an integer >= 0 (0 = as many as the devices and memory allow)")
   if is_int(pl.runs_per_step) and pl.runs_per_step >= 0 and isinstance(pl.pack_runs, bool):
-    p += _batch_problems(t.batch_size, pl.runs_per_step if pl.pack_runs else 1)
+    p += _batch_problems(t.batch_size, pl.runs_per_step if pl.pack_runs else 1, device_count)
   need(is_num(t.lr) and t.lr > 0, "train.lr", t.lr, "use a positive learning rate")
   need(is_num(t.lr_decay) and t.lr_decay >= 0, "train.lr_decay", t.lr_decay, "use a non-negative number")
   need(is_num(t.adam_eps) and t.adam_eps > 0, "train.adam_eps", t.adam_eps, "use a small positive number like 1e-8")
@@ -312,15 +312,16 @@ def _problems(config, model_names: Sequence[str], divisor: int | None) -> list[s
   return p
 
 
-def _batch_problems(batch_size, runs_per_step: int) -> list[str]:
+def _batch_problems(batch_size, runs_per_step: int, device_count: int | None) -> list[str]:
   """Each run's batch must split evenly over the devices that share it (every device, without packing)."""
-  import jax  # only here: the rest of validation must not start a backend
-
   from jaxtickets import parallel  # pylint: disable=g-import-not-at-top
 
   if not (_is_int(batch_size) and batch_size > 0):
     return []
-  n = jax.device_count()
+  if device_count is None:
+    import jax  # only here: the rest of validation must not start a backend
+    device_count = jax.device_count()
+  n = device_count
   if runs_per_step == 1 and batch_size % n:
     return [f"config.train.batch_size = {batch_size} does not split over the {n} devices: use a multiple of {n}, "
             "or pack runs side by side (config.parallel.runs_per_step = 0)."]
@@ -331,8 +332,9 @@ def _batch_problems(batch_size, runs_per_step: int) -> list[str]:
   return []
 
 
-def validate(config) -> None:
-  """Raises UserError listing every problem of `config`, before anything is compiled."""
+def validate(config, devices=None) -> None:
+  """Raises UserError listing every problem of `config`, before anything is compiled; the batch is checked against
+  `devices` (the run's target, default: every device of every process)."""
   import importlib  # pylint: disable=g-import-not-at-top
 
   names = tuple(MODELS)
@@ -343,7 +345,7 @@ def validate(config) -> None:
     except ImportError:  # a registered model whose module is not installed: the name check cannot help here
       raise UserError(f"config.model.name = {config.model.name!r} is registered but its module is missing: "
                       "reinstall jaxtickets or choose another model.") from None
-  problems = _problems(config, names, divisor)
+  problems = _problems(config, names, divisor, None if devices is None else len(devices))
   if problems:
     raise UserError("\n".join(problems))
 
