@@ -82,12 +82,57 @@ def runs_axis_sizes(devices: int, batch_size: int, runs_per_step: int | None = N
           and (runs_per_step is None or runs_per_step % a == 0)]
 
 
-def make_mesh(runs: int = 1) -> jax.sharding.Mesh:
-  """A 2-D mesh ('runs', 'data') over every device of every process; `runs` must divide the device count."""
+def make_mesh(runs: int = 1, devices=None) -> jax.sharding.Mesh:
+  """A 2-D mesh ('runs', 'data') over `devices` (default: every device of every process); `runs` must divide
+  their number. Devices of several slices (multi-slice TPU) put the slices on 'runs' when they can (independent
+  runs need no traffic between slices), else on 'data'."""
+  from jaxtickets.errors import UserError
+
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if runs < 1 or n % runs:
+    raise UserError(f"A mesh of {runs} runs side by side does not divide the {n} devices: use a divisor of {n}.")
+  check_mesh_devices(devices)
+  shape = (runs, n // runs)
   # Auto axes: jit propagates the shardings itself (Explicit, the 0.10 default, would type them in every op and
   # make shard_map reject unsharded inputs).
-  n = jax.device_count()
-  return jax.make_mesh((runs, n // runs), (RUNS_AXIS, DATA_AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  axis_types = (jax.sharding.AxisType.Auto,) * 2
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  try:
+    if slices == 1:
+      return jax.make_mesh(shape, (RUNS_AXIS, DATA_AXIS), axis_types=axis_types, devices=devices)
+    from jax.experimental import mesh_utils
+    if runs % slices == 0:
+      ici, dcn = (runs // slices, n // runs), (slices, 1)
+    elif (n // runs) % slices == 0:
+      ici, dcn = (runs, n // runs // slices), (1, slices)
+    else:
+      raise UserError(f"A mesh of {runs} runs x {n // runs} data devices cannot be laid over {slices} slices: "
+                      f"use a number of runs side by side that {slices} divides, or that divides {n // slices}.")
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                allow_split_physical_axes=_splits_physical_axes(devices))
+    return jax.sharding.Mesh(grid, (RUNS_AXIS, DATA_AXIS), axis_types=axis_types)
+  except (AssertionError, ValueError, NotImplementedError) as e:  # JAX's own mesh builders' refusals
+    raise UserError(f"JAX cannot lay {n} {devices[0].device_kind} devices out as a {shape[0]} x {shape[1]} mesh: "
+                    f"{str(e).splitlines()[0]}") from e
+
+
+def _splits_physical_axes(devices) -> bool:
+  # What jax.make_mesh allows per device kind: v5e's 2-D torus may be split to fit a logical axis.
+  return devices[0].device_kind in ("TPU v5 lite", "TPU v5e")
+
+
+def check_mesh_devices(devices) -> None:
+  """Raises a one-sentence UserError for a device list no mesh can use: TPUs of two TensorCores (v4, v5p) listed
+  per core, where a pod's jax.devices() lists one device per chip ("megacore")."""
+  from jaxtickets.errors import UserError
+
+  first = devices[0]
+  if first.platform == "tpu" and any(getattr(d, "core_on_chip", 0) for d in devices):
+    chips = len({(getattr(d, "slice_index", 0), tuple(d.coords)) for d in devices})
+    raise UserError(f"The {len(devices)} {first.device_kind} devices are the TensorCores of {chips} chips, one device "
+                    "per core; the mesh needs one device per chip, as a pod presents them (megacore mode), e.g. a "
+                    "compile-only topology described with chip_config_name='megacore'.")
 
 
 def replicated(mesh) -> NamedSharding:
@@ -130,13 +175,14 @@ def shard_batch(batch, mesh):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
-def check_batch_size(global_batch: int) -> None:
-  """The batch must split evenly over devices (and so over processes)."""
+def check_batch_size(global_batch: int, devices: int | None = None) -> None:
+  """The batch must split evenly over the `devices` (default: every device, and so over processes)."""
   from jaxtickets.errors import UserError
 
-  if global_batch % jax.device_count():
-    raise UserError(f"config.train.batch_size = {global_batch} does not split over {jax.device_count()} devices "
-                    f"({jax.process_count()} processes): use a multiple of {jax.device_count()}.")
+  n = jax.device_count() if devices is None else devices
+  if global_batch % n:
+    raise UserError(f"config.train.batch_size = {global_batch} does not split over {n} devices "
+                    f"({jax.process_count()} processes): use a multiple of {n}.")
 
 
 def put_runs(tree, mesh):

@@ -195,3 +195,11 @@ def test_shard_batch_and_batch_size_check(monkeypatch):
   monkeypatch.setattr(jax, "device_count", lambda: 8)
   with pytest.raises(UserError, match="batch_size = 12 does not split over 8 devices.*multiple of 8"):
     parallel.check_batch_size(12)
+
+
+def test_make_mesh_takes_the_devices_given_and_refuses_a_runs_axis_that_does_not_divide_them():
+  devices = jax.devices()
+  mesh = parallel.make_mesh(1, devices=devices[:1])
+  assert mesh.shape == {parallel.RUNS_AXIS: 1, parallel.DATA_AXIS: 1} and list(mesh.devices.flat) == devices[:1]
+  with pytest.raises(UserError, match=f"A mesh of {len(devices) + 1} runs side by side does not divide the "):
+    parallel.make_mesh(len(devices) + 1)
