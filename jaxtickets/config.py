@@ -201,8 +201,9 @@ def _data_problems(d, need) -> list[str]:
   return p
 
 
-def _problems(config, model_names: Sequence[str], divisor: int | None, device_count: int | None = None) -> list[str]:
-  """Every problem in `config`, one sentence each."""
+def _problems(config, model_names: Sequence[str], divisor: int | None, device_count: int | None = None,
+              data: bool = True) -> list[str]:
+  """Every problem in `config`, one sentence each (without those of the data sources unless `data`)."""
   p = _unknown_fields(config)
   if any(" is missing: " in x for x in p):
     return p
@@ -233,7 +234,8 @@ def _problems(config, model_names: Sequence[str], divisor: int | None, device_co
   if isinstance(m.get("init_from", ""), str) and m.get("init_from") and not os.path.isdir(m.init_from):
     p.append(f"config.model.init_from = {m.init_from!r} is not a directory: point it at the --out directory of "
              "scripts/port_weights.py, or leave it empty for a random init.")
-  p += _data_problems(d, need)
+  if data:
+    p += _data_problems(d, need)
   for f in ("load_size", "crop_size", "num_threads", "prefetch"):
     need(is_int(d[f]) and d[f] > 0, f"data.{f}", d[f], "use a positive integer")
   if is_int(d.load_size) and is_int(d.crop_size) and 0 < d.load_size < d.crop_size:
@@ -305,7 +307,7 @@ def _problems(config, model_names: Sequence[str], divisor: int | None, device_co
   need(is_int(ck.keep) and ck.keep >= 1, "checkpoint.keep", ck.keep,
        "use an integer >= 1 (2 or more lets a damaged latest checkpoint fall back to the one before)")
   need(isinstance(ck.async_save, bool), "checkpoint.async_save", ck.async_save, "use True or False")
-  if not (d.content and d.style):
+  if data and not (d.content and d.style):
     missing = [f"config.data.{f}" for f in ("content", "style") if not d[f]]
     p.append(f"No training data is configured: set {' and '.join(missing)} (a folder of images, or "
              "'tfds:NAME:SPLIT'), or run the embedded demo with --config=configs/adain.py:demo.")
@@ -332,9 +334,10 @@ def _batch_problems(batch_size, runs_per_step: int, device_count: int | None) ->
   return []
 
 
-def validate(config, devices=None) -> None:
+def validate(config, devices=None, data: bool = True) -> None:
   """Raises UserError listing every problem of `config`, before anything is compiled; the batch is checked against
-  `devices` (the run's target, default: every device of every process)."""
+  `devices` (the run's target, default: every device of every process). data=False leaves the data sources
+  unchecked, for tools that only build the step (a plan needs no images)."""
   import importlib  # pylint: disable=g-import-not-at-top
 
   names = tuple(MODELS)
@@ -345,7 +348,7 @@ def validate(config, devices=None) -> None:
     except ImportError:  # a registered model whose module is not installed: the name check cannot help here
       raise UserError(f"config.model.name = {config.model.name!r} is registered but its module is missing: "
                       "reinstall jaxtickets or choose another model.") from None
-  problems = _problems(config, names, divisor, None if devices is None else len(devices))
+  problems = _problems(config, names, divisor, None if devices is None else len(devices), data=data)
   if problems:
     raise UserError("\n".join(problems))
 

@@ -146,6 +146,15 @@ def test_the_batch_is_checked_against_the_target_devices_given():
     config_lib.validate(c, devices=[None] * 8)
 
 
+def test_a_tool_that_only_builds_the_step_may_leave_the_data_unchecked():
+  c = demo()
+  c.data.content = c.data.style = ""
+  c.data.eval_content = "/no/such/folder"
+  with pytest.raises(UserError):
+    config_lib.validate(c)
+  config_lib.validate(c, data=False)
+
+
 def test_epoch_step_schedule_fields_are_checked():
   c = demo()
   c.train.schedule = "epoch_step"

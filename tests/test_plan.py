@@ -1,0 +1,125 @@
+"""Compiling for a target ahead of time (jaxtickets.aot) and the planner (jaxtickets.plan).
+
+TPU topologies need libtpu (the tpu extra); their devices are abstract, so nothing here needs a TPU. Compiles are
+of tiny AdaIN at 32 px.
+"""
+
+import importlib.util
+
+import pytest
+
+from jaxtickets import aot, parallel
+from jaxtickets.errors import UserError
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="needs libtpu: pip install -e '.[tpu]'")
+
+
+@needs_libtpu
+@pytest.mark.parametrize("name, chips, kind", [("v5e:2x2", 4, "TPU v5 lite"), ("v4:2x2x2", 8, "TPU v4"),
+                                               ("v5p:2x2x2", 8, "TPU v5"), ("v6e:2x2", 4, "TPU v6 lite")])
+def test_topologies_give_one_device_per_chip_and_the_mesh_builds_on_them(name, chips, kind):
+  target = aot.topology(name)
+  assert target.chips == chips and target.device_kind == kind and target.platform == "tpu"
+  assert target.memory_bytes == aot.CHIPS[name.split(":")[0]].hbm_bytes
+  mesh = parallel.make_mesh(2, devices=target.devices)
+  assert mesh.shape == {parallel.RUNS_AXIS: 2, parallel.DATA_AXIS: chips // 2}
+
+
+@needs_libtpu
+def test_a_mesh_of_several_slices_puts_the_slices_on_the_runs_axis():
+  target = aot.topology("v5e:2x2", num_slices=2)
+  assert target.chips == 8 and target.slices == 2
+  mesh = parallel.make_mesh(2, devices=target.devices)
+  assert [{d.slice_index for d in row} for row in mesh.devices] == [{0}, {1}]
+  mesh = parallel.make_mesh(1, devices=target.devices)  # one run: its data axis spans both slices
+  assert mesh.shape[parallel.DATA_AXIS] == 8
+
+
+@needs_libtpu
+def test_per_core_devices_of_a_two_core_chip_get_a_sentence_not_an_assertion():
+  from jax.experimental import topologies
+  per_core = topologies.get_topology_desc(topology_name="v4:2x2x2", platform="tpu", chip_config_name="default",
+                                          chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+  with pytest.raises(UserError) as e:
+    parallel.make_mesh(2, devices=per_core)
+  assert "are the TensorCores of 8 chips" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, words", [
+    ("v9:2x2", "Unknown TPU generation 'v9'"),
+    ("v5e", "has no shape"),
+    ("v5e:3x3", "v5e has no 3x3 slice"),
+    ("v5e:2x2x2", "v5e has no 2x2x2 slice"),
+    ("v4:2x2", "v4 has no 2x2 slice"),
+    ("v4:4x4x6", "v4 has no 4x4x6 slice"),
+])
+def test_a_topology_the_generation_does_not_have_gets_one_sentence(name, words):
+  with pytest.raises(UserError) as e:
+    aot.topology(name)
+  assert words in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def _compiled(peak: int) -> aot.Compiled:
+  return aot.Compiled(argument_bytes=peak // 4, output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0,
+                      xla_peak_bytes=peak, flops=1.0, collectives={}, seconds=0.0)
+
+
+def test_fit_takes_the_most_runs_per_device_whose_compiled_peak_fits_the_headroom():
+  asked = []
+
+  def measure(k):  # 50 bytes for the program's fixed part, 100 per run
+    asked.append(k)
+    return _compiled(50 + 100 * k)
+
+  k, got = aot.fit_runs_per_device(4, measure, memory_bytes=300 / aot.HEADROOM, describe="adain")
+  assert (k, got.peak_bytes) == (2, 250) and asked == [4, 1, 2]  # the line through 4 and 1 guesses 2 at once
+  asked.clear()
+  assert aot.fit_runs_per_device(4, measure, memory_bytes=1000, describe="adain")[0] == 4 and asked == [4]
+  assert aot.fit_runs_per_device(4, measure, memory_bytes=None, describe="adain")[0] == 4  # unknown memory: as asked
+
+
+def test_a_run_that_does_not_fit_one_device_gets_one_sentence_naming_it_and_the_bytes():
+  with pytest.raises(UserError) as e:
+    aot.fit_runs_per_device(2, lambda k: _compiled(1000 * k), memory_bytes=800,
+                            describe="adain at batch 8, 256 px crops, bfloat16")
+  msg = str(e.value)
+  assert len(msg.splitlines()) == 1
+  assert "One run of adain at batch 8, 256 px crops, bfloat16 needs 1,000 bytes" in msg and "of the 800 bytes" in msg
+
+
+def test_collectives_are_counted_from_the_program_text():
+  text = ("%a = f32[4] all-reduce(f32[4] %x), replica_groups={}\n%b = all-gather-start(%y)\n%c = all-gather-done(%b)\n"
+          "%d = f32[2] collective-permute(%z)\n%e = f32[2] add(%all-reduce.1, %d)")
+  assert aot.collectives(text) == {"all-gather": 1, "all-reduce": 1, "collective-permute": 1}
+
+
+def _tiny_compiler(target, **overrides):
+  from helpers import tiny_config
+
+  from jaxtickets import config as config_lib, train
+  from jaxtickets.models import get_model
+  config = tiny_config(**overrides)
+  model = get_model(config.model.name)(config_lib.model_config(config))
+  tx = train.make_optimizer(config.train.adam_eps)
+  return aot.step_compiler(model, config, tx, target.devices, target.platform)
+
+
+def test_two_runs_per_device_need_about_twice_the_working_memory_and_flops_of_one():
+  compile_layout = _tiny_compiler(aot.local_target())
+  one, two = compile_layout(1, 1), compile_layout(1, 2)
+  assert one.argument_bytes > 0 and one.working_bytes > 0 and one.flops > 0
+  assert 1.6 < two.working_bytes / one.working_bytes < 2.6
+  assert 1.6 < two.argument_bytes / one.argument_bytes < 2.4
+  assert 1.8 < two.flops / one.flops < 2.3
+
+
+@needs_libtpu
+@pytest.mark.e2e  # a TPU compile of tiny AdaIN takes half a minute on a busy 2-core machine
+@pytest.mark.parametrize("name, runs_axis", [("v5e:2x2", 2), ("v4:2x2x2", 4)])
+def test_the_step_compiles_for_a_topology_with_its_bytes_flops_and_gradient_all_reduce(name, runs_axis):
+  target = aot.topology(name)
+  got = _tiny_compiler(target)(runs_axis, 1)  # each run's batch of 2 over 2 chips
+  assert got.argument_bytes > 0 and got.working_bytes > 0 and got.code_bytes > 0 and got.flops > 0
+  assert got.peak_bytes < target.memory_bytes
+  assert got.collectives.get("all-reduce", 0) >= 1  # each run's gradients, summed over its 2 chips
