@@ -60,12 +60,12 @@ def interpolate(a, b, alpha: float, masks):
                       .astype(np.asarray(x).dtype), a, b, masks)
 
 
-def path_losses(s, a, b, masks, points: int) -> list[float]:
+def path_losses(c: pack.Compute, a, b, masks, points: int) -> list[float]:
   """The held-out total loss at `points` evenly spaced weights from a (alpha = 0) to b (alpha = 1)."""
   out = []
   for alpha in np.linspace(0.0, 1.0, points):
     params = interpolate(a, b, float(alpha), masks)
-    out.append(evaluate.evaluate(s.eval_fn, params, masks, s.vgg_params, s.pairs, s.config.eval.batch_size)["total"])
+    out.append(evaluate.evaluate(c.eval_fn, params, masks, c.vgg_params, c.pairs, c.config.eval.batch_size)["total"])
   return out
 
 
@@ -86,14 +86,14 @@ def start_params(workdir: str, config, ticket, replicate: int):
   return checkpoint.load_params(path)
 
 
-def _copies(s, workdir: str, ticket, replicate: int, round_: int, same_order: bool) -> list[pack.Job]:
+def _copies(config, workdir: str, ticket, replicate: int, round_: int, same_order: bool) -> list[pack.Job]:
   """The round's two copies as jobs: theta_k * mask from step k, each with its own data order (unless same_order)."""
-  init = start_params(workdir, s.config, ticket, replicate)
+  init = start_params(workdir, config, ticket, replicate)
   jobs = []
   for i, copy in enumerate(COPIES):
-    seed = s.config.seed + replicate + _COPY_SEED_OFFSET * (1 if same_order else i + 1)
-    rep = imp.Replicate(index=replicate, seed=seed, key=jax.random.PRNGKey(seed))
-    start = s.config.imp.rewind_step
+    seed = config.seed + replicate + _COPY_SEED_OFFSET * (1 if same_order else i + 1)
+    rep = imp.Replicate(index=replicate, seed=seed)
+    start = config.imp.rewind_step
     jobs.append(pack.Job(f"stability_{copy}", round_, rep, init, ticket.masks, start_step=start))
   return jobs
 
@@ -115,47 +115,47 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
     raise UserError(f"--rounds names round(s) {', '.join(map(str, missing))} that the run in '{workdir}' has not "
                     f"finished (replicate {replicate} has rounds {', '.join(map(str, sorted(done)))}).")
   with preempt.PreemptionWatch() as watch:
-    s = imp.setup(config, workdir_lib.stability_dir(workdir), watch=watch, place=False)
-    s = imp.with_run_state(s)
+    ctx = imp.with_run_state(imp.setup(config, workdir_lib.stability_dir(workdir), watch=watch, place=False))
     try:
-      rows = [_measure(s, workdir, done[r], replicate, r, points, same_order) for r in chosen]
+      rows = [_measure(ctx, workdir, done[r], replicate, r, points, same_order) for r in chosen]
     finally:
-      s.close()
+      ctx.output.close()
   if jax.process_index() == 0:
     results.write_stability_csv(os.path.join(workdir, CSV), rows)
     plot(rows, os.path.join(workdir, FIGURE))
   return rows
 
 
-def _measure(s, workdir: str, ticket_path: str, replicate: int, round_: int, points: int, same_order: bool) -> dict:
+def _measure(ctx: pack.RunContext, workdir: str, ticket_path: str, replicate: int, round_: int, points: int,
+             same_order: bool) -> dict:
+  c, out = ctx.compute, ctx.output
   ticket = checkpoint.load_ticket(ticket_path)
   trained = {}
   todo = []
-  for copy, job in zip(COPIES, _copies(s, workdir, ticket, replicate, round_, same_order)):
+  for copy, job in zip(COPIES, _copies(c.config, workdir, ticket, replicate, round_, same_order)):
     path = workdir_lib.stability_copy_dir(workdir, replicate, round_, copy)
     if checkpoint.params_exist(path):
       trained[copy] = checkpoint.load_params(path)
     else:
       todo.append((copy, job))
   if todo:
-    s.log(f"[stability rep {replicate} round {round_}] training {len(todo)} copies of theta_k * mask "
-          f"(steps {s.config.imp.rewind_step}..{s.config.train.steps}), each with its own data order")
-
-    def finish(job, params, nan_skips, todo=todo):  # pylint: disable=unused-argument
-      copy = next(c for c, j in todo if j is job)
-      checkpoint.save_params(workdir_lib.stability_copy_dir(workdir, replicate, round_, copy), params)
-      trained[copy] = params
-
-    for start in range(0, len(todo), s.layout.runs_per_step):
-      pack.train_pack(s, [j for _, j in todo[start:start + s.layout.runs_per_step]], finish)
-  losses = path_losses(s, trained["a"], trained["b"], ticket.masks, points)
+    out.log(f"[stability rep {replicate} round {round_}] training {len(todo)} copies of theta_k * mask "
+            f"(steps {c.config.imp.rewind_step}..{c.config.train.steps}), each with its own data order")
+  n = c.layout.runs_per_step
+  for start in range(0, len(todo), n):
+    chunk = todo[start:start + n]
+    for (copy, _), result in zip(chunk, pack.train(ctx, [job for _, job in chunk])):
+      checkpoint.save_params(workdir_lib.stability_copy_dir(workdir, replicate, round_, copy), result.params)
+      trained[copy] = result.params
+    out.ckpts.clear()  # the saved copies supersede the pack's train-state checkpoints
+  losses = path_losses(c, trained["a"], trained["b"], ticket.masks, points)
   value, relative = barrier(losses)
   above_line = linear_barrier(losses)
-  s.log(f"[stability rep {replicate} round {round_}] sparsity {ticket.sparsity['prunable']['sparsity']:.4f}: "
-        f"barrier {value:.4g} ({relative:+.2%} of the ends' mean; {above_line:.4g} above the line "
-        f"between the ends); path {', '.join(f'{x:.4g}' for x in losses)}")
+  out.log(f"[stability rep {replicate} round {round_}] sparsity {ticket.sparsity['prunable']['sparsity']:.4f}: "
+          f"barrier {value:.4g} ({relative:+.2%} of the ends' mean; {above_line:.4g} above the line "
+          f"between the ends); path {', '.join(f'{x:.4g}' for x in losses)}")
   return {"round": round_, "replicate": replicate, "sparsity": ticket.sparsity["prunable"]["sparsity"],
-          "rewind_step": s.config.imp.rewind_step, "barrier": value, "barrier_relative": relative,
+          "rewind_step": c.config.imp.rewind_step, "barrier": value, "barrier_relative": relative,
           "barrier_linear": above_line, "path": losses}
 
 

@@ -4,7 +4,8 @@
                   optional extra `port`), .safetensors and .npz without torch; `read_state_dict`
   VGG files       Flax-format VGG weights: a flat '.npz' ('conv1_1/kernel' keys), an Orbax params directory, or a
                   ported directory's 'vgg' part; `load_vgg_weights` fits one to the depth a model needs (deeper
-                  files are fine: the extra layers are dropped), `load_or_init_vgg` is config.model.vgg_weights
+                  files are fine: the extra layers are dropped), `load_or_init_vgg` is config.model.vgg_weights,
+                  `model_and_vgg` the model and VGG of a run's config (the trainer's and inference's one builder)
   ported dirs     what scripts/port_weights.py writes (`save_ported`, `load_ported`): model.json ({"model",
                   "model_config", "sources", "notes"}) and params/, an Orbax params checkpoint of
                   {"params": {group: tree}, "vgg": tree} (or {"vgg": tree} alone for a VGG-only port)
@@ -23,6 +24,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
+from jaxtickets import config as config_lib, models, streams
 from jaxtickets.errors import UserError
 
 MODEL_JSON = 'model.json'
@@ -363,3 +365,11 @@ def load_or_init_vgg(model, path: str, key) -> dict:
           'exercises the pipeline but its results are not meaningful for style transfer. Port vgg_normalised.pth '
           'with scripts/port_weights.py and set --config.model.vgg_weights=DIR.', flush=True)
   return jax.device_get(model.init_vgg(key))
+
+
+def model_and_vgg(config) -> tuple[Any, dict]:
+  """The model a run's config builds (config.train.dtype, when set, its compute dtype) and its VGG params, loaded
+  or drawn from config.seed's VGG stream: the trainer and inference build both here, so a ticket is used with the
+  model and the random stand-in VGG it was trained with."""
+  model = models.get_model(config.model.name)(config_lib.model_config(config))
+  return model, load_or_init_vgg(model, config.model.vgg_weights, streams.key(config.seed, streams.Stream.VGG))

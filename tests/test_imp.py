@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, load_ticket, pack, results, sparsity, stats, workdir as workdir_lib
+from jaxtickets import checkpoint, imp, load_ticket, pack, results, sparsity, stats, streams, workdir as workdir_lib
 from helpers import tiny_config
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
@@ -26,20 +26,20 @@ def run_dir(tmp_path_factory):
                        train__adam_eps=1e-4)  # above rounding noise: the packed run below must give the same masks
   assert config.model.train_encoder
   starts = {}
-  train_pack = pack.train_pack
+  train = pack.train
 
-  def recording(s, jobs, finish):
+  def recording(ctx, jobs):
     def step(state, *args):
       if key(jobs[0]) not in starts:  # the first step only: the state training really began from
         host = jax.device_get(state)
         starts.update({key(job): jax.tree.map(lambda x, i=i: np.asarray(x)[i], host) for i, job in enumerate(jobs)})
-      return s.packed_step(state, *args)
+      return ctx.compute.packed_step(state, *args)
 
-    return train_pack(dataclasses.replace(s, packed_step=step), jobs, finish)
+    return train(dataclasses.replace(ctx, compute=dataclasses.replace(ctx.compute, packed_step=step)), jobs)
 
   key = lambda job: (job.branch, job.round, job.replicate.index)
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pack, "train_pack", recording)
+    mp.setattr(pack, "train", recording)
     rows = imp.run(config, workdir)
   return workdir, config, rows, starts
 
@@ -122,8 +122,8 @@ def test_every_run_starts_from_its_replicates_theta_0_times_its_mask_with_a_fres
   workdir, config, _, starts = run_dir
   assert len(starts) == REPLICATES * (1 + len(BRANCHES) * ROUNDS)
   model = get_model("adain")(config.model)
-  vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
-  thetas = [jax.device_get(model.init(jax.random.fold_in(jax.random.PRNGKey(config.seed + rep), 0), vgg))
+  vgg = jax.device_get(model.init_vgg(streams.key(config.seed, streams.Stream.VGG)))
+  thetas = [jax.device_get(model.init(streams.key(config.seed + rep, streams.Stream.INIT), vgg))
             for rep in range(REPLICATES)]
   for rep, theta_0 in enumerate(thetas):
     for a, b in zip(jax.tree.leaves(ticket(workdir, "imp", ROUNDS, rep).rewind_params), jax.tree.leaves(theta_0)):
@@ -152,7 +152,7 @@ def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
   workdir, config, _, _ = run_dir
   # The VGG is shared by all replicates (it stands for pretrained weights): give the seed-1 run seed 0's.
   model = get_model("adain")(config.model)
-  vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
+  vgg = jax.device_get(model.init_vgg(streams.key(config.seed, streams.Stream.VGG)))
   weights.save_vgg_weights(str(tmp_path / "vgg.npz"), vgg)
   alone = tiny_config(seed=1, imp__branches="imp,random_prune", imp__rounds=1, imp__replicates=1,
                       eval__num_pairs=4, eval__batch_size=4, model__vgg_weights=str(tmp_path / "vgg.npz"),
@@ -362,14 +362,14 @@ def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
 def test_inference_sparsity_counts_a_fixed_encoders_vgg_as_dense_weights(tmp_path):
   from jaxtickets.models import vgg as vgg_lib
 
-  s = imp.setup(tiny_config(model__train_encoder=False), str(tmp_path))
-  frozen = vgg_lib.truncate(jax.device_get(s.vgg_params), s.model.encoder_depth)
-  assert s.frozen_inference_size == sum(int(np.size(a)) for a in jax.tree.leaves(frozen)) > 0
-  params = jax.device_get(s.model.init(jax.random.PRNGKey(0), jax.device_get(s.vgg_params)))
+  c = imp.setup(tiny_config(model__train_encoder=False), str(tmp_path)).compute
+  frozen = vgg_lib.truncate(jax.device_get(c.vgg_params), c.model.encoder_depth)
+  assert c.frozen_inference_size == sum(int(np.size(a)) for a in jax.tree.leaves(frozen)) > 0
+  params = jax.device_get(c.model.init(jax.random.PRNGKey(0), jax.device_get(c.vgg_params)))
   assert set(params) == {"decoder"}
-  masks = sparsity.global_magnitude_prune(params, sparsity.ones_masks(params), s.prunable, 0.5)
-  report = imp.sparsity_report(s, masks, params)
+  masks = sparsity.global_magnitude_prune(params, sparsity.ones_masks(params), c.prunable, 0.5)
+  report = imp.sparsity_report(c, masks, params)
   pruned = report["total"]["size"] - report["total"]["remaining"]
-  assert report["inference"]["size"] == report["total"]["size"] + s.frozen_inference_size
+  assert report["inference"]["size"] == report["total"]["size"] + c.frozen_inference_size
   assert report["inference"]["sparsity"] == pytest.approx(pruned / report["inference"]["size"])
   assert report["groups"]["decoder"]["sparsity"] == pytest.approx(report["total"]["sparsity"])

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import imp, pack, parallel, preempt, sparsity
+from jaxtickets import imp, pack, parallel, preempt, sparsity, streams
 from helpers import tiny_config
 
 
@@ -41,20 +41,20 @@ def test_choose_layout(monkeypatch, devices, platform, concurrent, parallel, wan
 
 @pytest.fixture(scope="module")
 def pack_setup(tmp_path_factory):
-  """A Setup that trains 2 runs side by side on this one device, 6 steps, checkpoints every 2."""
+  """A run context that trains 2 runs side by side on this one device, 6 steps, checkpoints every 2."""
   workdir = str(tmp_path_factory.mktemp("pack"))
   config = tiny_config(train__steps=6, train__log_every=4, checkpoint__every_steps=2, checkpoint__async_save=False,
                        imp__replicates=2, parallel__runs_per_step=2)
-  s = imp.setup(config, workdir)
-  assert s.layout == pack.Layout(2, 1)
-  return s
+  ctx = imp.setup(config, workdir)
+  assert ctx.compute.layout == pack.Layout(2, 1)
+  return ctx
 
 
-def _jobs(s):
-  jobs = []
+def _jobs(ctx):
+  c, jobs = ctx.compute, []
   for index in range(2):
-    rep = imp.replicate(s, index)
-    params = jax.device_get(s.model.init(jax.random.fold_in(rep.key, 0), jax.device_get(s.vgg_params)))
+    rep = imp.replicate(c.config, index)
+    params = jax.device_get(c.model.init(streams.key(rep.seed, streams.Stream.INIT), jax.device_get(c.vgg_params)))
     jobs.append(pack.Job("imp", 0, rep, params, sparsity.ones_masks(params), start_step=0))
   return jobs
 
@@ -72,37 +72,38 @@ class _Watch:
     return self.reason is not None
 
 
-def _with(s, workdir, watch):
+def _with(ctx, workdir, watch):
   logs = []
-  s = imp.with_run_state(dataclasses.replace(s, workdir=workdir, watch=watch, log=logs.append))
-  return s, logs
+  output = dataclasses.replace(ctx.output, workdir=workdir, watch=watch, log=logs.append)
+  return imp.with_run_state(dataclasses.replace(ctx, output=output)), logs
 
 
 @pytest.mark.e2e
 def test_a_preemption_saves_every_run_of_the_pack_and_raises(pack_setup, tmp_path):
-  s, logs = _with(pack_setup, str(tmp_path), _Watch(at=3))
-  jobs = _jobs(s)
-  finished = []
+  ctx, logs = _with(pack_setup, str(tmp_path), _Watch(at=3))
+  jobs = _jobs(ctx)
   with pytest.raises(preempt.Preempted, match=r"Stopped by SIGTERM at step 3 of a pack of 2 runs; the checkpoint is "
                                                r"step 3 in '.*state'"):
-    pack.train_pack(s, jobs, lambda *a: finished.append(a))
-  assert s.watch.asked == [(1, False), (2, True), (3, False)]  # all processes ask together at saves and logs
-  assert s.ckpts.steps() == [2, 3] and not finished
-  meta = s.ckpts.meta(3)
+    pack.train(ctx, jobs)
+  ckpts = ctx.output.ckpts
+  assert ctx.output.watch.asked == [(1, False), (2, True), (3, False)]  # all processes ask together at saves and logs
+  assert ckpts.steps() == [2, 3]
+  meta = ckpts.meta(3)
   assert meta["pack_size"] == 2 and [(r["replicate"], r["step"]) for r in meta["runs"]] == [(0, 3), (1, 3)]
 
-  # The same jobs again: both runs resume at step 3 and finish; the checkpoints go once the runs are done.
-  s2, logs2 = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
-  pack.train_pack(s2, jobs, lambda job, trained, skips: finished.append((job.replicate.index, trained, skips)))
-  assert [r for r, _, _ in finished] == [0, 1] and all(skips == 0 for _, _, skips in finished)
+  # The same jobs again: both runs resume at step 3 and finish; the checkpoints stay until the caller clears them.
+  ctx2, logs2 = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
+  results = pack.train(ctx2, jobs)
+  assert [r.nan_skips for r in results] == [0, 0] and [r.end_step for r in results] == [6, 6]
+  assert all(r.early_bird_step is None and r.early_bird_history is None for r in results)
   assert sum("resuming at step 3 from its checkpoint" in line for line in logs2) == 2
   assert any("[rep 1 imp round 0] step 6/6" in line and "[2 runs side by side]" in line for line in logs2)
-  assert s2.ckpts.steps() == []
+  assert ctx2.output.ckpts.steps() == [2, 3, 4]
   # The two runs are different runs (their own init and data order), not one trained twice.
-  a, b = (jax.tree.leaves(t) for _, t, _ in finished)
+  a, b = (jax.tree.leaves(r.params) for r in results)
   assert any(not np.allclose(x, y) for x, y in zip(a, b))
-  s.close()
-  s2.close()
+  ctx.output.close()
+  ctx2.output.close()
 
 
 def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup, tmp_path, monkeypatch):
@@ -115,9 +116,9 @@ def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup,
     return dict(out, content=np.full_like(out["content"], np.nan)) if j in (4, 5) else out
 
   monkeypatch.setattr(data._Sample, "__call__", poisoned)  # pylint: disable=protected-access
-  s, _ = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
+  ctx, _ = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
   with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 3 of \[rep 0 imp round 0\].*last good "
                                                 r"checkpoint is step 2 in"):
-    pack.train_pack(s, _jobs(s), lambda *a: None)
-  assert s.ckpts.steps() == [2]  # the check at step 4 found the bad step 3 and saved nothing
-  s.close()
+    pack.train(ctx, _jobs(ctx))
+  assert ctx.output.ckpts.steps() == [2]  # the check at step 4 found the bad step 3 and saved nothing
+  ctx.output.close()

@@ -244,7 +244,7 @@ def test_config_checks_before_anything_runs(tmp_path):
 
 # A rewind point k > 0 and the baseline branches, resumed in-process: a stand-in for SIGTERM stops a chosen round
 # after a chosen step (the watch the train loop asks), which saves and raises Preempted as a real signal does. Every
-# run shares one Setup, as the same command again would build it: its steps are traced once, not once a run.
+# run shares one run context, as the same command again would build it: its steps are traced once, not once a run.
 BRANCHES = ("imp", "random_prune", "random_reinit")
 
 
@@ -260,28 +260,32 @@ class _StopAfter:
     return self.reason is not None
 
 
-def _run(s, workdir):
-  """What imp.run does on `workdir` once it holds the lock and checked the config, with the shared Setup `s`."""
-  s = imp.with_run_state(dataclasses.replace(s, workdir=workdir, watch=preempt.PreemptionWatch()))
+def _with_output(ctx, **fields):
+  return dataclasses.replace(ctx, output=dataclasses.replace(ctx.output, **fields))
+
+
+def _run(ctx, workdir):
+  """What imp.run does on `workdir` once it holds the lock and checked the config, with the shared context `ctx`."""
+  ctx = imp.with_run_state(_with_output(ctx, workdir=workdir, watch=preempt.PreemptionWatch()))
   try:
-    return imp._run_rounds(s)  # pylint: disable=protected-access
+    return imp._run_rounds(ctx)  # pylint: disable=protected-access
   finally:
-    s.close()
+    ctx.output.close()
 
 
-def _preempt(s, workdir, branch, round_, step):
+def _preempt(ctx, workdir, branch, round_, step):
   """_run stopped after `step` of replicate 0's (branch, round_); asserts it stopped there."""
-  train_pack = pack.train_pack
+  train = pack.train
 
-  def stopping(s, jobs, finish):
+  def stopping(ctx, jobs):
     if any((job.branch, job.round) == (branch, round_) for job in jobs):
-      s = dataclasses.replace(s, watch=_StopAfter(step))
-    return train_pack(s, jobs, finish)
+      ctx = _with_output(ctx, watch=_StopAfter(step))
+    return train(ctx, jobs)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pack, "train_pack", stopping)
+    mp.setattr(pack, "train", stopping)
     with pytest.raises(preempt.Preempted, match=rf"at step {step} of \[rep 0 {branch} round {round_}\]"):
-      _run(s, workdir)
+      _run(ctx, workdir)
   assert not checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, branch, round_, 0))
 
 
@@ -305,31 +309,32 @@ def _assert_same_run(a, b):
 
 @pytest.fixture(scope="module")
 def rewinding(tmp_path_factory):
-  """The shared Setup (rewind to step 2 of 4, every baseline but oneshot) and its uninterrupted run's workdir."""
+  """The shared run context (rewind to step 2 of 4, every baseline but oneshot) and its uninterrupted run's
+  workdir."""
   config = tiny_config(imp__branches=",".join(BRANCHES), imp__rounds=1, imp__rewind_step=2, train__steps=4,
                        checkpoint__async_save=False)
-  s = imp.setup(config, str(tmp_path_factory.mktemp("setup")))
+  ctx = imp.setup(config, str(tmp_path_factory.mktemp("setup")))
   reference = str(tmp_path_factory.mktemp("reference"))
-  _run(s, reference)
-  return s, reference
+  _run(ctx, reference)
+  return ctx, reference
 
 
 @pytest.mark.e2e
 def test_preempted_before_theta_k_and_inside_baseline_rounds_the_resumed_run_matches(rewinding, tmp_path, capsys):
   """Stopped in the dense round before theta_k exists, then in random_prune, then in random_reinit (each time
   resumed), then run to the end: the uninterrupted run's tickets."""
-  s, reference = rewinding
+  ctx, reference = rewinding
   workdir = str(tmp_path / "run")
-  _preempt(s, workdir, "imp", 0, step=1)
+  _preempt(ctx, workdir, "imp", 0, step=1)
   assert not checkpoint.params_exist(os.path.join(workdir, "init", "rep_0", "theta_2"))  # stopped before k = 2
-  _preempt(s, workdir, "random_prune", 1, step=3)  # one step after the rewind point
+  _preempt(ctx, workdir, "random_prune", 1, step=3)  # one step after the rewind point
   out = capsys.readouterr().out
   assert "[rep 0 imp round 0] resuming at step 1 from its checkpoint" in out
   assert "[rep 0 imp round 0] step 1/4" not in out.split("resuming at step 1")[1]  # not trained again from 0
   assert checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, "imp", 1, 0))
-  _preempt(s, workdir, "random_reinit", 1, step=3)
+  _preempt(ctx, workdir, "random_reinit", 1, step=3)
   assert "[rep 0 random_prune round 1] resuming at step 3 from its checkpoint" in capsys.readouterr().out
-  _run(s, workdir)
+  _run(ctx, workdir)
   out = capsys.readouterr().out
   assert "[rep 0 random_reinit round 1] resuming at step 3 from its checkpoint" in out
   assert "[rep 0 imp round 1] already done" in out and "[rep 0 random_prune round 1] already done" in out
