@@ -143,11 +143,11 @@ class Stylizer:
     if not checkpoint.ticket_exists(ticket_dir):
       checkpoint.load_ticket_metadata(ticket_dir)  # raises the UserError that names what is wrong
     config = workdir_lib.load_run_config(workdir_lib.run_of_ticket(ticket_dir), ticket_dir)
-    model, vgg = model_and_vgg(config)
+    model, vgg = weights_lib.model_and_vgg(config)
     ticket = checkpoint.load_ticket(ticket_dir)
     params = ticket.trained_params if which == "trained" else ticket.rewind_params
     _check_fits(model, vgg, params, ticket_dir)
-    return cls(model, params, vgg, ticket.masks, model_config=config.model.to_dict())
+    return cls(model, params, vgg, ticket.masks, model_config=model.config.to_dict())
 
   @classmethod
   def from_ported(cls, weights_dir: str) -> "Stylizer":
@@ -179,11 +179,8 @@ class Stylizer:
     return cls(model, e.params, vgg, e.masks, model_config=e.model_config)
 
 
-def model_and_vgg(config):
-  """The model and the VGG params exactly as imp.setup makes them (same key, so a random VGG is reproduced)."""
-  model = models.get_model(config.model.name)(config.model)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  return model, weights_lib.load_or_init_vgg(model, config.model.vgg_weights, key)
+# The model and VGG params of a run's config, built by the one function the trainer (imp.setup) builds them with.
+model_and_vgg = weights_lib.model_and_vgg
 
 
 def unused_vgg(model) -> dict:

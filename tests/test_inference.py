@@ -41,6 +41,22 @@ def stylizer(ticket):
   return inference.Stylizer.from_ticket(ticket[0])
 
 
+def test_a_ticket_is_used_with_the_model_and_vgg_the_trainer_built(tmp_path):
+  """One builder for both: with config.train.dtype set, inference computes in it too and draws the same stand-in
+  VGG (config.seed's VGG stream)."""
+  from jaxtickets import imp  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config(train__dtype="bfloat16")
+  trainer = imp.setup(config, str(tmp_path / "setup")).compute
+  path, _, vgg, _, _, _ = make_workdir(tmp_path / "run", config, rounds=1)
+  used = inference.Stylizer.from_ticket(path)
+  assert used.model == trainer.model and used.model_config["dtype"] == "bfloat16"
+  for got, want, made in zip(jax.tree.leaves(used.vgg_params), jax.tree.leaves(jax.device_get(trainer.vgg_params)),
+                             jax.tree.leaves(vgg)):
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(made, want)
+
+
 def images(seed, *shapes):
   rng = np.random.default_rng(seed)
   return [rng.random(s, dtype=np.float32) for s in shapes]

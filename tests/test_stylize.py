@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, inference, stylize
+from jaxtickets import checkpoint, imp, inference, streams, stylize
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -157,7 +157,7 @@ def test_cli_with_a_ticket_writes_the_masked_trained_networks_output(tmp_path, t
   # times its masks: pruned weights stay out even where the stored weights are not zero (the rewind point).
   config = tiny_config(imp__rounds=1, train__steps=1)
   model = get_model("adain")(config.model)
-  vgg = jax.device_get(model.init_vgg(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)))
+  vgg = jax.device_get(model.init_vgg(streams.key(config.seed, streams.Stream.VGG)))
   t = checkpoint.load_ticket(tiny_ticket)
   assert sum(int(np.size(m) - np.count_nonzero(m)) for m in jax.tree.leaves(t.masks)) > 0
   masked = lambda p: jax.tree.map(lambda w, m: np.where(m, w, 0), p, t.masks)
