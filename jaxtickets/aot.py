@@ -235,7 +235,8 @@ def compile_step(step, inputs: tuple, platform: str) -> Compiled:
   return Compiled(argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
                   alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
                   code_bytes=int(memory.generated_code_size_in_bytes),
-                  xla_peak_bytes=int(getattr(memory, "peak_memory_in_bytes", 0) or 0), flops=float((cost or {}).get("flops", 0.0)),
+                  xla_peak_bytes=int(getattr(memory, "peak_memory_in_bytes", 0) or 0),
+                  flops=float((cost or {}).get("flops", 0.0)),
                   collectives=collectives(executable.as_text() or ""), seconds=seconds, executable=executable)
 
 
@@ -254,6 +255,17 @@ def step_compiler(model, config, tx, devices, platform: str) -> Callable[[int, i
     return cache[runs_axis, runs_per_device]
 
   return compile_layout
+
+
+def layout_sizing(model, config, tx) -> dict:
+  """pack.choose_layout's sizing arguments for a run on every device: on an accelerator its compiled step and a
+  device's memory; on the CPU none (a CPU device trains one run at a time, and its memory is the host's)."""
+  devices = jax.devices()
+  platform = devices[0].platform
+  if platform == "cpu":
+    return {}
+  return dict(devices=devices, platform=platform, compile_layout=step_compiler(model, config, tx, devices, platform),
+              memory_bytes=device_memory(jax.local_devices()[0]))
 
 
 HEADROOM = 0.85  # of a device's memory a plan may fill: the runtime, fragmentation and the data pipeline need the rest

@@ -15,8 +15,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxtickets import (checkpoint, config as config_lib, data, early_bird, evaluate, pack, parallel, preempt, results,
-                        sparsity, streams, train, weights, workdir as workdir_lib)
+from jaxtickets import (aot, checkpoint, config as config_lib, data, early_bird, evaluate, pack, parallel, preempt,
+                        results, sparsity, streams, train, weights, workdir as workdir_lib)
 from jaxtickets.errors import UserError
 
 
@@ -72,9 +72,10 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> pack.RunCo
   """
   skip_log = data.SkipLog(log)
   model, vgg_params = weights.model_and_vgg(config)
-  layout = pack.choose_layout(config, concurrent=config.imp.replicates)
-  mesh = parallel.make_mesh(layout.runs_axis)
   tx = train.make_optimizer(config.train.adam_eps)
+  # On an accelerator the pack is sized by the compiled step's memory, before anything trains.
+  layout = pack.choose_layout(config, concurrent=config.imp.replicates, **aot.layout_sizing(model, config, tx))
+  mesh = parallel.make_mesh(layout.runs_axis)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), vgg_params)
   prunable = sparsity.prunable_leaves(shapes, config_lib.split_list(config.sparsity.scope), allow_missing_groups=True)
   # Frozen groups (e.g. LST's pre-trained decoder) are never pruned: they are not trained to recover.

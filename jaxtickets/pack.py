@@ -18,8 +18,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtickets import (checkpoint, data, early_bird as early_bird_lib, monitor as monitor_lib, parallel, preempt,
-                        streams, train as train_lib, workdir as workdir_lib)
+from jaxtickets import (aot, checkpoint, config as config_lib, data, early_bird as early_bird_lib,
+                        monitor as monitor_lib, parallel, preempt, streams, train as train_lib, workdir as workdir_lib)
+from jaxtickets.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,22 +34,42 @@ class Layout:
     return self.runs_per_step // self.runs_axis
 
 
-def choose_layout(config, concurrent: int, platform: str | None = None) -> Layout:
-  """The pack for this run: one run at a time without packing; else config.parallel.runs_per_step, or (0, auto)
-  enough 'runs' devices for the `concurrent` runs a round has (its replicates), with data parallelism over the
-  rest, and on accelerators several runs per device (vmapped). On CPU a device trains one run at a time: vmapped
-  conv weights become grouped convolutions, which XLA's CPU backend runs slower than one run after the other."""
-  n, batch = jax.device_count(), config.train.batch_size
+def choose_layout(config, concurrent: int, platform: str | None = None, devices=None, compile_layout=None,
+                  memory_bytes: int | None = None) -> Layout:
+  """The pack for this run on `devices` (default: every device) of `platform` (default: JAX's default backend).
+
+  One run at a time without packing; else config.parallel.runs_per_step, or (0, auto) enough 'runs' devices for the
+  `concurrent` runs a round has (its replicates), with data parallelism over the rest, and on accelerators several
+  runs per device (vmapped). On CPU a device trains one run at a time: vmapped conv weights become grouped
+  convolutions, which XLA's CPU backend runs slower than one run after the other.
+
+  On an accelerator, given `compile_layout(runs_axis, runs_per_device) -> aot.Compiled` and a device's
+  `memory_bytes`, the compiled step's peak sizes the pack: auto takes the most runs per device, up to the round's
+  need, that fit aot.HEADROOM of the memory; a run that does not fit alone, or an asked-for runs_per_step that does
+  not fit, gets one sentence before anything trains.
+  """
+  n, batch = (jax.device_count() if devices is None else len(devices)), config.train.batch_size
+  platform = platform or jax.default_backend()
   requested = config.parallel.runs_per_step if config.parallel.pack_runs else 1
   if requested == 1:
-    return Layout(1, 1)
-  if requested > 1:
-    return Layout(requested, max(parallel.runs_axis_sizes(n, batch, requested)))
-  sizes = parallel.runs_axis_sizes(n, batch)
-  axis = next((a for a in sizes if a >= concurrent), sizes[-1])
-  platform = platform or jax.default_backend()
-  per_device = 1 if platform == "cpu" else max(1, math.ceil(concurrent / axis))
-  return Layout(axis * per_device, axis)
+    layout = Layout(1, 1)
+  elif requested > 1:
+    layout = Layout(requested, max(parallel.runs_axis_sizes(n, batch, requested)))
+  else:
+    sizes = parallel.runs_axis_sizes(n, batch)
+    axis = next((a for a in sizes if a >= concurrent), sizes[-1])
+    per_device = 1 if platform == "cpu" else max(1, math.ceil(concurrent / axis))
+    layout = Layout(axis * per_device, axis)
+  if compile_layout is None or platform == "cpu" or not memory_bytes:
+    return layout
+  axis, want = layout.runs_axis, layout.runs_per_device
+  describe = (f"{config.model.name} at batch {batch}, {config.data.crop_size} px crops, "
+              f"{config_lib.model_config(config).dtype}")
+  fits, _ = aot.fit_runs_per_device(want, lambda k: compile_layout(axis, k), memory_bytes, describe)
+  if fits < want and requested > 1:
+    raise UserError(f"config.parallel.runs_per_step = {requested} puts {want} runs of {describe} on each device, "
+                    f"but only {fits} fit its memory: use 0 (auto) or at most {axis * fits}.")
+  return Layout(axis * fits, axis)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,32 @@ def test_choose_layout(monkeypatch, devices, platform, concurrent, parallel, wan
   assert layout.runs_per_device * layout.runs_axis == layout.runs_per_step
 
 
+def test_on_an_accelerator_the_compiled_peak_sizes_the_pack(monkeypatch):
+  from jaxtickets import aot
+  from jaxtickets.errors import UserError
+  monkeypatch.setattr(jax, "device_count", lambda: 1)
+  asked = []
+
+  def compile_layout(axis, per_device):  # 100 bytes per run and 50 for the program
+    asked.append((axis, per_device))
+    peak = 50 + 100 * per_device
+    return aot.Compiled(argument_bytes=peak // 2, output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0,
+                        xla_peak_bytes=peak, flops=1.0, collectives={}, seconds=0.0)
+
+  config = tiny_config()
+  choose = lambda memory, **kw: pack.choose_layout(tiny_config(**kw), concurrent=3, platform="gpu",
+                                                   compile_layout=compile_layout, memory_bytes=memory)
+  assert choose(1000) == pack.Layout(3, 1) and asked == [(1, 3)]  # all 3 replicates fit: one compile
+  assert choose(300 / aot.HEADROOM) == pack.Layout(2, 1)  # 2 of them fit
+  with pytest.raises(UserError, match=r"One run of adain at batch 2, 32 px crops, float32 needs 150 bytes"):
+    choose(100)
+  with pytest.raises(UserError, match=r"config.parallel.runs_per_step = 3 puts 3 runs of adain .* but only 2 fit"):
+    choose(300 / aot.HEADROOM, parallel__runs_per_step=3)
+  asked.clear()
+  assert pack.choose_layout(config, concurrent=3, platform="cpu", compile_layout=compile_layout,
+                            memory_bytes=1) == pack.Layout(1, 1) and not asked  # a CPU trains one run per device
+
+
 @pytest.fixture(scope="module")
 def pack_setup(tmp_path_factory):
   """A run context that trains 2 runs side by side on this one device, 6 steps, checkpoints every 2."""
@@ -122,3 +148,27 @@ def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup,
     pack.train(ctx, _jobs(ctx))
   assert ctx.output.ckpts.steps() == [2]  # the check at step 4 found the bad step 3 and saved nothing
   ctx.output.close()
+
+
+def test_the_step_s_abstract_inputs_are_what_the_pack_passes_it(pack_setup, tmp_path):
+  """aot.step_inputs (what the planner and the memory sizing compile from) against the real arguments of a pack."""
+  from jaxtickets import aot
+  passed = []
+
+  def recording(*args):
+    passed.append(args)
+    raise preempt.Preempted(0, "recorded", "test", "")  # one call is all it takes
+
+  ctx, _ = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
+  c = ctx.compute
+  ctx = dataclasses.replace(ctx, compute=dataclasses.replace(c, packed_step=recording))
+  with pytest.raises(preempt.Preempted):
+    pack.train(ctx, _jobs(ctx))
+  ctx.output.close()
+  real = passed[0]
+  abstract = aot.step_inputs(c.model, c.tx, c.mesh, c.layout.runs_per_step, c.config.train.batch_size,
+                             c.config.data.crop_size)
+  assert jax.tree.structure(real) == jax.tree.structure(abstract)
+  for got, want in zip(jax.tree.leaves(real), jax.tree.leaves(abstract)):
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    assert got.sharding.is_equivalent_to(want.sharding, got.ndim), (got.sharding, want.sharding)
