@@ -123,3 +123,85 @@ def test_the_step_compiles_for_a_topology_with_its_bytes_flops_and_gradient_all_
   assert got.argument_bytes > 0 and got.working_bytes > 0 and got.code_bytes > 0 and got.flops > 0
   assert got.peak_bytes < target.memory_bytes
   assert got.collectives.get("all-reduce", 0) >= 1  # each run's gradients, summed over its 2 chips
+
+
+def test_the_schedule_counts_each_phase_s_busy_slots():
+  from helpers import tiny_config
+
+  from jaxtickets import plan
+  config = tiny_config(imp__replicates=3, imp__rounds=3, imp__branches="imp,random_prune,random_reinit",
+                       imp__rewind_step=1)
+  phases = plan.schedule(config, runs_per_step=4)
+  assert [(p.trainings, p.packs, p.steps, p.slots) for p in phases] == [(3, 1, 3, 4), (9, 3, 2, 12), (18, 5, 2, 20)]
+  assert [round(p.utilisation, 2) for p in phases] == [0.75, 0.75, 0.9]
+  assert [(p.trainings, p.packs) for p in plan.schedule(config, runs_per_step=1)] == [(3, 3), (9, 9), (18, 18)]
+
+
+def test_the_local_plan_prints_the_table():
+  from helpers import tiny_config
+
+  from jaxtickets import plan
+  got = plan.make_plan(tiny_config(), aot.local_target())
+  assert got.layout.runs_per_step == 1 and got.compiled.flops > 0 and got.compiled.peak_bytes > 0
+  text = plan.format_plan(got)
+  for words in ("Per device, one packed step", "host memory", "peak", "FLOPs per step", "collectives in the program",
+                "busy slots / slots", "not in the chip table: pass --peak_tflops"):
+    assert words in text
+  priced = plan.format_plan(plan.make_plan(tiny_config(), aot.local_target(), peak_flops=1e11))
+  assert "Cost at the peak of 0.1 TFLOP/s per chip (a lower bound)" in priced and "Cost at 40% of the peak" in priced
+
+
+@needs_libtpu
+@pytest.mark.e2e  # TPU compiles: half a minute each on a busy 2-core machine
+def test_the_planner_compiles_for_v5e_2x2_and_prints_the_table():
+  from helpers import tiny_config
+
+  from jaxtickets import plan
+  got = plan.make_plan(tiny_config(imp__replicates=2), aot.topology("v5e:2x2"))
+  assert got.mesh_shape == (2, 2) and got.layout.runs_per_step == 2
+  text = plan.format_plan(got)
+  for words in ("Per chip, one packed step (of 16.0 GiB HBM)", "all-reduce x1", "Cost at the peak of 197 TFLOP/s"):
+    assert words in text
+
+
+@needs_libtpu
+@pytest.mark.e2e
+def test_auto_packing_fits_runs_per_device_to_the_hbm_and_refuses_a_run_that_does_not_fit(monkeypatch):
+  import dataclasses
+
+  from helpers import tiny_config
+
+  from jaxtickets import plan
+  config = tiny_config(imp__replicates=2)  # one chip: auto packing asks for both replicates on it
+  roomy = plan.make_plan(config, aot.topology("v5e:1x1"))
+  assert roomy.layout.runs_per_device == 2
+  two = roomy.compiled.peak_bytes
+  # An HBM that holds one run but not two (the chip table is where the planner reads a chip's memory).
+  v5e = aot.CHIPS["v5e"]
+  monkeypatch.setitem(aot.CHIPS, "v5e", dataclasses.replace(v5e, hbm_bytes=int(0.8 * two / aot.HEADROOM)))
+  small = plan.make_plan(config, aot.topology("v5e:1x1"))
+  assert small.layout.runs_per_device == 1 and small.compiled.peak_bytes < two
+  monkeypatch.setitem(aot.CHIPS, "v5e", dataclasses.replace(v5e, hbm_bytes=small.compiled.peak_bytes // 2))
+  with pytest.raises(UserError) as e:
+    plan.make_plan(config, aot.topology("v5e:1x1"))
+  msg = str(e.value)
+  assert len(msg.splitlines()) == 1
+  assert "One run of adain at batch 2, 32 px crops, float32 needs" in msg and f"{small.compiled.peak_bytes:,} bytes" in msg
+
+
+@pytest.mark.e2e  # the command line, as a subprocess
+@pytest.mark.parametrize("args, words", [
+    (["--topology=v5e:3x3"], "error: v5e has no 3x3 slice"),
+    (["--topology=v7x:2x2"], "error: Unknown TPU generation 'v7x'"),
+    (["--utilization=2"], "error: --utilization=2.0 is not a share of the peak"),
+    (["--config.train.batch_size=0"], "error: config.train.batch_size = 0 is not allowed"),
+])
+def test_bad_input_ends_in_one_sentence_and_exit_status_2(args, words):
+  import subprocess
+  import sys
+
+  from helpers import ROOT, cli_env
+  r = subprocess.run([sys.executable, "-m", "jaxtickets.plan", "--config=configs/adain.py", *args], cwd=ROOT,
+                     env=cli_env(), capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2, r.stdout + r.stderr
+  assert words in r.stderr and len([l for l in r.stderr.splitlines() if l.startswith("error:")]) == 1
