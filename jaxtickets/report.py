@@ -10,6 +10,9 @@ Writes into the workdir (process 0 only):
   grid.png       rows = held-out content/style pairs, columns = content, style, dense and each IMP round (rep 0)
   report.md      the settings (replicates, pairs, rewind point), the verdicts, the dense round's learnability check,
                  the replicate spread and the replicates it calls for, IMP vs each baseline, the figures
+
+The one place that turns results into words and pictures: results.py and stats.py compute, this module renders.
+It also words the verdicts a run logs when it ends (format_summary, matching_lines).
 """
 
 import math
@@ -28,6 +31,102 @@ from jaxtickets.errors import UserError
 MAX_GRID_ROWS = 8
 MAX_CURVE_COLUMNS = 4  # panels per row of curves.png (MCCNet has six terms)
 _GROUP_COLORS = {"encoder": "tab:blue", "decoder": "tab:orange", "transform": "tab:green"}
+
+
+# ----------------------------------------------------------------------------- formatting shared by every output
+
+def table(header: list[str], lines: list[list]) -> str:
+  """A markdown table; the cells are written as str() writes them."""
+  out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  return "\n".join(out + ["| " + " | ".join(str(c) for c in line) + " |" for line in lines])
+
+
+def pct(v) -> str:
+  """A signed percentage with two decimals ('+1.25%'); empty when there is no value."""
+  return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2%}"
+
+
+def interval_text(low, high) -> str:
+  return f"[{pct(low)}, {pct(high)}]"
+
+
+# ----------------------------------------------------------------------------- a run's answer in words
+
+def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
+  """The run's answer in words: the highest matching sparsity per branch (and the exploratory sparsest, if it
+  differs)."""
+  lines = []
+  for branch, (best, sparsest) in results.highest_matching(summary).items():
+    if best is None:
+      counts = {}
+      for r in summary:
+        if r["branch"] == branch and r["round"] > 0:
+          counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+      said = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+      lines.append(f"Highest matching sparsity ({branch}): none; no pruned round has its whole interval below "
+                   f"+{tolerance:.1%} together with every round before it ({said}).")
+    else:
+      lines.append(f"Highest matching sparsity ({branch}): {best['sparsity_prunable']:.4f} of the prunable weights "
+                   f"({best['sparsity_inference']:.4f} of the inference network), round {best['round']}: it and "
+                   f"every round below it match ({best['replicates']} replicates x {best['pairs']} pairs, "
+                   f"{best['combinations']} image combinations).")
+    if sparsest is not None and sparsest is not best:
+      lines.append(f"  Exploratory, not the answer: the sparsest matching round ({branch}) is round "
+                   f"{sparsest['round']} at {sparsest['sparsity_prunable']:.4f}, but a round below it does not "
+                   "match, and picking the best of many tests does not keep the interval's confidence.")
+  return lines
+
+
+def learnability_lines(summary: list[dict]) -> list[str]:
+  """The dense round's learnability check in words, with a warning when it has not learned to reconstruct."""
+  check = results.dense_learnability(summary)
+  if check is None:
+    return []
+  lines = [f"Dense round: reconstruction PSNR {check['recon_psnr']:.2f} dB against {check['flat_psnr']:.2f} dB for "
+           "a flat mean-colour image (held-out content stylized with itself as the style, mean over "
+           f"{check['replicates']} replicate(s))."]
+  if not check["learned"]:
+    lines.append(f"WARNING: the dense network has not learned to reconstruct its content (less than "
+                 f"{results.LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little "
+                 "about style transfer.")
+  return lines
+
+
+def planner_lines(rows: list[dict], tolerance: float) -> list[str]:
+  """The measured replicate spread in words, and the replicates a 2%, a 10% and the run's tolerance call for."""
+  spread = results.replicate_spread(rows)
+  if spread is None:
+    return ["Replicate spread: unmeasured with one replicate; run at least 2 to plan how many a verdict needs."]
+  if spread["source"] == "pruned":
+    how = (f"pooled over IMP's {spread['rounds']} pruned round(s) with 2 or more replicates ({spread['df']} degrees "
+           "of freedom)")
+  else:
+    how = (f"from the dense rounds alone (a dense-only pilot, or no pruned round with 2 replicates yet): sqrt(2) x "
+           f"the SD over {spread['df'] + 1} replicates of log(mean dense loss), the spread of a difference between "
+           "two independent trainings")
+  needs = ", ".join(f"{results.tolerance_key(t)} needs {n}"
+                    for t, n in results.replicates_planned(spread["sd"], tolerance).items())
+  return [f"Replicate spread: the per-replicate SD of the mean log loss ratio (ticket / dense) is {spread['sd']:.4f}, "
+          f"{how}.",
+          f"At this spread, for a ticket as good as its dense network to match with {results.PLANNED_POWER:.0%} power "
+          f"({results.CONFIDENCE:.0%} intervals): {needs} replicates."]
+
+
+def format_summary(summary: list[dict]) -> str:
+  """The verdict table a run logs when it ends, what its columns mean, and the dense round's learnability."""
+  head = (f"{'branch':<14}{'round':>6}{'sparsity':>10}{'reps':>6}{'pairs':>7}{'total':>10}{'vs dense':>10}"
+          f"{'95% interval':>28}  verdict")
+  lines = [head, "-" * len(head)]
+  for r in summary:
+    interval = interval_text(r["ci_low"], r["ci_high"]) if r["verdict"] else ""
+    lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
+                 f"{r['total']:>10.4f}{pct(r['relative_to_dense']):>10}{interval:>28}  "
+                 f"{r['verdict'] or '(dense reference)'}")
+  lines.append(f"vs dense: the {results.ESTIMATOR}.")
+  return "\n".join(lines + learnability_lines(summary))
+
+
+# ----------------------------------------------------------------------------- a run's figures
 
 
 def _by_branch(summary: list[dict]) -> dict[str, list[dict]]:
@@ -157,6 +256,8 @@ def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
+# ----------------------------------------------------------------------------- report.md
+
 def _fmt(value, key: str) -> str:
   if isinstance(value, str):
     return value
@@ -169,15 +270,6 @@ def _fmt(value, key: str) -> str:
   if key in results.LEARNABILITY:
     return f"{value:.2f}"
   return f"{value:.4f}" if key.startswith("sparsity") else f"{value:.6g}"
-
-
-def _table(header: list[str], lines: list[list[str]]) -> str:
-  out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-  return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
-
-
-def _pct(v) -> str:
-  return "" if v is None else f"{v:+.2%}"
 
 
 def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str, figures: dict,
@@ -213,33 +305,33 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
     settings.append(["parameters (dense)", f"{dense[0]['remaining_total']:,} in all, "
                                            f"{dense[0]['remaining_prunable']:,} prunable"])
   text = [f"# Lottery tickets of {m.name}", "", f"Workdir `{workdir}`, made by `python -m jaxtickets.report`.", "",
-          _table(["setting", "value"], settings), "", "## Highest matching sparsity", ""]
-  text += [f"- {line.strip()}" for line in results.matching_lines(summary, ip.match_tolerance)] + [""]
-  learn = results.learnability_lines(summary)
+          table(["setting", "value"], settings), "", "## Highest matching sparsity", ""]
+  text += [f"- {line.strip()}" for line in matching_lines(summary, ip.match_tolerance)] + [""]
+  learn = learnability_lines(summary)
   if learn:
     psnr = [r for r in summary if all(k in r for k in results.LEARNABILITY)]
     text += ["## Learnability", ""] + [f"- {line}" for line in learn] + [
         "", "Reconstruction PSNR (the held-out content stylized with itself as the style) against a flat mean-colour "
         "image of it, in dB, mean over replicates:", "",
-        _table(["branch", "round", "sparsity", "reconstruction PSNR", "flat image PSNR"],
+        table(["branch", "round", "sparsity", "reconstruction PSNR", "flat image PSNR"],
                [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['recon_psnr']:.2f}",
                  f"{r['flat_psnr']:.2f}"] for r in psnr]), ""]
-  text += ["## Replicates needed", ""] + [f"- {line}" for line in results.planner_lines(rows, ip.match_tolerance)]
+  text += ["## Replicates needed", ""] + [f"- {line}" for line in planner_lines(rows, ip.match_tolerance)]
   text += [""]
   terms, extra = results.run_terms(rows)
   # The terms' own differences share the last column ('content / style vs dense' for most models).
   by_term = [f"{' / '.join(terms)} vs dense"] if terms else []
-  cells = lambda r: [" / ".join(_pct(r.get(f"{t}_relative")) for t in terms)] if terms else []
+  cells = lambda r: [" / ".join(pct(r.get(f"{t}_relative")) for t in terms)] if terms else []
   lines = [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['sparsity_inference']:.4f}",
             f"{r['replicates']} x {r['pairs']} ({r['combinations']})", f"{r['total']:.6g}",
-            _pct(r["relative_to_dense"]),
-            f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["verdict"] else "",
+            pct(r["relative_to_dense"]),
+            interval_text(r["ci_low"], r["ci_high"]) if r["verdict"] else "",
             r["verdict"] or "(dense reference)", *cells(r)] for r in summary]
   text += ["## Verdicts (summary.csv)", "",
            f"Ticket / dense - 1: the {results.ESTIMATOR} (summary.csv's relative_to_dense), each ticket paired "
            "with its own replicate's dense round on the same held-out pairs; the interval and the verdict as in "
            "the match rule above. Total loss: the mean over replicates and pairs.", "",
-           _table(["branch", "round", "sparsity (prunable)", "sparsity (inference)",
+           table(["branch", "round", "sparsity (prunable)", "sparsity (inference)",
                    "replicates x pairs (image combinations)", "total loss", "ticket / dense - 1 (geometric mean)",
                    "95% interval", "verdict", *by_term], lines), ""]
   vs = [r for r in summary if "vs_imp" in r]
@@ -248,10 +340,10 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
              "The geometric mean ratio of held-out total loss (baseline / IMP at the same replicate and round) - 1, "
              "over replicates and image combinations, paired by replicate and pair: above zero means IMP's ticket "
              "is better.", "",
-             _table(["branch", "round", "sparsity", "baseline / IMP - 1 (geometric mean)", "95% interval",
+             table(["branch", "round", "sparsity", "baseline / IMP - 1 (geometric mean)", "95% interval",
                      "comparison"],
-                    [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", _pct(r["vs_imp"]),
-                      f"[{_pct(r['vs_imp_ci_low'])}, {_pct(r['vs_imp_ci_high'])}]", r["vs_imp_verdict"]]
+                    [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", pct(r["vs_imp"]),
+                      interval_text(r["vs_imp_ci_low"], r["vs_imp_ci_high"]), r["vs_imp_verdict"]]
                      for r in vs]), ""]
   captions = {"curves": "Quality vs sparsity with 95% intervals (the dashed line is the tolerance)",
               "layers": "Per-layer sparsity of the final IMP ticket (replicate 0)",
@@ -265,7 +357,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
              f"weights for {config.imp.early_bird_patience} draws in a row. The dense round is the verdicts' "
              "reference, so an early-stopped one is a weaker reference: the study's early_bird comparison judges "
              "these tickets against full IMP instead.", "",
-             _table(["replicate", "stopped at step", "steps trained", "of"],
+             table(["replicate", "stopped at step", "steps trained", "of"],
                     [[str(r["replicate"]), str(r["early_bird_step"]), str(r["steps"]), str(config.train.steps)]
                      for r in birds]) if birds else "No dense round stopped early: the masks never settled.", ""]
   text += ["## Figures", ""]
@@ -276,19 +368,15 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   text += ["## All results (results.csv)", "",
            "One row per ticket; relative_to_dense here is this ticket's mean total loss over its own replicate's "
            "dense round's, minus 1 (one replicate, a ratio of means), not the verdicts' estimate.", "",
-           _table(keys, [[_fmt(r.get(k, ""), k) for k in keys] for r in rows]), ""]
+           table(keys, [[_fmt(r.get(k, ""), k) for k in keys] for r in rows]), ""]
   return "\n".join(text)
 
 
 def _branches_line(config, rows) -> str:
-  done = sorted({r["branch"] for r in rows}, key=_branch_order)
+  done = sorted({r["branch"] for r in rows}, key=results.branch_order)
   wanted = config_lib.branches(config)
   missing = [b for b in wanted if b not in done]
   return ", ".join(done) + (f" (still to run: {', '.join(missing)})" if missing else "")
-
-
-def _branch_order(branch: str):
-  return results._branch_order(branch)  # pylint: disable=protected-access
 
 
 def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
@@ -340,24 +428,21 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
 
 def _stability_section(workdir: str) -> list[str]:
   """The stability section, when stability.csv exists."""
-  path = os.path.join(workdir, workdir_lib.STABILITY_CSV)
-  if not os.path.exists(path):
+  rows = results.stability_rows(workdir)
+  if not rows:
     return []
-  rows = results.read_stability_csv(path)
-  lines = ["## Stability (linear mode connectivity)", "",
-           "Two copies of each round's start (theta_k * mask) trained with other data orders; the barrier is the "
-           "highest held-out loss on the straight line between them minus the mean of its ends. About zero: the "
-           "round is stable to the data order (Frankle et al. 2020). When the two ends differ, a path that only falls "
-           "from the worse end to the better one still has a barrier by this measure; the last column, the "
-           "largest rise above the straight line between the ends' losses, is 0 for such a path. One replicate, "
-           "one pair of copies per round: no interval.", "",
-           "| round | replicate | sparsity | rewind step | barrier | barrier / ends' mean | rise above the line between the ends |",
-           "|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['round']} | {r['replicate']} | {r['sparsity']:.4f} | {r['rewind_step']} | "
-                 f"{r['barrier']:.4g} | {r['barrier_relative']:+.2%} | {r['barrier_linear']:.4g} |")
-  lines += ["", f"![stability]({workdir_lib.STABILITY_FIGURE})", ""]
-  return lines
+  return ["## Stability (linear mode connectivity)", "",
+          "Two copies of each round's start (theta_k * mask) trained with other data orders; the barrier is the "
+          "highest held-out loss on the straight line between them minus the mean of its ends. About zero: the "
+          "round is stable to the data order (Frankle et al. 2020). When the two ends differ, a path that only falls "
+          "from the worse end to the better one still has a barrier by this measure; the last column, the "
+          "largest rise above the straight line between the ends' losses, is 0 for such a path. One replicate, "
+          "one pair of copies per round: no interval.", "",
+          table(["round", "replicate", "sparsity", "rewind step", "barrier", "barrier / ends' mean",
+                 "rise above the line between the ends"],
+                [[r["round"], r["replicate"], f"{r['sparsity']:.4f}", r["rewind_step"], f"{r['barrier']:.4g}",
+                  pct(r["barrier_relative"]), f"{r['barrier_linear']:.4g}"] for r in rows]),
+          "", f"![stability]({workdir_lib.STABILITY_FIGURE})", ""]
 
 
 def _collapse_notes(workdir: str, rows: list[dict]) -> list[str]:
@@ -398,8 +483,8 @@ def main(argv):
     print(f"Wrote {path} with its figures (PNG) beside it.")
     config = workdir_lib.load_run_config(FLAGS.workdir)
     rows = results.collect_rows(FLAGS.workdir)
-    for line in (results.learnability_lines(results.summarize(rows, config.imp.match_tolerance))
-                 + results.planner_lines(rows, config.imp.match_tolerance)):
+    for line in (learnability_lines(results.summarize(rows, config.imp.match_tolerance))
+                 + planner_lines(rows, config.imp.match_tolerance)):
       print(line)
 
 

@@ -72,14 +72,15 @@ MATCH_RULE = ("A round matches when the whole {conf:.0%} interval of its " + EST
               "model of seeds and images.")
 
 
-def _branch_order(branch: str):
+def branch_order(branch: str):
+  """The sort key of a branch: the configured branches in their order (IMP first), then any other by name."""
   order = {b: i for i, b in enumerate(config_lib.BRANCHES)}
   return order.get(branch, 99), branch
 
 
 def collect_rows(workdir: str) -> list[dict]:
   """One row per saved ticket (IMP first, then by replicate and round), with the per-pair losses under 'per_pair'."""
-  found = sorted(workdir_lib.ticket_dirs(workdir), key=lambda t: (_branch_order(t[0]), t[1], t[2]))
+  found = sorted(workdir_lib.ticket_dirs(workdir), key=lambda t: (branch_order(t[0]), t[1], t[2]))
   return [_row(branch, replicate, checkpoint.load_ticket_metadata(path))
           for branch, replicate, _, path in found if checkpoint.ticket_exists(path)]
 
@@ -162,7 +163,7 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
     if r["replicate"] in dense:
       cells.setdefault((r["branch"], r["round"]), []).append(r)
   out = []
-  for (branch, round_), rs in sorted(cells.items(), key=lambda kv: (_branch_order(kv[0][0]), kv[0][1])):
+  for (branch, round_), rs in sorted(cells.items(), key=lambda kv: (branch_order(kv[0][0]), kv[0][1])):
     rs = sorted(rs, key=lambda r: r["replicate"])
     ref = [dense[r["replicate"]] for r in rs]
     names = pair_names(rs + ref)
@@ -232,7 +233,8 @@ def replicate_spread(rows: list[dict]) -> dict | None:
   return None
 
 
-def _tolerance(t: float) -> str:
+def tolerance_key(t: float) -> str:
+  """A tolerance as summary.json names it: '2%', or '2.5%' when a whole percent would round it."""
   return f"{t:.0%}" if abs(100 * t - round(100 * t)) < 1e-9 else f"{t:.1%}"
 
 
@@ -242,44 +244,21 @@ def replicates_planned(sd: float, tolerance: float) -> dict[float, int]:
   return {t: stats.replicates_needed(sd, t, PLANNED_POWER, CONFIDENCE) for t in tolerances}
 
 
-def planner_lines(rows: list[dict], tolerance: float) -> list[str]:
-  """The measured replicate spread in words, and the replicates a 2%, a 10% and the run's tolerance call for."""
-  spread = replicate_spread(rows)
-  if spread is None:
-    return ["Replicate spread: unmeasured with one replicate; run at least 2 to plan how many a verdict needs."]
-  if spread["source"] == "pruned":
-    how = (f"pooled over IMP's {spread['rounds']} pruned round(s) with 2 or more replicates ({spread['df']} degrees "
-           "of freedom)")
-  else:
-    how = (f"from the dense rounds alone (a dense-only pilot, or no pruned round with 2 replicates yet): sqrt(2) x "
-           f"the SD over {spread['df'] + 1} replicates of log(mean dense loss), the spread of a difference between "
-           "two independent trainings")
-  needs = ", ".join(f"{_tolerance(t)} needs {n}" for t, n in replicates_planned(spread["sd"], tolerance).items())
-  return [f"Replicate spread: the per-replicate SD of the mean log loss ratio (ticket / dense) is {spread['sd']:.4f}, "
-          f"{how}.",
-          f"At this spread, for a ticket as good as its dense network to match with {PLANNED_POWER:.0%} power "
-          f"({CONFIDENCE:.0%} intervals): {needs} replicates."]
-
-
-def learnability_lines(summary: list[dict]) -> list[str]:
-  """The dense round's learnability check in words, with a warning when it has not learned to reconstruct."""
+def dense_learnability(summary: list[dict]) -> dict | None:
+  """The dense round's learnability check: its mean recon_psnr and flat_psnr, the replicates behind them, and
+  whether it reconstructs at least LEARNED_MARGIN_DB better than a flat image; None when not recorded."""
   dense = next((r for r in summary if r["branch"] == "imp" and r["round"] == 0), None)
   if dense is None or not all(k in dense for k in LEARNABILITY):
-    return []
+    return None
   recon, flat = dense["recon_psnr"], dense["flat_psnr"]
-  lines = [f"Dense round: reconstruction PSNR {recon:.2f} dB against {flat:.2f} dB for a flat mean-colour image "
-           f"(held-out content stylized with itself as the style, mean over {dense['replicates']} replicate(s))."]
-  if not recon >= flat + LEARNED_MARGIN_DB:
-    lines.append(f"WARNING: the dense network has not learned to reconstruct its content (less than "
-                 f"{LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little about "
-                 "style transfer.")
-  return lines
+  return dict(recon_psnr=recon, flat_psnr=flat, replicates=dense["replicates"],
+              learned=bool(recon >= flat + LEARNED_MARGIN_DB))
 
 
 def highest_matching(summary: list[dict]) -> dict[str, tuple[dict | None, dict | None]]:
   """Per branch: (the conservative highest matching round, the sparsest matching round) of summary rows."""
   out = {}
-  for branch in sorted({r["branch"] for r in summary}, key=_branch_order):
+  for branch in sorted({r["branch"] for r in summary}, key=branch_order):
     out[branch] = stats.highest_matching([r for r in summary if r["branch"] == branch and r["round"] > 0])
   return out
 
@@ -316,7 +295,7 @@ def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list
       "sparsest_matching_note": SPARSEST_NOTE,
       "replicate_spread": None if spread is None else {
           **spread, "power": PLANNED_POWER,
-          "replicates_needed": {_tolerance(t): n for t, n in replicates_planned(spread["sd"],
+          "replicates_needed": {tolerance_key(t): n for t, n in replicates_planned(spread["sd"],
                                                                                config.imp.match_tolerance).items()}},
       "skipped_images": {"count": skips.get("count", 0), "first": skips.get("first", [])},
       # Per replicate: the dense round's step where the mask settled (None: it trained to the end), and the
@@ -332,27 +311,37 @@ def match_rule(tolerance: float) -> str:
   return MATCH_RULE.format(conf=CONFIDENCE, tol=tolerance)
 
 
-def _pct(v) -> str:
-  return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:+.2%}"
-
+# ----------------------------------------------------------------------------- imp.py's end-of-run log
+# report.py words the verdicts. imp.py, refactored separately, still logs them through these copies of
+# report.format_summary and report.matching_lines; they go once it calls report's. tests/test_summarize.py keeps
+# each equal to report's.
 
 def format_summary(summary: list[dict]) -> str:
-  """The verdict table printed at the end of a run, what its columns mean, and the dense round's learnability."""
+  """report.format_summary, for imp.py's log."""
+  pct = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:+.2%}"
   head = (f"{'branch':<14}{'round':>6}{'sparsity':>10}{'reps':>6}{'pairs':>7}{'total':>10}{'vs dense':>10}"
           f"{'95% interval':>28}  verdict")
   lines = [head, "-" * len(head)]
   for r in summary:
-    interval = f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["verdict"] else ""
+    interval = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]" if r["verdict"] else ""
     lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
-                 f"{r['total']:>10.4f}{_pct(r['relative_to_dense']):>10}{interval:>28}  "
+                 f"{r['total']:>10.4f}{pct(r['relative_to_dense']):>10}{interval:>28}  "
                  f"{r['verdict'] or '(dense reference)'}")
   lines.append(f"vs dense: the {ESTIMATOR}.")
-  return "\n".join(lines + learnability_lines(summary))
+  check = dense_learnability(summary)
+  if check is not None:
+    lines.append(f"Dense round: reconstruction PSNR {check['recon_psnr']:.2f} dB against {check['flat_psnr']:.2f} dB "
+                 "for a flat mean-colour image (held-out content stylized with itself as the style, mean over "
+                 f"{check['replicates']} replicate(s)).")
+    if not check["learned"]:
+      lines.append(f"WARNING: the dense network has not learned to reconstruct its content (less than "
+                   f"{LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little about "
+                   "style transfer.")
+  return "\n".join(lines)
 
 
 def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
-  """The run's answer in words: the highest matching sparsity per branch (and the exploratory sparsest, if it
-  differs)."""
+  """report.matching_lines, for imp.py's log."""
   lines = []
   for branch, (best, sparsest) in highest_matching(summary).items():
     if best is None:
@@ -395,6 +384,7 @@ def write_stability_csv(path: str, rows: list[dict]) -> None:
 
 
 def read_stability_csv(path: str) -> list[dict]:
+  """stability.csv's rows, the path's losses as one list under 'path'."""
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
   out = []
@@ -405,3 +395,9 @@ def read_stability_csv(path: str) -> list[dict]:
                 "barrier_relative": float(r["barrier_relative"]),
                 "barrier_linear": float(r.get("barrier_linear") or "nan"), "path": [float(r[k]) for k in path_keys]})
   return out
+
+
+def stability_rows(workdir: str) -> list[dict]:
+  """The run's stability.csv rows; none when its stability was not measured."""
+  path = os.path.join(workdir, workdir_lib.STABILITY_CSV)
+  return read_stability_csv(path) if os.path.exists(path) else []

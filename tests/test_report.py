@@ -106,16 +106,16 @@ def test_report_md_numbers_match_the_tables(run):
   assert "2 done of 2 configured (seeds 0 + r); each point rests on 2 replicate(s) x 2 held-out pairs" in text
   assert results.match_rule(config.imp.match_tolerance) in text
   rows = results.collect_rows(workdir)
-  for line in results.matching_lines(results.summarize(rows, 0.02), 0.02):
+  for line in report.matching_lines(results.summarize(rows, 0.02), 0.02):
     assert line.strip() in text
   assert results.ESTIMATOR in text and "mean relative difference" not in text
   # The replicate planner: the spread measured from the pruned rounds of the 2 replicates, and what it calls for.
-  planner = results.planner_lines(rows, 0.02)
+  planner = report.planner_lines(rows, 0.02)
   assert "pooled over IMP's 2 pruned round(s)" in planner[0] and "2% needs" in planner[1]
   for line in planner:
     assert f"- {line}" in text
   # The learnability check, when the tickets recorded it: the dense round's line and a row per branch and round.
-  learn = results.learnability_lines(results.summarize(rows, 0.02))
+  learn = report.learnability_lines(results.summarize(rows, 0.02))
   if "recon_psnr" in rows[0]:
     assert learn and "## Learnability" in text and "| reconstruction PSNR | flat image PSNR |" in text
     assert all(f"- {line}" in text for line in learn)
@@ -146,7 +146,7 @@ def test_cli_rebuilds_the_report_and_states_the_spread(run):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.exists(os.path.join(workdir, "summary.csv"))
-  for line in results.planner_lines(results.collect_rows(workdir), 0.02):
+  for line in report.planner_lines(results.collect_rows(workdir), 0.02):
     assert line in r.stdout
 
 

@@ -1,11 +1,11 @@
-"""results.summarize and its words on synthetic result rows whose verdicts are known."""
+"""results.summarize and its words (report.py) on synthetic result rows whose verdicts are known."""
 
 import math
 
 import numpy as np
 import pytest
 
-from jaxtickets import results, stats
+from jaxtickets import report, results, stats
 from jaxtickets.errors import UserError
 
 TOLERANCE = 0.02
@@ -113,7 +113,7 @@ def test_highest_matching_headline_stops_at_a_gap():
   assert [r["verdict"] for r in summary[1:]] == [stats.MATCHES, stats.DOES_NOT_MATCH, stats.MATCHES]
   headline, sparsest = results.highest_matching(summary)["imp"]
   assert headline["round"] == 1 and sparsest["round"] == 3
-  lines = results.matching_lines(summary, TOLERANCE)
+  lines = report.matching_lines(summary, TOLERANCE)
   assert lines[0].startswith("Highest matching sparsity (imp): 0.2000") and "round 1" in lines[0]
   assert "Exploratory" in lines[1] and "round 3" in lines[1]
   assert "4 image combinations" in lines[0]
@@ -131,7 +131,7 @@ def test_crops_are_averaged_only_when_named():
 
 def test_the_estimator_is_named_in_the_words():
   summary = results.summarize(_run({1: _same(1.0)}), TOLERANCE)
-  text = results.format_summary(summary)
+  text = report.format_summary(summary)
   assert "geometric mean ratio of held-out total loss (ticket / its own replicate's dense network) - 1" in text
   assert "geometric mean ratio of held-out total loss" in results.match_rule(TOLERANCE)
   assert "mean relative difference" not in text + results.match_rule(TOLERANCE)
@@ -143,14 +143,14 @@ def test_learnability_columns_and_warning():
 
   learned = results.summarize(with_psnr(_run({1: _same(1.0)}), 24.0, 14.0), TOLERANCE)
   assert (learned[0]["recon_psnr"], learned[0]["flat_psnr"], learned[1]["recon_psnr"]) == (24.0, 14.0, 25.0)
-  (line,) = results.learnability_lines(learned)
+  (line,) = report.learnability_lines(learned)
   assert "reconstruction PSNR 24.00 dB against 14.00 dB for a flat mean-colour image" in line
-  assert "WARNING" not in results.format_summary(learned)
+  assert "WARNING" not in report.format_summary(learned)
   flat = results.summarize(with_psnr(_run({1: _same(1.0)}), 15.0, 14.0), TOLERANCE)
   warning = ("the dense network has not learned to reconstruct its content (less than 3 dB above a flat image): "
              "verdicts about its tickets say little about style transfer")
-  assert warning in results.learnability_lines(flat)[1] and warning in results.format_summary(flat)
-  assert results.learnability_lines(results.summarize(_run({1: _same(1.0)}), TOLERANCE)) == []  # not recorded
+  assert warning in report.learnability_lines(flat)[1] and warning in report.format_summary(flat)
+  assert report.learnability_lines(results.summarize(_run({1: _same(1.0)}), TOLERANCE)) == []  # not recorded
   assert results.result_fields(("content", "style"), (), learnability=True)[-6:] == (
       "recon_psnr", "flat_psnr", "content", "style", "total", "relative_to_dense")
 
@@ -163,7 +163,7 @@ def test_replicate_spread_from_pruned_rounds():
   spread = results.replicate_spread(rows)
   assert spread["source"] == "pruned" and spread["rounds"] == 2 and spread["df"] == 4
   assert spread["sd"] == pytest.approx(s, rel=1e-9)
-  lines = results.planner_lines(rows, TOLERANCE)
+  lines = report.planner_lines(rows, TOLERANCE)
   n2, n10 = stats.replicates_needed(s, 0.02), stats.replicates_needed(s, 0.10)
   assert "SD of the mean log loss ratio (ticket / dense) is 0.0300" in lines[0] and "IMP's 2 pruned" in lines[0]
   assert f"2% needs {n2}, 10% needs {n10} replicates" in lines[1]
@@ -175,8 +175,19 @@ def test_replicate_spread_of_a_dense_only_pilot():
   spread = results.replicate_spread(rows)
   logs = [math.log(DENSE_SCALE[rep] * PAIR_LOSS.mean()) for rep in (0, 1, 2)]
   assert spread["source"] == "dense" and spread["sd"] == pytest.approx(math.sqrt(2) * np.std(logs, ddof=1))
-  assert "dense-only pilot" in results.planner_lines(rows, TOLERANCE)[0]
+  assert "dense-only pilot" in report.planner_lines(rows, TOLERANCE)[0]
   assert results.replicate_spread(_run({1: _same(1.0)}, replicates=(0,))) is None
-  assert "unmeasured" in results.planner_lines(_run({}, replicates=(0,)), TOLERANCE)[0]
+  assert "unmeasured" in report.planner_lines(_run({}, replicates=(0,)), TOLERANCE)[0]
   # A tolerance other than 2% and 10% is answered too.
-  assert "5% needs" in results.planner_lines(rows, 0.05)[1]
+  assert "5% needs" in report.planner_lines(rows, 0.05)[1]
+
+
+def test_imps_log_words_as_the_report_does():
+  """results' copies of format_summary and matching_lines (imp.py's end-of-run log) say what report's say."""
+  with_psnr = lambda rows, recon: [dict(r, recon_psnr=recon, flat_psnr=14.0) for r in rows]
+  for rows in (_run({1: _same(1.0), 2: _same(1.2), 3: _same(1.0)}), _run({}, replicates=(0,)),
+               with_psnr(_run({1: _same(1.3)}), 24.0), with_psnr(_run({1: _same(1.0)}), 15.0)):
+    for tolerance in (TOLERANCE, 0.1):
+      summary = results.summarize(rows, tolerance)
+      assert results.format_summary(summary) == report.format_summary(summary)
+      assert results.matching_lines(summary, tolerance) == report.matching_lines(summary, tolerance)
