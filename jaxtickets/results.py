@@ -14,6 +14,9 @@
 
 The loss terms are the names the model declares (StyleModel.terms, e.g. content and style, or AdaAttN's global and
 local); each ticket records them, so the tables are rebuilt without building the model.
+
+Tables and numbers only (also the stability rows and the study's early-bird comparison): report.py words and draws
+them.
 """
 
 import csv
@@ -401,3 +404,33 @@ def stability_rows(workdir: str) -> list[dict]:
   """The run's stability.csv rows; none when its stability was not measured."""
   path = os.path.join(workdir, workdir_lib.STABILITY_CSV)
   return read_stability_csv(path) if os.path.exists(path) else []
+
+
+# ----------------------------------------------------------------------------- early bird against full IMP (the study)
+
+def early_bird_comparison(bird: list[dict], reference: list[dict]) -> list[dict]:
+  """Each IMP round of an early-bird run against the IMP round of the same number (so the same sparsity) of the
+  run it is judged against, paired by replicate and held-out pair, over the replicates both have.
+
+  Per round: the early-bird run's sparsity, both mean total losses, the geometric mean ratio of held-out loss
+  (early bird / IMP) - 1 with its interval ('interval', a stats.Interval) and stats.comparison of it, and the mean
+  training steps each run spent up to that round.
+  """
+  pick = lambda rows, r: sorted((x for x in rows if x["branch"] == "imp" and x["round"] == r),
+                                key=lambda x: x["replicate"])
+  spent = lambda rows, r: float(np.mean([sum(x["steps"] for x in rows if x["branch"] == "imp" and x["round"] <= r
+                                             and x["replicate"] == rep) for rep in {x["replicate"] for x in rows}]))
+  out = []
+  for r in sorted({x["round"] for x in bird if x["branch"] == "imp"}):
+    a, b = pick(bird, r), pick(reference, r)
+    reps = sorted({x["replicate"] for x in a} & {x["replicate"] for x in b})
+    if not reps:
+      continue
+    grid = lambda rows: np.array([next(x for x in rows if x["replicate"] == rep)["per_pair"]["total"] for rep in reps])
+    interval = stats.paired_difference_interval(grid(a), grid(b), pair_names=a[0].get("pair_names"),
+                                                confidence=CONFIDENCE)
+    out.append(dict(round=r, sparsity_prunable=a[0]["sparsity_prunable"], imp_total=float(np.mean(grid(b))),
+                    early_bird_total=float(np.mean(grid(a))), interval=interval,
+                    comparison=stats.comparison(interval), imp_steps=spent(reference, r),
+                    early_bird_steps=spent(bird, r)))
+  return out

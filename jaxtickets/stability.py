@@ -24,9 +24,8 @@ import sys
 from absl import app, flags
 import jax
 import numpy as np
-from matplotlib.figure import Figure
 
-from jaxtickets import checkpoint, evaluate, imp, pack, preempt, results, workdir as workdir_lib
+from jaxtickets import checkpoint, evaluate, imp, pack, preempt, report, results, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
 CSV = workdir_lib.STABILITY_CSV
@@ -122,7 +121,7 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
       ctx.output.close()
   if jax.process_index() == 0:
     results.write_stability_csv(os.path.join(workdir, CSV), rows)
-    plot(rows, os.path.join(workdir, FIGURE))
+    report.plot_stability(rows, os.path.join(workdir, FIGURE))
   return rows
 
 
@@ -166,24 +165,6 @@ def _load_config(workdir: str):
   return workdir_lib.load_run_config(workdir)
 
 
-def plot(rows: list[dict], path: str, title: str = "") -> None:
-  """Left: the loss along the path per round. Right: the relative barrier against sparsity."""
-  fig = Figure(figsize=(11, 4.4), layout="constrained")
-  left, right = fig.subplots(1, 2)
-  for i, r in enumerate(rows):
-    alphas = np.linspace(0.0, 1.0, len(r["path"]))
-    left.plot(alphas, r["path"], marker=".", color=f"C{i}", label=f"round {r['round']} ({r['sparsity']:.1%})")
-  left.set_xlabel("interpolation alpha (copy a -> copy b)")
-  left.set_ylabel("held-out total loss")
-  left.legend(fontsize=8)
-  right.axhline(0.0, color="0.5", lw=1)
-  right.plot([100 * r["sparsity"] for r in rows], [100 * r["barrier_relative"] for r in rows], marker="o")
-  right.set_xlabel("sparsity of the prunable weights (%)")
-  right.set_ylabel("error barrier (% of the ends' mean loss)")
-  fig.suptitle(title or "Linear mode connectivity: two copies of each round's start, other data orders")
-  fig.savefig(path, dpi=110)
-
-
 FLAGS = flags.FLAGS
 
 
@@ -207,7 +188,7 @@ def main(argv):
       rounds = [int(r) for r in FLAGS.rounds]
     except ValueError:
       raise UserError(f"--rounds={','.join(FLAGS.rounds)} is not a list of round numbers: write e.g. --rounds=0,2,4.")
-    from jaxtickets import parallel, report
+    from jaxtickets import parallel
     parallel.initialize_distributed()  # a pod's launcher environment (TPU, SLURM, JAX_* variables), if any
     run(FLAGS.workdir, rounds, FLAGS.points, FLAGS.replicate)
     report.write_report(FLAGS.workdir, grid=False)

@@ -10,8 +10,8 @@ own config (configs/<model>.py:<config.variant>, then config.overrides):
                    (linear mode connectivity) of each round: which rewind point makes tickets, and why
   early_bird       ('early_bird') IMP whose dense round stops once its mask settles, against the reference's
                    IMP at the same sparsity: the quality it costs and the steps it saves
-Then WORKDIR/study.md and WORKDIR/study.png compare them (finding 4: tickets for every model). imp.run skips
-finished tickets, so running the same command again resumes.
+Then WORKDIR/study.md and WORKDIR/study.png (report.write_study) compare them (finding 4: tickets for every
+model). imp.run skips finished tickets, so running the same command again resumes.
 """
 
 if __name__ == "__main__":  # first, before the heavy imports: it may re-execute this command under tcmalloc
@@ -28,16 +28,11 @@ import sys
 from absl import app, flags
 import jax
 import ml_collections
-import numpy as np
-from matplotlib.figure import Figure
 
-from jaxtickets import config as config_lib, imp, preempt, results, workdir as workdir_lib
+from jaxtickets import config as config_lib, imp, preempt, report
 from jaxtickets.errors import UserError
 
 COMPARISONS = ("encoder", "transform", "baselines", "rewind", "early_bird")
-_TITLES = {"encoder": "Finding 1: encoder trained vs fixed", "baselines": "Finding 2: IMP vs baselines",
-           "transform": "Finding 3: transform pruned vs not", "rewind": "Rewind sweep: which rewind point makes tickets",
-           "early_bird": "Early-bird tickets vs full IMP"}
 
 
 @dataclasses.dataclass
@@ -179,7 +174,7 @@ def rewind_points(study_config, base) -> list[int]:
 
 
 def run(study_config, workdir: str, *, reports: bool | None = None) -> str | None:
-  """Runs (or resumes) every sub-run, then writes study.md and study.png; returns study.md's path."""
+  """Runs (or resumes) every sub-run, then writes study.md and its figures; returns study.md's path."""
   runs, notes = plan(study_config, workdir)
   reports = study_config.get("reports", True) if reports is None else reports
   for i, sub in enumerate(runs, start=1):
@@ -190,216 +185,13 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
 
       stability.run(sub.workdir)
     if reports:
-      from jaxtickets import report
-
       report.write_report(sub.workdir, sub.config)
   if jax.process_index() != 0:
     return None
-  tables = {(s.model, s.name): results.summarize(results.collect_rows(s.workdir), s.config.imp.match_tolerance)
-            for s in runs}
-  plot_study(runs, tables, os.path.join(workdir, "study.png"))
-  if any(s.name.startswith("rewind_") for s in runs):
-    plot_rewind(runs, tables, os.path.join(workdir, "rewind.png"))
-  path = os.path.join(workdir, "study.md")
-  with open(path + ".tmp", "w") as f:
-    f.write(format_study(study_config, runs, tables, notes, reports))
-  os.replace(path + ".tmp", path)
+  path = report.write_study(study_config, runs, notes, workdir, reports=reports,
+                            overrides=parse_overrides(study_config.overrides))
   imp.log(f"Study report: {path}")
   return path
-
-
-def _best(summary, branch="imp"):
-  """The conservative highest matching round of `branch` (summary rows), or None."""
-  return results.highest_matching(summary).get(branch, (None, None))[0]
-
-
-def _dense(rows):
-  return next((r for r in rows if r["branch"] == "imp" and r["round"] == 0), None)
-
-
-def _sp(row) -> str:
-  return "none" if row is None else f"{row['sparsity_prunable']:.4f} (round {row['round']})"
-
-
-def _table(header, lines) -> list[str]:
-  return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
-      "| " + " | ".join(str(c) for c in line) + " |" for line in lines]
-
-
-def _panels(runs) -> list[tuple[str, str, list[tuple[str, str]]]]:
-  """(model, comparison, [(run, branch), ...]) for each panel of the combined figure."""
-  panels = []
-  for model in dict.fromkeys(s.model for s in runs):
-    names = [s.name for s in runs if s.model == model]
-    ref = next(s for s in runs if s.model == model and s.name == "reference")
-    mine = [(model, "baselines", [("reference", b) for b in config_lib.branches(ref.config)])]
-    for comp in ("encoder", "transform"):
-      alt = [n for n in names if n.startswith(comp)]
-      if alt:
-        mine.append((model, comp, [("reference", "imp")] + [(n, "imp") for n in alt]))
-    panels += mine
-  return panels
-
-
-def plot_study(runs, tables, path: str) -> None:
-  """One panel per model and comparison: total loss vs its run's dense (%) against sparsity, with 95% intervals."""
-  panels = _panels(runs)
-  models = list(dict.fromkeys(s.model for s in runs))
-  cols = max(1, max((sum(p[0] == m for p in panels) for m in models), default=1))
-  fig = Figure(figsize=(5 * cols, 3.8 * len(models)), layout="constrained")
-  axes = np.asarray(fig.subplots(len(models), cols, squeeze=False))
-  for ax in axes.flat:
-    ax.set_visible(False)
-  for model_i, model in enumerate(models):
-    for j, (_, comp, lines) in enumerate(p for p in panels if p[0] == model):
-      ax = axes[model_i, j]
-      ax.set_visible(True)
-      cfg = next(s.config for s in runs if s.model == model)
-      tol = 100 * cfg.imp.match_tolerance
-      ax.axhline(tol, color="k", ls="--", lw=1, label=f"tolerance +{tol:.1f}%")
-      for k, (run_name, branch) in enumerate(lines):
-        rows = [r for r in tables[(model, run_name)] if r["branch"] in (branch, "imp") and
-                (r["branch"] == branch or r["round"] == 0)]
-        rows.sort(key=lambda r: r["round"])
-        label = branch if comp == "baselines" else f"{run_name} ({branch})"
-        x = [100 * r["sparsity_prunable"] for r in rows]
-        ax.fill_between(x, [100 * r["ci_low"] for r in rows], [100 * r["ci_high"] for r in rows], color=f"C{k}",
-                        alpha=0.18, lw=0)
-        ax.plot(x, [100 * r["relative_to_dense"] for r in rows], "o-", color=f"C{k}", ms=4, label=label)
-      ax.set_title(f"{model}: {_TITLES[comp]}", fontsize=10)
-      ax.set_xlabel("sparsity of the prunable weights (%)")
-      ax.set_ylabel("total loss vs its dense run (%)")
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=7)
-  fig.savefig(path, dpi=100)
-
-
-def _stability_rows(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, workdir_lib.STABILITY_CSV)
-  return results.read_stability_csv(path) if os.path.exists(path) else []
-
-
-def _rewind_section(runs, tables) -> list[str]:
-  sweep = [s for s in runs if s.name.startswith("rewind_")]
-  if not sweep:
-    return []
-  lines = []
-  for s in sweep:
-    barriers = ", ".join(f"r{r['round']} {r['barrier_relative']:+.1%}" for r in _stability_rows(s.workdir))
-    lines.append([s.model, s.config.imp.rewind_step, _sp(_best(tables[(s.model, s.name)])), barriers or "-"])
-  return ["", f"## {_TITLES['rewind']}", "",
-          "One IMP per rewind point k (the weights after k dense steps), and the error barrier between two copies "
-          "of each round's start trained on other data orders (replicate 0, relative to the ends' mean loss).", ""] + \
-      _table(["model", "rewind step", "highest matching sparsity (IMP)", "barrier per round"], lines) + \
-      ["", "![rewind sweep](rewind.png)"]
-
-
-def _early_bird_section(runs) -> list[str]:
-  """Each early-bird round against the reference's IMP round at the same sparsity: paired per replicate and pair."""
-  from jaxtickets import stats
-
-  lines = []
-  for bird in (s for s in runs if s.name == "early_bird"):
-    ref = next(s for s in runs if s.model == bird.model and s.name == "reference")
-    a, b = results.collect_rows(bird.workdir), results.collect_rows(ref.workdir)
-    pick = lambda rows, r: sorted((x for x in rows if x["branch"] == "imp" and x["round"] == r),
-                                  key=lambda x: x["replicate"])
-    spent = lambda rows, r: np.mean([sum(x["steps"] for x in rows if x["branch"] == "imp" and x["round"] <= r
-                                         and x["replicate"] == rep) for rep in {x["replicate"] for x in rows}])
-    for r in sorted({x["round"] for x in a if x["branch"] == "imp"}):
-      ra, rb = pick(a, r), pick(b, r)
-      reps = sorted({x["replicate"] for x in ra} & {x["replicate"] for x in rb})
-      if not reps:
-        continue
-      grid = lambda rows: np.array([next(x for x in rows if x["replicate"] == rep)["per_pair"]["total"] for rep in reps])
-      interval = stats.paired_difference_interval(grid(ra), grid(rb), pair_names=ra[0].get("pair_names"))
-      lines.append([bird.model, r, f"{ra[0]['sparsity_prunable']:.4f}", f"{np.mean(grid(rb)):.4g}",
-                    f"{np.mean(grid(ra)):.4g}", f"{interval.estimate:+.2%} [{interval.low:+.2%}, {interval.high:+.2%}]",
-                    stats.comparison(interval), f"{spent(b, r):.0f}", f"{spent(a, r):.0f}"])
-  if not lines:
-    return []
-  return ["", f"## {_TITLES['early_bird']}", "",
-          "The early-bird run's rounds against the reference's IMP rounds at the same sparsity. Difference = "
-          "geometric mean ratio of held-out loss (early bird / IMP) - 1, paired by replicate and held-out pair, "
-          "crops of one image combination averaged, with its 95% interval; steps = training steps spent up to that round (mean over replicates).", ""] + \
-      _table(["model", "round", "sparsity", "IMP total", "early-bird total", "difference (95%)", "verdict",
-              "IMP steps", "early-bird steps"], lines)
-
-
-def plot_rewind(runs, tables, path: str) -> None:
-  """Left: highest matching sparsity against the rewind point. Right: the barrier against sparsity per point."""
-  fig = Figure(figsize=(11, 4.2), layout="constrained")
-  left, right = fig.subplots(1, 2)
-  for m, model in enumerate(dict.fromkeys(s.model for s in runs)):
-    sweep = [s for s in runs if s.model == model and s.name.startswith("rewind_")]
-    best = [_best(tables[(s.model, s.name)]) for s in sweep]
-    left.plot([s.config.imp.rewind_step for s in sweep], [100 * b["sparsity_prunable"] if b else 0.0 for b in best],
-              "o-", color=f"C{m}", label=model)
-    for k, s in enumerate(sweep):
-      rows = _stability_rows(s.workdir)
-      right.plot([100 * r["sparsity"] for r in rows], [100 * r["barrier_relative"] for r in rows], "o-",
-                 color=f"C{k}", label=f"{model}, k = {s.config.imp.rewind_step}")
-  left.set_xlabel("rewind step k")
-  left.set_ylabel("highest matching sparsity (%)")
-  left.legend(fontsize=8)
-  right.axhline(0.0, color="0.5", lw=1)
-  right.set_xlabel("sparsity of the prunable weights (%)")
-  right.set_ylabel("error barrier (% of the ends' mean)")
-  right.legend(fontsize=7)
-  fig.savefig(path, dpi=100)
-
-
-def format_study(study_config, runs, tables, notes, reports: bool) -> str:
-  """study.md: the sub-runs, one table per finding, the combined figure."""
-  text = [f"# Study: {study_config.models}", "",
-          f"Variant {study_config.variant!r} of each configs/<model>.py, overrides "
-          f"`{study_config.overrides or 'none'}`. Highest matching sparsity = the sparsest round that matches together "
-          "with every round below it, where a round matches when the whole 95% interval of its held-out total loss "
-          "relative to its run's dense network (over replicates and pairs) lies below match_tolerance.", "",
-          "## Runs", ""]
-  lines = []
-  for s in runs:
-    rows = tables[(s.model, s.name)]
-    done = max((r["round"] for r in rows if r["branch"] == "imp"), default=-1)
-    dense = _dense(rows)
-    link = f"[report]({s.model}/{s.name}/report.md)" if reports else f"`{s.workdir}`"
-    encoder = "trained" if s.config.model.train_encoder else "fixed"
-    lines.append([s.model, s.name, encoder, f"`{s.config.sparsity.scope}`", s.config.imp.branches, f"{done} of {s.config.imp.rounds}",
-                  f"{dense['total']:.6g}" if dense else "-", link])
-  text += _table(["model", "run", "encoder", "scope", "branches", "pruned rounds", "dense total", "details"], lines)
-  by = {(s.model, s.name): s for s in runs}
-  models = list(dict.fromkeys(s.model for s in runs))
-  for comp in ("encoder", "transform"):
-    lines = []
-    for m in models:
-      alts = [n for (mm, n) in by if mm == m and n.startswith(comp)]
-      for name in (["reference"] + alts) if alts else []:
-        s, rows = by[(m, name)], tables[(m, name)]
-        if comp == "encoder":
-          state = "trained" if s.config.model.train_encoder else "fixed"
-        else:
-          state = "pruned" if "transform" in s.config.sparsity.scope else "not pruned"
-        dense = _dense(rows)
-        lines.append([m, name, state, f"{dense['total']:.6g}" if dense else "-", _sp(_best(rows))])
-    if lines:
-      text += ["", f"## {_TITLES[comp]}", ""]
-      text += _table(["model", "run", comp, "dense total", "highest matching sparsity (IMP)"], lines)
-  lines = []
-  for m in models:
-    rows = tables[(m, "reference")]
-    for branch, (best, _) in results.highest_matching(rows).items():
-      lines.append([m, branch, _sp(best)])
-  if lines:
-    text += ["", f"## {_TITLES['baselines']}", ""]
-    text += _table(["model", "branch", "highest matching sparsity"], lines)
-  text += ["", "## Finding 4: tickets in every model", ""]
-  text += _table(["model", "highest matching sparsity (IMP, reference run)"],
-                 [[m, _sp(_best(tables[(m, "reference")]))] for m in models])
-  text += _rewind_section(runs, tables)
-  text += _early_bird_section(runs)
-  text += ["", "## Figure", "", "![study](study.png)", ""]
-  text += [f"- {n}" for n in notes]
-  return "\n".join(text) + "\n"
 
 
 FLAGS = flags.FLAGS

@@ -182,6 +182,25 @@ def test_replicate_spread_of_a_dense_only_pilot():
   assert "5% needs" in report.planner_lines(rows, 0.05)[1]
 
 
+def test_early_bird_against_full_imp():
+  """An early-bird run 5% worse than the reference's IMP in every cell, and its dense rounds stopped at half the
+  steps: the comparison finds the 5%, calls IMP better, and counts the steps each run spent."""
+  def steps(rows, dense_steps):
+    return [dict(r, steps=dense_steps if r["round"] == 0 else 100) for r in rows]
+
+  reference = steps(_run({1: _same(1.0), 2: _same(1.1)}), 100)
+  bird = steps([dict(r, per_pair={"total": list(1.05 * np.asarray(r["per_pair"]["total"]))}) for r in reference], 50)
+  out = results.early_bird_comparison(bird, reference)
+  assert [c["round"] for c in out] == [0, 1, 2]
+  for c in out:
+    assert c["interval"].estimate == pytest.approx(0.05, abs=1e-9) and c["comparison"] == stats.IMP_BETTER
+    assert c["early_bird_total"] == pytest.approx(1.05 * c["imp_total"])
+  assert [(c["imp_steps"], c["early_bird_steps"]) for c in out] == [(100, 50), (200, 150), (300, 250)]
+  # Only the replicates both runs have are paired; none in common leaves the round out.
+  assert results.early_bird_comparison([r for r in bird if r["replicate"] == 0],
+                                       [r for r in reference if r["replicate"] != 0]) == []
+
+
 def test_imps_log_words_as_the_report_does():
   """results' copies of format_summary and matching_lines (imp.py's end-of-run log) say what report's say."""
   with_psnr = lambda rows, recon: [dict(r, recon_psnr=recon, flat_psnr=14.0) for r in rows]
