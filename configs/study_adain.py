@@ -14,8 +14,9 @@ import ml_collections
 from jaxtickets import config as config_lib
 
 # Each model's demo config at 1/4 width, 32 px crops, 2 pruned rounds of 6 steps.
-DEMO_OVERRIDES = ("model.width=0.25; data.load_size=48; data.crop_size=32; train.steps=6; train.batch_size=2; "
-                  "train.log_every=3; train.lr=1e-3; imp.rounds=2; eval.num_pairs=2; eval.batch_size=2")
+DEMO_OVERRIDES = {"model": {"width": 0.25}, "data": {"load_size": 48, "crop_size": 32},
+                  "train": {"steps": 6, "batch_size": 2, "log_every": 3, "lr": 1e-3}, "imp": {"rounds": 2},
+                  "eval": {"num_pairs": 2, "batch_size": 2}}
 
 
 def demo(c):
@@ -32,11 +33,11 @@ def sweep(c):
 
 def demo_sweep(c):
   sweep(c)
-  c.variant = "demo"
+  demo(c)
   c.rewind_steps = "0,2"
   c.workdir = "runs/study_adain_demo_sweep"
   # the demo's rounds are 6 steps: draw the early-bird mask every 2
-  c.overrides = DEMO_OVERRIDES + "; imp.early_bird_every=2; imp.early_bird_epsilon=0.5; imp.early_bird_patience=1"
+  c.overrides.imp.update(early_bird_every=2, early_bird_epsilon=0.5, early_bird_patience=1)
 
 
 def get_config(arg: str = ""):
@@ -48,8 +49,8 @@ def get_config(arg: str = ""):
   c.workdir = "runs/study_adain"
   c.configs_dir = ""  # '' = the repository's configs/
   c.reports = True  # a report.md with figures for every sub-run
-  # Applied to every sub-run's config, 'section.field=value' separated by ';' (a string, so that the command
-  # line can set any field): e.g. --config.overrides='train.steps=100; imp.rounds=2'.
-  c.overrides = ""
+  # Fields set in every sub-run's config, by section: e.g. {"train": {"steps": 100}, "imp": {"rounds": 2}}. The
+  # command line changes the ones a variant sets, e.g. --config.overrides.train.steps=100 with :demo.
+  c.overrides = ml_collections.ConfigDict()
   c.rewind_steps = ""  # 'rewind' comparison: comma-separated steps or shares of a round, e.g. '0,0.5%,2%'
   return config_lib.pick_variant(c, arg, {"demo": demo, "sweep": sweep, "demo_sweep": demo_sweep}, __file__)

@@ -1,7 +1,9 @@
 """The paper's comparisons as one job: python -m jaxtickets.study --config=configs/study_adain.py[:demo].
 
 For every model in config.models, sub-runs (each an imp.run in WORKDIR/<model>/<run>) on top of the model's
-own config (configs/<model>.py:<config.variant>, then config.overrides):
+own config (configs/<model>.py:<config.variant>, then config.overrides, fields by section such as
+{'train': {'steps': 6}}). Each sub-run is the fields it changes (sub_runs), set in a copy of that config in Python
+(with_changes):
   reference        the model's config, IMP plus the baselines (finding 2: IMP vs random pruning/reinit, one-shot)
   encoder_fixed    the other choice of model.train_encoder (finding 1: training the encoder beats fixing it)
   transform_dense  the scope without the transform group, or transform_pruned with it (finding 3), only for
@@ -18,7 +20,6 @@ if __name__ == "__main__":  # first, before the heavy imports: it may re-execute
   from jaxtickets import tcmalloc  # pylint: disable=g-import-not-at-top
   tcmalloc.preload()
 
-import ast
 import copy
 import dataclasses
 import importlib.util
@@ -64,38 +65,35 @@ def model_config(name: str, variant: str, folder: str) -> ml_collections.ConfigD
     raise UserError(f"'{path}' has no variant {variant!r} ({e}); set config.variant.") from None
 
 
-def parse_overrides(text: str) -> list[tuple[str, object]]:
-  """'train.steps=6; sparsity.scope=decoder,transform' -> [('train.steps', 6), ('sparsity.scope', '...')]."""
+def field_items(changes, prefix: str = "") -> list[tuple[str, object]]:
+  """[('section.field', value), ...] of `changes`, a mapping whose keys are dotted fields ('imp.branches') or
+  sections that hold more of them ({'imp': {'branches': 'imp'}}, what a ConfigDict of overrides is)."""
   out = []
-  for item in (text or "").split(";"):
-    if not item.strip():
-      continue
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-      raise UserError(f"config.overrides has {item.strip()!r}: write 'section.field=value' entries separated by "
-                      "';', e.g. 'train.steps=100; imp.rounds=2'.")
-    try:
-      value = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
-      value = raw.strip()  # a plain string such as a scope or a path
-    out.append((key.strip(), value))
+  for key, value in changes.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out += field_items(value, f"{prefix}{key}.")
+    else:
+      out.append((f"{prefix}{key}", value))
   return out
 
 
-def apply_overrides(config, text: str) -> None:
-  """Sets every 'section.field=value' of `text` in `config`; unknown fields and wrong types are UserErrors."""
-  for key, value in parse_overrides(text):
+def with_changes(config, changes, what: str) -> ml_collections.ConfigDict:
+  """A copy of `config` with every field of `changes` (field_items) set; a field the config lacks or a value of the
+  wrong type is a UserError that names `what` asked for it."""
+  out = copy.deepcopy(config)
+  for key, value in field_items(changes):
     *sections, field = key.split(".")
     try:
-      node = config
+      node = out
       for section in sections:
         node = node[section]
       if field not in node:
         raise KeyError(field)
       node[field] = value
     except (KeyError, AttributeError, TypeError) as e:
-      raise UserError(f"config.overrides sets {key} = {value!r}, which the model config does not take "
+      raise UserError(f"{what} sets {key} = {value!r}, which the model config does not take "
                       f"({type(e).__name__}: {e}); fix or remove it.") from None
+  return out
 
 
 def _has_transform(config) -> bool:
@@ -117,42 +115,39 @@ def plan(study_config, workdir: str) -> tuple[list[SubRun], list[str]]:
   for name in models:
     base = model_config(name, study_config.variant, configs_dir(study_config))
     base.model.name = name
-    apply_overrides(base, study_config.overrides)
-    ref = copy.deepcopy(base)
-    baselines = config_lib.split_list(study_config.baselines) if "baselines" in comparisons else []
-    ref.imp.branches = ",".join(["imp"] + baselines)
-    out = [("reference", ref)]
-    if "encoder" in comparisons:
-      alt = copy.deepcopy(base)
-      alt.model.train_encoder = not base.model.train_encoder
-      alt.imp.branches = "imp"
-      out.append(("encoder_fixed" if base.model.train_encoder else "encoder_trained", alt))
-    if "transform" in comparisons:
-      if not _has_transform(base):
-        notes.append(f"{name} has no transform parameters (its feature transformation is parameter-free), so "
-                     "finding 3 does not apply to it.")
-      else:
-        scope = config_lib.split_list(base.sparsity.scope)
-        rest = [p for p in scope if p.strip("/").split("/")[0] != "transform"]
-        alt = copy.deepcopy(base)
-        alt.imp.branches = "imp"
-        alt.sparsity.scope = ",".join(rest if rest != scope else scope + ["transform"])
-        if rest:
-          out.append(("transform_dense" if rest != scope else "transform_pruned", alt))
-        else:
-          notes.append(f"{name}'s scope prunes only the transform, so there is no run without it.")
-    if "rewind" in comparisons:
-      points = rewind_points(study_config, base)
-      for k in points:
-        alt = copy.deepcopy(base)
-        alt.imp.rewind_step, alt.imp.branches = k, "imp"
-        out.append((f"rewind_{k}", alt))
-    if "early_bird" in comparisons:
-      alt = copy.deepcopy(base)
-      alt.imp.early_bird, alt.imp.branches = True, "imp"
-      out.append(("early_bird", alt))
-    runs += [SubRun(name, run, cfg, os.path.join(workdir, name, run)) for run, cfg in out]
+    base = with_changes(base, study_config.overrides, "config.overrides")
+    runs += [SubRun(name, run, with_changes(base, changes, f"The {run} sub-run"), os.path.join(workdir, name, run))
+             for run, changes in sub_runs(study_config, comparisons, base, notes)]
   return runs, notes
+
+
+def sub_runs(study_config, comparisons: list[str], base, notes: list[str]) -> list[tuple[str, dict]]:
+  """(name, {field: value}) of each of one model's sub-runs: the fields its config changes in `base`, the model's
+  config with the study's overrides. Adds to `notes` why a comparison does not apply to the model."""
+  name = base.model.name
+  baselines = config_lib.split_list(study_config.baselines) if "baselines" in comparisons else []
+  out = [("reference", {"imp.branches": ",".join(["imp"] + baselines)})]
+  imp_only = {"imp.branches": "imp"}  # the comparisons beside the reference compare IMP's tickets alone
+  if "encoder" in comparisons:
+    out.append(("encoder_fixed" if base.model.train_encoder else "encoder_trained",
+                {**imp_only, "model.train_encoder": not base.model.train_encoder}))
+  if "transform" in comparisons:
+    scope = config_lib.split_list(base.sparsity.scope)
+    rest = [p for p in scope if p.strip("/").split("/")[0] != "transform"]
+    if not _has_transform(base):
+      notes.append(f"{name} has no transform parameters (its feature transformation is parameter-free), so "
+                   "finding 3 does not apply to it.")
+    elif not rest:
+      notes.append(f"{name}'s scope prunes only the transform, so there is no run without it.")
+    elif rest != scope:
+      out.append(("transform_dense", {**imp_only, "sparsity.scope": ",".join(rest)}))
+    else:
+      out.append(("transform_pruned", {**imp_only, "sparsity.scope": ",".join(scope + ["transform"])}))
+  if "rewind" in comparisons:
+    out += [(f"rewind_{k}", {**imp_only, "imp.rewind_step": k}) for k in rewind_points(study_config, base)]
+  if "early_bird" in comparisons:
+    out.append(("early_bird", {**imp_only, "imp.early_bird": True}))
+  return out
 
 
 def rewind_points(study_config, base) -> list[int]:
@@ -189,7 +184,7 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
   if jax.process_index() != 0:
     return None
   path = report.write_study(study_config, runs, notes, workdir, reports=reports,
-                            overrides=parse_overrides(study_config.overrides))
+                            overrides=field_items(study_config.overrides))
   imp.log(f"Study report: {path}")
   return path
 

@@ -9,16 +9,20 @@ from jaxtickets import results, study
 from jaxtickets.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ("model.width=0.0625; data.load_size=40; data.crop_size=32; train.steps=2; train.batch_size=2; "
-        "train.log_every=1; train.lr=1e-3; imp.rounds=1; imp.replicates=1; eval.num_pairs=2; "
-        "eval.batch_size=2")
+TINY = {"model": {"width": 0.0625}, "data": {"load_size": 40, "crop_size": 32},
+        "train": {"steps": 2, "batch_size": 2, "log_every": 1, "lr": 1e-3}, "imp": {"rounds": 1, "replicates": 1},
+        "eval": {"num_pairs": 2, "batch_size": 2}}
 
 
-def study_config(variant="demo"):
+def study_module():
   spec = importlib.util.spec_from_file_location("study_adain", os.path.join(ROOT, "configs", "study_adain.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module
+
+
+def study_config(variant="demo"):
+  return study_module().get_config(variant)
 
 
 def test_plan_has_the_papers_comparisons(tmp_path):
@@ -37,12 +41,30 @@ def test_plan_has_the_papers_comparisons(tmp_path):
   assert demo[0].config.data.content == "demo"
 
 
+def test_sweep_variants_plan_their_sub_runs(tmp_path):
+  module = study_module()
+  runs, _ = study.plan(module.get_config("demo_sweep"), str(tmp_path))
+  assert [(r.name, r.config.imp.rewind_step, r.config.imp.early_bird, r.config.imp.branches) for r in runs] == [
+      ("reference", 0, False, "imp"), ("rewind_0", 0, False, "imp"), ("rewind_2", 2, False, "imp"),
+      ("early_bird", 0, True, "imp")]
+  assert all(r.config.train.steps == 6 and r.config.imp.early_bird_every == 2 for r in runs)
+  # demo_sweep adds its early-bird fields to its own copy of the demo's overrides, not to the demo's.
+  assert "early_bird_every" not in module.DEMO_OVERRIDES["imp"]
+  assert "early_bird_every" not in module.get_config("demo").overrides.imp
+  sweep, _ = study.plan(module.get_config("sweep"), str(tmp_path))
+  assert [r.config.imp.rewind_step for r in sweep] == [0, 0, 800, 3200, 0]  # 0.5% and 2% of 160k steps
+
+
 def test_overrides_and_bad_values():
-  assert study.parse_overrides("train.steps=5; sparsity.scope=decoder,transform; model.vgg_weights=''") == [
+  assert study.field_items({"train": {"steps": 5}, "sparsity.scope": "decoder,transform",
+                            "model": {"vgg_weights": ""}}) == [
       ("train.steps", 5), ("sparsity.scope", "decoder,transform"), ("model.vgg_weights", "")]
   c = study_config("")
-  c.overrides = "train.stepz=5"
+  c.overrides = {"train": {"stepz": 5}}
   with pytest.raises(UserError, match="train.stepz"):
+    study.plan(c, "/tmp/x")
+  c.overrides = {"train": {"steps": "many"}}
+  with pytest.raises(UserError, match="config.overrides sets train.steps = 'many'"):
     study.plan(c, "/tmp/x")
   c = study_config("")
   c.comparisons = "encoder,speed"
@@ -115,8 +137,9 @@ def test_preempted_study_exits_75_and_says_how_to_resume():
 def test_rewind_sweep_and_early_bird_study(tmp_path):
   """One IMP per rewind point with each round's stability, and early-bird IMP against the reference's IMP."""
   c = study_config("demo_sweep")
-  c.overrides = (TINY.replace("train.steps=2", "train.steps=4") + "; imp.replicates=2; imp.early_bird_every=1; "
-                 "imp.early_bird_epsilon=0.99; imp.early_bird_patience=1")
+  c.overrides = TINY
+  c.overrides.train.steps = 4
+  c.overrides.imp.update(replicates=2, early_bird_every=1, early_bird_epsilon=0.99, early_bird_patience=1)
   c.rewind_steps = "0,25%"  # 25% of 4 steps = step 1
   c.reports = False
   runs, _ = study.plan(c, str(tmp_path))
