@@ -1,13 +1,15 @@
 """Early-bird tickets: the settled-mask test on scripted mask sequences, its resume state, and a run that stops."""
 
+import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
-from jaxtickets import early_bird, imp
-from helpers import tiny_config
+from jaxtickets import checkpoint, early_bird, imp, pack, preempt, sparsity, workdir as workdir_lib
+from helpers import state_checkpoints, tiny_config
 
 PRUNABLE = {"a": True, "b": False}
 
@@ -109,3 +111,123 @@ def test_a_run_with_early_bird_stops_its_dense_rounds_and_reports_the_steps_it_t
   text = open(os.path.join(tmp_path, "report.md")).read()
   assert "## Early bird" in text and "| 1 | 2 | 2 | 6 |" in text and "![Early bird" in text
   assert os.path.getsize(os.path.join(tmp_path, "early_bird.png")) > 5_000
+
+
+# ----------------------------------------------------------------------------- packed, and preempted
+
+# Two replicates packed side by side (vmapped on this one device; the step test_pack.py compiles), a mask drawn every
+# step: the masks here change by one or two swapped weights a step, so epsilon 3e-4 (between one swap and two, of
+# 20% pruned) lets replicate 0 settle at its check of step 2 (one swap) and replicate 1 at step 3 (two swaps at step
+# 2, none at 3). Each stop is then a distinct decision of the same pack.
+PACKED_BIRDS = dict(train__steps=6, checkpoint__every_steps=2, checkpoint__async_save=False, imp__replicates=2,
+                    imp__rounds=1, parallel__runs_per_step=2, imp__early_bird=True, imp__early_bird_every=1,
+                    imp__early_bird_epsilon=3e-4, imp__early_bird_patience=1)
+STOPS = {0: 2, 1: 3}
+
+
+class _StopAfter:
+  """A PreemptionWatch whose SIGTERM arrives during `step` (of the first pack that gets there)."""
+
+  def __init__(self, step):
+    self.step, self.reason = step, None
+
+  def __call__(self, step, synced):  # pylint: disable=unused-argument
+    if step == self.step:
+      self.reason = "SIGTERM"
+    return self.reason is not None
+
+
+def _run(ctx, workdir, watch=None):
+  """What imp.run does on `workdir` once it holds the lock, with the shared context `ctx` (traced once)."""
+  output = dataclasses.replace(ctx.output, workdir=workdir, watch=watch or preempt.PreemptionWatch())
+  ctx = imp.with_run_state(dataclasses.replace(ctx, output=output))
+  try:
+    return imp._run_rounds(ctx)  # pylint: disable=protected-access
+  finally:
+    ctx.output.close()
+
+
+def _ticket(workdir, round_, rep):
+  return checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, "imp", round_, rep))
+
+
+@pytest.fixture(scope="module")
+def packed_birds(tmp_path_factory):
+  """The shared context, its uninterrupted run's workdir, and the weights each replicate's early-bird test drew its
+  masks from, check by check: {replicate: [params at step 1, 2, ...]}."""
+  ctx = imp.setup(tiny_config(**PACKED_BIRDS), str(tmp_path_factory.mktemp("setup")))
+  assert ctx.compute.layout == pack.Layout(2, 1)
+  reference = str(tmp_path_factory.mktemp("reference"))
+  drawn, train = {}, pack.train
+
+  def recording(ctx, jobs):
+    for job in jobs:
+      if job.early_bird is not None:
+        def draw(params, draw=job.early_bird.draw, rep=job.replicate.index):
+          drawn.setdefault(rep, []).append(params)
+          return draw(params)
+        job.early_bird.draw = draw
+    return train(ctx, jobs)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(pack, "train", recording)
+    _run(ctx, reference)
+  return ctx, reference, drawn
+
+
+@pytest.mark.e2e
+def test_packed_replicates_whose_masks_settle_at_different_checks_each_stop_at_their_own(packed_birds):
+  ctx, reference, drawn = packed_birds
+  eps = PACKED_BIRDS["imp__early_bird_epsilon"]
+  with open(os.path.join(reference, "summary.json")) as f:
+    birds = {b["replicate"]: b for b in json.load(f)["early_bird"]}
+  assert {rep: (b["early_bird_step"], b["steps_trained"]) for rep, b in birds.items()} == {0: (2, 2), 1: (3, 3)}
+  (s0, d0), = birds[0]["history"]
+  (s1, d1), (s2, d2) = birds[1]["history"]
+  assert (s0, s1, s2) == (2, 2, 3) and 0 < d0 < eps <= d1 and d2 == 0.0
+  assert {rep: len(params) for rep, params in drawn.items()} == {0: 2, 1: 3}  # a draw a step, none after the stop
+  for rep, stop in STOPS.items():
+    dense, pruned = _ticket(reference, 0, rep), _ticket(reference, 1, rep)
+    assert dense.metrics["steps"] == dense.metrics["early_bird_step"] == stop and pruned.metrics["steps"] == 6
+    # The stopped run kept the weights of its stop while the other trained on beside it...
+    for x, y in zip(jax.tree.leaves(dense.trained_params), jax.tree.leaves(drawn[rep][-1])):
+      np.testing.assert_array_equal(x, y, err_msg=f"rep {rep}")
+    # ... and the mask that settled is the pruned round's.
+    settled = sparsity.early_bird_masks(ctx.compute.config, ctx.compute.prunable)(drawn[rep][-1])
+    for x, y in zip(jax.tree.leaves(pruned.masks), jax.tree.leaves(settled)):
+      np.testing.assert_array_equal(x, y, err_msg=f"rep {rep}")
+  # Replicate 1 moved on after replicate 0 stopped.
+  assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(drawn[1][2]), jax.tree.leaves(drawn[1][1])))
+
+
+@pytest.mark.e2e
+def test_early_bird_preempted_mid_dense_round_resumes_to_the_same_stops_and_masks(packed_birds, tmp_path, capsys):
+  """SIGTERM after step 1 (each watch holds one mask, no distance yet), resumed; SIGTERM again after step 2
+  (replicate 0 has stopped, replicate 1 has not); resumed to the end: the uninterrupted run's stops and tickets."""
+  ctx, reference, _ = packed_birds
+  workdir = str(tmp_path / "run")
+  for step in (1, 2):
+    with pytest.raises(preempt.Preempted, match=rf"at step {step} of a pack of 2 runs"):
+      _run(ctx, workdir, _StopAfter(step))
+  assert "[rep 0 imp round 0] early bird: the mask settled" in capsys.readouterr().out.rsplit("resuming at step 1")[-1]
+  runs = {run["replicate"]: run for run in state_checkpoints(workdir)[2]["runs"]}
+  assert [runs[rep]["step"] for rep in (0, 1)] == [2, 2]
+  assert runs[0]["early_bird"]["stop_step"] == 2 and runs[1]["early_bird"]["stop_step"] is None
+  assert runs[1]["early_bird"]["previous"]  # the mask of step 2, which step 3's check compares with
+  _run(ctx, workdir)
+  out = capsys.readouterr().out
+  assert "[rep 0 imp round 0] resuming at step 2" in out and "[rep 1 imp round 0] resuming at step 2" in out
+  # Replicate 0 stopped before step 2's save: it is not trained or decided again; replicate 1 decides at step 3.
+  assert "[rep 1 imp round 0] early bird: the mask settled" in out and "[rep 0 imp round 0] early bird" not in out
+  assert "[rep 0 imp round 0] step 2/2" in out and "[rep 0 imp round 0] step 3" not in out
+  for rep, stop in STOPS.items():
+    a, b = _ticket(reference, 0, rep), _ticket(workdir, 0, rep)
+    assert b.metrics["early_bird_step"] == a.metrics["early_bird_step"] == stop
+    assert b.metrics["early_bird_history"] == a.metrics["early_bird_history"]
+    for x, y in zip(jax.tree.leaves(a.trained_params), jax.tree.leaves(b.trained_params)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7, err_msg=f"rep {rep}")
+    a, b = _ticket(reference, 1, rep), _ticket(workdir, 1, rep)
+    for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
+      np.testing.assert_array_equal(x, y, err_msg=f"rep {rep}")
+    for x, y in zip(jax.tree.leaves(a.trained_params), jax.tree.leaves(b.trained_params)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7, err_msg=f"rep {rep}")
