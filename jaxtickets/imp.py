@@ -125,10 +125,12 @@ def _run_rounds(ctx: pack.RunContext) -> list[dict]:
   for group in ([[rep] for rep in reps] if c.layout.runs_per_step == 1 else [reps]):
     imp_tickets = _imp_rounds(ctx, group)
     _train_jobs(ctx, _baseline_jobs(ctx, group, imp_tickets))
+  # The renderer (and matplotlib with it) loads only here, at the end of a run.
+  from jaxtickets import report  # pylint: disable=g-import-not-at-top
   rows, summary = results.write_results(out.workdir, c.config, skips=out.skip_log.summary())
-  out.log(results.format_summary(summary))
+  out.log(report.format_summary(summary))
   out.log(skipped_line(out.skip_log.summary()))
-  for line in results.matching_lines(summary, c.config.imp.match_tolerance):
+  for line in report.matching_lines(summary, c.config.imp.match_tolerance):
     out.log(line)
   return rows
 
@@ -157,7 +159,7 @@ def _imp_rounds(ctx: pack.RunContext, reps: list[Replicate]) -> dict[int, list[c
         if reached >= config.imp.target_sparsity:
           out.log(f"[rep {rep.index}] reached the target sparsity {config.imp.target_sparsity:.4f} at round {r} "
                   f"({reached:.4f}).")
-          going.remove(rep)
+          pass
     if not going:
       break
   return tickets

@@ -314,59 +314,6 @@ def match_rule(tolerance: float) -> str:
   return MATCH_RULE.format(conf=CONFIDENCE, tol=tolerance)
 
 
-# ----------------------------------------------------------------------------- imp.py's end-of-run log
-# report.py words the verdicts. imp.py, refactored separately, still logs them through these copies of
-# report.format_summary and report.matching_lines; they go once it calls report's. tests/test_summarize.py keeps
-# each equal to report's.
-
-def format_summary(summary: list[dict]) -> str:
-  """report.format_summary, for imp.py's log."""
-  pct = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:+.2%}"
-  head = (f"{'branch':<14}{'round':>6}{'sparsity':>10}{'reps':>6}{'pairs':>7}{'total':>10}{'vs dense':>10}"
-          f"{'95% interval':>28}  verdict")
-  lines = [head, "-" * len(head)]
-  for r in summary:
-    interval = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]" if r["verdict"] else ""
-    lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
-                 f"{r['total']:>10.4f}{pct(r['relative_to_dense']):>10}{interval:>28}  "
-                 f"{r['verdict'] or '(dense reference)'}")
-  lines.append(f"vs dense: the {ESTIMATOR}.")
-  check = dense_learnability(summary)
-  if check is not None:
-    lines.append(f"Dense round: reconstruction PSNR {check['recon_psnr']:.2f} dB against {check['flat_psnr']:.2f} dB "
-                 "for a flat mean-colour image (held-out content stylized with itself as the style, mean over "
-                 f"{check['replicates']} replicate(s)).")
-    if not check["learned"]:
-      lines.append(f"WARNING: the dense network has not learned to reconstruct its content (less than "
-                   f"{LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little about "
-                   "style transfer.")
-  return "\n".join(lines)
-
-
-def matching_lines(summary: list[dict], tolerance: float) -> list[str]:
-  """report.matching_lines, for imp.py's log."""
-  lines = []
-  for branch, (best, sparsest) in highest_matching(summary).items():
-    if best is None:
-      counts = {}
-      for r in summary:
-        if r["branch"] == branch and r["round"] > 0:
-          counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-      said = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
-      lines.append(f"Highest matching sparsity ({branch}): none; no pruned round has its whole interval below "
-                   f"+{tolerance:.1%} together with every round before it ({said}).")
-    else:
-      lines.append(f"Highest matching sparsity ({branch}): {best['sparsity_prunable']:.4f} of the prunable weights "
-                   f"({best['sparsity_inference']:.4f} of the inference network), round {best['round']}: it and "
-                   f"every round below it match ({best['replicates']} replicates x {best['pairs']} pairs, "
-                   f"{best['combinations']} image combinations).")
-    if sparsest is not None and sparsest is not best:
-      lines.append(f"  Exploratory, not the answer: the sparsest matching round ({branch}) is round "
-                   f"{sparsest['round']} at {sparsest['sparsity_prunable']:.4f}, but a round below it does not "
-                   "match, and picking the best of many tests does not keep the interval's confidence.")
-  return lines
-
-
 # ----------------------------------------------------------------------------- stability (jaxtickets.stability)
 
 def _path_columns(points: int) -> list[str]:

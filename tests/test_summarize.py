@@ -199,14 +199,3 @@ def test_early_bird_against_full_imp():
   # Only the replicates both runs have are paired; none in common leaves the round out.
   assert results.early_bird_comparison([r for r in bird if r["replicate"] == 0],
                                        [r for r in reference if r["replicate"] != 0]) == []
-
-
-def test_imps_log_words_as_the_report_does():
-  """results' copies of format_summary and matching_lines (imp.py's end-of-run log) say what report's say."""
-  with_psnr = lambda rows, recon: [dict(r, recon_psnr=recon, flat_psnr=14.0) for r in rows]
-  for rows in (_run({1: _same(1.0), 2: _same(1.2), 3: _same(1.0)}), _run({}, replicates=(0,)),
-               with_psnr(_run({1: _same(1.3)}), 24.0), with_psnr(_run({1: _same(1.0)}), 15.0)):
-    for tolerance in (TOLERANCE, 0.1):
-      summary = results.summarize(rows, tolerance)
-      assert results.format_summary(summary) == report.format_summary(summary)
-      assert results.matching_lines(summary, tolerance) == report.matching_lines(summary, tolerance)
