@@ -159,7 +159,7 @@ def _imp_rounds(ctx: pack.RunContext, reps: list[Replicate]) -> dict[int, list[c
         if reached >= config.imp.target_sparsity:
           out.log(f"[rep {rep.index}] reached the target sparsity {config.imp.target_sparsity:.4f} at round {r} "
                   f"({reached:.4f}).")
-          pass
+          going.remove(rep)
     if not going:
       break
   return tickets
