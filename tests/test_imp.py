@@ -320,6 +320,26 @@ def config_from(config, **overrides):
 
 
 @pytest.mark.e2e
+def test_target_sparsity_stops_imp_at_the_first_round_that_reaches_it(tmp_path, capsys):
+  """Rounds prune 20% of the survivors: 0.2 after round 1, 0.36 after round 2. A target of 0.3 ends IMP (and its
+  baselines) at round 2 of the 5 asked for."""
+  config = tiny_config(imp__rounds=5, imp__target_sparsity=0.3, imp__branches="imp,random_prune",
+                       eval__num_pairs=4, eval__batch_size=4)  # run_dir's eval program
+  rows = imp.run(config, str(tmp_path))
+  assert sorted((r["branch"], r["round"]) for r in rows) == [("imp", 0), ("imp", 1), ("imp", 2), ("random_prune", 1),
+                                                             ("random_prune", 2)]
+  reached = [ticket(str(tmp_path), "imp", r, 0).sparsity["prunable"]["sparsity"] for r in (1, 2)]
+  assert reached[0] < 0.3 <= reached[1] and reached == pytest.approx([0.2, 0.36], abs=1e-3)
+  for branch, first in (("imp", 0), ("random_prune", 1)):
+    assert sorted(os.listdir(os.path.join(tmp_path, "tickets", branch, "rep_0"))) == [
+        f"round_{r:02d}" for r in range(first, 3)]
+    assert not checkpoint.ticket_exists(workdir_lib.ticket_dir(str(tmp_path), branch, 3, 0))
+  out = capsys.readouterr().out
+  assert f"[rep 0] reached the target sparsity 0.3000 at round 2 ({reached[1]:.4f})." in out
+  assert "round 3]" not in out and "reached the target" not in out.split("[rep 0 imp round 2] eval")[0]
+
+
+@pytest.mark.e2e
 def test_rerun_skips_finished_rounds(run_dir, capsys):
   workdir, config, _, _ = run_dir
   imp.run(config, workdir)
