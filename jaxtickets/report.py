@@ -23,6 +23,7 @@ import sys
 from absl import app, flags
 import jax
 import numpy as np
+import matplotlib.ticker
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
@@ -157,30 +158,46 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
   for ax in grid[len(metrics):]:
     ax.set_visible(False)
   best = results.highest_matching(summary)
+  # The ratio on a log axis: its intervals are symmetric there (they come from log ratios), and a band reaching
+  # thousands of percent at two replicates cannot flatten the estimates into a line at 0.
+  ratio = lambda v: 1.0 + v
+  percent = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y - 1:+.0%}")
   for ax, metric in zip(axes, metrics):
     rel, low, high = (("relative_to_dense", "ci_low", "ci_high") if metric == "total" else
                       (f"{metric}_relative", f"{metric}_ci_low", f"{metric}_ci_high"))
-    ax.axhline(0.0, color="0.5", lw=1)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="0.5", lw=1)
+    shown = [1.0]
     if metric == "total":
-      ax.axhline(100 * tolerance, color="k", ls="--", lw=1, label=f"tolerance +{tolerance:.1%}")
+      ax.axhline(ratio(tolerance), color="k", ls="--", lw=1, label=f"tolerance +{tolerance:.1%}")
+      shown.append(ratio(tolerance))
     for i, (branch, rs) in enumerate(_by_branch(summary).items()):
       rs = [r for r in rs if rel in r]
       if not rs:
         continue
       color = f"C{i}"
       x = [100 * r["sparsity_prunable"] for r in rs]
-      ax.fill_between(x, [100 * r[low] for r in rs], [100 * r[high] for r in rs], color=color, alpha=0.18, lw=0)
-      ax.plot(x, [100 * r[rel] for r in rs], "-", color=color, label=branch)
+      # A band reaching 0 (the -100% end) has no place on a log axis: it is drawn down to the frame instead.
+      ax.fill_between(x, [max(ratio(r[low]), 1e-9) for r in rs], [ratio(r[high]) for r in rs], color=color,
+                      alpha=0.18, lw=0)
+      ax.plot(x, [ratio(r[rel]) for r in rs], "-", color=color, label=branch)
+      shown += [ratio(r[rel]) for r in rs]
       for r, xi in zip(rs, x):
-        ax.plot(xi, 100 * r[rel], color=color, ms=6, ls="", **_VERDICT_MARKERS.get(r.get("verdict", ""), {}))
+        ax.plot(xi, ratio(r[rel]), color=color, ms=6, ls="", **_VERDICT_MARKERS.get(r.get("verdict", ""), {}))
       b = best.get(branch, (None, None))[0]
       if b is not None and metric == "total":
-        ax.plot(100 * b["sparsity_prunable"], 100 * b[rel], "*", color=color, ms=16, mec="k",
+        ax.plot(100 * b["sparsity_prunable"], ratio(b[rel]), "*", color=color, ms=16, mec="k",
                 label=f"{branch}: highest matching {b['sparsity_prunable']:.1%}")
+    # The view follows the estimates (a factor of 3 around them), so the bands are cut at its frame, not the other
+    # way round.
+    ax.set_ylim(max(min(shown), 1e-6) / 3.0, max(shown) * 3.0)
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # -50%, +100%, ... between decades
+    ax.yaxis.set_major_formatter(percent)
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("sparsity of the prunable weights (%)")
-    ax.set_ylabel(f"{metric} loss: ticket / dense - 1 (%, geometric mean)")
+    ax.set_ylabel(f"{metric} loss: ticket / dense - 1 (geometric mean, log scale)")
     ax.set_title(f"{metric} loss" + (" (matches: whole interval below the tolerance)" if metric == "total" else ""))
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
   if title:
@@ -200,7 +217,7 @@ def plot_early_bird(rows: list[dict], epsilon: float, path: str) -> None:
     if r.get("early_bird_step") is not None:
       ax.axvline(r["early_bird_step"], color="0.6", lw=1)
   ax.set_xlabel("dense round step")
-  ax.set_ylabel("mask distance (fraction of prunable weights)")
+  ax.set_ylabel("mask distance (1 = two unrelated masks)")
   ax.legend(fontsize=8)
   fig.savefig(path, dpi=110)
 
