@@ -5,7 +5,7 @@
               round, Adam at 1e-4 / (1 + 1e-5 k), content 1.0 + style 0.02, 256 px images; 10 rounds of 20%
               global pruning. The scope names every group, but only trained groups are ever pruned, so the
               frozen decoder stays dense. The decoder is meant to be the pre-trained dec_r41.pth, loaded
-              through config.model.init_from (issue 4's weight porting); without it the frozen decoder is
+              through config.model.init_from (ported weights); without it the frozen decoder is
               random and the run is not meaningful for style transfer.
               Data: the reference resizes the shorter side to 256 and takes a random 256 crop (plus a random
               horizontal flip); our pipeline resizes to load_size x load_size (aspect ratio not kept) and

@@ -331,7 +331,7 @@ def test_imp_two_rounds_prunes_the_transform(tmp_path):
   assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}
-  # The tables carry AdaAttN's own term names (issue 14), recorded with every ticket.
+  # The tables carry AdaAttN's own term names, recorded with every ticket.
   assert t.metrics["terms"] == ["global", "local"] and "content" not in t.metrics["per_pair"]
   with open(os.path.join(tmp_path, "results.csv")) as f:
     assert f.readline().strip().endswith(",global,local,total,relative_to_dense")

@@ -2,7 +2,7 @@
 
 The transform rescales each channel of f(norm(content)) by a = fc(w), w[b, c] = sum_n G^2 / sum_n G with
 G = g(norm(style)), then adds the raw content back after a 1x1 out_conv (models.md §7.3). The reference's
-unused `h` conv is not created (issue 4's porter skips MCCN.h.*), so the transform holds f, g, out_conv and fc:
+unused `h` conv is not created (the porter skips MCCN.h.*), so the transform holds f, g, out_conv and fc:
 1,050,624 params at width 1.
 
 The denominator. norm(style) has zero mean over positions, so sum_n G[b, c] = N * bias_g[c] exactly: the
