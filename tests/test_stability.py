@@ -71,6 +71,30 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
 
 
 @pytest.mark.e2e
+def test_every_point_of_the_path_is_the_loss_of_the_saved_copies_mixed_by_hand(finished):
+  """Round 0's copies (other data orders, so they differ): each of 5 points is the held-out loss of
+  (1 - t) a + t b on the ticket's mask, mixed here in float64 from the copies stability.py saved."""
+  from jaxtickets import checkpoint
+
+  (row,) = stability.run(finished, rounds=[0], points=5)
+  config = workdir_lib.load_run_config(finished)
+  c = imp.setup(config, finished).compute
+  masks = checkpoint.load_ticket(workdir_lib.ticket_dir(finished, "imp", 0, 0)).masks
+  a, b = (checkpoint.load_params(workdir_lib.stability_copy_dir(finished, 0, 0, copy)) for copy in "ab")
+  assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+  def mixed(t):
+    return jax.tree.map(lambda x, y, m: ((1 - t) * np.float64(x) + t * np.float64(y)).astype(np.float32) * m, a, b,
+                        masks)
+
+  want = [evaluate.evaluate(c.eval_fn, mixed(t), masks, c.vgg_params, c.pairs, config.eval.batch_size)["total"]
+          for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+  assert row["path"] == pytest.approx(want, rel=1e-6)
+  # Neighbouring points are ~1e-4 apart, far more than that tolerance: a point at the wrong alpha would fail.
+  assert min(abs(x - y) for i, x in enumerate(want) for y in want[i + 1:]) > 2e-5 * want[0]
+
+
+@pytest.mark.e2e
 def test_a_path_between_unrelated_random_networks_has_a_barrier(finished):
   c = imp.setup(tiny_config(), finished).compute
   vgg = jax.device_get(c.vgg_params)
