@@ -4,8 +4,9 @@ The command-line runs share one tiny configuration (helpers.CLI_ARGS: AdaIN at 1
 round, 1 pruned round, IMP and random pruning, 2 replicates, a checkpoint every 2 steps) and one uninterrupted
 reference run (conftest.cli_reference, shared with test_main.py's pods) to compare their tickets with.
 
-kill -9 of a packed run is tested on two processes in test_main.py; a pack's preemption and resume in process in
-test_pack.py, and that packed runs give the unpacked runs' tickets in test_imp.py.
+kill -9 of a packed run is tested here (one process, resumed packed) and on two processes in test_main.py (resumed
+unpacked); a pack's preemption and resume in process in test_pack.py and test_early_bird.py, and that packed runs
+give the unpacked runs' tickets in test_imp.py.
 """
 
 import csv
@@ -218,6 +219,57 @@ def test_changed_config_is_refused_on_the_command_line_unless_allowed(resumed_to
   assert "imp.early_bird_patience: 3 -> 5" in allowed.stdout and "every_steps" not in allowed.stdout
   saved = checkpoint.load_json(os.path.join(workdir, "config.json"))
   assert saved["imp"]["early_bird_patience"] == 5 and saved["checkpoint"]["every_steps"] == 3
+
+
+@pytest.mark.e2e
+def test_packed_run_killed_in_round_1_and_resumed_packed_gives_the_uninterrupted_tickets(cli_reference, tmp_path):
+  """Both replicates packed in one step (vmapped on this one device), kill -9 inside their packed round 1, the same
+  command again: both runs resume from their slots of the pack's checkpoint, nothing finished is trained again, and
+  every ticket is the uninterrupted (unpacked) run's, up to the rounding a vmapped step differs by."""
+  workdir, packed = str(tmp_path / "run"), "--config.parallel.runs_per_step=2"
+  child = Child(workdir, packed)
+  in_round_1 = lambda: any([(run["round"], run["replicate"]) for run in meta["runs"]] == [(1, 0), (1, 1)]
+                           and meta["runs"][0]["step"] < 6 for meta in state_checkpoints(workdir).values())
+  child.wait_for(in_round_1, "a checkpoint of the packed round 1")
+  child.proc.send_signal(signal.SIGKILL)
+  _, out, _ = child.finish()
+  assert "[rep 1 imp round 1] step 1/6" in out and "[2 runs side by side]" in out
+  assert not any(checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, "imp", 1, rep)) for rep in REPLICATES), \
+      "killed too late: the round had finished"
+
+  r = run_to_end(workdir, packed)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "changed config" not in r.stdout and "[2 runs side by side]" in r.stdout
+  for rep in REPLICATES:
+    assert f"[rep {rep} imp round 0] already done" in r.stdout and f"[rep {rep} imp round 0] step" not in r.stdout
+    assert re.search(rf"\[rep {rep} imp round 1\] resuming at step [24] from its checkpoint", r.stdout), r.stdout
+    assert f"[rep {rep} imp round 1] step 1/6" not in r.stdout
+  _assert_same_tickets_packed(cli_reference, workdir)
+
+
+def _assert_same_tickets_packed(reference, workdir):
+  """Every ticket's masks and rewind point identical, trained weights equal up to a vmapped step's rounding (up to
+  3e-6 here, while the weights move ~1e-3 and a step of another batch or optimizer state moves them ~1e-3 too), the
+  tables' sparsities identical."""
+  for branch, rep, r in [("imp", rep, r) for rep in REPLICATES for r in ROUNDS] + [("random_prune", rep, 1)
+                                                                                  for rep in REPLICATES]:
+    ta = checkpoint.load_ticket(workdir_lib.ticket_dir(reference, branch, r, rep))
+    tb = checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, branch, r, rep))
+    for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
+      np.testing.assert_array_equal(x, y, err_msg=f"{branch} {r} {rep}")
+    for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
+      np.testing.assert_array_equal(x, y, err_msg=f"{branch} {r} {rep}")
+    for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=f"{branch} {r} {rep}")
+    assert tb.metrics["total"] == pytest.approx(ta.metrics["total"], rel=1e-5)
+
+  def table(d):  # sorted: packed and unpacked runs finish in different orders
+    with open(os.path.join(d, "results.csv")) as f:
+      return sorted(({k: row[k] for k in ("branch", "replicate", "round", "sparsity_prunable", "sparsity_total",
+                                          "remaining_prunable")} for row in csv.DictReader(f)),
+                    key=lambda row: (row["branch"], row["round"], row["replicate"]))
+
+  assert table(workdir) == table(reference) and len(table(workdir)) == (len(ROUNDS) + 1) * len(REPLICATES)
 
 
 # ----------------------------------------------------------------------------- in-process
