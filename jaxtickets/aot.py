@@ -240,19 +240,27 @@ def compile_step(step, inputs: tuple, platform: str) -> Compiled:
                   collectives=collectives(executable.as_text() or ""), seconds=seconds, executable=executable)
 
 
+# Compiled steps by everything that decides the program: a plan tries several layouts, and plans of one process
+# (the planner's tables, a memory check repeated with another chip table) share their compiles, which take minutes.
+_COMPILED: dict[tuple, Compiled] = {}
+
+
 def step_compiler(model, config, tx, devices, platform: str) -> Callable[[int, int], Compiled]:
   """compile(runs_axis, runs_per_device): the packed step a run of `config` trains with (train.make_packed_step on
-  parallel.make_mesh over `devices`), compiled for `platform` from step_inputs; each layout compiled once."""
-  cache = {}
+  parallel.make_mesh over `devices`), compiled for `platform` from step_inputs; each program compiled once per
+  process."""
+  program = (model, train.step_settings(config.train), tx, platform,
+             tuple(repr(d) for d in devices), config.train.batch_size, config.data.crop_size)
 
   def compile_layout(runs_axis: int, runs_per_device: int) -> Compiled:
-    if (runs_axis, runs_per_device) not in cache:
+    key = (*program, runs_axis, runs_per_device)
+    if key not in _COMPILED:
       mesh = parallel.make_mesh(runs_axis, devices=devices)
       step = train.make_packed_step(model, config.train, tx, mesh, runs_per_device)
       inputs = step_inputs(model, tx, mesh, runs_axis * runs_per_device, config.train.batch_size,
                            config.data.crop_size)
-      cache[runs_axis, runs_per_device] = compile_step(step, inputs, platform)
-    return cache[runs_axis, runs_per_device]
+      _COMPILED[key] = compile_step(step, inputs, platform)
+    return _COMPILED[key]
 
   return compile_layout
 

@@ -70,7 +70,7 @@ def split_groups(params: dict, groups) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=None)
 def make_optimizer(eps: float = 1e-8) -> optax.GradientTransformation:
   """Adam's direction only; the step scales it by the schedule, so a rewound round restarts the schedule at k.
-  One object per eps, so the compiled steps built on it can be shared (see _step_settings)."""
+  One object per eps, so the compiled steps built on it can be shared (see step_settings)."""
   return optax.scale_by_adam(b1=0.9, b2=0.999, eps=eps)
 
 
@@ -97,7 +97,7 @@ STEP_FIELDS = ("schedule", "lr", "lr_decay", "epoch_steps", "lr_constant_epochs"
 COSINE_FIELDS = ("steps", "warmup_steps")
 
 
-def _step_settings(train_config) -> tuple:
+def step_settings(train_config) -> tuple:
   """The step's fields as a hashable key, so equal settings share one traced and compiled step: every run of a
   process (rounds, baselines, a study's sub-runs, stability copies) reuses it instead of tracing again."""
   fields = STEP_FIELDS + (COSINE_FIELDS if train_config.schedule == "cosine" else ())
@@ -114,7 +114,7 @@ def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vm
   left as it is (a padded slot, or a run resumed further than its pack-mates), so one compiled step serves every
   pack. Equal settings (model, train config, optimizer, mesh, layout) return the same jitted function.
   """
-  return _packed_step(model, _step_settings(train_config), tx, mesh, runs_per_device, vmap)
+  return _packed_step(model, step_settings(train_config), tx, mesh, runs_per_device, vmap)
 
 
 @functools.lru_cache(maxsize=8)

@@ -68,8 +68,8 @@ def test_cosine_schedule_compiles_per_round_length_only_when_chosen():
   cosine = ml_collections.ConfigDict(dict(config_lib.default_config().train.to_dict(), schedule="cosine"))
   inverse = config_lib.default_config().train
   longer = lambda c: ml_collections.ConfigDict(dict(c.to_dict(), steps=c.steps * 2))
-  assert train._step_settings(cosine) != train._step_settings(longer(cosine))  # pylint: disable=protected-access
-  assert train._step_settings(inverse) == train._step_settings(longer(inverse))  # pylint: disable=protected-access
+  assert train.step_settings(cosine) != train.step_settings(longer(cosine))
+  assert train.step_settings(inverse) == train.step_settings(longer(inverse))
 
 
 def test_warmup_longer_than_the_round_is_refused():
