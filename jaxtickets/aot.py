@@ -220,13 +220,27 @@ class Compiled:
     return self.live_bytes + self.code_bytes
 
 
+def _no_persistent_cache(off: bool):
+  """Turns JAX's persistent compilation cache off for programs of compile-only devices: it writes them, but cannot
+  load them back without a client of their platform (a warning per read, and disk spent for nothing)."""
+  import contextlib
+  if not off:
+    return contextlib.nullcontext()
+  try:
+    from jax._src import config as jax_config  # pylint: disable=g-import-not-at-top  (private: guarded)
+    return jax_config.enable_compilation_cache(False)
+  except (ImportError, AttributeError, TypeError):
+    return contextlib.nullcontext()
+
+
 def compile_step(step, inputs: tuple, platform: str) -> Compiled:
   """`step` (a jitted function) lowered for `inputs` (ShapeDtypeStructs with shardings) and compiled, its layers
   traced for `platform`."""
   start = time.perf_counter()
   with layers.target_platform(platform):
     lowered = step.lower(*inputs)
-  executable = lowered.compile()
+  with _no_persistent_cache(platform != jax.default_backend()):
+    executable = lowered.compile()
   seconds = time.perf_counter() - start
   memory = executable.memory_analysis()
   cost = executable.cost_analysis()
