@@ -97,3 +97,28 @@ def make_train_step(model, train_config, tx, mesh):
   replicated = parallel.replicated(mesh)
   return jax.jit(train.masked_step(model, train_config, tx), donate_argnums=(0,),
                  out_shardings=(replicated, replicated))
+
+
+class StopAfter:
+  """A PreemptionWatch whose SIGTERM arrives during `step` (of the first pack that gets there): the train loop asks
+  it, saves and raises Preempted as for a real signal."""
+
+  def __init__(self, step):
+    self.step, self.reason = step, None
+
+  def __call__(self, step, synced):  # pylint: disable=unused-argument
+    if step == self.step:
+      self.reason = "SIGTERM"
+    return self.reason is not None
+
+
+def assert_same_ticket(ta, tb, *, atol: float, what: str = "") -> None:
+  """Two tickets alike: masks and rewind weights exactly, trained weights to rtol 1e-5 and `atol`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
+    np.testing.assert_array_equal(x, y, err_msg=what)
+  for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
+    np.testing.assert_array_equal(x, y, err_msg=what)
+  for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol, err_msg=what)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxtickets import checkpoint, early_bird, imp, pack, preempt, sparsity, workdir as workdir_lib
-from helpers import state_checkpoints, tiny_config
+from helpers import StopAfter, state_checkpoints, tiny_config
 
 PRUNABLE = {"a": True, "b": False}
 
@@ -125,18 +125,6 @@ PACKED_BIRDS = dict(train__steps=6, checkpoint__every_steps=2, checkpoint__async
 STOPS = {0: 2, 1: 3}
 
 
-class _StopAfter:
-  """A PreemptionWatch whose SIGTERM arrives during `step` (of the first pack that gets there)."""
-
-  def __init__(self, step):
-    self.step, self.reason = step, None
-
-  def __call__(self, step, synced):  # pylint: disable=unused-argument
-    if step == self.step:
-      self.reason = "SIGTERM"
-    return self.reason is not None
-
-
 def _run(ctx, workdir, watch=None):
   """What imp.run does on `workdir` once it holds the lock, with the shared context `ctx` (traced once)."""
   output = dataclasses.replace(ctx.output, workdir=workdir, watch=watch or preempt.PreemptionWatch())
@@ -208,7 +196,7 @@ def test_early_bird_preempted_mid_dense_round_resumes_to_the_same_stops_and_mask
   workdir = str(tmp_path / "run")
   for step in (1, 2):
     with pytest.raises(preempt.Preempted, match=rf"at step {step} of a pack of 2 runs"):
-      _run(ctx, workdir, _StopAfter(step))
+      _run(ctx, workdir, StopAfter(step))
   assert "[rep 0 imp round 0] early bird: the mask settled" in capsys.readouterr().out.rsplit("resuming at step 1")[-1]
   runs = {run["replicate"]: run for run in state_checkpoints(workdir)[2]["runs"]}
   assert [runs[rep]["step"] for rep in (0, 1)] == [2, 2]

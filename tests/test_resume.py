@@ -29,7 +29,7 @@ from PIL import Image
 
 from jaxtickets import checkpoint, data, imp, pack, preempt, train, workdir as workdir_lib
 from jaxtickets.errors import UserError
-from helpers import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
+from helpers import CLI_ARGS, ROOT, StopAfter, assert_same_ticket, cli_env, state_checkpoints, tiny_config
 
 ROUNDS = (0, 1)
 REPLICATES = (0, 1)
@@ -255,12 +255,7 @@ def _assert_same_tickets_packed(reference, workdir):
                                                                                   for rep in REPLICATES]:
     ta = checkpoint.load_ticket(workdir_lib.ticket_dir(reference, branch, r, rep))
     tb = checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, branch, r, rep))
-    for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
-      np.testing.assert_array_equal(x, y, err_msg=f"{branch} {r} {rep}")
-    for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
-      np.testing.assert_array_equal(x, y, err_msg=f"{branch} {r} {rep}")
-    for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
-      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=f"{branch} {r} {rep}")
+    assert_same_ticket(ta, tb, atol=1e-5, what=f"{branch} {r} {rep}")
     assert tb.metrics["total"] == pytest.approx(ta.metrics["total"], rel=1e-5)
 
   def table(d):  # sorted: packed and unpacked runs finish in different orders
@@ -300,18 +295,6 @@ def test_config_checks_before_anything_runs(tmp_path):
 BRANCHES = ("imp", "random_prune", "random_reinit")
 
 
-class _StopAfter:
-  """A PreemptionWatch whose SIGTERM arrives during `step`."""
-
-  def __init__(self, step):
-    self.step, self.reason = step, None
-
-  def __call__(self, step, synced):  # pylint: disable=unused-argument
-    if step == self.step:
-      self.reason = "SIGTERM"
-    return self.reason is not None
-
-
 def _with_output(ctx, **fields):
   return dataclasses.replace(ctx, output=dataclasses.replace(ctx.output, **fields))
 
@@ -331,7 +314,7 @@ def _preempt(ctx, workdir, branch, round_, step):
 
   def stopping(ctx, jobs):
     if any((job.branch, job.round) == (branch, round_) for job in jobs):
-      ctx = _with_output(ctx, watch=_StopAfter(step))
+      ctx = _with_output(ctx, watch=StopAfter(step))
     return train(ctx, jobs)
 
   with pytest.MonkeyPatch.context() as mp:
@@ -348,12 +331,7 @@ def _assert_same_run(a, b):
     np.testing.assert_array_equal(x, y)
   for branch, r in [("imp", 0)] + [(branch, 1) for branch in BRANCHES]:
     ta, tb = (checkpoint.load_ticket(workdir_lib.ticket_dir(w, branch, r, 0)) for w in (a, b))
-    for x, y in zip(jax.tree.leaves(ta.masks), jax.tree.leaves(tb.masks)):
-      np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {r}")
-    for x, y in zip(jax.tree.leaves(ta.rewind_params), jax.tree.leaves(tb.rewind_params)):
-      np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {r}")
-    for x, y in zip(jax.tree.leaves(ta.trained_params), jax.tree.leaves(tb.trained_params)):
-      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7, err_msg=f"{branch} round {r}")
+    assert_same_ticket(ta, tb, atol=1e-7, what=f"{branch} round {r}")
     for k in ("total", "content", "style"):
       assert tb.metrics[k] == pytest.approx(ta.metrics[k], rel=1e-5), (branch, r, k)
     assert tb.metrics["steps"] == ta.metrics["steps"] == (4 if r == 0 else 2)
