@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxtickets import (aot, checkpoint, config as config_lib, data, early_bird, evaluate, pack, parallel, preempt,
-                        results, sparsity, streams, train, weights, workdir as workdir_lib)
+                        results, schedule, sparsity, streams, train, weights, workdir as workdir_lib)
 from jaxtickets.errors import UserError
 
 
@@ -114,17 +114,11 @@ def with_run_state(ctx: pack.RunContext) -> pack.RunContext:
 
 
 def _run_rounds(ctx: pack.RunContext) -> list[dict]:
-  """Every replicate's IMP rounds and baselines, then the results tables and the verdicts.
-
-  Unpacked, replicate after replicate (IMP's rounds, then its baselines), as one run at a time always went.
-  Packed, the replicates' IMP rounds side by side (rounds are sequential within a replicate), then every
-  (branch, round, replicate) of the baselines as one queue that fills packs.
-  """
+  """Every replicate's IMP rounds and baselines (schedule.Queue's order), then the results tables and the verdicts."""
   c, out = ctx.compute, ctx.output
-  reps = [replicate(c.config, i) for i in range(c.config.imp.replicates)]
-  for group in ([[rep] for rep in reps] if c.layout.runs_per_step == 1 else [reps]):
-    imp_tickets = _imp_rounds(ctx, group)
-    _train_jobs(ctx, _baseline_jobs(ctx, group, imp_tickets))
+  reps = {i: replicate(c.config, i) for i in range(c.config.imp.replicates)}
+  for group in schedule.replicate_groups(list(reps), c.layout.runs_per_step):
+    _train_protocol(ctx, [reps[i] for i in group])
   # The renderer (and matplotlib with it) loads only here, at the end of a run.
   from jaxtickets import report  # pylint: disable=g-import-not-at-top
   rows, summary = results.write_results(out.workdir, c.config, skips=out.skip_log.summary())
@@ -135,34 +129,96 @@ def _run_rounds(ctx: pack.RunContext) -> list[dict]:
   return rows
 
 
-def _imp_rounds(ctx: pack.RunContext, reps: list[Replicate]) -> dict[int, list[checkpoint.Ticket]]:
-  """The dense round and IMP's rounds of `reps`, round by round, the replicates of a round side by side."""
+def _train_protocol(ctx: pack.RunContext, reps: list[Replicate]) -> None:
+  """The dense round, IMP's rounds and the baselines of `reps`, each training as soon as what it needs exists, in
+  packs of layout.runs_per_step: a round's baselines fill the slots beside IMP's next round. Saved tickets are
+  loaded instead of trained (a resumed run), without taking a slot."""
   c, out = ctx.compute, ctx.output
-  config, k = c.config, c.config.imp.rewind_step
-  theta_0 = {rep.index: initial_params(ctx, rep) for rep in reps}
-  jobs = [pack.Job("imp", 0, rep, theta_0[rep.index], sparsity.ones_masks(theta_0[rep.index]), start_step=0,
-                   keep_theta_at=k, theta_path=workdir_lib.theta_dir(out.workdir, rep.index, k) if k else "",
-                   early_bird=early_bird_watch(c)) for rep in reps]
-  tickets = {rep.index: [t] for rep, t in zip(reps, _train_jobs(ctx, jobs))}
-  going = list(reps)
-  for r in range(1, config.imp.rounds + 1):
-    jobs = []
-    for rep in going:
-      prev = tickets[rep.index][-1]
+  config = c.config
+  jobs = _Jobs(ctx, reps)
+  queue = schedule.Queue([rep.index for rep in reps], config.imp.rounds, config_lib.branches(config))
+
+  def finish(key: schedule.Key, ticket: checkpoint.Ticket) -> None:
+    stop = False
+    if key.branch == schedule.IMP:
+      jobs.imp_tickets[key.replicate, key.round] = ticket
+      reached = ticket.sparsity["prunable"]["sparsity"]
+      if key.round and config.imp.target_sparsity and reached >= config.imp.target_sparsity:
+        out.log(f"[rep {key.replicate}] reached the target sparsity {config.imp.target_sparsity:.4f} at round "
+                f"{key.round} ({reached:.4f}).")
+        stop = True
+    queue.done(key, stop=stop)
+
+  n = c.layout.runs_per_step
+  while queue:
+    todo = []
+    while len(todo) < n and (key := queue.pop()) is not None:
+      job = jobs.build(key)
+      path = workdir_lib.ticket_dir(out.workdir, job.branch, job.round, job.replicate.index)
+      if checkpoint.ticket_exists(path):
+        out.log(f"{job.label} already done, loading {path}")
+        finish(key, checkpoint.load_ticket(path))
+      else:
+        todo.append((key, job))
+    if not todo:
+      continue
+    for _, job in todo:
+      _announce(ctx, job)
+    trained = pack.train(ctx, [job for _, job in todo])
+    for (key, job), result in zip(todo, trained):
+      finish(key, _evaluate_and_save(ctx, job, result))
+    out.ckpts.clear()  # the tickets supersede the pack's train-state checkpoints
+
+
+class _Jobs:
+  """Builds the job of a schedule.Key from what it needs: theta_0 or theta_k, and IMP's tickets so far."""
+
+  def __init__(self, ctx: pack.RunContext, reps: list[Replicate]):
+    self.ctx, self.reps = ctx, {rep.index: rep for rep in reps}
+    self.imp_tickets: dict[tuple[int, int], checkpoint.Ticket] = {}  # (replicate, round)
+    self._theta_0, self._theta_k, self._reinit = {}, {}, {}
+
+  def theta_0(self, rep: Replicate):
+    if rep.index not in self._theta_0:
+      self._theta_0[rep.index] = initial_params(self.ctx, rep)
+    return self._theta_0[rep.index]
+
+  def theta_k(self, rep: Replicate):
+    if rep.index not in self._theta_k:
+      self._theta_k[rep.index] = rewind_params(self.ctx, rep, self.theta_0(rep))
+    return self._theta_k[rep.index]
+
+  def reinit(self, rep: Replicate):
+    """random_reinit's start: every trained group re-drawn (a trained encoder too); frozen groups keep theta_k."""
+    if rep.index not in self._reinit:
+      c = self.ctx.compute
+      self._reinit[rep.index] = jax.device_get(c.model.reinit(streams.key(rep.seed, streams.Stream.REINIT),
+                                                              jax.device_get(c.vgg_params), self.theta_k(rep)))
+    return self._reinit[rep.index]
+
+  def build(self, key: schedule.Key) -> pack.Job:
+    c, workdir = self.ctx.compute, self.ctx.output.workdir
+    config, k = c.config, c.config.imp.rewind_step
+    rep, r = self.reps[key.replicate], key.round
+    if key.branch == schedule.IMP and r == 0:
+      theta_0 = self.theta_0(rep)
+      return pack.Job("imp", 0, rep, theta_0, sparsity.ones_masks(theta_0), start_step=0, keep_theta_at=k,
+                      theta_path=workdir_lib.theta_dir(workdir, rep.index, k) if k else "",
+                      early_bird=early_bird_watch(c))
+    if key.branch == schedule.IMP:
+      prev = self.imp_tickets[rep.index, r - 1]
       masks = sparsity.prune(config, prev.trained_params, prev.masks, c.prunable)
-      jobs.append(pack.Job("imp", r, rep, rewind_params(ctx, rep, theta_0[rep.index]), masks, start_step=k))
-    for rep, ticket in zip(going, _train_jobs(ctx, jobs)):
-      tickets[rep.index].append(ticket)
-    if config.imp.target_sparsity:
-      for rep in list(going):
-        reached = tickets[rep.index][-1].sparsity["prunable"]["sparsity"]
-        if reached >= config.imp.target_sparsity:
-          out.log(f"[rep {rep.index}] reached the target sparsity {config.imp.target_sparsity:.4f} at round {r} "
-                  f"({reached:.4f}).")
-          going.remove(rep)
-    if not going:
-      break
-  return tickets
+      return pack.Job("imp", r, rep, self.theta_k(rep), masks, start_step=k)
+    # The baselines beside IMP: the same theta_k and IMP's round-r sparsity.
+    imp_masks, init = self.imp_tickets[rep.index, r].masks, self.theta_k(rep)
+    if key.branch == "random_prune":
+      masks = sparsity.random_prune_like(imp_masks, c.prunable, seed=streams.random_prune_seed(rep.seed, r))
+    elif key.branch == "random_reinit":
+      masks, init = imp_masks, self.reinit(rep)
+    else:  # oneshot: the dense round's trained weights pruned at once, the way IMP prunes
+      dense = self.imp_tickets[rep.index, 0]
+      masks = sparsity.oneshot_masks(config, dense.trained_params, imp_masks, c.prunable)
+    return pack.Job(key.branch, r, rep, init, masks, start_step=k)
 
 
 def early_bird_watch(c: pack.Compute) -> early_bird.Watch | None:
@@ -179,56 +235,6 @@ def rewind_params(ctx: pack.RunContext, rep: Replicate, theta_0):
   """theta_k, the weights a pruned round rewinds to (theta_0 when k = 0)."""
   k = ctx.compute.config.imp.rewind_step
   return theta_0 if k == 0 else checkpoint.load_params(workdir_lib.theta_dir(ctx.output.workdir, rep.index, k))
-
-
-def _baseline_jobs(ctx: pack.RunContext, reps: list[Replicate], imp_tickets: dict) -> list[pack.Job]:
-  """Every (branch, round, replicate) beside IMP, from the same theta_k and IMP's round-r sparsity."""
-  c = ctx.compute
-  config, k = c.config, c.config.imp.rewind_step
-  jobs = []
-  for rep in reps:
-    dense, tickets = imp_tickets[rep.index][0], imp_tickets[rep.index][1:]
-    theta_k = rewind_params(ctx, rep, dense.rewind_params)
-    reinit = None
-    for branch in config_lib.branches(config)[1:]:
-      for r, imp_ticket in enumerate(tickets, start=1):
-        init = theta_k
-        if branch == "random_prune":
-          masks = sparsity.random_prune_like(imp_ticket.masks, c.prunable, seed=streams.random_prune_seed(rep.seed, r))
-        elif branch == "random_reinit":
-          if reinit is None:  # every trained group re-drawn (a trained encoder too); frozen groups keep theta_k
-            reinit = jax.device_get(c.model.reinit(streams.key(rep.seed, streams.Stream.REINIT),
-                                                   jax.device_get(c.vgg_params), theta_k))
-          masks, init = imp_ticket.masks, reinit
-        else:  # oneshot: the dense round's trained weights pruned at once, the way IMP prunes
-          masks = sparsity.oneshot_masks(config, dense.trained_params, imp_ticket.masks, c.prunable)
-        jobs.append(pack.Job(branch, r, rep, init, masks, start_step=k))
-  return jobs
-
-
-def _train_jobs(ctx: pack.RunContext, jobs: list[pack.Job]) -> list[checkpoint.Ticket]:
-  """The jobs' tickets: saved ones loaded, the others trained in packs of layout.runs_per_step, in order, then
-  evaluated and saved."""
-  out = ctx.output
-  tickets: dict[int, checkpoint.Ticket] = {}
-  todo = []
-  for i, job in enumerate(jobs):
-    path = workdir_lib.ticket_dir(out.workdir, job.branch, job.round, job.replicate.index)
-    if checkpoint.ticket_exists(path):
-      out.log(f"{job.label} already done, loading {path}")
-      tickets[i] = checkpoint.load_ticket(path)
-    else:
-      todo.append(i)
-  n = ctx.compute.layout.runs_per_step
-  for start in range(0, len(todo), n):
-    chunk = todo[start:start + n]
-    for i in chunk:
-      _announce(ctx, jobs[i])
-    trained = pack.train(ctx, [jobs[i] for i in chunk])
-    for i, result in zip(chunk, trained):
-      tickets[i] = _evaluate_and_save(ctx, jobs[i], result)
-    out.ckpts.clear()  # the tickets supersede the pack's train-state checkpoints
-  return [tickets[i] for i in range(len(jobs))]
 
 
 def _announce(ctx: pack.RunContext, job: pack.Job) -> None:

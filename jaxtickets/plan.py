@@ -46,21 +46,29 @@ class Phase:
 
 
 def schedule(config, runs_per_step: int) -> list[Phase]:
-  """The protocol's phases as imp trains them: the dense round, then IMP's rounds, each round's replicates side by
-  side (one at a time without packing), then every (branch, round, replicate) of the baselines as one queue of packs.
-  Every training runs to config.train.steps (early stops are not foreseen)."""
+  """The protocol's phases as imp trains them (schedule.packs' order, no early stops): the dense round; IMP's rounds
+  with the baselines that are ready beside them; the baselines left when IMP has finished. Packs with the dense round
+  train config.train.steps steps, the others from the rewind step on."""
+  from jaxtickets import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
+
   i, steps = config.imp, config.train.steps
-  reps, rounds, after_rewind = i.replicates, i.rounds, steps - i.rewind_step
-  baselines = (len(_branches(config)) - 1) * rounds * reps
-  n = runs_per_step
-  packs = lambda jobs: math.ceil(jobs / n)
-  phases = [Phase("dense round 0", reps, packs(reps), steps, n)]
-  if rounds:
-    phases.append(Phase(f"IMP rounds 1-{rounds}", rounds * reps, rounds * packs(reps), after_rewind, n))
-  if baselines:
-    phases.append(Phase("baselines (" + ", ".join(_branches(config)[1:]) + ")", baselines, packs(baselines),
-                        after_rewind, n))
-  return phases
+  packs = schedule_lib.packs(range(i.replicates), i.rounds, _branches(config), runs_per_step)
+  beside = ", ".join(_branches(config)[1:])
+  named = {0: "dense round 0", 1: f"IMP rounds 1-{i.rounds}" + (f" (+ {beside} beside)" if beside else ""),
+           2: f"baselines after IMP ({beside})"}
+  kinds = [0 if any(k.round == 0 for k in p) else 1 if any(k.branch == schedule_lib.IMP for k in p) else 2
+           for p in packs]
+  return [Phase(named[kind], trainings=sum(len(p) for p, k in zip(packs, kinds) if k == kind),
+                packs=kinds.count(kind), steps=steps if kind == 0 else steps - i.rewind_step,
+                runs_per_step=runs_per_step)
+          for kind in (0, 1, 2) if kind in kinds]
+
+
+def most_ready(config, runs_per_step: int) -> int:
+  """The most trainings any pack of the protocol has ready: slots beyond it only ever compute padding."""
+  from jaxtickets import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
+  i = config.imp
+  return max(len(p) for p in schedule_lib.packs(range(i.replicates), i.rounds, _branches(config), runs_per_step))
 
 
 def _branches(config) -> list[str]:
@@ -76,6 +84,7 @@ class Plan:
   mesh_shape: tuple[int, int]  # (runs, data)
   compiled: object  # aot.Compiled: the chosen layout's step
   phases: list[Phase]
+  most_ready: int  # the most trainings any pack has ready
   peak_flops: float | None  # per device
 
   @property
@@ -110,7 +119,8 @@ def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   mesh = parallel.make_mesh(layout.runs_axis, devices=target.devices)
   return Plan(config=config, target=target, layout=layout,
               mesh_shape=(mesh.shape[parallel.RUNS_AXIS], mesh.shape[parallel.DATA_AXIS]), compiled=compiled,
-              phases=schedule(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
+              phases=schedule(config, layout.runs_per_step),
+              most_ready=most_ready(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
 
 
 def _gib(n: float) -> str:
@@ -171,6 +181,11 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
     lines.append(f"  {p.name:<40} {p.trainings:>9} {p.packs:>6} {p.steps:>11,} "
                  f"{f'{p.trainings}/{p.slots} = {p.utilisation:.0%}':>20}")
   lines.append(f"  {plan.packed_steps:,} packed steps in all.")
+  if plan.most_ready < lay.runs_per_step:
+    axis = math.ceil(plan.most_ready / lay.runs_per_device)
+    lines.append(f"  No pack ever has more than {plan.most_ready} of its {lay.runs_per_step} slots busy (the rounds are "
+                 f"sequential): a 'runs' axis of {axis} ({axis * plan.mesh_shape[1]} devices at the same "
+                 "data split) would train the same packs in the same time.")
   at_peak = plan.hours()
   if at_peak is None:
     lines.append(f"Cost: the peak FLOP/s of a {t.device_kind} is not in the chip table: pass --peak_tflops to price "

@@ -287,28 +287,28 @@ def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
 def test_packed_runs_give_the_same_masks_and_table_as_one_run_at_a_time(run_dir, tmp_path, capsys):
   """The same config with 2 runs per step (vmapped on this one device): the same runs, so the same tickets.
 
-  Sized down to IMP's rounds 0-1 and two baselines (a run's ticket does not depend on the rounds or branches after
-  it): the baselines' queue then packs random_prune beside random_reinit, runs of two branches in one step."""
+  Sized down to replicate 0 and two baselines (a run's ticket does not depend on the replicates or branches beside
+  it). The packs are then [dense], [IMP 1], [IMP 2 + random_prune 1], [random_reinit 1 + random_prune 2],
+  [random_reinit 2]: a round's baseline trains beside IMP's next round, and runs of two branches share a step."""
   workdir, config, _, _ = run_dir
   branches = ("imp", "random_prune", "random_reinit")
-  packed = config_from(config, parallel__runs_per_step=2, imp__rounds=1, imp__branches=",".join(branches))
+  packed = config_from(config, parallel__runs_per_step=2, imp__replicates=1, imp__branches=",".join(branches))
   imp.run(packed, str(tmp_path))
   out = capsys.readouterr().out
-  assert "Packing: up to 2 runs side by side per step" in out and "[2 runs side by side]" in out
-  before_reinit, reinit_done, _ = out.partition("[rep 0 random_reinit round 1] step 3/3")
-  assert reinit_done and "[rep 0 random_prune round 1] step 3/3" in before_reinit.split("[2 runs side by side]")[-1]
-  # (the two branches' last steps logged together, with no pack's end between them: one pack)
+  assert "Packing: up to 2 runs side by side per step" in out
+  together = lambda a, b: any(a in chunk and b in chunk for chunk in out.split("[2 runs side by side]"))
+  assert together("[rep 0 imp round 2] step 3/3", "[rep 0 random_prune round 1] step 3/3")
+  assert together("[rep 0 random_reinit round 1] step 3/3", "[rep 0 random_prune round 2] step 3/3")
   read = lambda d: list(csv.DictReader(open(os.path.join(d, "results.csv"))))
   columns = [k for k in read(workdir)[0] if k.startswith(("sparsity", "remaining"))] + ["branch", "replicate", "round"]
-  ours = [{k: r[k] for k in columns} for r in read(workdir) if r["branch"] in branches and int(r["round"]) <= 1]
-  assert [{k: r[k] for k in columns} for r in read(str(tmp_path))] == ours and len(ours) == 8
+  ours = [{k: r[k] for k in columns} for r in read(workdir) if r["branch"] in branches and r["replicate"] == "0"]
+  assert [{k: r[k] for k in columns} for r in read(str(tmp_path))] == ours and len(ours) == 7
   for branch in branches:
-    for rep in range(REPLICATES):
-      for round_ in range(0 if branch == "imp" else 1, 2):
-        a, b = ticket(workdir, branch, round_, rep), ticket(str(tmp_path), branch, round_, rep)
-        for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
-          np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {round_} rep {rep}")
-        assert b.metrics["total"] == pytest.approx(a.metrics["total"], rel=1e-4)
+    for round_ in range(0 if branch == "imp" else 1, ROUNDS + 1):
+      a, b = ticket(workdir, branch, round_, 0), ticket(str(tmp_path), branch, round_, 0)
+      for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
+        np.testing.assert_array_equal(x, y, err_msg=f"{branch} round {round_}")
+      assert b.metrics["total"] == pytest.approx(a.metrics["total"], rel=1e-4)
 
 
 def config_from(config, **overrides):
