@@ -45,14 +45,14 @@ class Phase:
     return self.trainings / self.slots if self.slots else 0.0
 
 
-def schedule(config, runs_per_step: int) -> list[Phase]:
+def schedule(config, runs_per_step: int, replicates: int | None = None) -> list[Phase]:
   """The protocol's phases as imp trains them (schedule.packs' order, no early stops): the dense round; IMP's rounds
   with the baselines that are ready beside them; the baselines left when IMP has finished. Packs with the dense round
   train config.train.steps steps, the others from the rewind step on."""
   from jaxtickets import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
 
   i, steps = config.imp, config.train.steps
-  packs = schedule_lib.packs(range(i.replicates), i.rounds, _branches(config), runs_per_step)
+  packs = schedule_lib.packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
   beside = ", ".join(_branches(config)[1:])
   named = {0: "dense round 0", 1: f"IMP rounds 1-{i.rounds}" + (f" (+ {beside} beside)" if beside else ""),
            2: f"baselines after IMP ({beside})"}
@@ -71,6 +71,16 @@ def most_ready(config, runs_per_step: int) -> int:
   return max(len(p) for p in schedule_lib.packs(range(i.replicates), i.rounds, _branches(config), runs_per_step))
 
 
+def free_replicates(config, runs_per_step: int) -> int:
+  """The most replicates that train in as many packed steps as config.imp.replicates do (at least that many): idle
+  slots of a big slice hold more replicates for no more time."""
+  packed = lambda reps: sum(p.packs * p.steps for p in schedule(config, runs_per_step, reps))
+  base, reps = packed(config.imp.replicates), config.imp.replicates
+  while reps < runs_per_step and packed(reps + 1) <= base:
+    reps += 1
+  return reps
+
+
 def _branches(config) -> list[str]:
   from jaxtickets import config as config_lib
   return config_lib.branches(config)
@@ -85,6 +95,7 @@ class Plan:
   compiled: object  # aot.Compiled: the chosen layout's step
   phases: list[Phase]
   most_ready: int  # the most trainings any pack has ready
+  free_replicates: int  # replicates that fit the same packed steps
   peak_flops: float | None  # per device
 
   @property
@@ -120,7 +131,8 @@ def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   return Plan(config=config, target=target, layout=layout,
               mesh_shape=(mesh.shape[parallel.RUNS_AXIS], mesh.shape[parallel.DATA_AXIS]), compiled=compiled,
               phases=schedule(config, layout.runs_per_step),
-              most_ready=most_ready(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
+              most_ready=most_ready(config, layout.runs_per_step),
+              free_replicates=free_replicates(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
 
 
 def _gib(n: float) -> str:
@@ -183,9 +195,12 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
   lines.append(f"  {plan.packed_steps:,} packed steps in all.")
   if plan.most_ready < lay.runs_per_step:
     axis = math.ceil(plan.most_ready / lay.runs_per_device)
-    lines.append(f"  No pack ever has more than {plan.most_ready} of its {lay.runs_per_step} slots busy (the rounds are "
-                 f"sequential): a 'runs' axis of {axis} ({axis * plan.mesh_shape[1]} devices at the same "
+    lines.append(f"  No pack ever has more than {plan.most_ready} of its {lay.runs_per_step} slots busy (a replicate's "
+                 f"rounds are sequential): a 'runs' axis of {axis} ({axis * plan.mesh_shape[1]} devices at the same "
                  "data split) would train the same packs in the same time.")
+  if plan.free_replicates > i.replicates:
+    lines.append(f"  The idle slots hold more replicates for no more time: imp.replicates={plan.free_replicates} "
+                 "trains in as many packed steps.")
   at_peak = plan.hours()
   if at_peak is None:
     lines.append(f"Cost: the peak FLOP/s of a {t.device_kind} is not in the chip table: pass --peak_tflops to price "

@@ -4,11 +4,12 @@ TPU topologies need libtpu (the tpu extra); their devices are abstract, so nothi
 of tiny AdaIN at 32 px.
 """
 
+import dataclasses
 import importlib.util
 
 import pytest
 
-from jaxtickets import aot, parallel
+from jaxtickets import aot, pack, parallel
 from jaxtickets.errors import UserError
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -139,6 +140,19 @@ def test_the_schedule_counts_each_phase_s_busy_slots():
   assert [(p.trainings, p.packs) for p in plan.schedule(config, runs_per_step=1)] == [(3, 3), (9, 9), (18, 18)]
 
 
+def test_a_big_slice_s_idle_slots_are_named_with_the_replicates_they_would_hold_for_free():
+  from helpers import tiny_config
+
+  from jaxtickets import plan
+  # The paper's shape: 10 rounds, IMP and random pruning. At 32 slots a pack never has more than 3 IMP runs and 3
+  # baselines ready; 16 replicates (16 + 16 ready) still take the dense pack, 10 IMP packs and one more.
+  config = tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune")
+  assert plan.most_ready(config, 32) == 6 and plan.free_replicates(config, 32) == 16
+  assert plan.free_replicates(config, 4) == 3  # 4 slots are full already: a 4th replicate adds packs
+  packed = lambda reps: sum(p.packs * p.steps for p in plan.schedule(config, 32, reps))
+  assert packed(16) == packed(3) == 12 * config.train.steps < packed(17)
+
+
 def test_the_local_plan_prints_the_table():
   from helpers import tiny_config
 
@@ -150,6 +164,15 @@ def test_the_local_plan_prints_the_table():
                 "busy slots / slots", "not in the chip table: pass --peak_tflops"):
     assert words in text
   priced = plan.format_plan(plan.make_plan(tiny_config(), aot.local_target(), peak_flops=1e11))
+  # The same plan as a 32-slot pod would have it: the idle slots are named, with what they could hold.
+  config = tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune")
+  wide = dataclasses.replace(got, config=config, layout=pack.Layout(32, 32), mesh_shape=(32, 1),
+                             phases=plan.schedule(config, 32), most_ready=plan.most_ready(config, 32),
+                             free_replicates=plan.free_replicates(config, 32))
+  text = plan.format_plan(wide)
+  assert "No pack ever has more than 6 of its 32 slots busy" in text and "'runs' axis of 6 (6 devices" in text
+  assert "imp.replicates=16 trains in as many packed steps" in text
+  assert "IMP rounds 1-10 (+ random_prune beside)" in text and "30/320 = 9%" not in text
   assert "Cost at the peak of 0.1 TFLOP/s per chip (a lower bound)" in priced and "Cost at 40% of the peak" in priced
 
 
