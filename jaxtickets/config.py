@@ -407,7 +407,25 @@ def parse_flags(argv: list[str]) -> list[str]:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+      loaded = flags.FLAGS.config
+      if not isinstance(loaded, ml_collections.ConfigDict):
+        loaded.keys()  # a file that failed to load raises its OSError on first use: here, not deep in the command
+    return rest
+  except (OSError, SyntaxError) as e:
+    given = [a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, [*argv[1:], ""])
+             if a == "--config" or a.startswith("--config=")]
+    name = given[-1] if given else "?"
+    path = name.split(":")[0]
+    if isinstance(e, SyntaxError):
+      why = f"a syntax error at line {e.lineno} ({e.msg})"
+    else:
+      why = ("no such file" if not os.path.exists(path) else
+             f"it failed to load ({str(e).strip().splitlines()[-1].strip()})")
+    print(f"error: --config={name}: {why}; pass a config file such as configs/adain.py (or configs/adain.py:demo).",
+          file=sys.stderr)
+    sys.exit(2)
   except flags.Error as e:  # a value of the wrong type, an unknown flag: absl's own sentence
     # ml_collections re-raises a config file's error as the same type with its traceback pasted into the message;
     # the innermost one, when it is a UserError (an unknown variant), is already the sentence to show.

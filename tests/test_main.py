@@ -40,6 +40,20 @@ def test_cli_misspelled_or_mistyped_override_is_one_line_and_exit_2(tmp_path, ov
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("module, text, expected", [
+    ("jaxtickets.main", None, "no such file; pass a config file such as configs/adain.py"),
+    ("jaxtickets.plan", "x = (\n", "a syntax error at line 1 ('(' was never closed); pass a config file")])
+def test_cli_missing_or_broken_config_file_is_one_line_and_exit_2(tmp_path, module, text, expected):
+  path = tmp_path / "my_config.py"
+  if text is not None:
+    path.write_text(text)
+  r = subprocess.run([sys.executable, "-m", module, f"--config={path}", f"--workdir={tmp_path}"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith(f"error: --config={path}: {expected}"), r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("module,config", [("jaxtickets.main", "configs/adain.py"),
                                            ("jaxtickets.study", "configs/study_adain.py")])
 def test_cli_unknown_variant_is_one_line_naming_the_choices_and_exit_2(tmp_path, module, config):
