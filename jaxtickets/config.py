@@ -443,8 +443,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     name = text.splitlines()[0].strip().strip("'\"")
     overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
     path = next((o for o in overrides if o.rsplit(".", 1)[-1] == name), None)
-    if path is None:
-      raise
+    if path is None:  # a section on the way is missing, e.g. --config.overrides.imp.rounds where overrides is {}
+      section = next((o for o in overrides if name in o.split(".")[:-1]), None)
+      if section is None:
+        raise
+      parts = section.split(".")
+      missing = ".".join(parts[:parts.index(name) + 1])
+      hint = ("the config sets no such section of overrides: add it to the config file's overrides (a variant such as "
+              ":demo sets some), then the command line can change its fields" if parts[1:2] == ["overrides"] else
+              "check the spelling against jaxtickets/config.py, which lists every field")
+      print(f"error: {section} cannot be set: {missing} does not exist; {hint}.", file=sys.stderr)
+      sys.exit(2)
     suggestion = re.search(r'Did you mean "([^"]+)"', text)
     hint = (f"did you mean {path.rsplit('.', 1)[0]}.{suggestion.group(1)}?" if suggestion else
             "check the spelling against jaxtickets/config.py, which lists every field.")

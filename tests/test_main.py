@@ -32,6 +32,7 @@ def test_cli_bad_input_is_one_sentence(tmp_path):
     ("--config.imp.round=3", "error: config.imp.round does not exist; did you mean config.imp.rounds?"),
     ("--config.imp.zzzq=1", "error: config.imp.zzzq does not exist; check the spelling against jaxtickets/config.py"),
     ("--config.imp.rounds=x", "error: flag --config.imp.rounds=x: invalid literal for int()"),
+    ("--config.impp.rounds=2", "error: config.impp.rounds cannot be set: config.impp does not exist; check the"),
 ])
 def test_cli_misspelled_or_mistyped_override_is_one_line_and_exit_2(tmp_path, override, expected):
   r = run_main("--config=configs/adain.py:demo", f"--workdir={tmp_path}", override)
@@ -63,6 +64,18 @@ def test_cli_unknown_variant_is_one_line_naming_the_choices_and_exit_2(tmp_path,
   assert r.returncode == 2, r.stderr
   assert r.stderr.startswith(f"error: Unknown variant 'demox' of {config}: use '' (paper scale) or one of 'demo'"), \
       r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.e2e
+def test_cli_override_of_a_section_the_config_lacks_is_one_line_and_exit_2(tmp_path):
+  """The study's default variant sets no overrides: an override of one names the missing section and the fix."""
+  r = subprocess.run([sys.executable, "-m", "jaxtickets.study", "--config=configs/study_adain.py",
+                      "--config.overrides.imp.rounds=2", f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith(
+      "error: config.overrides.imp.rounds cannot be set: config.overrides.imp does not exist; the config sets no "
+      "such section of overrides: add it to the config file's overrides"), r.stderr
   assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
