@@ -1,7 +1,7 @@
 """Makes docs/pods.md's table: each (model, topology) planned once, its row kept as JSON, the table rendered from them.
 
   python scripts/pods_table.py compile --model=manet --topology=v5e:16x16   # one compile: docs/pods/<row>.json
-  python scripts/pods_table.py render                                      # the markdown table, from the rows
+  python scripts/pods_table.py render [--write]                            # the table; --write puts it in pods.md
 
 A compile takes minutes (libtpu's, on this machine's CPU), so each row is its own command and is kept: a row
 already made is not compiled again. The protocol's columns (packed steps, busy slots, cost) are worked out at
@@ -18,6 +18,8 @@ import subprocess
 import sys
 
 ROWS = os.path.join(os.path.dirname(__file__), "..", "docs", "pods")
+PAGE = os.path.join(os.path.dirname(__file__), "..", "docs", "pods.md")
+BEGIN, END = "<!-- pods_table.py render: begin -->", "<!-- pods_table.py render: end -->"
 MODELS = ("adain", "sanet", "lst", "manet", "adaattn", "mccnet")
 TOPOLOGIES = ("v5e:4x4", "v5e:16x16", "v4:2x2x2")
 OVERRIDES = ("--config.train.dtype=bfloat16", "--config.imp.branches=imp,random_prune", "--config.imp.replicates=3")
@@ -66,7 +68,10 @@ def protocol(row: dict) -> dict:
   packed = sum(p.packs * p.steps for p in phases)
   busy = sum(p.trainings * p.steps for p in phases) / sum(p.slots * p.steps for p in phases)
   hours = packed * row["flops"] / row["peak_flops"] / 3600
+  config = paper_config(row["model"])
   return {"packed_steps": packed, "busy": busy, "hours": hours, "chip_hours": hours * row["chips"],
+          "most_ready": plan.most_ready(config, row["runs_per_step"]),
+          "free_replicates": plan.free_replicates(config, row["runs_per_step"]),
           "phases": [dataclasses.asdict(p) | {"utilisation": p.utilisation} for p in phases]}
 
 
@@ -76,8 +81,9 @@ def _hours(h: float) -> str:
 
 def render() -> str:
   lines = ["| model | topology | compiled | runs per step auto picks (runs x data) | peak per chip (of the HBM) | "
-           "GFLOP per chip per step | collectives | packed steps of the protocol (busy slots) | lower bound: at the "
-           "chip's peak | at 40% of peak |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "GFLOP per chip per step | collectives | packed steps of the protocol (busy slots) | most slots busy at once | "
+           "replicates in as many packed steps | lower bound: at the chip's peak | at 40% of peak |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   missing = []
   for topology in TOPOLOGIES:
     for model in MODELS:
@@ -93,6 +99,7 @@ def render() -> str:
           f"| {model} | {topology} | yes, {row['compile_seconds']} s | {row['runs_per_step']} ({runs} x {data}) | "
           f"{row['peak_bytes'] / (1 << 30):.2f} GiB ({row['peak_bytes'] / row['hbm_bytes']:.1%}) | "
           f"{row['flops'] / 1e9:,.0f} | {found} | {p['packed_steps']:,} ({p['busy']:.0%} busy) | "
+          f"{p['most_ready']} of {row['runs_per_step']} | {p['free_replicates']} | "
           f"{_hours(p['hours'])}, {p['chip_hours']:,.1f} chip-h | {_hours(p['hours'] / 0.4)}, "
           f"{p['chip_hours'] / 0.4:,.1f} chip-h |")
   if missing:
@@ -105,9 +112,20 @@ def main():
   parser.add_argument("what", choices=("compile", "render"))
   parser.add_argument("--model", choices=MODELS)
   parser.add_argument("--topology")
+  parser.add_argument("--write", action="store_true", help=f"render: replace the table in {PAGE}")
   args = parser.parse_args()
   if args.what == "render":
-    print(render())
+    table = render()
+    if not args.write:
+      print(table)
+      return
+    page = open(PAGE).read()
+    head, _, rest = page.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    if not rest:
+      sys.exit(f"{PAGE} has no '{BEGIN}' line: add the two marker lines where the table goes.")
+    with open(PAGE, "w") as f:
+      f.write(f"{head}{BEGIN}\n{table}\n{END}{tail}")
     return
   path = row_path(args.model, args.topology)
   if os.path.exists(path):
