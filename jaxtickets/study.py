@@ -23,7 +23,9 @@ if __name__ == "__main__":  # first, before the heavy imports: it may re-execute
 import copy
 import dataclasses
 import importlib.util
+import json
 import os
+import shutil
 import sys
 
 from absl import app, flags
@@ -174,6 +176,9 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
   reports = study_config.get("reports", True) if reports is None else reports
   for i, sub in enumerate(runs, start=1):
     imp.log(f"=== study {i}/{len(runs)}: {sub.model} / {sub.name} -> {sub.workdir}")
+    same = next((earlier for earlier in runs[:i - 1] if same_imp(earlier, sub)), None)
+    if same is not None:
+      share_imp(same, sub)
     imp.run(sub.config, sub.workdir)
     if sub.name.startswith("rewind_"):
       from jaxtickets import stability
@@ -187,6 +192,42 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
                             overrides=field_items(study_config.overrides))
   imp.log(f"Study report: {path}")
   return path
+
+
+def same_imp(a: SubRun, b: SubRun) -> bool:
+  """Whether b's IMP tickets are a's: the same model and config but for the baselines beside IMP (e.g. a rewind
+  sweep's point at the reference's rewind step)."""
+  strip = lambda c: {**json.loads(c.to_json()), "imp": {**json.loads(c.imp.to_json()), "branches": None}}
+  return a.model == b.model and strip(a.config) == strip(b.config)
+
+
+def share_imp(source: SubRun, sub: SubRun) -> None:
+  """Links source's saved IMP tickets and rewind points into sub's workdir (a copy where links cannot be made), so
+  sub's run loads them instead of training the same runs again. Tickets are never rewritten, so links are safe."""
+  from jaxtickets import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  if not sub.config.resume:
+    return  # the run moves whatever is there aside
+  done = False
+  if jax.process_index() == 0:
+    for part in (workdir_lib.INIT, os.path.join(workdir_lib.TICKETS, "imp")):
+      src, dst = os.path.join(source.workdir, part), os.path.join(sub.workdir, part)
+      if os.path.isdir(src) and not os.path.exists(dst):
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
+        done = True
+  if jax.process_count() > 1:  # the other processes look for the tickets only once they are there
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("jaxtickets: study shared IMP tickets")
+  if done:
+    imp.log(f"{sub.name}: its IMP runs are {source.name}'s (the same config but the baselines beside IMP): "
+            f"linked {source.workdir}'s IMP tickets and rewind points instead of training them again.")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+  try:
+    os.link(src, dst)
+  except OSError:  # another file system, or one without hard links
+    shutil.copy2(src, dst)
 
 
 FLAGS = flags.FLAGS

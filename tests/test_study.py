@@ -55,6 +55,16 @@ def test_sweep_variants_plan_their_sub_runs(tmp_path):
   assert [r.config.imp.rewind_step for r in sweep] == [0, 0, 800, 3200, 0]  # 0.5% and 2% of 160k steps
 
 
+def test_a_sub_run_with_the_reference_s_imp_shares_its_tickets_and_only_that_one(tmp_path):
+  c = study_config("demo")
+  c.comparisons, c.rewind_steps = "baselines,rewind,early_bird", "0,2"
+  runs, _ = study.plan(c, str(tmp_path))
+  by_name = {r.name: r for r in runs}
+  assert by_name["reference"].config.imp.branches != by_name["rewind_0"].config.imp.branches  # baselines differ
+  assert study.same_imp(by_name["reference"], by_name["rewind_0"])
+  assert not any(study.same_imp(by_name["reference"], by_name[n]) for n in ("rewind_2", "early_bird"))
+
+
 def test_overrides_and_bad_values():
   assert study.field_items({"train": {"steps": 5}, "sparsity.scope": "decoder,transform",
                             "model": {"vgg_weights": ""}}) == [
@@ -149,6 +159,12 @@ def test_rewind_sweep_and_early_bird_study(tmp_path):
   text = open(path).read()
   assert "## Rewind sweep" in text and "## Early-bird tickets vs full IMP" in text
   assert os.path.getsize(tmp_path / "rewind.png") > 10_000
+  # rewind_0 is the reference's IMP: its tickets are the reference's files, linked, not trained again.
+  ours = lambda run: tmp_path / "adain" / run / "tickets" / "imp"
+  files = [f for f in ours("reference").rglob("*") if f.is_file()]
+  assert files and all(os.path.samefile(f, ours("rewind_0") / f.relative_to(ours("reference"))) for f in files)
+  assert not any(os.path.samefile(f, ours("rewind_1") / f.relative_to(ours("reference"))) for f in files
+                 if (ours("rewind_1") / f.relative_to(ours("reference"))).exists())
   for k in (0, 1):
     rows = list(open(tmp_path / "adain" / f"rewind_{k}" / "stability.csv"))
     assert len(rows) == 3  # header, rounds 0 and 1
