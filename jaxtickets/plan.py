@@ -53,11 +53,11 @@ def schedule(config, runs_per_step: int, replicates: int | None = None) -> list[
 
   i, steps = config.imp, config.train.steps
   packs = schedule_lib.packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
-  beside = ", ".join(_branches(config)[1:])
-  named = {0: "dense round 0", 1: f"IMP rounds 1-{i.rounds}" + (f" (+ {beside} beside)" if beside else ""),
-           2: f"baselines after IMP ({beside})"}
   kinds = [0 if any(k.round == 0 for k in p) else 1 if any(k.branch == schedule_lib.IMP for k in p) else 2
            for p in packs]
+  beside = sum(k.branch != schedule_lib.IMP for p, kind in zip(packs, kinds) if kind == 1 for k in p)
+  named = {0: "dense round 0", 1: f"IMP rounds 1-{i.rounds}" + (f" + {beside} baselines beside" if beside else ""),
+           2: f"baselines after IMP ({', '.join(_branches(config)[1:])})"}
   return [Phase(named[kind], trainings=sum(len(p) for p, k in zip(packs, kinds) if k == kind),
                 packs=kinds.count(kind), steps=steps if kind == 0 else steps - i.rewind_step,
                 runs_per_step=runs_per_step)

@@ -172,7 +172,7 @@ def test_the_local_plan_prints_the_table():
   text = plan.format_plan(wide)
   assert "No pack ever has more than 6 of its 32 slots busy" in text and "'runs' axis of 6 (6 devices" in text
   assert "imp.replicates=16 trains in as many packed steps" in text
-  assert "IMP rounds 1-10 (+ random_prune beside)" in text and "30/320 = 9%" not in text
+  assert "IMP rounds 1-10 + 27 baselines beside" in text and "30/320 = 9%" not in text
   assert "Cost at the peak of 0.1 TFLOP/s per chip (a lower bound)" in priced and "Cost at 40% of the peak" in priced
 
 
