@@ -220,6 +220,30 @@ class Compiled:
     return self.live_bytes + self.code_bytes
 
 
+class CompileOutOfMemory(UserError):
+  """The compiler could not fit the step into one of the device's memories: its HBM, or a core's vector memory
+  (VMEM: 16 MiB on a v4 TensorCore, which one fused kernel of a big per-chip batch can outgrow)."""
+
+  def __init__(self, space: str, used: str = "", capacity: str = ""):
+    self.space = space
+    super().__init__(f"the compiler ran out of the device's {space.upper()}"
+                     + (f" (the step needs {used}B of its {capacity}B)" if used and capacity else ""))
+
+
+class RunDoesNotFit(UserError):
+  """Not even one run fits a device, for `reason` (a clause: the bytes it needs, or the compiler's refusal)."""
+
+  def __init__(self, describe: str, reason: str):
+    self.describe, self.reason = describe, reason
+    super().__init__(f"One run of {describe} does not fit a device: {reason}; spread each run's batch over more "
+                     "devices (fewer runs side by side), lower config.train.batch_size or config.data.crop_size, or "
+                     "train in bfloat16 (config.train.dtype).")
+
+
+# XLA TPU's words for a program that does not fit one of the chip's memories.
+_OUT_OF_MEMORY = re.compile(r"Ran out of memory in memory space (\w+)\.\s*(?:Used ([\d.]+\w*) of ([\d.]+\w*))?")
+
+
 def _no_persistent_cache(off: bool):
   """Turns JAX's persistent compilation cache off for programs of compile-only devices: it writes them, but cannot
   load them back without a client of their platform (a warning per read, and disk spent for nothing)."""
@@ -240,7 +264,13 @@ def compile_step(step, inputs: tuple, platform: str) -> Compiled:
   with layers.target_platform(platform):
     lowered = step.lower(*inputs)
   with _no_persistent_cache(platform != jax.default_backend()):
-    executable = lowered.compile()
+    try:
+      executable = lowered.compile()
+    except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError, JaxRuntimeError: the type moved)
+      found = _OUT_OF_MEMORY.search(str(e))
+      if found is None:
+        raise
+      raise CompileOutOfMemory(found.group(1), found.group(2) or "", found.group(3) or "") from None
   seconds = time.perf_counter() - start
   memory = executable.memory_analysis()
   cost = executable.cost_analysis()
@@ -295,30 +325,38 @@ HEADROOM = 0.85  # of a device's memory a plan may fill: the runtime, fragmentat
 
 def fit_runs_per_device(want: int, measure: Callable[[int], Compiled], memory_bytes: int | None,
                         describe: str, headroom: float = HEADROOM) -> tuple[int, Compiled]:
-  """The most runs per device, up to `want`, whose compiled step (measure(k)) fits `headroom` of `memory_bytes`,
-  with that step; a one-sentence UserError when not even one run fits (`describe` names the run: model, batch,
-  crop, dtype).
+  """The most runs per device, up to `want`, whose compiled step (measure(k)) fits `headroom` of `memory_bytes`
+  and compiles at all (measure may raise CompileOutOfMemory), with that step; a one-sentence UserError when not even
+  one run fits (`describe` names the run: model, batch, crop, dtype).
 
   A step's peak grows about linearly in its runs (each brings its params, optimizer state and activations), so
   after the first miss a line through two compiles guesses the answer and compiles confirm it.
   """
-  got = measure(want)
-  if memory_bytes is None:
-    return want, got
-  budget = headroom * memory_bytes
-  if got.peak_bytes <= budget:
-    return want, got
-  one = got if want == 1 else measure(1)
-  if one.peak_bytes > budget:
-    raise UserError(f"One run of {describe} needs {one.peak_bytes:,} bytes ({one.peak_bytes / GIB:.2f} GiB) per "
-                    f"device, more than {headroom:.0%} of the {memory_bytes:,} bytes ({memory_bytes / GIB:.1f} GiB) "
-                    "a device offers: lower config.train.batch_size or config.data.crop_size, train in bfloat16 "
-                    "(config.train.dtype), or spread each run's batch over more devices (fewer runs side by side).")
-  per_run = max(1.0, (got.peak_bytes - one.peak_bytes) / (want - 1))
-  k = int(min(want - 1, max(1, (budget - one.peak_bytes) // per_run + 1)))
+  budget = float("inf") if memory_bytes is None else headroom * memory_bytes
+
+  def attempt(k: int):
+    """(the compiled step if it fits, else None; what was found: the Compiled, or the compiler's refusal)."""
+    try:
+      got = measure(k)
+    except CompileOutOfMemory as e:
+      return None, e
+    return (got if got.peak_bytes <= budget else None), got
+
+  fit, got = attempt(want)
+  if fit is not None:
+    return want, fit
+  fit_one, one = (fit, got) if want == 1 else attempt(1)
+  if fit_one is None:
+    raise RunDoesNotFit(describe, str(one) if isinstance(one, CompileOutOfMemory) else
+                        f"needs {one.peak_bytes:,} bytes ({one.peak_bytes / GIB:.2f} GiB) per device, more than "
+                        f"{headroom:.0%} of the {memory_bytes:,} bytes ({memory_bytes / GIB:.1f} GiB) a device offers")
+  k = want - 1
+  if isinstance(got, Compiled):
+    per_run = max(1.0, (got.peak_bytes - one.peak_bytes) / (want - 1))
+    k = int(min(want - 1, max(1, (budget - one.peak_bytes) // per_run + 1)))
   while k > 1:
-    got = measure(k)
-    if got.peak_bytes <= budget:
-      return k, got
+    fit, _ = attempt(k)
+    if fit is not None:
+      return k, fit
     k -= 1
-  return 1, one
+  return 1, fit_one

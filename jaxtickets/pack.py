@@ -45,8 +45,9 @@ def choose_layout(config, concurrent: int, platform: str | None = None, devices=
 
   On an accelerator, given `compile_layout(runs_axis, runs_per_device) -> aot.Compiled` and a device's
   `memory_bytes`, the compiled step's peak sizes the pack: auto takes the most runs per device, up to the round's
-  need, that fit aot.HEADROOM of the memory; a run that does not fit alone, or an asked-for runs_per_step that does
-  not fit, gets one sentence before anything trains.
+  need, that fit aot.HEADROOM of the memory, and where not even one run fits (or its step does not compile for
+  lack of a memory), splits each run's batch over more devices; a run that fits no layout, or an asked-for
+  runs_per_step that does not fit, gets one sentence before anything trains.
   """
   n, batch = (jax.device_count() if devices is None else len(devices)), config.train.batch_size
   platform = platform or jax.default_backend()
@@ -62,14 +63,29 @@ def choose_layout(config, concurrent: int, platform: str | None = None, devices=
     layout = Layout(axis * per_device, axis)
   if compile_layout is None or platform == "cpu" or not memory_bytes:
     return layout
-  axis, want = layout.runs_axis, layout.runs_per_device
   describe = (f"{config.model.name} at batch {batch}, {config.data.crop_size} px crops, "
               f"{config_lib.model_config(config).dtype}")
-  fits, _ = aot.fit_runs_per_device(want, lambda k: compile_layout(axis, k), memory_bytes, describe)
-  if fits < want and requested > 1:
-    raise UserError(f"config.parallel.runs_per_step = {requested} puts {want} runs of {describe} on each device, "
-                    f"but only {fits} fit its memory: use 0 (auto) or at most {axis * fits}.")
-  return Layout(axis * fits, axis)
+  fit = lambda axis, want: aot.fit_runs_per_device(want, lambda k: compile_layout(axis, k), memory_bytes, describe)[0]
+  if requested >= 1:
+    fits = fit(layout.runs_axis, layout.runs_per_device)
+    if fits < layout.runs_per_device:
+      raise UserError(f"config.parallel.runs_per_step = {requested} puts {layout.runs_per_device} runs of {describe} "
+                      f"on each device, but only {fits} fit its memory: use 0 (auto) or at most "
+                      f"{layout.runs_axis * fits}.")
+    return layout
+  # Auto: where one run does not fit a device, each run's batch over more devices (a smaller 'runs' axis) puts less
+  # of it on each; a compile that outgrows a core's vector memory is fixed the same way.
+  axes = [layout.runs_axis] + [a for a in reversed(parallel.runs_axis_sizes(n, batch)) if a < layout.runs_axis]
+  for axis in axes:
+    try:
+      return Layout(axis * fit(axis, max(1, math.ceil(concurrent / axis))), axis)
+    except aot.RunDoesNotFit as e:
+      if len(axes) == 1:
+        raise
+      last = e
+  raise UserError(f"One run of {describe} fits no layout of the {n} devices (each run's batch over "
+                  f"{', '.join(str(n // a) for a in axes)} of them; with the most: {last.reason}): lower "
+                  "config.train.batch_size or config.data.crop_size, or train in bfloat16 (config.train.dtype).")
 
 
 @dataclasses.dataclass(frozen=True)

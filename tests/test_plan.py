@@ -86,7 +86,50 @@ def test_a_run_that_does_not_fit_one_device_gets_one_sentence_naming_it_and_the_
                             describe="adain at batch 8, 256 px crops, bfloat16")
   msg = str(e.value)
   assert len(msg.splitlines()) == 1
-  assert "One run of adain at batch 8, 256 px crops, bfloat16 needs 1,000 bytes" in msg and "of the 800 bytes" in msg
+  assert "One run of adain at batch 8, 256 px crops, bfloat16 does not fit a device: needs 1,000 bytes" in msg
+  assert "of the 800 bytes" in msg
+
+
+def test_a_step_the_compiler_cannot_fit_counts_as_not_fitting_and_its_refusal_is_the_reason():
+  def measure(k):  # the compiler fits one run's kernels in the core's vector memory, not two
+    if k > 1:
+      raise aot.CompileOutOfMemory("vmem", "18.45M", "16.00M")
+    return _compiled(100)
+
+  assert aot.fit_runs_per_device(3, measure, memory_bytes=1000, describe="adaattn")[0] == 1
+  with pytest.raises(aot.RunDoesNotFit) as e:
+    aot.fit_runs_per_device(2, lambda k: measure(k + 1), memory_bytes=1000, describe="adaattn at batch 8")
+  assert str(e.value).startswith("One run of adaattn at batch 8 does not fit a device: the compiler ran out of the "
+                                 "device's VMEM (the step needs 18.45MB of its 16.00MB); spread each run's batch")
+  text = ("INTERNAL: RET_CHECK failure ... CompilationResultProto='Ran out of memory in memory space vmem. Used 18.45M "
+          "of 16.00M vmem. Exceeded vmem capacity by 2.45M.")
+  assert aot._OUT_OF_MEMORY.search(text).groups() == ("vmem", "18.45M", "16.00M")  # pylint: disable=protected-access
+
+
+def _per_device_limit(images: int):
+  """compile_layout for 8 devices and batch 8 whose compiler refuses more than `images` images per device."""
+  def compile_layout(runs_axis, runs_per_device):
+    if runs_per_device * 8 // (8 // runs_axis) > images:
+      raise aot.CompileOutOfMemory("vmem", "18.45M", "16.00M")
+    return _compiled(100)
+  return compile_layout
+
+
+def test_auto_packing_splits_each_run_s_batch_over_more_devices_when_one_run_does_not_fit():
+  from helpers import tiny_config
+
+  from jaxtickets import pack
+  config = tiny_config(train__batch_size=8)
+  choose = lambda limit: pack.choose_layout(config, concurrent=3, platform="tpu", devices=list(range(8)),
+                                            compile_layout=_per_device_limit(limit), memory_bytes=1 << 30)
+  # 3 replicates: 4 runs x 2 data (4 images a device) first; at most 2 images a device, 2 x 4 with one run each.
+  assert choose(8) == pack.Layout(4, 4) and choose(2) == pack.Layout(2, 2)
+  with pytest.raises(UserError) as e:
+    choose(0)
+  msg = str(e.value)
+  assert msg.startswith("One run of adain at batch 8, 32 px crops, float32 fits no layout of the 8 devices (each "
+                        "run's batch over 2, 4, 8 of them; with the most: the compiler ran out of the device's VMEM")
+  assert len(msg.splitlines()) == 1
 
 
 def test_collectives_are_counted_from_the_program_text():
@@ -211,7 +254,7 @@ def test_auto_packing_fits_runs_per_device_to_the_hbm_and_refuses_a_run_that_doe
     plan.make_plan(config, aot.topology("v5e:1x1"))
   msg = str(e.value)
   assert len(msg.splitlines()) == 1
-  assert "One run of adain at batch 2, 32 px crops, float32 needs" in msg and f"{small.compiled.peak_bytes:,} bytes" in msg
+  assert "One run of adain at batch 2, 32 px crops, float32 does not fit a device: needs" in msg and f"{small.compiled.peak_bytes:,} bytes" in msg
 
 
 @pytest.mark.e2e  # the command line, as a subprocess
