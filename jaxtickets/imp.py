@@ -85,10 +85,11 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> pack.RunCo
                     f"(trained groups: {', '.join(model.trained_groups)}): add a trained group to the scope.")
   frozen = 0 if model.train_encoder else sum(int(np.size(a)) for a in jax.tree.leaves(
       model.encoder_params(None, vgg_params)))
-  if layout.runs_per_step > 1:
+  if layout.runs_per_step > 1 or layout.why:
     log(f"Packing: up to {layout.runs_per_step} runs side by side per step ({layout.runs_axis} on the mesh's 'runs' "
         f"axis x {layout.runs_per_device} per device, each run's batch over {mesh.shape[parallel.DATA_AXIS]} "
-        "device(s)); config.parallel.pack_runs=false trains one run at a time.")
+        "device(s)); config.parallel.pack_runs=false trains one run at a time."
+        + (f" (Not more runs: {layout.why}.)" if layout.why else ""))
   compute = pack.Compute(
       config=config, model=model, vgg_params=parallel.replicate(vgg_params, mesh) if place else vgg_params,
       prunable=prunable, frozen_inference_size=frozen, mesh=mesh, layout=layout, tx=tx,

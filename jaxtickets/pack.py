@@ -28,6 +28,7 @@ class Layout:
   """`runs_per_step` runs per step, over a 'runs' mesh axis of `runs_axis` devices (the rest is 'data')."""
   runs_per_step: int
   runs_axis: int
+  why: str = dataclasses.field(default="", compare=False)  # why auto packing left its first choice, if it did
 
   @property
   def runs_per_device(self) -> int:
@@ -76,13 +77,18 @@ def choose_layout(config, concurrent: int, platform: str | None = None, devices=
   # Auto: where one run does not fit a device, each run's batch over more devices (a smaller 'runs' axis) puts less
   # of it on each; a compile that outgrows a core's vector memory is fixed the same way.
   axes = [layout.runs_axis] + [a for a in reversed(parallel.runs_axis_sizes(n, batch)) if a < layout.runs_axis]
+  last, last_axis = None, None
   for axis in axes:
     try:
-      return Layout(axis * fit(axis, max(1, math.ceil(concurrent / axis))), axis)
+      runs = axis * fit(axis, max(1, math.ceil(concurrent / axis)))
     except aot.RunDoesNotFit as e:
       if len(axes) == 1:
         raise
-      last = e
+      last, last_axis = e, axis
+      continue
+    why = (f"with each run's batch over {n // last_axis} device(s), one run did not fit: {last.reason}"
+           if last is not None else "")
+    return Layout(runs, axis, why=why)
   raise UserError(f"One run of {describe} fits no layout of the {n} devices (each run's batch over "
                   f"{', '.join(str(n // a) for a in axes)} of them; with the most: {last.reason}): lower "
                   "config.train.batch_size or config.data.crop_size, or train in bfloat16 (config.train.dtype).")

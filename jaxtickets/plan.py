@@ -166,7 +166,7 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
       + (f" in {t.slices} slices" if t.slices > 1 else "") + f", compiled for {t.platform} in {comp.seconds:.0f} s.",
       f"Layout: {lay.runs_per_step} run(s) per step on a {plan.mesh_shape[0]} runs x {plan.mesh_shape[1]} data mesh "
       f"({lay.runs_per_device} run(s) per device; each run's batch of {c.train.batch_size} over "
-      f"{plan.mesh_shape[1]} device(s)).",
+      f"{plan.mesh_shape[1]} device(s))" + (f"; {lay.why}." if lay.why else "."),
       "",
       ("Per chip" if t.platform == "tpu" else "Per device") + ", one packed step"
       + (f" (of {memory / (1 << 30):.1f} GiB " + ("HBM" if t.platform != "cpu" else "host memory") + ")"

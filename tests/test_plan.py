@@ -124,6 +124,9 @@ def test_auto_packing_splits_each_run_s_batch_over_more_devices_when_one_run_doe
                                             compile_layout=_per_device_limit(limit), memory_bytes=1 << 30)
   # 3 replicates: 4 runs x 2 data (4 images a device) first; at most 2 images a device, 2 x 4 with one run each.
   assert choose(8) == pack.Layout(4, 4) and choose(2) == pack.Layout(2, 2)
+  assert not choose(8).why and choose(2).why == ("with each run's batch over 2 device(s), one run did not fit: the "
+                                                 "compiler ran out of the device's VMEM (the step needs 18.45MB of "
+                                                 "its 16.00MB)")
   with pytest.raises(UserError) as e:
     choose(0)
   msg = str(e.value)
