@@ -56,7 +56,8 @@ def compile_row(model: str, topology: str) -> dict:
   return {"model": model, "topology": topology, "chips": got.target.chips, "hbm_bytes": got.target.memory_bytes,
           "peak_flops": got.target.peak_flops, "runs_per_step": got.layout.runs_per_step,
           "mesh": list(got.mesh_shape), "peak_bytes": c.peak_bytes, "flops": c.flops,
-          "collectives": c.collectives, "compile_seconds": round(c.seconds), "commit": commit,
+          "collectives": c.collectives, "compile_seconds": round(c.seconds),
+          "layout_why": got.layout.why, "commit": commit,
           "jax": jax.__version__}
 
 
@@ -102,6 +103,10 @@ def render() -> str:
           f"{p['most_ready']} of {row['runs_per_step']} | {p['free_replicates']} | "
           f"{_hours(p['hours'])}, {p['chip_hours']:,.1f} chip-h | {_hours(p['hours'] / 0.4)}, "
           f"{p['chip_hours'] / 0.4:,.1f} chip-h |")
+  rows = [json.load(open(row_path(m, t))) for t in TOPOLOGIES for m in MODELS if os.path.exists(row_path(m, t))]
+  shrunk = [f"- {row['model']} on {row['topology']}: {row['layout_why']}." for row in rows if row.get("layout_why")]
+  if shrunk:
+    lines += ["", "Where auto packing left its first layout (one run per chip for the 3 replicates):", *shrunk]
   if missing:
     lines += ["", "Not compiled yet: " + ", ".join(missing) + "."]
   return "\n".join(lines)

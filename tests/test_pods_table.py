@@ -33,7 +33,10 @@ def test_a_row_renders_its_cost_from_the_schedule(pods, tmp_path):
   assert f"| {packed:,} (93% busy) | 4 of 4 | 3 |" in line  # 63 trainings in 68 slots
   assert f"{hours:,.1f} hours, {hours * 16:,.1f} chip-h | {hours / 0.4:,.1f} hours" in line
   assert "| 1.00 GiB (6.2%) | 900 | all-reduce x2 |" in line
-  assert "Not compiled yet: sanet on v5e:4x4" in got
+  assert "Not compiled yet: sanet on v5e:4x4" in got and "Where auto packing left" not in got
+  json.dump({**row, "topology": "v4:2x2x2", "chips": 8, "layout_why": "one run did not fit: VMEM"},
+            open(pods.row_path("adain", "v4:2x2x2"), "w"))
+  assert "- adain on v4:2x2x2: one run did not fit: VMEM." in pods.render()
 
 
 def test_write_replaces_the_table_between_the_markers_only(pods, tmp_path, monkeypatch):
