@@ -106,7 +106,7 @@ def render() -> str:
   rows = [json.load(open(row_path(m, t))) for t in TOPOLOGIES for m in MODELS if os.path.exists(row_path(m, t))]
   shrunk = [f"- {row['model']} on {row['topology']}: {row['layout_why']}." for row in rows if row.get("layout_why")]
   if shrunk:
-    lines += ["", "Where auto packing left its first layout (one run per chip for the 3 replicates):", *shrunk]
+    lines += ["", "Where auto packing left its first layout (the smallest 'runs' axis that holds the 3 replicates):", *shrunk]
   if missing:
     lines += ["", "Not compiled yet: " + ", ".join(missing) + "."]
   return "\n".join(lines)
