@@ -56,7 +56,7 @@ def test_on_an_accelerator_the_compiled_peak_sizes_the_pack(monkeypatch):
                                                    compile_layout=compile_layout, memory_bytes=memory)
   assert choose(1000) == pack.Layout(3, 1) and asked == [(1, 3)]  # all 3 replicates fit: one compile
   assert choose(300 / aot.HEADROOM) == pack.Layout(2, 1)  # 2 of them fit
-  with pytest.raises(UserError, match=r"One run of adain at batch 2, 32 px crops, float32 needs 150 bytes"):
+  with pytest.raises(UserError, match=r"One run of adain at batch 2, 32 px crops, float32 does not fit a device: needs 150 bytes"):
     choose(100)
   with pytest.raises(UserError, match=r"config.parallel.runs_per_step = 3 puts 3 runs of adain .* but only 2 fit"):
     choose(300 / aot.HEADROOM, parallel__runs_per_step=3)
