@@ -142,7 +142,13 @@ def _gib(n: float) -> str:
 def _duration(hours: float) -> str:
   if hours >= 1:
     return f"{hours:,.1f} hours"
-  return f"{hours * 60:.1f} minutes" if hours * 60 >= 1 else f"{hours * 3600:.1f} seconds"
+  if hours * 60 >= 1:
+    return f"{hours * 60:.1f} minutes"
+  return f"{hours * 3600:.1f} seconds" if hours * 3600 >= 1 else f"{hours * 3.6e6:.3g} milliseconds"
+
+
+def _chip_hours(n: float) -> str:
+  return f"{n:,.1f} chip-hours" if n >= 10 else f"{n:.3g} chip-hours"
 
 
 def _flop(n: float) -> str:
@@ -208,9 +214,9 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
   else:
     chips = t.chips
     lines.append(f"Cost at the peak of {plan.peak_flops / 1e12:g} TFLOP/s per chip (a lower bound): "
-                 f"{_duration(at_peak)} of the whole target, {at_peak * chips:,.1f} chip-hours.")
+                 f"{_duration(at_peak)} of the whole target, {_chip_hours(at_peak * chips)}.")
     slow = plan.hours(utilisation)
-    lines.append(f"Cost at {utilisation:.0%} of the peak: {_duration(slow)}, {slow * chips:,.1f} chip-hours.")
+    lines.append(f"Cost at {utilisation:.0%} of the peak: {_duration(slow)}, {_chip_hours(slow * chips)}.")
   lines.append("A step's real time needs a chip: these figures bound it, they do not measure it.")
   return "\n".join(lines)
 
