@@ -52,7 +52,7 @@ def schedule(config, runs_per_step: int, replicates: int | None = None) -> list[
   from jaxtickets import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
 
   i, steps = config.imp, config.train.steps
-  packs = schedule_lib.packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
+  packs = _packs(config, runs_per_step, replicates)
   kinds = [0 if any(k.round == 0 for k in p) else 1 if any(k.branch == schedule_lib.IMP for k in p) else 2
            for p in packs]
   beside = sum(k.branch != schedule_lib.IMP for p, kind in zip(packs, kinds) if kind == 1 for k in p)
@@ -66,9 +66,14 @@ def schedule(config, runs_per_step: int, replicates: int | None = None) -> list[
 
 def most_ready(config, runs_per_step: int) -> int:
   """The most trainings any pack of the protocol has ready: slots beyond it only ever compute padding."""
+  return max(len(p) for p in _packs(config, runs_per_step))
+
+
+def _packs(config, runs_per_step: int, replicates: int | None = None) -> list:
+  """schedule.packs of the config's protocol (with `replicates` instead of the config's, if given)."""
   from jaxtickets import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
   i = config.imp
-  return max(len(p) for p in schedule_lib.packs(range(i.replicates), i.rounds, _branches(config), runs_per_step))
+  return schedule_lib.packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
 
 
 def free_replicates(config, runs_per_step: int) -> int:

@@ -11,6 +11,7 @@ baselines in the order they became ready. imp.py trains what it hands out; plan.
 
 import collections
 import dataclasses
+import heapq
 from typing import Iterable, Sequence
 
 IMP = "imp"
@@ -31,7 +32,9 @@ class Queue:
     if not branches or branches[0] != IMP:
       raise ValueError(f"branches must start with {IMP!r}: {branches!r}")
     self.rounds, self.baseline_branches = rounds, tuple(branches[1:])
-    self._imp = collections.deque(Key(IMP, 0, rep) for rep in replicates)
+    # IMP's ready rounds as (round, replicate), lowest first: the slowest replicate is never left behind.
+    self._imp = [(0, rep) for rep in replicates]
+    heapq.heapify(self._imp)
     self._baselines = collections.deque()
 
   def __bool__(self) -> bool:
@@ -40,7 +43,8 @@ class Queue:
   def pop(self) -> Key | None:
     """The next ready training (IMP's before the baselines'), or None when none is ready."""
     if self._imp:
-      return self._imp.popleft()
+      r, rep = heapq.heappop(self._imp)
+      return Key(IMP, r, rep)
     return self._baselines.popleft() if self._baselines else None
 
   def done(self, key: Key, stop: bool = False) -> None:
@@ -52,9 +56,7 @@ class Queue:
     if key.round:
       self._baselines.extend(Key(b, key.round, key.replicate) for b in self.baseline_branches)
     if key.round < self.rounds and not stop:
-      # IMP's rounds stay ordered by round, then replicate: the slowest replicate is never left behind.
-      self._imp.append(Key(IMP, key.round + 1, key.replicate))
-      self._imp = collections.deque(sorted(self._imp, key=lambda k: (k.round, k.replicate)))
+      heapq.heappush(self._imp, (key.round + 1, key.replicate))
 
 
 def replicate_groups(replicates: Sequence[int], runs_per_step: int) -> list[list[int]]:

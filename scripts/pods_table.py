@@ -22,7 +22,9 @@ PAGE = os.path.join(os.path.dirname(__file__), "..", "docs", "pods.md")
 BEGIN, END = "<!-- pods_table.py render: begin -->", "<!-- pods_table.py render: end -->"
 MODELS = ("adain", "sanet", "lst", "manet", "adaattn", "mccnet")
 TOPOLOGIES = ("v5e:4x4", "v5e:16x16", "v4:2x2x2")
-OVERRIDES = ("--config.train.dtype=bfloat16", "--config.imp.branches=imp,random_prune", "--config.imp.replicates=3")
+# The command-line overrides docs/pods.md names: --config.train.dtype=bfloat16 --config.imp.branches=imp,random_prune
+# --config.imp.replicates=3.
+PAPER_SCALE = {"train": {"dtype": "bfloat16"}, "imp": {"branches": "imp,random_prune", "replicates": 3}}
 
 
 def row_path(model: str, topology: str) -> str:
@@ -30,19 +32,10 @@ def row_path(model: str, topology: str) -> str:
 
 
 def paper_config(model: str):
-  """configs/<model>.py at its defaults with OVERRIDES applied."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
-  spec = importlib.util.spec_from_file_location(model, os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                                     f"{model}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for override in OVERRIDES:
-    path, value = override.removeprefix("--config.").split("=")
-    section, name = path.split(".")
-    config[section][name] = type(config[section][name])(value)
-  return config
+  """configs/<model>.py at its defaults with PAPER_SCALE's changes (the study's loader, so it reads configs alike)."""
+  from jaxtickets import study  # pylint: disable=g-import-not-at-top
+  config = study.model_config(model, "", os.path.join(os.path.dirname(__file__), "..", "configs"))
+  return study.with_changes(config, PAPER_SCALE, "pods_table.py")
 
 
 def compile_row(model: str, topology: str) -> dict:

@@ -199,7 +199,7 @@ def test_a_big_slice_s_idle_slots_are_named_with_the_replicates_they_would_hold_
   assert packed(16) == packed(3) == 12 * config.train.steps < packed(17)
 
 
-def test_durations_and_chip_hours_keep_their_digits_at_every_scale():
+def test_cost_text_keeps_its_digits_at_every_scale():
   from jaxtickets import plan
   got = [plan._duration(h) for h in (2.5, 0.5, 0.5 / 60, 2.1e-6)]  # pylint: disable=protected-access
   assert got == ["2.5 hours", "30.0 minutes", "30.0 seconds", "7.56 milliseconds"]
