@@ -4,10 +4,11 @@
                  when recorded), held-out losses (each of the model's own terms, then the total), and
                  relative_to_dense: this ticket's mean total loss over its own replicate's dense round's, minus 1
   summary.csv    one row per branch x round: relative_to_dense, the geometric mean ratio of held-out loss
-                 (ticket / its own replicate's dense network) - 1 over replicates and image combinations, its interval
-                 (ci_low, ci_high), the verdict, the same per loss term (<term>_relative, <term>_ci_low,
-                 <term>_ci_high), each baseline against IMP at the same round (vs_imp: the geometric mean ratio
-                 baseline / IMP - 1, positive when IMP is better), and the mean recon_psnr and flat_psnr
+                 (ticket / its own replicate's dense network) - 1 over replicates and the held-out set's image
+                 combinations, its interval (ci_low, ci_high: stats.replicate_interval), the verdict, the same per
+                 loss term (<term>_relative, <term>_ci_low, <term>_ci_high), each baseline against IMP at the same
+                 round (vs_imp: the geometric mean ratio baseline / IMP - 1, positive when IMP is better), and the
+                 mean recon_psnr and flat_psnr
   summary.json   the highest matching sparsity per branch (the headline), the exploratory sparsest matching round,
                  the match rule, the replicate spread and the replicates it calls for, the unreadable images
                  skipped, the terms
@@ -40,7 +41,7 @@ LEARNED_MARGIN_DB = 3.0
 PLANNED_TOLERANCES = (0.02, 0.10)
 PLANNED_POWER = 0.8
 ESTIMATOR = ("geometric mean ratio of held-out total loss (ticket / its own replicate's dense network) - 1, over "
-             "replicates and image combinations")
+             "replicates and the held-out set's image combinations")
 SPARSEST_NOTE = ("exploratory: the sparsest matching round anywhere, which may follow a round that did not match; "
                  "the best of many tests, so its interval does not hold for the choice. The headline is "
                  "highest_matching, which needs every round before it to match too.")
@@ -70,9 +71,9 @@ RESULT_FIELDS = result_fields()  # the columns of a model whose terms are conten
 SUMMARY_FIELDS = summary_fields()
 MATCH_RULE = ("A round matches when the whole {conf:.0%} interval of its " + ESTIMATOR + ", lies below +{tol:.1%}, "
               "does not match when the whole interval lies above, and is inconclusive otherwise (always with a "
-              "single replicate, which cannot measure seed noise). The interval comes from the log ratios of each "
-              "replicate and image combination (a combination's crops averaged) under a crossed random-effects "
-              "model of seeds and images.")
+              "single replicate, which cannot measure seed noise). The interval is the t interval over replicates "
+              "of each replicate's mean log ratio over the held-out image combinations (a combination's crops "
+              "averaged first): the seeds are random, the held-out images fixed, so it speaks for these images.")
 
 
 def branch_order(branch: str):

@@ -6,25 +6,23 @@ paired with cell (i, j) of its own replicate's dense network. Every statistic li
   d_ij = log(ticket_ij / dense_ij), averaged first over the crops of one (content, style) image combination
   (pairs of the same name), so crops of the same images are not counted as independent evidence: D (R, J).
 
-The estimate is exp(mean D) - 1, the geometric mean ratio of held-out loss (ticket / dense) minus 1 over replicates
-and image combinations; its interval is exp(low) - 1, exp(high) - 1, so it cannot reach below -100% and one
-degenerate run shifts it by its log, not by its raw size.
+The estimand is the geometric-mean loss ratio on THIS held-out set of image combinations, minus 1: the images are
+fixed by the run's held-out set, the seeds are random. Its estimate is exp(mean D) - 1 and its interval
+exp(low) - 1, exp(high) - 1, so it cannot reach below -100% and one degenerate run shifts it by its log, not by its
+raw size.
 
-Both levels are random (seeds and images), so D follows the two-way crossed random-effects model
-D_ij = mu + a_i + b_j + e_ij, under which Var(mean D) = s_a^2 / R + s_b^2 / J + s_e^2 / (R J). With the mean squares
-of the two-way ANOVA without replication, E[MS_rows] = s_e^2 + J s_a^2 and E[MS_cols] = s_e^2 + R s_b^2, so
-V = V_rows + V_cols = (MS_rows + MS_cols) / (R J) estimates that variance plus s_e^2 / (R J): conservative by that
-one term, and never negative, unlike the unbiased (MS_rows + MS_cols - MS_e) / (R J).
+The interval is a replicate-level t interval: per replicate i, m_i = mean over the J combinations of D_ij, and
+mean(m) +- t_{(1+confidence)/2, R-1} sd(m) / sqrt(R). The combinations are not independent draws: they form a
+content x style grid, so every combination that shares a content (or a style) shares that image's effect, and a
+model that treats the J combinations as independent (a two-way seeds x combinations random-effects model) is
+miscalibrated both for this set and for images in general. Averaging over the fixed set first removes the question:
+whatever the content and style effects and their interactions with each other or with the seed, each m_i is the
+estimand plus the replicate's own seed terms averaged over the set, and the m_i are i.i.d. across seeds. The t
+interval with R - 1 degrees of freedom is then exact when the m_i are normal (docs/protocol.md derives it and
+gives its measured coverage, also when seeds are bimodal). It says nothing about other images: that would need a
+crossed model of seed, content and style, whose few contents leave it a handful of degrees of freedom.
 
-The half-width is sqrt(t_{R-1}^2 V_rows + t_{J-1}^2 V_cols) (Banerjee 1960), each part with its own t quantile,
-rather than one t quantile with Satterthwaite's degrees of freedom times sqrt(V). Satterthwaite's degrees of
-freedom are estimated from the same mean squares, and they rise exactly when MS_rows is small by chance, which is
-when the interval misses: in simulation (J = 16, seeds dominating) its coverage is 88-89% at R = 2 and 93% at
-R = 3 for a nominal 95%. Banerjee's interval covers at least the nominal level whatever the two components' sizes
-(for independent mean squares, as the ANOVA's are under normality), is the exact replicate-level t interval when
-seeds dominate, and is at most 27% wider at R = 3 (11% at R = 5) when both components matter. With one image
-combination it is the replicate-level t interval (s^2 / R, R - 1 df); with one replicate it covers image noise only
-(J - 1 df) and the verdict stays inconclusive, since seed-to-seed noise is unmeasured.
+With one replicate the seed-to-seed spread is unmeasured: the interval is unbounded and the verdict inconclusive.
 
 numpy and scipy only, so the report can run without jax.
 """
@@ -51,8 +49,8 @@ class Interval:
   low: float
   high: float
   log_mean: float  # mean of the log ratios over replicates and image combinations
-  se: float  # standard error of log_mean: sqrt(V_rows + V_cols)
-  quantile: float  # the half-width on the log scale over se, between the t quantiles of R - 1 and J - 1 df
+  se: float  # standard error of log_mean: sd of the replicates' means / sqrt(R); inf when R == 1
+  quantile: float  # the half-width on the log scale over se: the t quantile with R - 1 df
   replicates: int  # R
   pairs: int  # P, the evaluation pairs (crops)
   units: int  # J, the image combinations the pairs' crops were averaged into
@@ -102,32 +100,24 @@ def log_ratios(numerator, denominator, pair_names: Sequence[str] | None = None, 
   return unit_means(np.log(numerator) - np.log(denominator), pair_names)
 
 
-def crossed_interval(d, *, confidence: float = 0.95, pairs: int | None = None) -> Interval:
-  """Interval for the mean of the (R, J) log ratios `d` under the crossed random-effects model (module docstring)."""
+def replicate_interval(d, *, confidence: float = 0.95, pairs: int | None = None) -> Interval:
+  """The t interval over replicates for the mean of the (R, J) log ratios `d` (module docstring): each replicate's
+  mean over the image combinations is one observation."""
   if not 0.0 < confidence < 1.0:
     raise UserError(f'The confidence is {confidence}; give a fraction between 0 and 1, e.g. 0.95.')
   d = np.asarray(d, dtype=np.float64)
   r, j = d.shape
-  mean = float(d.mean())
-  # (variance part, its degrees of freedom) for the replicates and for the image combinations, each when it exists.
-  parts = []
-  if r > 1:
-    ms_rows = j * float(np.sum((d.mean(axis=1) - mean) ** 2)) / (r - 1)
-    parts.append((ms_rows / (r * j), r - 1))
-  if j > 1:
-    ms_cols = r * float(np.sum((d.mean(axis=0) - mean) ** 2)) / (j - 1)
-    parts.append((ms_cols / (r * j), j - 1))
-  if not parts:  # one replicate on one image combination
+  m = d.mean(axis=1)
+  mean = float(m.mean())
+  if r < 2:  # seed-to-seed noise unmeasured: no finite interval can be claimed
     se, quantile, low, high = math.inf, math.inf, -math.inf, math.inf
   else:
     # scipy.stats takes about a second to import: only here, not when the module loads.
     from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
 
-    q = (1.0 + confidence) / 2.0
-    se = math.sqrt(sum(v for v, _ in parts))
-    half = math.sqrt(sum(float(scipy_stats.t.ppf(q, df)) ** 2 * v for v, df in parts))
-    quantile = half / se if se > 0 else float(scipy_stats.t.ppf(q, parts[0][1]))
-    low, high = mean - half, mean + half
+    se = float(np.std(m, ddof=1)) / math.sqrt(r)
+    quantile = float(scipy_stats.t.ppf((1.0 + confidence) / 2.0, r - 1))
+    low, high = mean - quantile * se, mean + quantile * se
   return Interval(estimate=math.expm1(mean), low=math.expm1(low), high=math.expm1(high), log_mean=mean, se=se,
                   quantile=quantile, replicates=r, pairs=j if pairs is None else pairs, units=j, replicates_ok=r > 1)
 
@@ -137,7 +127,7 @@ def relative_difference_interval(losses, dense, *, pair_names: Sequence[str] | N
   """Geometric mean ratio of held-out loss (ticket / dense) - 1 over replicates and image combinations, with its
   interval; both (R, P), cell (i, j) of one paired with (i, j) of the other (the same replicate and pair)."""
   d = log_ratios(losses, dense, pair_names)
-  return crossed_interval(d, confidence=confidence, pairs=np.shape(losses)[1])
+  return replicate_interval(d, confidence=confidence, pairs=np.shape(losses)[1])
 
 
 def paired_difference_interval(losses_a, losses_b, *, pair_names: Sequence[str] | None = None,
@@ -146,7 +136,7 @@ def paired_difference_interval(losses_a, losses_b, *, pair_names: Sequence[str] 
   positive means the baseline's loss is higher, so IMP is better. A ratio of the two needs no dense reference.
   """
   d = log_ratios(losses_a, losses_b, pair_names, names=('baseline losses', 'IMP losses'))
-  return crossed_interval(d, confidence=confidence, pairs=np.shape(losses_a)[1])
+  return replicate_interval(d, confidence=confidence, pairs=np.shape(losses_a)[1])
 
 
 def replicate_log_means(numerator, denominator, pair_names: Sequence[str] | None = None) -> np.ndarray:
@@ -177,8 +167,9 @@ def replicates_needed(sd: float, tolerance: float, power: float = 0.8, confidenc
   with probability `power`, when each replicate's mean log ratio scatters with standard deviation `sd`.
 
   The smallest R >= 2 with R >= ((t_{(1+confidence)/2, R-1} + t_{power, R-1}) sd / log(1 + tolerance))^2, the
-  usual approximation to the noncentral t for the replicate-level interval (what the crossed interval becomes when
-  seeds dominate).
+  usual approximation to the noncentral t for the replicate-level interval that relative_difference_interval
+  computes. `sd` is the SD of the replicates' means, which holds every variance term the held-out set cannot average
+  away (seed, seed x content, seed x style, noise); the images' own effects are part of the estimand.
   """
   if not (0.5 <= power < 1.0 and 0.0 < confidence < 1.0):
     raise UserError(f'power {power} and confidence {confidence}: give fractions, power at least 0.5.')

@@ -46,57 +46,73 @@ def _verdict(losses, dense, **kwargs):
   return stats.verdict(stats.relative_difference_interval(losses, dense, **kwargs), TOLERANCE)
 
 
+# The held-out set as a content x style grid, the sizes of each effect on the log ratio (simulations below).
+EFFECTS = dict(content=0.10, style=0.08, content_style=0.04, seed=0.03, seed_content=0.02, seed_style=0.02,
+               noise=0.03)
+
+
+def _grid_names(contents, styles, crops):
+  return [f"content{c}__style{s}" for c in range(contents) for s in range(styles) for _ in range(crops)]
+
+
+def _grid_studies(rng, studies, r, contents, styles, crops, *, sd=EFFECTS, mu=0.05, theta=None, dead=None):
+  """(log ratios (studies, r, contents x styles x crops), theta (studies,)) of simulated studies on a grid.
+
+  D_ijkl = mu + c_j + s_k + (cs)_jk + a_i + (ac)_ij + (as)_ik + e_ijkl for seed i, content j, style k, crop l; the
+  image effects are drawn afresh per study. theta = mu + mean_j c_j + mean_k s_k + mean_jk (cs)_jk is the log ratio
+  on that study's held-out set. theta given: mu is set per study so that theta is exactly that. dead = (p, shift):
+  each seed is dead with probability p and then shifted by `shift`, centred so that the mixture's mean stays theta.
+  """
+  draw = lambda name, *shape: rng.normal(0.0, sd[name], size=(studies, *shape))
+  images = (draw("content", 1, contents, 1, 1) + draw("style", 1, 1, styles, 1)
+            + draw("content_style", 1, contents, styles, 1))
+  image_mean = images.mean(axis=(1, 2, 3, 4))
+  mu = np.full(studies, mu) if theta is None else theta - image_mean
+  d = (mu[:, None, None, None, None] + images + draw("seed", r, 1, 1, 1) + draw("seed_content", r, contents, 1, 1)
+       + draw("seed_style", r, 1, styles, 1) + draw("noise", r, contents, styles, crops))
+  if dead is not None:
+    p, shift = dead
+    d = d + shift * ((rng.random((studies, r, 1, 1, 1)) < p) - p)
+  return d.reshape(studies, r, -1), mu + image_mean
+
+
+def _intervals(d, names, rng):
+  """stats.relative_difference_interval of every simulated study, its dense losses varying by seed and pair."""
+  dense = np.exp(rng.normal(0.0, 0.4, size=d.shape[1:]))
+  return [stats.relative_difference_interval(dense * np.exp(di), dense, pair_names=names) for di in d]
+
+
+def _coverage(intervals, theta):
+  return float(np.mean([iv.low <= math.expm1(t) <= iv.high for iv, t in zip(intervals, theta)]))
+
+
 # ----------------------------------------------------------------------------- the estimator
 
 
 def test_hand_computed_interval():
-  """R = 2 replicates x J = 2 combinations of log ratios [[0, .2], [.2, .6]], worked by hand: mean .25; row means
-  .1, .4 and column means .1, .4, so MS_rows = MS_cols = 2 (.15^2 + .15^2) / 1 = .09; V_rows = V_cols = .09 / 4;
-  half-width sqrt(t_1^2 V_rows + t_1^2 V_cols) = 12.7062 x sqrt(.045) = 2.6954."""
-  d = np.array([[0.0, 0.2], [0.2, 0.6]])
-  interval = stats.relative_difference_interval(np.exp(d), np.ones_like(d))
-  assert interval.log_mean == pytest.approx(0.25)
-  assert interval.estimate == pytest.approx(math.exp(0.25) - 1)
-  assert interval.se == pytest.approx(math.sqrt(0.045))
-  assert interval.quantile == pytest.approx(12.7062, abs=1e-4)
-  assert interval.low == pytest.approx(math.exp(0.25 - 2.6954) - 1, abs=1e-4)
-  assert interval.high == pytest.approx(math.exp(0.25 + 2.6954) - 1, rel=1e-4)
-  assert (interval.replicates, interval.pairs, interval.units, interval.replicates_ok) == (2, 2, 2, True)
-
-
-def test_interval_against_an_anova_by_projections():
-  """The same interval from another formulation: crops averaged by a pair-to-combination matrix, the sums of squares
-  as squared norms of least-squares projections onto the replicate and combination dummies, and a check that the
-  two-way decomposition adds up."""
-  rng = np.random.default_rng(20)
-  names = ["a__x", "b__y", "a__x", "c__z", "b__y", "c__z", "a__x", "d__w"]  # 4 combinations, 1-3 crops, shuffled
-  ticket, dense = rng.uniform(0.5, 2.0, size=(2, 3, 8))
-  interval = stats.relative_difference_interval(ticket, dense, pair_names=names)
-
-  units = sorted(set(names), key=names.index)
-  average = np.array([[name == u for u in units] for name in names], np.float64)
-  average /= average.sum(axis=0)
-  d = np.log(ticket / dense) @ average  # (3, 4)
-  r, j = d.shape
-  y = d.ravel()
-  rows = np.kron(np.eye(r), np.ones((j, 1)))
-  cols = np.kron(np.ones((r, 1)), np.eye(j))
-  ones = np.ones((r * j, 1))
-
-  def fitted(x):
-    return x @ np.linalg.lstsq(x, y, rcond=None)[0]
-
-  ss_rows = np.sum((fitted(rows) - fitted(ones)) ** 2)
-  ss_cols = np.sum((fitted(cols) - fitted(ones)) ** 2)
-  ss_error = np.sum((y - fitted(np.hstack([rows, cols]))) ** 2)
-  assert ss_rows + ss_cols + ss_error == pytest.approx(np.sum((y - y.mean()) ** 2))
-  v_rows, v_cols = ss_rows / (r - 1) / (r * j), ss_cols / (j - 1) / (r * j)
-  half = math.sqrt(scipy_stats.t.ppf(0.975, r - 1) ** 2 * v_rows + scipy_stats.t.ppf(0.975, j - 1) ** 2 * v_cols)
-  assert interval.units == 4 and interval.pairs == 8
-  assert interval.log_mean == pytest.approx(y.mean(), rel=1e-12)
-  assert interval.se == pytest.approx(math.sqrt(v_rows + v_cols), rel=1e-10)
-  assert math.log1p(interval.low) == pytest.approx(y.mean() - half, rel=1e-10)
-  assert math.log1p(interval.high) == pytest.approx(y.mean() + half, rel=1e-10)
+  """R = 3 replicates on a 2 x 2 grid, the interval worked by hand: each replicate's mean log ratio over the four
+  combinations, their mean and SD, and scipy's t quantile with 2 degrees of freedom."""
+  names = ["a__x", "a__y", "b__x", "b__y"]
+  d = np.array([[0.10, 0.30, -0.20, 0.40],
+                [0.00, 0.20, 0.10, 0.50],
+                [0.30, -0.10, 0.20, 0.20]])
+  m = [(0.10 + 0.30 - 0.20 + 0.40) / 4, (0.00 + 0.20 + 0.10 + 0.50) / 4, (0.30 - 0.10 + 0.20 + 0.20) / 4]
+  mean = sum(m) / 3
+  sd = math.sqrt(sum((x - mean) ** 2 for x in m) / 2)
+  q = scipy_stats.t.ppf(0.975, 2)
+  half = q * sd / math.sqrt(3)
+  interval = stats.relative_difference_interval(np.exp(d), np.ones_like(d), pair_names=names)
+  assert interval.log_mean == pytest.approx(mean, rel=1e-12, abs=1e-12)
+  assert interval.se == pytest.approx(sd / math.sqrt(3), rel=1e-12)
+  assert interval.quantile == pytest.approx(q, rel=1e-12)
+  assert interval.estimate == pytest.approx(math.expm1(mean), rel=1e-12)
+  assert interval.low == pytest.approx(math.expm1(mean - half), rel=1e-12)
+  assert interval.high == pytest.approx(math.expm1(mean + half), rel=1e-12)
+  assert (interval.replicates, interval.pairs, interval.units, interval.replicates_ok) == (3, 4, 4, True)
+  # scipy's own one-sample t interval of the replicates' means says the same.
+  ci = scipy_stats.ttest_1samp(m, 0.0).confidence_interval(0.95)
+  assert math.log1p(interval.low) == pytest.approx(ci.low, rel=1e-12)
+  assert math.log1p(interval.high) == pytest.approx(ci.high, rel=1e-12)
 
 
 def test_point_estimate_is_the_geometric_mean_ratio_and_symmetric_on_the_log_scale():
@@ -123,19 +139,26 @@ def test_no_interval_reaches_below_minus_100_percent_and_one_bad_run_does_not_do
 
 
 def test_crops_of_one_image_combination_are_one_unit():
-  """Named pairs average their crops before the interval; without names every crop would count as evidence."""
+  """Named pairs average their crops first: each combination weighs the same in a replicate's mean whatever its
+  number of crops. With equal crops per combination the replicate means, so the interval, do not change."""
   rng = np.random.default_rng(22)
-  # Image effects dominate and the four crops of a combination agree: 16 units of evidence, not 64.
   ticket, dense = _study(rng, 3, 1.05, seed_sd=0.002, image_sd=0.05, crop_sd=0.002)
   named = stats.relative_difference_interval(ticket, dense, pair_names=NAMES)
   d = np.log(ticket / dense).reshape(3, 16, 4).mean(axis=2)
-  by_hand = stats.crossed_interval(d, pairs=64)
+  by_hand = stats.replicate_interval(d, pairs=64)
   for field in ("estimate", "low", "high", "se", "quantile"):
     assert getattr(named, field) == pytest.approx(getattr(by_hand, field), rel=1e-12)
   assert (named.units, named.pairs) == (by_hand.units, by_hand.pairs) == (16, 64)
   unnamed = stats.relative_difference_interval(ticket, dense)
-  assert unnamed.units == 64 and unnamed.estimate == pytest.approx(named.estimate)
-  assert unnamed.high - unnamed.low < 0.6 * (named.high - named.low)  # crops as independent: far too narrow
+  assert unnamed.units == 64
+  for field in ("estimate", "low", "high"):
+    assert getattr(unnamed, field) == pytest.approx(getattr(named, field), rel=1e-10)
+  # Unequal crops: a combination with three crops counts once, not three times.
+  names = ["a__x", "a__x", "a__x", "b__y"]
+  d = np.array([[0.0, 0.0, 0.0, 0.4], [0.1, 0.1, 0.1, 0.3]])
+  interval = stats.relative_difference_interval(np.exp(d), np.ones_like(d), pair_names=names)
+  assert interval.log_mean == pytest.approx((0.2 + 0.2) / 2)
+  assert interval.units == 2 and interval.pairs == 4
 
 
 def test_the_interval_does_not_depend_on_the_order_of_replicates_or_pairs():
@@ -149,18 +172,18 @@ def test_the_interval_does_not_depend_on_the_order_of_replicates_or_pairs():
     assert getattr(again, field) == pytest.approx(getattr(first, field), rel=1e-10)
 
 
-@pytest.mark.parametrize("r,p,confidence,df", [(2, 1, 0.95, 1), (4, 1, 0.9, 3), (1, 6, 0.95, 5)])
-def test_one_level_alone_is_the_plain_t_interval(r, p, confidence, df):
-  """One pair: the replicate-level t interval (s^2 / R, R - 1 df); one replicate: the pairs' (P - 1 df). Checked
-  against scipy.stats' own t distribution: 12.706 at 1 degree of freedom, 95%."""
+@pytest.mark.parametrize("r,p,confidence", [(2, 1, 0.95), (4, 1, 0.9), (3, 6, 0.95), (5, 16, 0.8)])
+def test_the_interval_is_the_t_interval_of_the_replicates_means(r, p, confidence):
+  """Whatever the number of pairs: the t interval (R - 1 df) of the R replicates' mean log ratios. Checked against
+  scipy.stats' own t distribution: 12.706 at 1 degree of freedom, 95%."""
   rng = np.random.default_rng(8)
   dense = _losses(rng, r, p, pair_effects=_pair_effects(rng, p))
   losses = dense * rng.uniform(1.0, 1.1, size=dense.shape)
   interval = stats.relative_difference_interval(losses, dense, confidence=confidence)
-  d = np.log(losses / dense).ravel()
-  quantile = scipy_stats.t.ppf((1 + confidence) / 2, df)
+  m = np.log(losses / dense).mean(axis=1)
+  quantile = scipy_stats.t.ppf((1 + confidence) / 2, r - 1)
   assert interval.quantile == pytest.approx(quantile, rel=1e-9)
-  assert interval.se == pytest.approx(d.std(ddof=1) / math.sqrt(d.size), rel=1e-9)
+  assert interval.se == pytest.approx(m.std(ddof=1) / math.sqrt(r), rel=1e-9)
   assert math.log1p(interval.high) - interval.log_mean == pytest.approx(quantile * interval.se, rel=1e-9)
   if (r, confidence) == (2, 0.95):
     assert quantile == pytest.approx(12.706, abs=1e-3)
@@ -169,34 +192,73 @@ def test_one_level_alone_is_the_plain_t_interval(r, p, confidence, df):
 # ----------------------------------------------------------------------------- coverage and power
 
 
-@pytest.mark.parametrize("r,seed_sd,image_sd,crop_sd", [
-    (3, 0.03, 0.02, 0.04),  # seeds, images and crops all matter
-    (5, 0.03, 0.02, 0.04),
-    (2, 0.05, 0.0, 0.02),  # seeds dominate: where Satterthwaite's estimated df undercovers (about 89%)
-])
-def test_coverage_of_the_true_ratio_is_nominal(r, seed_sd, image_sd, crop_sd):
-  """2,000 simulated studies: the 95% interval (nominal 95%) covers the true ratio at least 94% of the time, and at
-  most 99.5% of the time, so an interval made wide enough never to miss fails too."""
-  rng = np.random.default_rng(100 + r)
-  truth = 1.05
-  studies = 2000
-  covered = 0
-  for _ in range(studies):
-    ticket, dense = _study(rng, r, truth, seed_sd=seed_sd, image_sd=image_sd, crop_sd=crop_sd)
-    interval = stats.relative_difference_interval(ticket, dense, pair_names=NAMES)
-    covered += interval.low <= truth - 1 <= interval.high
-  assert 0.94 <= covered / studies <= 0.995, covered / studies
+@pytest.mark.parametrize("r", [3, 6])
+@pytest.mark.parametrize("contents,styles,crops", [(4, 4, 2), (8, 8, 1)])
+def test_coverage_of_the_held_out_sets_ratio_is_nominal(r, contents, styles, crops):
+  """2,000 simulated studies on a content x style grid, every effect non-zero (content, style, their interaction,
+  seed, seed x content, seed x style, crop noise): the 95% interval covers theta, the ratio on the study's own
+  held-out set, at least 94% of the time, and at most 96.5%, so an interval made wide enough never to miss fails
+  too. Measured: 95.6% and 95.0% at R = 3 and 6 on 4 x 4 (2 crops), 95.2% and 94.5% on 8 x 8."""
+  rng = np.random.default_rng(100 * r + contents)
+  d, theta = _grid_studies(rng, 2000, r, contents, styles, crops)
+  coverage = _coverage(_intervals(d, _grid_names(contents, styles, crops), rng), theta)
+  assert 0.94 <= coverage <= 0.965, coverage
 
 
-@pytest.mark.parametrize("truth,want", [(1.0, stats.MATCHES), (1.1, stats.DOES_NOT_MATCH)])
-def test_power_with_small_noise(truth, want):
-  """A ticket equal to its dense network (or 10% worse), small noise, 5 replicates, 2% tolerance: the verdict says
-  so in at least 80% of studies, so a procedure that always answers inconclusive fails."""
+def _two_way_crossed_interval(d, confidence=0.95):
+  """The interval this module used to compute: seeds x combinations as two crossed random factors, the combinations
+  independent draws, Banerjee's half-width."""
+  r, j = d.shape
+  mean = d.mean()
+  ms_rows = j * np.sum((d.mean(axis=1) - mean) ** 2) / (r - 1)
+  ms_cols = r * np.sum((d.mean(axis=0) - mean) ** 2) / (j - 1)
+  q = (1 + confidence) / 2
+  half = math.sqrt(scipy_stats.t.ppf(q, r - 1) ** 2 * ms_rows / (r * j)
+                   + scipy_stats.t.ppf(q, j - 1) ** 2 * ms_cols / (r * j))
+  return mean - half, mean + half
+
+
+def test_the_two_way_crossed_model_misses_on_a_grid():
+  """Why the two-way model went: it claims images in general (mu, the mean over a population of images) but takes
+  the 16 combinations of 4 contents x 4 styles for 16 independent images, when they hold only 4 contents' and 4
+  styles' effects; so it covers mu far less than 95% of the time. For this held-out set (theta) it is needlessly
+  wide. The replicate-level interval covers theta at the nominal level (the coverage test above)."""
+  rng = np.random.default_rng(7)
+  mu = 0.05
+  d, theta = _grid_studies(rng, 2000, 6, 4, 4, 1, mu=mu)
+  old = [_two_way_crossed_interval(di) for di in d]
+  covers_mu = np.mean([low <= mu <= high for low, high in old])
+  covers_theta = np.mean([low <= t <= high for (low, high), t in zip(old, theta)])
+  assert covers_mu < 0.80, covers_mu  # measured 71.8%
+  assert covers_theta > 0.99, covers_theta  # measured 99.95%: wider than it needs to be for this set
+
+
+@pytest.mark.parametrize("p,r,measured", [(0.1, 3, 0.480), (0.1, 6, 0.471), (0.3, 3, 0.624), (0.3, 6, 0.866),
+                                          (0.3, 10, 0.962)])
+def test_coverage_when_seeds_are_bimodal(p, r, measured):
+  """Seeds that are alive or dead: a fraction p of the trainings shifted by +1 on the log scale (2.7 times the loss)
+  on top of the grid's effects, theta the mixture's mean. A study with no dead seed, probability (1 - p)^R, gets a
+  tight interval around the alive seeds and misses theta: the coverage falls far below 95% at small R (the
+  measured values, stated in docs/protocol.md). Asserted: at least the measured coverage less 3 points, and below
+  90% where it was measured there (a real undercoverage, not simulation noise)."""
+  rng = np.random.default_rng(int(1000 * p) + r)
+  d, theta = _grid_studies(rng, 2000, r, 4, 4, 1, dead=(p, 1.0))
+  coverage = _coverage(_intervals(d, _grid_names(4, 4, 1), rng), theta)
+  assert coverage >= measured - 0.03, coverage
+  if measured < 0.9:
+    assert coverage < 0.9, coverage
+
+
+@pytest.mark.parametrize("ratio,want", [(1.0, stats.MATCHES), (1.25, stats.DOES_NOT_MATCH)])
+def test_power_with_small_noise(ratio, want):
+  """A ticket equal to its dense network (or 25% worse) on this held-out set, small seed-level noise, 5 replicates,
+  10% tolerance: the verdict says so in at least 80% of 2,000 studies, so a procedure that always answers
+  inconclusive fails."""
   rng = np.random.default_rng(30)
-  studies = 500
-  verdicts = [_verdict(*_study(rng, 5, truth, seed_sd=0.005, image_sd=0.005, crop_sd=0.01), pair_names=NAMES)
-              for _ in range(studies)]
-  assert verdicts.count(want) >= 0.8 * studies, {v: verdicts.count(v) for v in set(verdicts)}
+  small = dict(EFFECTS, seed=0.01, seed_content=0.01, seed_style=0.01, noise=0.02)
+  d, _ = _grid_studies(rng, 2000, 5, 4, 4, 2, sd=small, theta=np.full(2000, math.log(ratio)))
+  verdicts = [stats.verdict(iv, 0.10) for iv in _intervals(d, _grid_names(4, 4, 2), rng)]
+  assert verdicts.count(want) >= 0.8 * len(verdicts), {v: verdicts.count(v) for v in set(verdicts)}
 
 
 def test_equal_distributions_rarely_do_not_match():
@@ -230,8 +292,7 @@ def test_clearly_equal_with_low_noise_matches():
   assert abs(interval.estimate) < 1e-3
   assert stats.verdict(interval, TOLERANCE) == stats.MATCHES
   assert interval.replicates == 3 and interval.pairs == interval.units == 64 and interval.replicates_ok
-  # Between the replicates' t quantile (2 df) and the pairs' (63 df).
-  assert scipy_stats.t.ppf(0.975, 63) <= interval.quantile <= scipy_stats.t.ppf(0.975, 2)
+  assert interval.quantile == pytest.approx(scipy_stats.t.ppf(0.975, 2))  # the replicates' (2 df), not the pairs'
 
 
 def test_tiny_sample_is_inconclusive():
@@ -248,9 +309,8 @@ def test_one_replicate_is_always_inconclusive():
   rng = np.random.default_rng(4)
   dense = _losses(rng, 1, 64, pair_effects=_pair_effects(rng, 64))
   interval = stats.relative_difference_interval(2.0 * dense, dense)
-  assert interval.estimate == pytest.approx(1.0)
-  assert interval.low > TOLERANCE  # clearly worse over these pairs, yet seed noise is unmeasured
-  assert not interval.replicates_ok and interval.quantile == pytest.approx(scipy_stats.t.ppf(0.975, 63))
+  assert interval.estimate == pytest.approx(1.0)  # clearly worse over these pairs, yet seed noise is unmeasured
+  assert (interval.low, interval.high, interval.se) == (-1.0, math.inf, math.inf) and not interval.replicates_ok
   assert stats.verdict(interval, TOLERANCE) == stats.INCONCLUSIVE
   same = stats.relative_difference_interval(dense, dense)
   assert stats.verdict(same, TOLERANCE) == stats.INCONCLUSIVE
@@ -280,7 +340,7 @@ def test_paired_difference():
   assert worse.estimate == pytest.approx(1 / 1.2 - 1)
   assert stats.comparison(worse) == stats.IMP_WORSE
   one_seed = stats.paired_difference_interval(imp[:1] * 1.2, imp[:1])
-  assert one_seed.low > 0 and stats.comparison(one_seed) == stats.INCONCLUSIVE
+  assert one_seed.high == math.inf and stats.comparison(one_seed) == stats.INCONCLUSIVE
 
 
 def test_paired_difference_of_equal_branches_is_inconclusive():
@@ -308,20 +368,25 @@ def test_replicates_needed_by_formula():
 
 @pytest.mark.parametrize("sd,tolerance", [(0.02, 0.02), (0.05, 0.10)])
 def test_replicates_needed_reach_the_power_in_simulation(sd, tolerance):
-  """Studies of a ticket as good as its dense network whose replicates' mean log ratios scatter by `sd`: at the
-  planned R about 80% match, at half of it clearly fewer."""
+  """Studies on a 4 x 4 grid (2 crops) of a ticket as good as its dense network on this held-out set, the
+  replicates' means scattering by `sd` (split over seed, seed x content, seed x style and crop noise) and the images'
+  own effects as large as ever: at the planned R at least 80% match (less simulation error, 2,000 studies;
+  measured 83.7% and 87.4%), at half of it clearly fewer."""
+  contents = styles = 4
+  crops = 2
+  # Each term's share of the replicate means' variance: 40% seed, 20% each interaction, 20% noise.
+  spread = dict(EFFECTS, seed=math.sqrt(0.4) * sd, seed_content=math.sqrt(0.2 * contents) * sd,
+                seed_style=math.sqrt(0.2 * styles) * sd, noise=math.sqrt(0.2 * contents * styles * crops) * sd)
   r = stats.replicates_needed(sd, tolerance)
   rng = np.random.default_rng(40)
+  names = _grid_names(contents, styles, crops)
 
-  def power(n, studies=400):
-    hits = 0
-    for _ in range(studies):
-      ticket = np.exp(rng.normal(0.0, sd, size=(n, 1)))
-      hits += stats.verdict(stats.relative_difference_interval(ticket, np.ones((n, 1))), tolerance) == stats.MATCHES
-    return hits / studies
+  def power(n, studies=2000):
+    d, _ = _grid_studies(rng, studies, n, contents, styles, crops, sd=spread, theta=np.zeros(studies))
+    return np.mean([stats.verdict(iv, tolerance) == stats.MATCHES for iv in _intervals(d, names, rng)])
 
-  assert power(r) >= 0.75
-  assert power(max(2, r // 2)) <= 0.6
+  assert power(r) >= 0.76
+  assert power(max(2, r // 2), studies=500) <= 0.6
 
 
 @pytest.mark.parametrize("args", [(-0.1, 0.02), (math.nan, 0.02), (0.01, 0.0), (0.01, 0.02, 0.3), (0.01, 0.02, 1.0)])
