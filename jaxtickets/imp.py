@@ -263,6 +263,8 @@ def _evaluate_and_save(ctx: pack.RunContext, job: pack.Job, result: pack.Result)
   metrics.update(branch=job.branch, round=job.round, replicate=rep.index, steps=result.end_step - job.start_step,
                  rewind_step=cfg.imp.rewind_step, relative_to_dense=metrics["total"] / dense_total - 1.0,
                  nan_skips=result.nan_skips, terms=list(c.model.terms), extra_metrics=list(c.model.extra_metrics))
+  # Recorded with the ticket, so the tables read it back instead of judging again.
+  metrics["collapsed"] = evaluate.collapse_reason(metrics)
   if job.early_bird is not None:
     metrics.update(early_bird_step=result.early_bird_step, early_bird_history=result.early_bird_history)
   tag = f"{job.branch}/rep_{rep.index}"
@@ -281,6 +283,11 @@ def _evaluate_and_save(ctx: pack.RunContext, job: pack.Job, result: pack.Result)
     out.log(f"WARNING: {job.label} the dense network reconstructs its held-out content less than "
             f"{results.LEARNED_MARGIN_DB:.0f} dB better than a flat mean-colour image: it has not learned the task, so "
             "verdicts about its tickets say little about style transfer (train longer, or see docs/study_cpu).")
+  if metrics["collapsed"]:
+    dropped = ("every comparison of this replicate is dropped" if job.branch == "imp" and job.round == 0 else
+               "it is left out of its round's interval, and that round cannot match")
+    out.log(f"WARNING: {job.label} collapsed ({metrics['collapsed']}): branch {job.branch}, round {job.round}, "
+            f"replicate {rep.index}; {dropped}.")
   checkpoint.save_ticket(path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,
                          metrics=metrics, sparsity=report)
   results.write_results(out.workdir, cfg, skips=out.skip_log.summary())

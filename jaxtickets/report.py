@@ -84,9 +84,12 @@ def learnability_lines(summary: list[dict]) -> list[str]:
   check = results.dense_learnability(summary)
   if check is None:
     return []
+  dead = "; ".join(f"replicate {c['replicate']} ({c['reason']})" for c in check["collapsed"])
+  if check["recon_psnr"] is None:
+    return [f"Dense round: every dense network collapsed ({dead}): there is nothing to compare the tickets with."]
   lines = [f"Dense round: reconstruction PSNR {check['recon_psnr']:.2f} dB against {check['flat_psnr']:.2f} dB for "
            "a flat mean-colour image (held-out content stylized with itself as the style, mean over "
-           f"{check['replicates']} replicate(s))."]
+           f"{check['replicates']} replicate(s)" + (f"; left out, collapsed: {dead}" if dead else "") + ")."]
   if not check["learned"]:
     lines.append(f"WARNING: the dense network has not learned to reconstruct its content (less than "
                  f"{results.LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little "
@@ -120,12 +123,43 @@ def format_summary(summary: list[dict]) -> str:
           f"{'95% interval':>28}  verdict")
   lines = [head, "-" * len(head)]
   for r in summary:
-    interval = interval_text(r["ci_low"], r["ci_high"]) if r["verdict"] else ""
     lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
-                 f"{r['total']:>10.4f}{pct(r['relative_to_dense']):>10}{interval:>28}  "
-                 f"{r['verdict'] or '(dense reference)'}")
-  lines.append(f"vs dense: the {results.ESTIMATOR}.")
-  return "\n".join(lines + learnability_lines(summary))
+                 f"{_number(r['total'], '.4f'):>10}{pct(r['relative_to_dense']):>10}{_interval_cell(r):>28}  "
+                 f"{verdict_text(r)}")
+  lines.append(f"vs dense: the {results.ESTIMATOR}; reps: the replicates it rests on, collapsed runs left out.")
+  dead = collapsed_line(summary)
+  return "\n".join(lines + ([dead] if dead else []) + learnability_lines(summary))
+
+
+def _number(v: float, spec: str) -> str:
+  """`v` formatted by `spec`; empty for NaN (a mean over no replicate: every one collapsed)."""
+  return "" if math.isnan(v) else format(v, spec)
+
+
+def _interval_cell(r: dict) -> str:
+  """A summary row's interval as text; empty for the dense reference and when no replicate was left to compare."""
+  if not r["verdict"] or math.isnan(r["ci_low"]):
+    return ""
+  return interval_text(r["ci_low"], r["ci_high"])
+
+
+def verdict_text(r: dict) -> str:
+  """A summary row's verdict, with why it rests on fewer replicates when runs collapsed (e.g. 'inconclusive (1 of
+  3 tickets collapsed)')."""
+  verdict = r["verdict"] or "(dense reference)"
+  return f"{verdict} ({r['note']})" if r.get("note") else verdict
+
+
+def collapsed_line(summary: list[dict]) -> str | None:
+  """The runs left out of the intervals in one line, collapsed tickets first; None when none collapsed."""
+  runs = results.collapsed_runs(summary)
+  if not runs:
+    return None
+  tickets = [f"{c['branch']} round {c['round']} replicate {c['replicate']} ({c['reason']})"
+             for c in runs if not c["dense"]]
+  dense = [f"dense replicate {c['replicate']} ({c['reason']}: all its comparisons dropped)"
+           for c in runs if c["dense"]]
+  return "Collapsed (excluded from the intervals): " + "; ".join(tickets + dense)
 
 
 # ----------------------------------------------------------------------------- a run's figures
@@ -181,7 +215,7 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
       ax.fill_between(x, [max(ratio(r[low]), 1e-9) for r in rs], [ratio(r[high]) for r in rs], color=color,
                       alpha=0.18, lw=0)
       ax.plot(x, [ratio(r[rel]) for r in rs], "-", color=color, label=branch)
-      shown += [ratio(r[rel]) for r in rs]
+      shown += [ratio(r[rel]) for r in rs if math.isfinite(r[rel])]  # no estimate: every replicate collapsed
       for r, xi in zip(rs, x):
         ax.plot(xi, ratio(r[rel]), color=color, ms=6, ls="", **_VERDICT_MARKERS.get(r.get("verdict", ""), {}))
       b = best.get(branch, (None, None))[0]
@@ -295,6 +329,8 @@ def plot_stability(rows: list[dict], path: str, title: str = "") -> None:
 # ----------------------------------------------------------------------------- report.md
 
 def _fmt(value, key: str) -> str:
+  if value is None:
+    return ""
   if isinstance(value, str):
     return value
   if isinstance(value, bool):
@@ -333,7 +369,8 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
       ["replicates", f"{len(reps)} done of {ip.replicates} configured (seeds {config.seed} + r); each "
                      f"point rests on {len(reps)} replicate(s) x {', '.join(map(str, pairs))} held-out pairs "
                      f"({', '.join(map(str, combos))} image combinations, the units the pairs' crops are averaged "
-                     "into)"],
+                     "into)" + ("; collapsed runs are left out (the verdicts count the replicates used)"
+                                if results.collapsed_runs(summary) else "")],
       ["branches", _branches_line(config, rows)],
       ["matching", results.match_rule(ip.match_tolerance)],
   ]
@@ -359,14 +396,15 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   by_term = [f"{' / '.join(terms)} vs dense"] if terms else []
   cells = lambda r: [" / ".join(pct(r.get(f"{t}_relative")) for t in terms)] if terms else []
   lines = [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['sparsity_inference']:.4f}",
-            f"{r['replicates']} x {r['pairs']} ({r['combinations']})", f"{r['total']:.6g}",
-            pct(r["relative_to_dense"]),
-            interval_text(r["ci_low"], r["ci_high"]) if r["verdict"] else "",
-            r["verdict"] or "(dense reference)", *cells(r)] for r in summary]
+            f"{r['replicates']} x {r['pairs']} ({r['combinations']})", _number(r["total"], ".6g"),
+            pct(r["relative_to_dense"]), _interval_cell(r), verdict_text(r), *cells(r)] for r in summary]
+  dead = collapsed_line(summary)
   text += ["## Verdicts (summary.csv)", "",
            f"Ticket / dense - 1: the {results.ESTIMATOR} (summary.csv's relative_to_dense), each ticket paired "
            "with its own replicate's dense round on the same held-out pairs; the interval and the verdict as in "
-           "the match rule above. Total loss: the mean over replicates and pairs.", "",
+           "the match rule above. Replicates: those the verdict rests on, collapsed runs left out. Total loss: the "
+           "mean over those replicates and pairs.", "",
+           *([f"- {dead}", ""] if dead else []),
            table(["branch", "round", "sparsity (prunable)", "sparsity (inference)",
                    "replicates x pairs (image combinations)", "total loss", "ticket / dense - 1 (geometric mean)",
                    "95% interval", "verdict", *by_term], lines), ""]
@@ -589,9 +627,14 @@ def _early_bird_section(runs) -> list[str]:
     ref = next(s for s in runs if s.model == bird.model and s.name == "reference")
     for c in results.early_bird_comparison(results.collect_rows(bird.workdir), results.collect_rows(ref.workdir)):
       iv = c["interval"]
+      if iv is None:
+        difference = "none: every replicate has a collapsed ticket"
+      else:
+        difference = f"{pct(iv.estimate)} {interval_text(iv.low, iv.high)}" + (
+            f" ({c['collapsed']} replicate(s) with a collapsed ticket left out)" if c["collapsed"] else "")
       lines.append([bird.model, c["round"], f"{c['sparsity_prunable']:.4f}", f"{c['imp_total']:.4g}",
-                    f"{c['early_bird_total']:.4g}", f"{pct(iv.estimate)} {interval_text(iv.low, iv.high)}",
-                    c["comparison"], f"{c['imp_steps']:.0f}", f"{c['early_bird_steps']:.0f}"])
+                    f"{c['early_bird_total']:.4g}", difference, c["comparison"], f"{c['imp_steps']:.0f}",
+                    f"{c['early_bird_steps']:.0f}"])
   if not lines:
     return []
   return ["", f"## {STUDY_TITLES['early_bird']}", "",

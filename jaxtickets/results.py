@@ -1,17 +1,22 @@
 """A run's results as tables, rebuilt from its saved tickets (workdir.py says where everything lives).
 
-  results.csv    one row per branch x round x replicate: sparsities, the learnability check (recon_psnr, flat_psnr,
-                 when recorded), held-out losses (each of the model's own terms, then the total), and
-                 relative_to_dense: this ticket's mean total loss over its own replicate's dense round's, minus 1
-  summary.csv    one row per branch x round: relative_to_dense, the geometric mean ratio of held-out loss
-                 (ticket / its own replicate's dense network) - 1 over replicates and the held-out set's image
-                 combinations, its interval (ci_low, ci_high: stats.replicate_interval), the verdict, the same per
-                 loss term (<term>_relative, <term>_ci_low, <term>_ci_high), each baseline against IMP at the same
-                 round (vs_imp: the geometric mean ratio baseline / IMP - 1, positive when IMP is better), and the
-                 mean recon_psnr and flat_psnr
+  results.csv    one row per branch x round x replicate: sparsities, why the ticket collapsed (collapsed, empty
+                 when it did not), the learnability check (recon_psnr, flat_psnr, when recorded), held-out losses
+                 (each of the model's own terms, then the total), and relative_to_dense: this ticket's mean total
+                 loss over its own replicate's dense round's, minus 1
+  summary.csv    one row per branch x round: the replicates used, the tickets left out as collapsed (collapsed) and
+                 the replicates dropped because their dense round collapsed (dense_collapsed); relative_to_dense,
+                 the geometric mean ratio of held-out loss (ticket / its own replicate's dense network) - 1 over
+                 the replicates used and the held-out set's image combinations, its interval (ci_low, ci_high:
+                 stats.replicate_interval), the verdict, the same per loss term (<term>_relative, <term>_ci_low,
+                 <term>_ci_high), each baseline against IMP at the same round (vs_imp: the geometric mean ratio
+                 baseline / IMP - 1, positive when IMP is better), and the mean recon_psnr and flat_psnr
   summary.json   the highest matching sparsity per branch (the headline), the exploratory sparsest matching round,
                  the match rule, the replicate spread and the replicates it calls for, the unreadable images
-                 skipped, the terms
+                 skipped, the runs left out as collapsed, the terms
+
+A collapsed run (evaluate.collapse_reason: a NaN loss, a constant output, a reconstruction below a flat image) is
+named, never averaged: see summarize.
 
 The loss terms are the names the model declares (StyleModel.terms, e.g. content and style, or AdaAttN's global and
 local); each ticket records them, so the tables are rebuilt without building the model.
@@ -27,7 +32,7 @@ import os
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib, stats, workdir as workdir_lib
+from jaxtickets import checkpoint, config as config_lib, evaluate, stats, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import GROUPS
 
@@ -56,12 +61,13 @@ def result_fields(terms=DEFAULT_TERMS, extra_metrics=(), learnability: bool = Fa
   """
   return ("branch", "replicate", "round", "steps", "rewind_step", "sparsity_prunable", "sparsity_total",
           "sparsity_inference", *(f"sparsity_{g}" for g in GROUPS), "remaining_prunable", "remaining_total",
-          *(LEARNABILITY if learnability else ()), *terms, *extra_metrics, "total", "relative_to_dense")
+          "collapsed", *(LEARNABILITY if learnability else ()), *terms, *extra_metrics, "total", "relative_to_dense")
 
 
 def summary_fields(terms=DEFAULT_TERMS) -> tuple[str, ...]:
   """summary.csv's columns for a model with these loss terms (total alone decides the verdict)."""
-  return ("branch", "round", "replicates", "pairs", "combinations", "sparsity_prunable", "sparsity_total",
+  return ("branch", "round", "replicates", "collapsed", "dense_collapsed", "pairs", "combinations",
+          "sparsity_prunable", "sparsity_total",
           "sparsity_inference", "total", "relative_to_dense", "ci_low", "ci_high", "verdict",
           *(f"{t}_{k}" for t in terms for k in ("relative", "ci_low", "ci_high")),
           "vs_imp", "vs_imp_ci_low", "vs_imp_ci_high", "vs_imp_verdict", *LEARNABILITY)
@@ -115,6 +121,8 @@ def _row(branch: str, replicate: int, meta: dict) -> dict:
              per_pair=m.get("per_pair") or {k: [m[k]] for k in ("total", *terms)}, terms=terms, extra_metrics=extra,
              pair_names=m.get("pair_names") if m.get("per_pair") else None)
   row.update({k: m[k] for k in LEARNABILITY if m.get(k) is not None})
+  # Tickets saved before the reason was recorded are judged now, from the same metrics.
+  row["collapsed"] = m["collapsed"] if "collapsed" in m else evaluate.collapse_reason(m)
   if m.get("early_bird_step") is not None:
     row.update(early_bird_step=int(m["early_bird_step"]), early_bird_history=m.get("early_bird_history", []))
   return row
@@ -153,12 +161,23 @@ def _losses(group: list[dict], metric: str) -> np.ndarray:
   return np.array([r["per_pair"][metric] for r in group], np.float64)
 
 
+def collapsed(row: dict) -> str | None:
+  """Why the ticket of a results row collapsed (evaluate.collapse_reason), or None."""
+  return row.get("collapsed") or None
+
+
 def summarize(rows: list[dict], tolerance: float) -> list[dict]:
   """One row per branch x round: the geometric mean ratio of held-out loss to the dense network minus 1, over
   replicates and image combinations, its interval and the verdict (stats.relative_difference_interval).
 
   Each ticket is paired with its own replicate's dense round on the same held-out pairs; a baseline is paired with
   IMP's ticket of the same replicate and round. Replicates without a dense round yet are left out.
+
+  Collapsed runs are named, never averaged: a replicate whose dense round collapsed is left out of every comparison
+  (counted in dense_collapsed), and a ticket that collapsed while its dense network did not is left out of its
+  cell's interval (counted in collapsed); `replicates` counts the ones used. A cell with a collapsed ticket never
+  matches, since dropping the tickets that died would flatter the rest: a match becomes inconclusive, and the row's
+  'note' says why. Each row's 'collapsed_runs' lists the runs it left out (the reference row: the dense ones).
   """
   dense = {r["replicate"]: r for r in rows if r["branch"] == "imp" and r["round"] == 0}
   terms, _ = run_terms(rows)
@@ -169,43 +188,83 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
   out = []
   for (branch, round_), rs in sorted(cells.items(), key=lambda kv: (branch_order(kv[0][0]), kv[0][1])):
     rs = sorted(rs, key=lambda r: r["replicate"])
-    ref = [dense[r["replicate"]] for r in rs]
-    names = pair_names(rs + ref)
-    pairs = _losses(rs, "total").shape[1]
-    row = dict(branch=branch, round=round_, replicates=len(rs), pairs=pairs,
-               combinations=len(set(names)) if names is not None else pairs)
+    reference = branch == "imp" and round_ == 0
+    dropped = [r for r in rs if collapsed(dense[r["replicate"]])]  # their dense network died
+    live = [r for r in rs if not collapsed(dense[r["replicate"]])]
+    dead = [] if reference else [r for r in live if collapsed(r)]
+    used = [r for r in live if not collapsed(r)]
+    ref = [dense[r["replicate"]] for r in used]
+    names = pair_names(rs + [dense[r["replicate"]] for r in rs])
+    pairs = len(rs[0]["per_pair"]["total"])
+    row = dict(branch=branch, round=round_, replicates=len(used), collapsed=len(dead), dense_collapsed=len(dropped),
+               pairs=pairs, combinations=len(set(names)) if names is not None else pairs,
+               collapsed_runs=[dict(branch=r["branch"], round=r["round"], replicate=r["replicate"],
+                                    reason=collapsed(r), dense=reference) for r in (dropped if reference else dead)])
     for key in ("sparsity_prunable", "sparsity_total", "sparsity_inference"):
       row[key] = float(np.mean([r[key] for r in rs]))
-    row["total"] = float(np.mean([r["total"] for r in rs]))
+    row["total"] = float(np.mean([r["total"] for r in used])) if used else math.nan
     for metric in ("total", *terms):
-      if not all(metric in r["per_pair"] for r in rs + ref):
+      if not all(metric in r["per_pair"] for r in rs + [dense[r["replicate"]] for r in rs]):
         continue
-      if round_ == 0 and branch == "imp":  # the reference itself
+      if reference:  # the reference itself
         iv, verdict = None, ""
-      elif metric != "total" and (np.any(_losses(ref, metric) <= 0) or np.any(_losses(rs, metric) <= 0)):
+      elif not used:  # nothing left to compare: the columns stay, empty
+        iv, verdict = None, stats.INCONCLUSIVE
+      elif metric != "total" and (np.any(_losses(ref, metric) <= 0) or np.any(_losses(used, metric) <= 0)):
         continue  # a term driven to zero has no ratio; the total decides anyway
       else:
-        iv = stats.relative_difference_interval(_losses(rs, metric), _losses(ref, metric), pair_names=names,
+        iv = stats.relative_difference_interval(_losses(used, metric), _losses(ref, metric), pair_names=names,
                                                 confidence=CONFIDENCE)
         verdict = stats.verdict(iv, tolerance)
+      missing = 0.0 if reference else math.nan
       prefix = "" if metric == "total" else f"{metric}_"
-      row[f"{prefix}relative_to_dense" if metric == "total" else f"{metric}_relative"] = iv.estimate if iv else 0.0
-      row[f"{prefix}ci_low"] = iv.low if iv else 0.0
-      row[f"{prefix}ci_high"] = iv.high if iv else 0.0
+      row[f"{prefix}relative_to_dense" if metric == "total" else f"{metric}_relative"] = iv.estimate if iv else missing
+      row[f"{prefix}ci_low"] = iv.low if iv else missing
+      row[f"{prefix}ci_high"] = iv.high if iv else missing
       if metric == "total":
         row["verdict"] = verdict
-    imp_cells = {r["replicate"]: r for r in cells.get(("imp", round_), [])}
-    paired = [r for r in rs if r["replicate"] in imp_cells]
-    if branch != "imp" and paired:
-      imp_rows = [imp_cells[r["replicate"]] for r in paired]
-      iv = stats.paired_difference_interval(_losses(paired, "total"), _losses(imp_rows, "total"),
-                                            pair_names=pair_names(paired + imp_rows), confidence=CONFIDENCE)
-      row.update(vs_imp=iv.estimate, vs_imp_ci_low=iv.low, vs_imp_ci_high=iv.high, vs_imp_verdict=stats.comparison(iv))
+    notes = []
+    if dead:
+      notes.append(f"{len(dead)} of {len(live)} tickets collapsed")
+      if row.get("verdict") == stats.MATCHES:
+        row["verdict"] = stats.INCONCLUSIVE
+    if not reference and len(used) < 2 and (dead or dropped):
+      notes.append(f"{len(used)} usable replicate{'s' if len(used) != 1 else ''}")
+    if notes:
+      row["note"] = "; ".join(notes)
+    _versus_imp(row, live, cells.get(("imp", round_), []))
     for key in LEARNABILITY:
-      if all(key in r for r in rs):
-        row[key] = float(np.mean([r[key] for r in rs]))
+      if used and all(key in r for r in used):
+        row[key] = float(np.mean([r[key] for r in used]))
     out.append(row)
   return out
+
+
+def _versus_imp(row: dict, live: list[dict], imp_cell: list[dict]) -> None:
+  """A baseline's vs_imp columns: baseline / IMP - 1 over the replicates where neither ticket collapsed. Dropping a
+  collapsed ticket flatters its side, so a collapsed IMP ticket rules out 'imp better' and a collapsed baseline
+  ticket 'imp worse'."""
+  if row["branch"] == "imp":
+    return
+  imp_cells = {r["replicate"]: r for r in imp_cell}
+  both = [r for r in live if r["replicate"] in imp_cells]
+  paired = [r for r in both if not collapsed(r) and not collapsed(imp_cells[r["replicate"]])]
+  if not paired:
+    return
+  imp_rows = [imp_cells[r["replicate"]] for r in paired]
+  iv = stats.paired_difference_interval(_losses(paired, "total"), _losses(imp_rows, "total"),
+                                        pair_names=pair_names(paired + imp_rows), confidence=CONFIDENCE)
+  comparison = stats.comparison(iv)
+  if (comparison == stats.IMP_BETTER and any(collapsed(imp_cells[r["replicate"]]) for r in both)) or (
+      comparison == stats.IMP_WORSE and any(collapsed(r) for r in both)):
+    comparison = stats.INCONCLUSIVE
+  row.update(vs_imp=iv.estimate, vs_imp_ci_low=iv.low, vs_imp_ci_high=iv.high, vs_imp_verdict=comparison)
+
+
+def collapsed_runs(summary: list[dict]) -> list[dict]:
+  """Every run the summary left out: the collapsed dense rounds (dense: True, each dropping its replicate from every
+  comparison) and the collapsed tickets, each with its branch, round, replicate and reason."""
+  return [run for r in summary for run in r.get("collapsed_runs", ())]
 
 
 def replicate_spread(rows: list[dict]) -> dict | None:
@@ -215,13 +274,13 @@ def replicate_spread(rows: list[dict]) -> dict | None:
   From IMP's pruned rounds with two or more replicates: each replicate's mean log ratio over image combinations,
   the variance over replicates pooled over rounds. A dense-only pilot (no pruned round with two replicates) has no
   ticket to compare: then sqrt(2) x the SD over replicates of log(mean dense loss), since a ticket-vs-dense
-  difference spans two independent trainings.
+  difference spans two independent trainings. Collapsed runs (dense or ticket) are left out, as in the intervals.
   """
-  dense = {r["replicate"]: r for r in rows if r["branch"] == "imp" and r["round"] == 0}
+  dense = {r["replicate"]: r for r in rows if r["branch"] == "imp" and r["round"] == 0 and not collapsed(r)}
   squares, dof, rounds = 0.0, 0, 0
   for round_ in sorted({r["round"] for r in rows if r["branch"] == "imp" and r["round"] > 0}):
-    rs = sorted((r for r in rows if r["branch"] == "imp" and r["round"] == round_ and r["replicate"] in dense),
-                key=lambda r: r["replicate"])
+    rs = sorted((r for r in rows if r["branch"] == "imp" and r["round"] == round_ and r["replicate"] in dense
+                 and not collapsed(r)), key=lambda r: r["replicate"])
     if len(rs) < 2:
       continue
     ref = [dense[r["replicate"]] for r in rs]
@@ -249,14 +308,20 @@ def replicates_planned(sd: float, tolerance: float) -> dict[float, int]:
 
 
 def dense_learnability(summary: list[dict]) -> dict | None:
-  """The dense round's learnability check: its mean recon_psnr and flat_psnr, the replicates behind them, and
-  whether it reconstructs at least LEARNED_MARGIN_DB better than a flat image; None when not recorded."""
+  """The dense round's learnability check over its replicates that did not collapse: their mean recon_psnr and
+  flat_psnr (None when none is left), how many, whether they reconstruct at least LEARNED_MARGIN_DB better than a
+  flat image, and the collapsed ones ('collapsed': replicate and reason); None when not recorded."""
   dense = next((r for r in summary if r["branch"] == "imp" and r["round"] == 0), None)
-  if dense is None or not all(k in dense for k in LEARNABILITY):
+  if dense is None:
     return None
-  recon, flat = dense["recon_psnr"], dense["flat_psnr"]
-  return dict(recon_psnr=recon, flat_psnr=flat, replicates=dense["replicates"],
-              learned=bool(recon >= flat + LEARNED_MARGIN_DB))
+  dead = [dict(replicate=c["replicate"], reason=c["reason"]) for c in dense.get("collapsed_runs", ())]
+  if all(k in dense for k in LEARNABILITY):
+    recon, flat = dense["recon_psnr"], dense["flat_psnr"]
+    return dict(recon_psnr=recon, flat_psnr=flat, replicates=dense["replicates"],
+                learned=bool(recon >= flat + LEARNED_MARGIN_DB), collapsed=dead)
+  if dead and not dense["replicates"]:  # every dense network collapsed: nothing learned to report
+    return dict(recon_psnr=None, flat_psnr=None, replicates=0, learned=False, collapsed=dead)
+  return None
 
 
 def highest_matching(summary: list[dict]) -> dict[str, tuple[dict | None, dict | None]]:
@@ -269,7 +334,7 @@ def highest_matching(summary: list[dict]) -> dict[str, tuple[dict | None, dict |
 
 def _brief(row: dict | None) -> dict | None:
   keys = ("round", "sparsity_prunable", "sparsity_total", "sparsity_inference", "relative_to_dense", "ci_low",
-          "ci_high", "replicates", "pairs", "combinations")
+          "ci_high", "replicates", "collapsed", "dense_collapsed", "pairs", "combinations")
   return None if row is None else {k: row[k] for k in keys}
 
 
@@ -302,6 +367,8 @@ def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list
           "replicates_needed": {tolerance_key(t): n for t, n in replicates_planned(spread["sd"],
                                                                                config.imp.match_tolerance).items()}},
       "skipped_images": {"count": skips.get("count", 0), "first": skips.get("first", [])},
+      # The runs left out of the intervals: collapsed dense rounds (dense: true) and collapsed tickets.
+      "collapsed": collapsed_runs(summary),
       # Per replicate: the dense round's step where the mask settled (None: it trained to the end), and the
       # [step, distance to the previous check's mask] history.
       **({"early_bird": [{"replicate": r["replicate"], "early_bird_step": r.get("early_bird_step"),
@@ -361,24 +428,33 @@ def early_bird_comparison(bird: list[dict], reference: list[dict]) -> list[dict]
   run it is judged against, paired by replicate and held-out pair, over the replicates both have.
 
   Per round: the early-bird run's sparsity, both mean total losses, the geometric mean ratio of held-out loss
-  (early bird / IMP) - 1 with its interval ('interval', a stats.Interval) and stats.comparison of it, and the mean
-  training steps each run spent up to that round.
+  (early bird / IMP) - 1 with its interval ('interval', a stats.Interval; None when every pair of tickets had one
+  collapse) and stats.comparison of it, the replicates left out because a ticket of theirs collapsed ('collapsed'),
+  and the mean training steps each run spent up to that round. As in summarize, a collapsed ticket never enters
+  the interval and rules out the comparison that dropping it would flatter.
   """
-  pick = lambda rows, r: sorted((x for x in rows if x["branch"] == "imp" and x["round"] == r),
-                                key=lambda x: x["replicate"])
+  pick = lambda rows, r: {x["replicate"]: x for x in rows if x["branch"] == "imp" and x["round"] == r}
   spent = lambda rows, r: float(np.mean([sum(x["steps"] for x in rows if x["branch"] == "imp" and x["round"] <= r
                                              and x["replicate"] == rep) for rep in {x["replicate"] for x in rows}]))
   out = []
   for r in sorted({x["round"] for x in bird if x["branch"] == "imp"}):
     a, b = pick(bird, r), pick(reference, r)
-    reps = sorted({x["replicate"] for x in a} & {x["replicate"] for x in b})
-    if not reps:
+    common = sorted(set(a) & set(b))
+    if not common:
       continue
-    grid = lambda rows: np.array([next(x for x in rows if x["replicate"] == rep)["per_pair"]["total"] for rep in reps])
-    interval = stats.paired_difference_interval(grid(a), grid(b), pair_names=a[0].get("pair_names"),
-                                                confidence=CONFIDENCE)
-    out.append(dict(round=r, sparsity_prunable=a[0]["sparsity_prunable"], imp_total=float(np.mean(grid(b))),
-                    early_bird_total=float(np.mean(grid(a))), interval=interval,
-                    comparison=stats.comparison(interval), imp_steps=spent(reference, r),
+    reps = [rep for rep in common if not collapsed(a[rep]) and not collapsed(b[rep])]
+    grid = lambda rows: np.array([rows[rep]["per_pair"]["total"] for rep in reps])
+    interval, comparison = None, stats.INCONCLUSIVE
+    if reps:
+      interval = stats.paired_difference_interval(grid(a), grid(b), pair_names=a[reps[0]].get("pair_names"),
+                                                  confidence=CONFIDENCE)
+      comparison = stats.comparison(interval)
+      if (comparison == stats.IMP_BETTER and any(collapsed(b[rep]) for rep in common)) or (
+          comparison == stats.IMP_WORSE and any(collapsed(a[rep]) for rep in common)):
+        comparison = stats.INCONCLUSIVE
+    out.append(dict(round=r, sparsity_prunable=a[common[0]]["sparsity_prunable"],
+                    imp_total=float(np.mean(grid(b))) if reps else math.nan,
+                    early_bird_total=float(np.mean(grid(a))) if reps else math.nan, interval=interval,
+                    comparison=comparison, collapsed=len(common) - len(reps), imp_steps=spent(reference, r),
                     early_bird_steps=spent(bird, r)))
   return out

@@ -222,34 +222,53 @@ def test_results_csv_has_a_row_per_branch_round_and_replicate(run_dir):
 
 @pytest.mark.e2e
 def test_summary_csv_has_intervals_and_verdicts_by_the_rule(run_dir):
+  """summary.csv counts the collapsed runs the tickets record and leaves them out; the intervals and the verdict
+  rule are checked on the same tickets with the collapse marks cleared, since 3 steps from a random start leave
+  most of these networks collapsed (a black output, a reconstruction below a flat image)."""
   workdir, config, _, _ = run_dir
   with open(os.path.join(workdir, "summary.csv")) as f:
     table = list(csv.DictReader(f))
   assert {(r["branch"], int(r["round"])) for r in table} == {("imp", 0)} | {
       (b, r) for b in BRANCHES for r in range(1, ROUNDS + 1)}
-  tol = config.imp.match_tolerance
+  dead = lambda branch, round_, rep: ticket(workdir, branch, round_, rep).metrics["collapsed"]
   for r in table:
-    if r["round"] == "0":
+    round_ = int(r["round"])
+    dense_dead = [rep for rep in range(REPLICATES) if dead("imp", 0, rep)]
+    assert int(r["dense_collapsed"]) == len(dense_dead) and int(r["pairs"]) == 4
+    if round_ == 0:
+      assert r["verdict"] == "" and int(r["replicates"]) == REPLICATES - len(dense_dead)
+      continue
+    live = [rep for rep in range(REPLICATES) if rep not in dense_dead]
+    used = [rep for rep in live if not dead(r["branch"], round_, rep)]
+    assert (int(r["replicates"]), int(r["collapsed"])) == (len(used), len(live) - len(used))
+    if len(used) < 2:
+      assert r["verdict"] == "inconclusive"
+  tol = config.imp.match_tolerance
+  rows = [dict(r, collapsed=None) for r in results.collect_rows(workdir)]
+  for r in results.summarize(rows, tol):
+    if r["round"] == 0:
       assert r["verdict"] == ""
       continue
-    assert int(r["replicates"]) == REPLICATES and int(r["pairs"]) == 4
-    low, high, est = float(r["ci_low"]), float(r["ci_high"]), float(r["relative_to_dense"])
+    assert r["replicates"] == REPLICATES and r["pairs"] == 4
+    low, high, est = r["ci_low"], r["ci_high"], r["relative_to_dense"]
     assert low <= est <= high
     want = "matches" if high < tol else "does not match" if low > tol else "inconclusive"
     assert r["verdict"] == want
     # The estimate is the geometric mean of ticket / dense over replicates and pairs (every combination here has
     # one crop, so each pair is its own unit), from the tickets' per-pair losses.
-    losses = [ticket(workdir, r["branch"], int(r["round"]), rep).metrics["per_pair"]["total"] for rep in (0, 1)]
+    losses = [ticket(workdir, r["branch"], r["round"], rep).metrics["per_pair"]["total"] for rep in (0, 1)]
     dense = [ticket(workdir, "imp", 0, rep).metrics["per_pair"]["total"] for rep in (0, 1)]
     assert est == pytest.approx(np.exp(np.mean(np.log(np.array(losses) / np.array(dense)))) - 1, abs=1e-6)
-    assert r["content_relative"] and r["style_ci_high"]
+    assert "content_relative" in r and "style_ci_high" in r
     if r["branch"] == "imp":
-      assert r["vs_imp"] == ""
+      assert "vs_imp" not in r
     else:
       assert r["vs_imp_verdict"] in ("imp better", "imp worse", "inconclusive")
-      assert float(r["vs_imp_ci_low"]) <= float(r["vs_imp"]) <= float(r["vs_imp_ci_high"])
+      assert r["vs_imp_ci_low"] <= r["vs_imp"] <= r["vs_imp_ci_high"]
   summary = checkpoint.load_json(os.path.join(workdir, "summary.json"))
   assert summary["replicates"] == [0, 1] and set(summary["highest_matching"]) == set(BRANCHES)
+  dense_dead = [rep for rep in range(REPLICATES) if dead("imp", 0, rep)]
+  assert len(summary["collapsed"]) == sum(int(r["collapsed"]) for r in table) + len(dense_dead)
 
 
 def test_one_replicate_never_gives_a_verdict_beyond_inconclusive():

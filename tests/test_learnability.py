@@ -103,3 +103,56 @@ def test_evaluation_reports_the_reconstruction_and_flat_psnr_per_pair():
     assert out["per_pair"][evaluate.FLAT_PSNR][j] == pytest.approx(want_flat, abs=1e-3)
     assert out["per_pair"][evaluate.RECON_PSNR][j] == pytest.approx(want_recon, abs=1e-3)
   assert out[evaluate.RECON_PSNR] == pytest.approx(np.mean(out["per_pair"][evaluate.RECON_PSNR]))
+
+
+def test_evaluation_flags_a_network_whose_output_is_constant():
+  """All-zero decoder weights give the same (black) image whatever the input: OUTPUT_STD is 0 on every pair and the
+  ticket counts as collapsed. At this width with a random VGG a fresh decoder's output is about 1e-4 everywhere,
+  black too; with its first layer scaled up the output varies, and the flag goes."""
+  model = _model()
+  vgg = model.init_vgg(jax.random.key(0))
+  params = model.init(jax.random.key(1), vgg)
+  params["decoder"]["conv4_1"] = jax.tree.map(lambda x: 3000.0 * x, params["decoder"]["conv4_1"])
+  rng = np.random.default_rng(1)
+  pairs = {"content": rng.random((2, 32, 32, 3), np.float32), "style": rng.random((2, 32, 32, 3), np.float32)}
+  masks = jax.tree.map(lambda p: np.ones(p.shape, bool), params)
+  eval_fn = evaluate.make_eval_fn(model)
+  alive = evaluate.evaluate(eval_fn, params, masks, vgg, pairs, batch_size=2)
+  dead = evaluate.evaluate(eval_fn, jax.tree.map(jnp.zeros_like, params), masks, vgg, pairs, batch_size=2)
+  assert min(alive["per_pair"][evaluate.OUTPUT_STD]) > 10 * evaluate.CONSTANT_OUTPUT_STD
+  assert max(dead["per_pair"][evaluate.OUTPUT_STD]) < evaluate.CONSTANT_OUTPUT_STD
+  dead.update(terms=list(model.terms))
+  assert evaluate.collapse_reason(dead) == evaluate.CONSTANT_OUTPUT
+  # Not constant, but no better than a flat image at giving its content back: an untrained network counts as dead.
+  alive.update(terms=list(model.terms))
+  assert alive[evaluate.RECON_PSNR] < alive[evaluate.FLAT_PSNR]
+  assert evaluate.collapse_reason(alive) == evaluate.BELOW_FLAT
+
+
+def _metrics(**kw):
+  """Hand-made evaluation metrics of a healthy network over three pairs."""
+  m = {"terms": ["content", "style"], "total": 1.5, "content": 1.0, "style": 0.5, "recon_psnr": 20.0,
+       "flat_psnr": 14.0, "output_std": 0.2,
+       "per_pair": {"total": [1.4, 1.5, 1.6], "content": [1.0, 1.0, 1.0], "style": [0.4, 0.5, 0.6],
+                    "output_std": [0.1, 0.2, 0.3]}}
+  per_pair = kw.pop("per_pair", {})
+  m.update(kw)
+  m["per_pair"] = {**m["per_pair"], **per_pair}
+  return m
+
+
+def test_collapse_reasons():
+  assert evaluate.collapse_reason(_metrics()) is None
+  assert evaluate.collapse_reason(_metrics(total=math.nan)) == "NaN loss"
+  assert evaluate.collapse_reason(_metrics(per_pair={"style": [0.4, math.inf, 0.6]})) == "NaN loss"
+  assert evaluate.collapse_reason(_metrics(per_pair={"content": [1.0, None, 1.0]})) == "NaN loss"  # NaN as JSON null
+  assert evaluate.collapse_reason(_metrics(recon_psnr=13.9)) == "reconstruction below a flat image"
+  assert evaluate.collapse_reason(_metrics(recon_psnr=math.nan)) == "reconstruction below a flat image"
+  assert evaluate.collapse_reason(_metrics(recon_psnr=14.0)) is None  # not below
+  assert evaluate.collapse_reason(_metrics(per_pair={"output_std": [0.0, 1e-4, 5e-4]})) == "constant output"
+  assert evaluate.collapse_reason(_metrics(per_pair={"output_std": [0.0, 1e-4, 0.05]})) is None  # one pair varies
+  # Tickets evaluated before the output's spread (or the learnability check) was recorded.
+  old = _metrics()
+  del old["output_std"], old["per_pair"]["output_std"], old["recon_psnr"], old["flat_psnr"]
+  assert evaluate.collapse_reason(old) is None
+  assert evaluate.collapse_reason({"total": 1.0}) is None

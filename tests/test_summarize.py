@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxtickets import report, results, stats
+from jaxtickets import evaluate, report, results, stats
 from jaxtickets.errors import UserError
 
 TOLERANCE = 0.02
@@ -199,3 +199,119 @@ def test_early_bird_against_full_imp():
   # Only the replicates both runs have are paired; none in common leaves the round out.
   assert results.early_bird_comparison([r for r in bird if r["replicate"] == 0],
                                        [r for r in reference if r["replicate"] != 0]) == []
+
+
+# ----------------------------------------------------------------------------- collapsed runs
+
+
+def _dead(rows, **which):
+  """`rows` with the runs named in `which` ('<branch>_<round>_<replicate>': reason) marked collapsed."""
+  return [dict(r, collapsed=which.get(f"{r['branch']}_{r['round']}_{r['replicate']}")) for r in rows]
+
+
+def test_a_collapsed_dense_round_drops_its_replicate_from_every_comparison():
+  """Replicate 0's dense network died (twice the loss), so its ticket looks 50% better than it: left in, it would
+  drag the estimate down and widen the interval; left out, the other three replicates say +30%, does not match."""
+  replicates = (0, 1, 2, 3)
+  DENSE_SCALE[3] = 1.2
+  try:
+    rows = _run({1: {0: 1.0, 1: 1.3, 2: 1.3, 3: 1.3}}, replicates=replicates)
+  finally:
+    del DENSE_SCALE[3]
+  rows = [dict(r, per_pair={"total": list(2 * np.asarray(r["per_pair"]["total"]))}, total=2 * r["total"])
+          if (r["round"], r["replicate"]) == (0, 0) else r for r in rows]
+  rows = _dead(rows, imp_0_0=evaluate.BELOW_FLAT)
+  summary = results.summarize(rows, TOLERANCE)
+  dense, pruned = _by(summary, "imp", 0), _by(summary, "imp", 1)
+  assert (dense["replicates"], dense["collapsed"], dense["dense_collapsed"]) == (3, 0, 1)
+  assert (pruned["replicates"], pruned["collapsed"], pruned["dense_collapsed"]) == (3, 0, 1)
+  assert pruned["relative_to_dense"] == pytest.approx(0.3, abs=0.003)
+  assert pruned["verdict"] == stats.DOES_NOT_MATCH and "note" not in pruned
+  # What the other three replicates alone give, interval and all.
+  alone = results.summarize([r for r in rows if r["replicate"] != 0], TOLERANCE)
+  for key in ("relative_to_dense", "ci_low", "ci_high", "verdict", "total"):
+    assert pruned[key] == _by(alone, "imp", 1)[key]
+  kept = results.summarize(_dead(rows), TOLERANCE)  # had it been averaged in
+  assert _by(kept, "imp", 1)["relative_to_dense"] < 0.15 and _by(kept, "imp", 1)["verdict"] != stats.DOES_NOT_MATCH
+  assert report.collapsed_line(summary) == ("Collapsed (excluded from the intervals): dense replicate 0 "
+                                            "(reconstruction below a flat image: all its comparisons dropped)")
+  text = report.format_summary(summary)
+  assert report.collapsed_line(summary) in text
+  assert results.replicate_spread(rows) == results.replicate_spread([r for r in rows if r["replicate"] != 0])
+
+
+def test_tickets_never_match_because_their_dense_networks_died():
+  """Every dense network died: its tickets are all half its loss, tightly. Averaged in, that would match (the CPU
+  study's trap); with the dead dense rounds named, nothing is left to compare and the verdict is inconclusive."""
+  rows = [dict(r, per_pair={"total": list(2 * np.asarray(r["per_pair"]["total"]))}, total=2 * r["total"])
+          if r["round"] == 0 else r for r in _run({1: _same(1.0)})]
+  assert _by(results.summarize(rows, TOLERANCE), "imp", 1)["verdict"] == stats.MATCHES
+  rows = _dead(rows, imp_0_0=evaluate.CONSTANT_OUTPUT, imp_0_1=evaluate.NAN_LOSS, imp_0_2=evaluate.BELOW_FLAT)
+  summary = results.summarize(rows, TOLERANCE)
+  row = _by(summary, "imp", 1)
+  assert row["verdict"] == stats.INCONCLUSIVE and math.isnan(row["relative_to_dense"]) and math.isnan(row["total"])
+  assert (row["replicates"], row["collapsed"], row["dense_collapsed"]) == (0, 0, 3)
+  assert results.highest_matching(summary)["imp"] == (None, None)
+  assert report.learnability_lines(summary) == [
+      "Dense round: every dense network collapsed (replicate 0 (constant output); replicate 1 (NaN loss); replicate 2 "
+      "(reconstruction below a flat image)): there is nothing to compare the tickets with."]
+  assert results.replicate_spread(rows) is None
+
+
+def test_a_cell_with_a_collapsed_ticket_never_matches():
+  """Four replicates whose tickets equal their dense networks, but replicate 3's ticket died (NaN losses): the three
+  survivors' interval lies below the tolerance, yet the round is inconclusive, and says why."""
+  DENSE_SCALE[3] = 1.2
+  try:
+    rows = _run({1: _same(1.0) | {3: 1.0}, 2: _same(1.3) | {3: 1.3}}, replicates=(0, 1, 2, 3))
+  finally:
+    del DENSE_SCALE[3]
+  rows = [dict(r, per_pair={"total": [math.nan] * 8}, total=math.nan) if (r["round"], r["replicate"]) == (1, 3)
+          else r for r in rows]
+  rows = _dead(rows, imp_1_3=evaluate.NAN_LOSS, imp_2_3=evaluate.CONSTANT_OUTPUT)
+  summary = results.summarize(rows, TOLERANCE)
+  row = _by(summary, "imp", 1)
+  assert (row["replicates"], row["collapsed"], row["dense_collapsed"]) == (3, 1, 0)
+  assert row["ci_high"] < TOLERANCE and row["verdict"] == stats.INCONCLUSIVE
+  assert row["note"] == "1 of 4 tickets collapsed" and math.isfinite(row["total"])
+  assert report.verdict_text(row) == "inconclusive (1 of 4 tickets collapsed)"
+  worse = _by(summary, "imp", 2)  # a collapse does not hide a failure
+  assert worse["verdict"] == stats.DOES_NOT_MATCH and worse["collapsed"] == 1
+  text = report.format_summary(summary)
+  assert "inconclusive (1 of 4 tickets collapsed)" in text
+  assert ("Collapsed (excluded from the intervals): imp round 1 replicate 3 (NaN loss); imp round 2 replicate 3 "
+          "(constant output)") in text
+  # The same cell never matches through any path: no collapsed ticket lets a match through.
+  for kept in (1, 2):
+    few = results.summarize([r for r in rows if r["replicate"] in (kept, 3)], TOLERANCE)
+    assert _by(few, "imp", 1)["verdict"] == stats.INCONCLUSIVE
+    assert _by(few, "imp", 1)["note"] == "1 of 2 tickets collapsed; 1 usable replicate"
+  assert results.replicate_spread(rows) == results.replicate_spread([r for r in rows if r["replicate"] != 3])
+
+
+def test_a_collapsed_imp_ticket_cannot_make_imp_better():
+  """The baseline is 15% worse than IMP, but one IMP ticket died: left out, it would flatter IMP, so the comparison
+  says inconclusive rather than 'imp better'; a dead baseline ticket likewise cannot make IMP worse."""
+  rows = _run({1: _same(1.0)}) + [
+      r for r in _run({1: _same(1.15)}, branch="random_prune", jitter=0.003) if r["branch"] == "random_prune"]
+  assert _by(results.summarize(rows, TOLERANCE), "random_prune", 1)["vs_imp_verdict"] == stats.IMP_BETTER
+  row = _by(results.summarize(_dead(rows, imp_1_2=evaluate.CONSTANT_OUTPUT), TOLERANCE), "random_prune", 1)
+  assert row["vs_imp"] == pytest.approx(0.15, abs=0.005) and row["vs_imp_verdict"] == stats.INCONCLUSIVE
+  swap = {"imp": "random_prune", "random_prune": "imp"}
+  swapped = _dead([dict(r, branch=swap[r["branch"]]) if r["round"] > 0 else r for r in rows],
+                  random_prune_1_2=evaluate.CONSTANT_OUTPUT)
+  assert _by(results.summarize(swapped, TOLERANCE), "random_prune", 1)["vs_imp_verdict"] == stats.INCONCLUSIVE
+
+
+def test_dense_learnability_leaves_out_and_names_the_collapsed():
+  rows = [dict(r, recon_psnr=5.0 if r["replicate"] == 0 else 24.0, flat_psnr=14.0) for r in _run({1: _same(1.0)})]
+  rows = _dead(rows, imp_0_0=evaluate.BELOW_FLAT)
+  summary = results.summarize(rows, TOLERANCE)
+  check = results.dense_learnability(summary)
+  assert (check["recon_psnr"], check["replicates"], check["learned"]) == (24.0, 2, True)
+  assert check["collapsed"] == [dict(replicate=0, reason=evaluate.BELOW_FLAT)]
+  (line,) = report.learnability_lines(summary)
+  assert line.endswith("mean over 2 replicate(s); left out, collapsed: replicate 0 "
+                       "(reconstruction below a flat image)).")
+  every = results.summarize(_dead(rows, **{f"imp_0_{k}": evaluate.BELOW_FLAT for k in (0, 1, 2)}), TOLERANCE)
+  assert report.learnability_lines(every)[0].startswith("Dense round: every dense network collapsed (replicate 0 ")
