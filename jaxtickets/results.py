@@ -14,6 +14,11 @@
   summary.json   the highest matching sparsity per branch (the headline), the exploratory sparsest matching round,
                  the match rule, the replicate spread and the replicates it calls for, the unreadable images
                  skipped, the runs left out as collapsed, the terms
+  pairs.csv      one row per branch x round x replicate x held-out pair: the pair's index and name, its
+                 content_image and style_image (the name 'content__style' split), the ticket's collapse reason
+                 (empty when it did not collapse), and every metric its evaluation recorded per pair (the loss
+                 terms, the total, then the rest), at full precision: summary.csv's estimates, intervals and
+                 verdicts can be recomputed from it alone (the dense rounds are its rows of branch imp, round 0)
 
 A collapsed run (evaluate.collapse_reason: a NaN loss, a constant output, a reconstruction below a flat image) is
 named, never averaged: see summarize.
@@ -134,15 +139,46 @@ def _csv_value(v):
   return "" if v is None else v
 
 
-def _write_csv(path: str, fields, rows: list[dict]) -> None:
+def _exact_value(v):
+  """pairs.csv's cells: floats as repr writes them (the shortest text that reads back to the same float)."""
+  return repr(float(v)) if isinstance(v, float) else ("" if v is None else v)
+
+
+def _write_csv(path: str, fields, rows: list[dict], value=_csv_value) -> None:
   present = [f for f in fields if any(f in r for r in rows)] if rows else list(fields)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=present, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-      writer.writerow({k: _csv_value(row.get(k)) for k in present})
+      writer.writerow({k: value(row.get(k)) for k in present})
   os.replace(tmp, path)
+
+
+# The images are content_image and style_image: most models have loss terms named content and style.
+PAIR_KEYS = ("branch", "round", "replicate", "pair", "pair_name", "content_image", "style_image", "collapsed")
+
+
+def pair_fields(rows: list[dict]) -> tuple[str, ...]:
+  """pairs.csv's columns: PAIR_KEYS, then the per-pair metrics: the loss terms, the total, then the rest as
+  recorded (extra metrics, the learnability check, the output's spread)."""
+  terms, _ = run_terms(rows)
+  recorded = dict.fromkeys(k for r in rows for k in r["per_pair"])
+  return (*PAIR_KEYS, *terms, "total", *(k for k in recorded if k not in terms and k != "total"))
+
+
+def pair_rows(rows: list[dict]) -> list[dict]:
+  """pairs.csv's rows: every ticket's per-pair metrics, by branch, round, replicate and pair."""
+  out = []
+  for r in sorted(rows, key=lambda r: (branch_order(r["branch"]), r["round"], r["replicate"])):
+    names = r.get("pair_names")
+    for j in range(len(r["per_pair"]["total"])):
+      name = names[j] if names else ""
+      content, _, style = name.partition("__")
+      out.append(dict(branch=r["branch"], round=r["round"], replicate=r["replicate"], pair=j, pair_name=name,
+                      content_image=content, style_image=style, collapsed=collapsed(r) or "",
+                      **{k: v[j] for k, v in r["per_pair"].items()}))
+  return out
 
 
 def pair_names(group: list[dict]) -> list[str] | None:
@@ -339,7 +375,8 @@ def _brief(row: dict | None) -> dict | None:
 
 
 def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list[dict], list[dict]]:
-  """results.csv, summary.csv and summary.json from the saved tickets (process 0 writes); returns (rows, summary).
+  """results.csv, summary.csv, summary.json and pairs.csv from the saved tickets (process 0 writes); returns
+  (rows, summary).
 
   `skips` is a data.SkipLog summary; None reads the workdir's record of unreadable images.
   """
@@ -350,6 +387,7 @@ def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list
   terms, extra = run_terms(rows)
   _write_csv(os.path.join(workdir, workdir_lib.RESULTS_CSV), result_fields(terms, extra, learnability=True), rows)
   _write_csv(os.path.join(workdir, workdir_lib.SUMMARY_CSV), summary_fields(terms), summary)
+  _write_csv(os.path.join(workdir, workdir_lib.PAIRS_CSV), pair_fields(rows), pair_rows(rows), value=_exact_value)
   if skips is None:
     skips = workdir_lib.load_skips(workdir)
   best = highest_matching(summary)

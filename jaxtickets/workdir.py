@@ -8,6 +8,7 @@
   state/                             the running rounds' train-state checkpoints
   skipped_images.json                the unreadable images skipped so far (a data.SkipLog summary)
   results.csv, summary.csv, summary.json   the tables (results.py)
+  pairs.csv                          every ticket's per-pair metrics, from which summary.csv can be recomputed
   tensorboard/                       TensorBoard event files (monitor.py)
   report.md and its figures          report.py
   stability/                         stability.py's copies, rep_<r>/round_NN/copy_<a|b>, and their own run files
@@ -32,6 +33,7 @@ TICKETS = "tickets"
 STATE = "state"
 SKIPS = "skipped_images.json"
 RESULTS_CSV = "results.csv"
+PAIRS_CSV = "pairs.csv"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 TENSORBOARD = "tensorboard"
