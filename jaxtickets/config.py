@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 import ml_collections
 
 from jaxtickets.errors import UserError
-from jaxtickets.models import GROUPS, MODELS, SHARED_FIELDS
+from jaxtickets.models import DECODER_INITS, GROUPS, MODELS, SHARED_FIELDS
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
 PRUNE_METHODS = ("global", "layerwise", "lamp")
@@ -17,6 +17,11 @@ DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("stop", "skip")
 # Sections whose fields are all known here; config.model also takes per-model fields, other top-level sections
 # (e.g. a study's) belong to their tools.
+# config.model.vgg_weights = 'demo': the small loss network made on this machine (scripts/make_demo_vgg.py).
+DEMO_VGG = "demo"
+DEMO_VGG_DESCRIPTION = ("trained here by scripts/make_demo_vgg.py as the encoder of a pixel autoencoder on the "
+                        "photographs and textures that scikit-image and matplotlib ship (the demo's held-out images "
+                        "excluded), not ImageNet's VGG")
 CLOSED_SECTIONS = ("data", "train", "sparsity", "imp", "eval", "checkpoint", "parallel")
 # Fields that change how a run is driven but not what it computes: a resumed run may change them freely.
 # Packing is one of them: a packed run is the same run, and resuming finds each run's state by its name.
@@ -226,10 +231,14 @@ def _problems(config, model_names: Sequence[str], divisor: int | None, device_co
        "use True or False")
   for f in sorted(k for k in m.keys() if k.endswith("_weight")):
     need(is_num(m[f]) and m[f] >= 0, f"model.{f}", m[f], "use a non-negative number")
+  need(m.get("decoder_init", "reference") in DECODER_INITS, "model.decoder_init", m.get("decoder_init"),
+       f"choose one of {', '.join(DECODER_INITS)}")
   need(isinstance(m.vgg_weights, str), "model.vgg_weights", m.vgg_weights, "use a path (a string)")
-  if isinstance(m.vgg_weights, str) and m.vgg_weights and not os.path.exists(m.vgg_weights):
+  if (isinstance(m.vgg_weights, str) and m.vgg_weights and m.vgg_weights != DEMO_VGG
+      and not os.path.exists(m.vgg_weights)):
     p.append(f"config.model.vgg_weights = {m.vgg_weights!r} does not exist: point it at a Flax-format VGG file "
-             "written by scripts/port_weights.py, or leave it empty for random weights.")
+             "written by scripts/port_weights.py, 'demo' for the demo loss network, or leave it empty for random "
+             "weights.")
   need(isinstance(m.get("init_from", ""), str), "model.init_from", m.get("init_from"), "use a path (a string)")
   if isinstance(m.get("init_from", ""), str) and m.get("init_from") and not os.path.isdir(m.init_from):
     p.append(f"config.model.init_from = {m.init_from!r} is not a directory: point it at the --out directory of "
@@ -258,7 +267,8 @@ def _problems(config, model_names: Sequence[str], divisor: int | None, device_co
   from jaxtickets.train import SCHEDULES
   need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"choose one of {', '.join(SCHEDULES)}")
   if t.schedule == "cosine":
-    below = t.warmup_steps < t.steps if is_int(t.steps) else True  # a bad train.steps has its own sentence
+    # A bad train.steps has its own sentence.
+    below = t.warmup_steps < t.steps if is_int(t.steps) and t.steps > 0 else True
     need(is_int(t.warmup_steps) and t.warmup_steps >= 0 and below, "train.warmup_steps", t.warmup_steps,
          "use an integer >= 0 and below train.steps (the cosine decay needs steps after the warm-up)")
   if t.schedule == "epoch_step":

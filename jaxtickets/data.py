@@ -31,7 +31,7 @@ from jaxtickets.errors import UserError
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 
 # Files inside the installed scikit-image wheel (no pooch, no network).
-_DEMO = {
+DEMO_IMAGES = {
     'content': ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg'),
     'style': ('brick.png', 'grass.png', 'gravel.png', 'hubble_deep_field.jpg', 'ihc.png'),
     'eval_content': ('motorcycle_left.png', 'camera.png', 'coins.png', 'page.png'),
@@ -112,11 +112,11 @@ def list_images(folder: str, what: str = 'content') -> list[str]:
 
 def demo_images(kind: str) -> list[str]:
   """Paths of the scikit-image sample images used by the demo: kind is content/style/eval_*."""
-  if kind not in _DEMO:
-    raise UserError(f"Unknown demo image kind '{kind}': use one of {', '.join(_DEMO)}.")
+  if kind not in DEMO_IMAGES:
+    raise UserError(f"Unknown demo image kind '{kind}': use one of {', '.join(DEMO_IMAGES)}.")
   import skimage.data  # pylint: disable=g-import-not-at-top  (only the demo needs it)
   folder = os.path.dirname(skimage.data.__file__)
-  paths = [os.path.join(folder, name) for name in _DEMO[kind]]
+  paths = [os.path.join(folder, name) for name in DEMO_IMAGES[kind]]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise UserError(f"The demo image '{missing[0]}' is missing: reinstall scikit-image.")

@@ -34,6 +34,14 @@ PARAMS_DIR = 'params'
 RELEASED_MODEL = {'width': 1.0, 'train_encoder': False}
 
 _SEP = '/'
+# config.model.vgg_weights = 'demo': the loss network scripts/make_demo_vgg.py trains on this machine's shipped
+# images, one file per width, checked against its SHA-256 before use (a changed file is not the network the docs
+# describe). Width -> SHA-256 of jaxtickets/assets/demo_vgg_w<width>.npz.
+DEMO_VGG = config_lib.DEMO_VGG
+DEMO_VGG_SHA256 = {
+    0.0625: '0d01527cd34d6b8a7c8ed4875f6a581455b79230f747047b3a219441fa350f70',  # the tests' tiny runs
+    0.25: 'eb2962a9a6a9dbd49c7d6178607d5f088dd96bc135fb30942997b2af53752556',
+}
 _FIX = ('set config.model.vgg_weights to a Flax-format VGG file written by scripts/port_weights.py, or leave it '
         'empty for random weights')
 _INSTALL = 'pip install "jaxtickets[port]"'
@@ -271,8 +279,14 @@ def save_vgg_weights(path, params, *, overwrite: bool = False) -> None:
 
 
 def write_npz(path: str, arrays: dict) -> None:
-  with open(path, 'wb') as f:  # a file object, so numpy does not append another '.npz'
-    np.savez(f, **arrays)
+  """An .npz archive np.load reads, byte for byte the same for the same arrays (np.savez stamps each member with the
+  time of writing, so the same weights would hash differently)."""
+  import zipfile  # pylint: disable=import-outside-toplevel
+  with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as archive:
+    for name in sorted(arrays):
+      info = zipfile.ZipInfo(f'{name}.npy', date_time=(1980, 1, 1, 0, 0, 0))
+      with archive.open(info, 'w', force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
 
 
 def write_atomically(path: str, write) -> None:
@@ -333,6 +347,39 @@ def _strip_params(flat: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
   return dict(flat), False
 
 
+def demo_vgg_path(width: float) -> str:
+  """Where the demo loss network of this width lives inside the package."""
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', f'demo_vgg_w{float(width):g}.npz')
+
+
+def _file_sha256(path: str) -> str:
+  import hashlib  # pylint: disable=import-outside-toplevel
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def resolve_demo_vgg(width: float) -> str:
+  """The checked path of the demo loss network at `width`; UserError when there is none or it is not the one made."""
+  widths = ', '.join(f'{w:g}' for w in sorted(DEMO_VGG_SHA256))
+  if float(width) not in DEMO_VGG_SHA256:
+    raise UserError(f"config.model.vgg_weights = 'demo' exists at width {widths} only, not {float(width):g}: set "
+                    f'--config.model.width={widths.split(",")[0]}, or make one with python scripts/make_demo_vgg.py '
+                    f'--width={float(width):g}.')
+  path = demo_vgg_path(width)
+  if not os.path.isfile(path):
+    raise UserError(f"The demo loss network '{path}' is missing: reinstall jaxtickets, or make it with python "
+                    f'scripts/make_demo_vgg.py --width={float(width):g}.')
+  got = _file_sha256(path)
+  if got != DEMO_VGG_SHA256[float(width)]:
+    raise UserError(f"The demo loss network '{path}' has SHA-256 {got[:12]}..., not the {DEMO_VGG_SHA256[float(width)][:12]}... "
+                    'the package records: it was changed or damaged; reinstall jaxtickets (or, after remaking it on '
+                    "purpose, record the new hash in jaxtickets/weights.py's DEMO_VGG_SHA256).")
+  return path
+
+
 def load_vgg_weights(path, expected) -> dict:
   """Reads VGG weights that fit `expected` (a tree whose leaves have .shape), as float32 numpy arrays."""
   path = os.fspath(path)
@@ -358,6 +405,8 @@ def load_vgg_weights(path, expected) -> dict:
 def load_or_init_vgg(model, path: str, key) -> dict:
   """The VGG params from `path` (config.model.vgg_weights), or random ones drawn with `key` when it is empty,
   with a loud warning."""
+  if path == DEMO_VGG:
+    path = resolve_demo_vgg(model.width)
   if path:
     return load_vgg_weights(path, jax.eval_shape(model.init_vgg, key))
   if jax.process_index() == 0:  # one warning per run, not one per host

@@ -77,9 +77,9 @@ def test_registry():
 def test_settings_and_config_overrides():
   m = adain.AdaIN(_config())
   assert (m.name, m.divisor, m.encoder_depth, m.loss_depth) == ("adain", 8, "r41", "r41")
-  assert m.groups == ("decoder",) and m.loss_weights == {"content": 1.0, "style": 10.0}
+  assert m.groups == ("decoder",) and m.loss_weights == {"content": 1.0, "style": 10.0, "identity": 0.0}
   m = adain.AdaIN(_config(train_encoder=True, style_weight=3.0, dtype="bfloat16"))
-  assert m.groups == ("encoder", "decoder") and m.loss_weights == {"content": 1.0, "style": 3.0}
+  assert m.groups == ("encoder", "decoder") and m.loss_weights == {"content": 1.0, "style": 3.0, "identity": 0.0}
   assert m.dtype == jnp.bfloat16
   # Fields a config leaves out take config.default_config()'s values, the one source of defaults (width and dtype
   # values are checked by config.validate, tested in test_config).
@@ -174,3 +174,46 @@ def test_random_reinit_redraws_every_layer_from_its_theta_0_distribution():
         assert abs(ratio - 1) < 0.1, f"{group}/{name}: re-drawn std / theta_0's std = {ratio:.3f}"
         checked[group] += 1
   assert checked["encoder"] >= 7 and checked["decoder"] >= 7, checked
+
+
+def test_identity_term_is_the_pixel_mse_of_the_content_stylized_with_itself(setup):
+  plain = adain.AdaIN(_config())
+  weighted = adain.AdaIN(_config(identity_weight=50.0))
+  assert "identity" not in plain.terms and weighted.terms == ("content", "style", "identity")
+  vgg, params, c, s = setup["vgg"], setup["p_frozen"], setup["content"], setup["style"]
+  total0, m0 = plain.loss(params, vgg, c, s, None)
+  total, m = weighted.loss(params, vgg, c, s, None)
+  # By hand: the decoder applied to the content's own r41 features after AdaIN with themselves.
+  f = np.asarray(enc_apply({"params": vgg}, c)["r41"], np.float64)
+  rec = dec_apply({"params": params["decoder"]}, jnp.asarray(_np_adain(f, f), jnp.float32))
+  hand = float(np.mean((np.asarray(rec, np.float64) - np.asarray(c, np.float64)) ** 2))
+  np.testing.assert_allclose(float(m["identity"]), hand, rtol=1e-4)
+  np.testing.assert_allclose(float(total), float(total0) + 50.0 * hand, rtol=1e-4)
+  np.testing.assert_allclose(float(m["content"]), float(m0["content"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adain", "sanet", "adaattn"])
+def test_decoder_init_he_normal_draws_kernels_with_he_variance(name):
+  model_class = get_model(name)
+  fields = dict(name=name, width=0.25, train_encoder=False, dtype="float32")
+  he = model_class(ml_collections.ConfigDict({**fields, "decoder_init": "he_normal"}))
+  ref = model_class(ml_collections.ConfigDict(fields))
+  vgg = ref.init_vgg(jax.random.key(0))
+  for model, expected in ((he, lambda fan_in: 2.0 / fan_in), (ref, None)):
+    params = model.init(jax.random.key(1), vgg)["decoder"]
+    big = [(k, np.asarray(v["kernel"])) for k, v in params.items() if np.asarray(v["kernel"]).size > 20000]
+    assert big
+    for layer, kernel in big:
+      fan_in = np.prod(kernel.shape[:-1])
+      if expected is not None:
+        # He-normal is a truncated normal scaled to variance 2 / fan_in.
+        np.testing.assert_allclose(kernel.var(), expected(fan_in), rtol=0.1, err_msg=layer)
+      else:
+        assert kernel.var() < 0.8 * 2.0 / fan_in, layer  # the reference inits are well below He's variance
+
+
+def test_decoder_init_refuses_unknown_names():
+  c = config_lib.default_config()
+  c.model.decoder_init = "xavier"
+  with pytest.raises(UserError, match=r"model.decoder_init.*reference, he_normal"):
+    config_lib.validate(c, data=False)

@@ -254,3 +254,42 @@ def test_write_atomically_replaces_whole_files_and_a_failed_write_leaves_the_old
   with np.load(path) as z:  # the old file, whole
     np.testing.assert_array_equal(z["a"], np.arange(3))
   assert os.listdir(tmp_path / "sub") == ["w.npz"]  # no temporary left
+
+
+def test_write_npz_gives_the_same_bytes_for_the_same_arrays(tmp_path):
+  arrays = {"b": np.ones((2, 3), np.float32), "a": np.arange(4)}
+  weights.write_npz(str(tmp_path / "1.npz"), arrays)
+  weights.write_npz(str(tmp_path / "2.npz"), dict(reversed(list(arrays.items()))))
+  assert (tmp_path / "1.npz").read_bytes() == (tmp_path / "2.npz").read_bytes()
+  got = weights.read_npz(str(tmp_path / "1.npz"))
+  np.testing.assert_array_equal(got["b"], arrays["b"])
+  np.testing.assert_array_equal(got["a"], arrays["a"])
+
+
+@pytest.mark.parametrize("width", sorted(weights.DEMO_VGG_SHA256))
+def test_demo_loss_network_is_the_recorded_file_and_fits_its_width(width):
+  from jaxtickets import models
+  model = models.build("adain", {"width": width})
+  vgg = weights.load_or_init_vgg(model, "demo", jax.random.PRNGKey(0))
+  want = jax.eval_shape(model.init_vgg, jax.random.PRNGKey(0))
+  assert jax.tree.structure(vgg) == jax.tree.structure(want)
+  random = jax.device_get(model.init_vgg(jax.random.PRNGKey(0)))
+  # Trained, not the random stand-in: every layer moved away from a He-normal draw's scale or values.
+  assert not np.allclose(vgg["conv1_1"]["kernel"], random["conv1_1"]["kernel"])
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(vgg))
+
+
+def test_demo_loss_network_refuses_a_changed_file_and_an_unmade_width(tmp_path, monkeypatch):
+  width = sorted(weights.DEMO_VGG_SHA256)[0]
+  changed = tmp_path / "changed.npz"
+  original = open(weights.demo_vgg_path(width), "rb").read()
+  changed.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+  monkeypatch.setattr(weights, "demo_vgg_path", lambda w: str(changed))
+  with pytest.raises(UserError, match=r"has SHA-256 .* it was changed or damaged; reinstall jaxtickets"):
+    weights.resolve_demo_vgg(width)
+  with pytest.raises(UserError, match=r"exists at width .* not 0.3: set --config.model.width="):
+    weights.resolve_demo_vgg(0.3)
+  monkeypatch.setattr(weights, "demo_vgg_path", lambda w: str(tmp_path / "gone.npz"))
+  with pytest.raises(UserError, match=r"is missing: reinstall jaxtickets, or make it with python "
+                                      r"scripts/make_demo_vgg.py"):
+    weights.resolve_demo_vgg(width)

@@ -19,7 +19,8 @@ MODELS = {
     "adaattn": "jaxtickets.models.adaattn",
     "mccnet": "jaxtickets.models.mccnet",
 }
-GROUPS = ("encoder", "decoder", "transform")  # the top-level keys of every model's params tree
+GROUPS = ("encoder", "decoder", "transform")
+DECODER_INITS = ("reference", "he_normal")  # the top-level keys of every model's params tree
 # The config.model fields every model reads, with their defaults: config.default_config's model section is built
 # from this, so a model and the config share one source of defaults without the models importing the config.
 SHARED_FIELDS = {
@@ -27,6 +28,10 @@ SHARED_FIELDS = {
     "width": 1.0,  # channel multiplier; < 1 only for tests and quick experiments
     "train_encoder": True,  # the paper's finding 1: training the VGG encoder too beats keeping it fixed
     "dtype": "float32",
+    # The decoder's (and transform's) initial weights: 'reference' (the reference code's, e.g. PyTorch's default
+    # kaiming_uniform(a=sqrt(5)) for the shared decoder) or 'he_normal'. Nine zero-bias layers under PyTorch's
+    # default start near a constant output, which a short CPU-scale round does not leave (docs/study_cpu/pilots).
+    "decoder_init": "reference",
     "vgg_weights": "",  # Flax-format VGG file; empty = random weights (results not meaningful)
     "init_from": "",  # a directory from scripts/port_weights.py: its decoder/transform become theta_0
 }
@@ -51,4 +56,4 @@ def build(name: str, fields: Mapping | None = None):
   return get_model(name)(ml_collections.ConfigDict({**dict(fields or {}), "name": name}))
 
 
-__all__ = ["GROUPS", "MODELS", "SHARED_FIELDS", "build", "get_model", "model_names"]
+__all__ = ["DECODER_INITS", "GROUPS", "MODELS", "SHARED_FIELDS", "build", "get_model", "model_names"]

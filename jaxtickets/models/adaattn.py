@@ -182,11 +182,12 @@ class SkipDecoder(nn.Module):
   """
   width: float = 1.0
   dtype: Any = jnp.float32
+  kernel_init: Any = adaattn_init
 
   @nn.compact
   def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
     def conv(features, name):
-      return layers.ReflectConv(features, dtype=self.dtype, kernel_init=adaattn_init, name=name)
+      return layers.ReflectConv(features, dtype=self.dtype, kernel_init=self.kernel_init, name=name)
 
     x = layers.relu(conv(vgg_lib.channels(256, self.width), "decoder_layer_1_1")(x.astype(self.dtype)))
     x = jnp.concatenate([layers.upsample_nearest2x(x), skip.astype(self.dtype)], axis=-1)
@@ -231,7 +232,7 @@ class AdaAttNModel(StyleModel):
     # content_norm is only computed (and reported) when weighted.
     self.terms = self.terms + (("content_norm",) if self.loss_weights["content"] else ())
     self.transform = Transform(self.grad_eps, self.dtype)
-    self.decoder = SkipDecoder(self.width, self.dtype)
+    self.decoder = SkipDecoder(self.width, self.dtype, self.decoder_kernel_init(adaattn_init))
 
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:
     """{'decoder', 'transform': N(0, 0.02) init; 'encoder': copy of the VGG up to r51 (only when train_encoder)}."""

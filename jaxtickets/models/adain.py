@@ -20,12 +20,16 @@ class AdaIN(StyleModel):
   divisor = 8
   encoder_depth = "r41"
   loss_depth = "r41"
-  loss_weights = {"content": 1.0, "style": 10.0}
+  # 'identity' is no term of the reference's: SANet's pixel identity loss (the content stylized with itself as the
+  # style, against the content), 0 = off. At CPU scale it gives the decoder a direct pixel signal that the feature
+  # losses alone do not (docs/study_cpu/pilots).
+  loss_weights = {"content": 1.0, "style": 10.0, "identity": 0.0}
   terms = ("content", "style")
 
   def __init__(self, model_config):
     super().__init__(model_config)
-    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
+    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype,
+                                        kernel_init=self.decoder_kernel_init(layers.torch_default_init))
     # The reference's content loss is r41 alone. With a random loss VGG an r41 map of 8x8 at 64 px asks the decoder
     # for nothing finer than 8x8 blobs, and a random VGG's r41 barely sees colour. Shallower taps, each against its own
     # AdaIN target (the content's features at that tap with the style's channel statistics), ask for the content's
@@ -33,6 +37,8 @@ class AdaIN(StyleModel):
     taps = getattr(model_config, "content_taps", None) or CONTENT_TAP
     self.content_taps = tuple(t.strip() for t in str(taps).split(",") if t.strip())
     bad = [t for t in self.content_taps if t not in STYLE_TAPS]
+    if self.loss_weights["identity"]:
+      self.terms = self.terms + ("identity",)  # computed (an extra decoder pass) and reported only when weighted
     if bad or not self.content_taps:
       raise UserError(f"config.model.content_taps = {taps!r} names no VGG tap or an unknown one: use a comma-separated "
                       f"subset of {', '.join(STYLE_TAPS)} (the reference's is '{CONTENT_TAP}').")
@@ -59,7 +65,8 @@ class AdaIN(StyleModel):
     return self._decode(params, t.astype(fc.dtype))
 
   def loss(self, params, vgg_params, content, style, rng):
-    """Content MSE at r41 against the frozen-VGG AdaIN target + weighted mean/std style loss at r11..r41.
+    """Content MSE at r41 against the frozen-VGG AdaIN target + weighted mean/std style loss at r11..r41 (+ the
+    pixel identity term when model.identity_weight > 0).
 
     With model.content_taps beyond r41, the content term adds, per shallower tap, the MSE between the output's
     loss-VGG features and that tap's AdaIN target (content features, style channel statistics).
@@ -84,6 +91,10 @@ class AdaIN(StyleModel):
       content_loss += losses.mse(g_taps[tap], tap_target)
     terms = {"content": content_loss,
              "style": losses.mean_std_style_loss(g_taps, jax.lax.stop_gradient(vs), STYLE_TAPS)}
+    if "identity" in self.terms:
+      fc = self._encode(params["encoder"], content) if self.train_encoder else vc[CONTENT_TAP]
+      identity = self._decode(params, layers.adain(fc, fc))
+      terms["identity"] = losses.mse(identity, content.astype(jnp.float32))
     total = sum(self.loss_weights[k] * v for k, v in terms.items())
     return total, self.named_metrics(total, terms)
 

@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +68,7 @@ class StyleModel:
     self.width = float(shared("width"))
     self.train_encoder = bool(shared("train_encoder"))
     self.dtype = getattr(jnp, shared("dtype"))  # a name in config.DTYPES
+    self.decoder_init = str(shared("decoder_init"))  # a name in models.DECODER_INITS
     self.groups = ((ENCODER,) if self.train_encoder else ()) + tuple(self.own_groups)
     # Each loss weight can be overridden by a config field named '<loss>_weight'.
     self.loss_weights = {k: float(_field(model_config, f"{k}_weight", v)) for k, v in self.loss_weights.items()}
@@ -78,6 +80,14 @@ class StyleModel:
 
   def __hash__(self):
     return hash(self._identity)
+
+  def decoder_kernel_init(self, reference: Any):
+    """The decoder's kernel initializer: the model's `reference` one, or He-normal when model.decoder_init says so."""
+    if self.decoder_init == "he_normal":
+      return nn.initializers.he_normal()
+    if self.decoder_init != "reference":
+      raise UserError(f"config.model.decoder_init = {self.decoder_init!r}: use 'reference' or 'he_normal'.")
+    return reference
 
   @property
   def metric_names(self) -> tuple[str, ...]:

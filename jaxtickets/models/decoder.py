@@ -27,16 +27,18 @@ class Decoder(nn.Module):
   """Maps r41-sized features (512*width channels) to an unclamped float32 RGB image 8x larger."""
   width: float = 1.0
   dtype: Any = jnp.float32
+  kernel_init: Any = layers.torch_default_init  # the reference's (PyTorch's default); model.decoder_init picks
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
     for name, c, up in _LAYERS:
-      x = layers.relu(layers.ReflectConv(channels(c, self.width), dtype=self.dtype, name=name)(x))
+      x = layers.relu(layers.ReflectConv(channels(c, self.width), dtype=self.dtype, kernel_init=self.kernel_init,
+                                         name=name)(x))
       if up:
         x = layers.upsample_nearest2x(x)
     # The reference has no output activation: the image is neither squashed nor clamped.
-    x = layers.ReflectConv(3, dtype=self.dtype, name="conv1_1")(x)
+    x = layers.ReflectConv(3, dtype=self.dtype, kernel_init=self.kernel_init, name="conv1_1")(x)
     return x.astype(jnp.float32)
 
 

@@ -126,7 +126,8 @@ class LST(StyleModel):
     self.vgg = vgg_lib.VGGEncoder(depth=self.loss_depth, width=self.width, dtype=self.dtype, ceil_pool=False)
     self.encoder = vgg_lib.VGGEncoder(depth=self.encoder_depth, width=self.width, dtype=self.dtype,
                                       ceil_pool=False)
-    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
+    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype,
+                                        kernel_init=self.decoder_kernel_init(layers.torch_default_init))
     self.transform = MulLayer(width=self.width, dtype=self.dtype)
 
   @property

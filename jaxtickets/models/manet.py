@@ -98,7 +98,8 @@ class MANet(StyleModel):
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
       raise UserError(f"config.model.disentangle_threshold is {threshold!r}: use a number such as 10.0.")
     self.disentangle_threshold = float(threshold)
-    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
+    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype,
+                                        kernel_init=self.decoder_kernel_init(layers.torch_default_init))
     self.transform = MultiAdaptation(dtype=self.dtype)
 
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:

@@ -98,7 +98,8 @@ class MCCNet(StyleModel):
       raise UserError(f"config.model.mcc_eps is {eps!r}: use a non-negative number (1e-5 guards the division, "
                       "0.0 reproduces the reference's bare division).")
     self.mcc_eps = float(eps)
-    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
+    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype,
+                                        kernel_init=self.decoder_kernel_init(layers.torch_default_init))
     self.transform = MCC(eps=self.mcc_eps, dtype=self.dtype)
 
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:

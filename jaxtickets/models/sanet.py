@@ -71,7 +71,8 @@ class SANet(StyleModel):
 
   def __init__(self, model_config):
     super().__init__(model_config)
-    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype)
+    self.decoder = decoder_lib.Decoder(width=self.width, dtype=self.dtype,
+                                        kernel_init=self.decoder_kernel_init(layers.torch_default_init))
     self.transform = Transform(dtype=self.dtype)
 
   def init(self, rng: jax.Array, vgg_params: dict) -> dict:
