@@ -279,7 +279,8 @@ def plot_layers(report: dict, path: str, title: str) -> None:
 
 
 def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
-  """Rows = held-out pairs, columns = content, style, dense and each IMP round's ticket."""
+  """Rows = held-out pairs, columns = content, style, the dense network's reconstruction (the content stylized with
+  itself as the style: what the learnability check scores), dense and each IMP round's ticket."""
   from jaxtickets import data, evaluate, inference
 
   pairs = data.eval_pairs(config)
@@ -290,6 +291,10 @@ def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
   for r in tqdm(imp_rows, desc="report grid", unit="round", disable=None, leave=False):
     ticket = checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, "imp", r["round"], r["replicate"]))
     out = evaluate.stylize_pairs(model, ticket.trained_params, ticket.masks, vgg, pairs)
+    if r["round"] == 0:
+      itself = {"content": pairs["content"], "style": pairs["content"]}
+      columns.append(("dense, content\nas its own style", evaluate.stylize_pairs(model, ticket.trained_params,
+                                                                                  ticket.masks, vgg, itself)))
     label = "dense" if r["round"] == 0 else f"round {r['round']}\n{r['sparsity_prunable']:.1%} sparse"
     columns.append((label, out))
   cell = 1.6
@@ -353,7 +358,9 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   pairs = sorted({len(r["per_pair"]["total"]) for r in rows})
   combos = sorted({r["combinations"] for r in summary})
   done = max((r["round"] for r in rows if r["branch"] == "imp"), default=0)
-  vgg = f"`{m.vgg_weights}`" if m.vgg_weights else "**random** (no pretrained VGG: the losses are not meaningful)"
+  vgg = (f"`demo`: the demo loss network, {config_lib.DEMO_VGG_DESCRIPTION}" if m.vgg_weights == config_lib.DEMO_VGG
+         else f"`{m.vgg_weights}`" if m.vgg_weights else
+         "**random** (no pretrained VGG: the losses are not meaningful)")
   rewinds = sorted({r["rewind_step"] for r in rows})
   rewind = ", ".join("0 (the initial weights)" if k == 0 else f"{k} (the weights after {k} dense steps)"
                      for k in rewinds)
@@ -362,6 +369,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
       ["model", f"{m.name} (width {m.width:g}, {m.dtype})"],
       ["encoder", "trained (part of the pruned network)" if m.train_encoder else "fixed (the frozen VGG)"],
       ["VGG weights", vgg],
+      ["deviations from the reference", "; ".join(reference_deviations(config)) or "none"],
       ["pruning scope", f"`{sp.scope}` ({sp.method} magnitude, {sp.fraction:.0%} of the remaining weights per "
                         f"round{cap})"],
       ["rewind point used", rewind],
@@ -444,6 +452,32 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
            "dense round's, minus 1 (one replicate, a ratio of means), not the verdicts' estimate.", "",
            table(keys, [[_fmt(r.get(k, ""), k) for k in keys] for r in rows]), ""]
   return "\n".join(text)
+
+
+def reference_deviations(config) -> list[str]:
+  """Each model setting of the run that differs from the reference implementation's, in words."""
+  from jaxtickets import models  # pylint: disable=import-outside-toplevel  (imports the model's module)
+  m = config.model
+  model_class = models.get_model(m.name)
+  out = []
+  if m.width != 1.0:
+    out.append(f"width {m.width:g} (the reference: 1)")
+  if not m.train_encoder:
+    out.append("encoder fixed, the loss VGG itself (the paper trains it)")
+  if m.get("decoder_init", "reference") != "reference":
+    out.append(f"decoder init {m.decoder_init} (the reference: its own, PyTorch's default for the shared decoder)")
+  for term, reference in model_class.loss_weights.items():
+    value = m.get(f"{term}_weight")
+    if value is not None and float(value) != float(reference):
+      out.append(f"{term} weight {float(value):g} (the reference: {float(reference):g})")
+  taps = m.get("content_taps")
+  if taps and taps != "r41" and m.name == "adain":
+    out.append(f"content taps {taps} (the reference: r41)")
+  if m.vgg_weights == config_lib.DEMO_VGG:
+    out.append("loss network trained here, not ImageNet's VGG")
+  elif not m.vgg_weights:
+    out.append("random loss VGG")
+  return out
 
 
 def _branches_line(config, rows) -> str:

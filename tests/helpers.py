@@ -11,10 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-  """AdaIN at 1/16 width on 32 px crops of the embedded demo images, 3 steps per round, Adam's eps 1e-4."""
+  """AdaIN at 1/16 width with the demo loss network on 32 px crops of the embedded demo images, 3 steps per round,
+  Adam's eps 1e-4."""
   c = config_lib.default_config()
   c.model.name = "adain"
   c.model.width = 1 / 16
+  c.model.vgg_weights = "demo"  # the loss network made here at this width (scripts/make_demo_vgg.py)
   c.data.content = c.data.style = c.data.eval_content = c.data.eval_style = "demo"
   c.data.load_size = 40
   c.data.crop_size = 32
