@@ -141,7 +141,8 @@ def test_model_specific_fields_and_other_tools_sections_are_accepted():
 
 
 def test_the_batch_is_checked_against_the_target_devices_given():
-  c = demo()  # batch 4
+  c = demo()
+  c.train.batch_size = 4
   c.parallel.pack_runs = False
   config_lib.validate(c, devices=[None] * 4)
   with pytest.raises(UserError, match="batch_size = 4 does not split over the 8 devices"):
