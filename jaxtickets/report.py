@@ -89,10 +89,11 @@ def learnability_lines(summary: list[dict]) -> list[str]:
     return [f"Dense round: every dense network collapsed ({dead}): there is nothing to compare the tickets with."]
   lines = [f"Dense round: reconstruction PSNR {check['recon_psnr']:.2f} dB against {check['flat_psnr']:.2f} dB for "
            "a flat mean-colour image (held-out content stylized with itself as the style, mean over "
-           f"{check['replicates']} replicate(s)" + (f"; left out, collapsed: {dead}" if dead else "") + ")."]
+           f"{check['replicates']} replicate(s), the lowest {check['worst_margin']:+.2f} dB from its flat image"
+           + (f"; left out, collapsed: {dead}" if dead else "") + ")."]
   if not check["learned"]:
-    lines.append(f"WARNING: the dense network has not learned to reconstruct its content (less than "
-                 f"{results.LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little "
+    lines.append(f"WARNING: the dense network has not learned to reconstruct its content in every replicate (less "
+                 f"than {results.LEARNED_MARGIN_DB:.0f} dB above a flat image): verdicts about its tickets say little "
                  "about style transfer.")
   return lines
 

@@ -406,6 +406,10 @@ def load_or_init_vgg(model, path: str, key) -> dict:
   """The VGG params from `path` (config.model.vgg_weights), or random ones drawn with `key` when it is empty,
   with a loud warning."""
   if path == DEMO_VGG:
+    deepest = max(model.loss_depth, model.encoder_depth)  # 'r11' < ... < 'r51' as strings too
+    if deepest > 'r41':
+      raise UserError(f"config.model.vgg_weights = 'demo' stops at relu4_1, but {model.name} reads {deepest}: give "
+                      'ported VGG weights (scripts/port_weights.py), or leave it empty for a random VGG.')
     path = resolve_demo_vgg(model.width)
   if path:
     return load_vgg_weights(path, jax.eval_shape(model.init_vgg, key))

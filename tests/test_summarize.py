@@ -147,9 +147,16 @@ def test_learnability_columns_and_warning():
   assert "reconstruction PSNR 24.00 dB against 14.00 dB for a flat mean-colour image" in line
   assert "WARNING" not in report.format_summary(learned)
   flat = results.summarize(with_psnr(_run({1: _same(1.0)}), 15.0, 14.0), TOLERANCE)
-  warning = ("the dense network has not learned to reconstruct its content (less than 3 dB above a flat image): "
-             "verdicts about its tickets say little about style transfer")
+  warning = ("the dense network has not learned to reconstruct its content in every replicate (less than 3 dB above "
+             "a flat image): verdicts about its tickets say little about style transfer")
   assert warning in report.learnability_lines(flat)[1] and warning in report.format_summary(flat)
+  # The worst replicate decides: a mean 4 dB above flat with one replicate 2 dB above still warns.
+  uneven = [dict(r, recon_psnr=(16.0 if r["replicate"] == 0 else 19.0), flat_psnr=14.0)
+            for r in _run({1: _same(1.0)})]
+  check = results.dense_learnability(results.summarize(uneven, TOLERANCE))
+  assert check["recon_psnr"] == pytest.approx(18.0) and check["worst_margin"] == pytest.approx(2.0)
+  assert not check["learned"]
+  assert "the lowest +2.00 dB from its flat image" in report.learnability_lines(results.summarize(uneven, TOLERANCE))[0]
   assert report.learnability_lines(results.summarize(_run({1: _same(1.0)}), TOLERANCE)) == []  # not recorded
   assert results.result_fields(("content", "style"), (), learnability=True)[-6:] == (
       "recon_psnr", "flat_psnr", "content", "style", "total", "relative_to_dense")
@@ -311,7 +318,8 @@ def test_dense_learnability_leaves_out_and_names_the_collapsed():
   assert (check["recon_psnr"], check["replicates"], check["learned"]) == (24.0, 2, True)
   assert check["collapsed"] == [dict(replicate=0, reason=evaluate.BELOW_FLAT)]
   (line,) = report.learnability_lines(summary)
-  assert line.endswith("mean over 2 replicate(s); left out, collapsed: replicate 0 "
+  assert line.endswith("mean over 2 replicate(s), the lowest +10.00 dB from its flat image; left out, collapsed: "
+                       "replicate 0 "
                        "(reconstruction below a flat image)).")
   every = results.summarize(_dead(rows, **{f"imp_0_{k}": evaluate.BELOW_FLAT for k in (0, 1, 2)}), TOLERANCE)
   assert report.learnability_lines(every)[0].startswith("Dense round: every dense network collapsed (replicate 0 ")

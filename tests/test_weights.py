@@ -293,3 +293,9 @@ def test_demo_loss_network_refuses_a_changed_file_and_an_unmade_width(tmp_path, 
   with pytest.raises(UserError, match=r"is missing: reinstall jaxtickets, or make it with python "
                                       r"scripts/make_demo_vgg.py"):
     weights.resolve_demo_vgg(width)
+
+
+def test_demo_loss_network_refuses_a_model_that_reads_deeper():
+  from jaxtickets import models
+  with pytest.raises(UserError, match=r"'demo' stops at relu4_1, but sanet reads r51: give ported VGG weights"):
+    weights.load_or_init_vgg(models.build("sanet", {"width": 0.25}), "demo", jax.random.PRNGKey(0))
