@@ -587,6 +587,14 @@ def _dense(rows):
   return next((r for r in rows if r["branch"] == "imp" and r["round"] == 0), None)
 
 
+def _dense_total(rows) -> str:
+  """The dense round's mean held-out total as the study's tables show it, marked when every dense run collapsed."""
+  dense = _dense(rows)
+  if dense is None:
+    return "-"
+  return f"{dense['total']:.6g}" + (" (collapsed)" if dense.get("replicates", 1) == 0 else "")
+
+
 def _sparsity_at(row) -> str:
   return "none" if row is None else f"{row['sparsity_prunable']:.4f} (round {row['round']})"
 
@@ -718,11 +726,10 @@ def format_study(study_config, runs, tables, notes: list[str], reports: bool,
   for s in runs:
     rows = tables[(s.model, s.name)]
     done = max((r["round"] for r in rows if r["branch"] == "imp"), default=-1)
-    dense = _dense(rows)
     link = f"[report]({s.model}/{s.name}/report.md)" if reports else f"`{s.workdir}`"
     encoder = "trained" if s.config.model.train_encoder else "fixed"
     lines.append([s.model, s.name, encoder, f"`{s.config.sparsity.scope}`", s.config.imp.branches,
-                  f"{done} of {s.config.imp.rounds}", f"{dense['total']:.6g}" if dense else "-", link])
+                  f"{done} of {s.config.imp.rounds}", _dense_total(rows), link])
   text.append(table(["model", "run", "encoder", "scope", "branches", "pruned rounds", "dense total", "details"],
                     lines))
   by = {(s.model, s.name): s for s in runs}
@@ -737,8 +744,7 @@ def format_study(study_config, runs, tables, notes: list[str], reports: bool,
           state = "trained" if s.config.model.train_encoder else "fixed"
         else:
           state = "pruned" if "transform" in s.config.sparsity.scope else "not pruned"
-        dense = _dense(rows)
-        lines.append([m, name, state, f"{dense['total']:.6g}" if dense else "-", _sparsity_at(_imp_best(rows))])
+        lines.append([m, name, state, _dense_total(rows), _sparsity_at(_imp_best(rows))])
     if lines:
       text += ["", f"## {STUDY_TITLES[comp]}", ""]
       text.append(table(["model", "run", comp, "dense total", "highest matching sparsity (IMP)"], lines))

@@ -238,7 +238,9 @@ def summarize(rows: list[dict], tolerance: float) -> list[dict]:
                                     reason=collapsed(r), dense=reference) for r in (dropped if reference else dead)])
     for key in ("sparsity_prunable", "sparsity_total", "sparsity_inference"):
       row[key] = float(np.mean([r[key] for r in rs]))
-    row["total"] = float(np.mean([r["total"] for r in used])) if used else math.nan
+    # With every run of the cell collapsed, the mean over all of them still says what they scored (replicates = 0
+    # says they were left out).
+    row["total"] = float(np.mean([r["total"] for r in (used or rs)]))
     for metric in ("total", *terms):
       if not all(metric in r["per_pair"] for r in rs + [dense[r["replicate"]] for r in rs]):
         continue

@@ -34,6 +34,8 @@ def tiny_config(**overrides):
   for key, value in overrides.items():
     section, name = key.split("__") if "__" in key else (None, key)
     (c[section] if section else c)[name] = value
+  if c.model.name != "adain" and c.model.vgg_weights == "demo":
+    c.model.vgg_weights = ""  # the demo loss network stops at relu4_1; the other models read relu5_1
   return c
 
 
