@@ -155,7 +155,8 @@ def _assert_tickets_like(reference, workdir):
     for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
       np.testing.assert_array_equal(x, y, err_msg=f"{branch} {round_} {rep}")
     for x, y in zip(jax.tree.leaves(a.trained_params), jax.tree.leaves(b.trained_params)):
-      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)  # weights move ~1e-3 here; rounding differs
+      # The demo's lr (1e-3) moves weights ~5e-3 in these 6 steps; packing and two processes round differently.
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=5e-5)
     assert b.metrics["total"] == pytest.approx(a.metrics["total"], rel=1e-4)
   for name in ("report.md", "summary.csv", "summary.json", "config.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
