@@ -10,7 +10,6 @@ holds (a (1, 1, I, O) conv kernel or an (I, O) Dense kernel).
 part and `load_init_from` its 'params' part.
 """
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -173,16 +172,9 @@ def convert_vgg(path, *, depth: str | None = None, notes: list[str] | None = Non
     keep = set(vgg_lib.vgg_layer_names(depth))
     flat = {k: v for k, v in flat.items() if k.split('/')[0] in keep}
     file_depth = depth
-  info = {'path': os.path.abspath(path), 'sha256': _sha256(path), 'layout': layout.name, 'depth': file_depth}
+  info = {'path': os.path.abspath(path), 'sha256': weights.file_sha256(path), 'layout': layout.name,
+          'depth': file_depth}
   return weights.unflatten(flat), info
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -297,7 +289,7 @@ def convert(model: str | None = None, *, vgg, decoder=None, transforms: Sequence
       got = convert_state(state, layout, layout.layers, _part_target(shapes, part.dst), path=f, role=role,
                           notes=notes)
       flat.update({f'{part.dst}/{k}': v for k, v in got.items()})
-      sources.setdefault(role[2:], []).append({'path': os.path.abspath(f), 'sha256': _sha256(f),
+      sources.setdefault(role[2:], []).append({'path': os.path.abspath(f), 'sha256': weights.file_sha256(f),
                                                 'layout': layout.name, 'into': part.dst})
   return Ported(model, cfg, weights.unflatten(flat), vgg_tree, sources, notes)
 

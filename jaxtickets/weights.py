@@ -352,7 +352,8 @@ def demo_vgg_path(width: float) -> str:
   return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', f'demo_vgg_w{float(width):g}.npz')
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+  """The hex SHA-256 of a file's bytes, read in blocks."""
   import hashlib  # pylint: disable=import-outside-toplevel
   digest = hashlib.sha256()
   with open(path, 'rb') as f:
@@ -372,10 +373,10 @@ def resolve_demo_vgg(width: float) -> str:
   if not os.path.isfile(path):
     raise UserError(f"The demo loss network '{path}' is missing: reinstall jaxtickets, or make it with python "
                     f'scripts/make_demo_vgg.py --width={float(width):g}.')
-  got = _file_sha256(path)
-  if got != DEMO_VGG_SHA256[float(width)]:
-    raise UserError(f"The demo loss network '{path}' has SHA-256 {got[:12]}..., not the {DEMO_VGG_SHA256[float(width)][:12]}... "
-                    'the package records: it was changed or damaged; reinstall jaxtickets (or, after remaking it on '
+  got, want = file_sha256(path), DEMO_VGG_SHA256[float(width)]
+  if got != want:
+    raise UserError(f"The demo loss network '{path}' has SHA-256 {got[:12]}..., not the {want[:12]}... the "
+                    "package records: it was changed or damaged; reinstall jaxtickets (or, after remaking it on "
                     "purpose, record the new hash in jaxtickets/weights.py's DEMO_VGG_SHA256).")
   return path
 

@@ -12,7 +12,6 @@ file. After changing it, put the printed SHA-256 into jaxtickets/weights.py's DE
 """
 
 import argparse
-import hashlib
 import os
 import sys
 import time
@@ -113,11 +112,6 @@ def train(width: float, steps: int, batch: int, crop: int, lr: float, seed: int,
   return jax.device_get(params["encoder"]), measured
 
 
-def sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--width", type=float, default=0.25, help="the VGG's channel multiplier")
@@ -134,7 +128,7 @@ def main(argv=None) -> int:
   weights.write_atomically(out, lambda tmp: weights.write_npz(tmp, arrays))
   print(f"wrote {out}: held-out reconstruction {measured['held_out_psnr']:.2f} dB after {args.steps} steps "
         f"({measured['seconds']:.0f} s)")
-  print(f"SHA-256 {sha256(out)}")
+  print(f"SHA-256 {weights.file_sha256(out)}")
   return 0
 
 

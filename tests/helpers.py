@@ -10,6 +10,15 @@ from jaxtickets import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_script(name: str):
+  """scripts/<name>.py as a module (the scripts are no package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def tiny_config(**overrides):
   """AdaIN at 1/16 width with the demo loss network on 32 px crops of the embedded demo images, 3 steps per round,
   Adam's eps 1e-4."""

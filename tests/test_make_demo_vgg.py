@@ -1,7 +1,6 @@
 """scripts/make_demo_vgg.py: what it trains on, and that the same seed writes the same file."""
 
 import hashlib
-import importlib.util
 import os
 
 import numpy as np
@@ -9,15 +8,12 @@ import pytest
 
 from jaxtickets import data, weights
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "make_demo_vgg.py")
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-  spec = importlib.util.spec_from_file_location("make_demo_vgg", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("make_demo_vgg")
 
 
 def test_the_held_out_images_are_never_trained_on(script):
