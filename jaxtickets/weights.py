@@ -381,6 +381,26 @@ def resolve_demo_vgg(width: float) -> str:
   return path
 
 
+def _file_width(got: Mapping[str, Any], want: Mapping[str, Any]) -> float | None:
+  """The width multiplier of a VGG file whose layers are the model's at another width (every kernel the model needs
+  present, each scaled by one factor), else None: a wrong width is then named with the flag that fixes it."""
+  key = 'conv1_1/kernel'
+  if key not in got or key not in want or any(k not in got for k in want if k.endswith('/kernel')):
+    return None
+  width = got[key].shape[-1] / 64.0  # conv1_1 has 64 channels at full width
+  model_width = want[key].shape[-1] / 64.0
+  if width == model_width:
+    return None
+  scale = width / model_width
+  for k, spec in want.items():
+    if k.endswith('/kernel') and k != 'conv0/kernel':
+      cin, cout = spec.shape[-2:]
+      fcin, fcout = got[k].shape[-2:]
+      if fcout != max(1, round(cout * scale)) or (cin != 3 and fcin != max(1, round(cin * scale))):
+        return None
+  return width
+
+
 def load_vgg_weights(path, expected) -> dict:
   """Reads VGG weights that fit `expected` (a tree whose leaves have .shape), as float32 numpy arrays."""
   path = os.fspath(path)
@@ -396,6 +416,11 @@ def load_vgg_weights(path, expected) -> dict:
     elif tuple(got[key].shape) != tuple(spec.shape):
       problems.append(f'{key} has shape {shape_str(got[key].shape)}, expected {shape_str(spec.shape)}')
   if problems:
+    width = _file_width(got, want)
+    if width is not None:
+      has, needs = got['conv1_1/kernel'].shape[-1], want['conv1_1/kernel'].shape[-1]
+      raise UserError(f"VGG weights '{path}' are a VGG at width {width:g} (conv1_1 has {has} channels), not the "
+                      f"model's {needs}: set --config.model.width={width:g}.")
     more = len(problems) - _MAX_LISTED
     listed = '; '.join(problems[:_MAX_LISTED]) + (f'; and {more} more' if more > 0 else '')
     raise UserError(f"VGG weights '{path}' do not fit the model: {listed}; {_FIX}.")

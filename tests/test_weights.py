@@ -299,3 +299,17 @@ def test_demo_loss_network_refuses_a_model_that_reads_deeper():
   from jaxtickets import models
   with pytest.raises(UserError, match=r"'demo' stops at relu4_1, but sanet reads r51: give ported VGG weights"):
     weights.load_or_init_vgg(models.build("sanet", {"width": 0.25}), "demo", jax.random.PRNGKey(0))
+
+
+def test_a_vgg_file_of_another_width_names_its_width_and_the_flag(tmp_path):
+  from jaxtickets import models
+  model = models.build("adain", {"width": 0.5})
+  with pytest.raises(UserError, match=r"are a VGG at width 0.25 \(conv1_1 has 16 channels\), not the model's 32: "
+                                      r"set --config.model.width=0.25\.$"):
+    weights.load_or_init_vgg(model, weights.demo_vgg_path(0.25), jax.random.PRNGKey(0))
+  # A file that is not the model's VGG at another width keeps the list of what does not fit.
+  bad = weights.flatten(jax.device_get(models.build("adain", {"width": 0.25}).init_vgg(jax.random.PRNGKey(0))))
+  bad["conv2_1/kernel"] = np.zeros((3, 3, 16, 5), np.float32)
+  weights.write_npz(str(tmp_path / "odd.npz"), bad)
+  with pytest.raises(UserError, match=r"do not fit the model: .*conv1_1/kernel has shape"):
+    weights.load_or_init_vgg(model, str(tmp_path / "odd.npz"), jax.random.PRNGKey(0))
