@@ -125,16 +125,11 @@ def format_summary(summary: list[dict]) -> str:
   lines = [head, "-" * len(head)]
   for r in summary:
     lines.append(f"{r['branch']:<14}{r['round']:>6}{r['sparsity_prunable']:>10.4f}{r['replicates']:>6}{r['pairs']:>7}"
-                 f"{_number(r['total'], '.4f'):>10}{pct(r['relative_to_dense']):>10}{_interval_cell(r):>28}  "
+                 f"{r['total']:>10.4f}{pct(r['relative_to_dense']):>10}{_interval_cell(r):>28}  "
                  f"{verdict_text(r)}")
   lines.append(f"vs dense: the {results.ESTIMATOR}; reps: the replicates it rests on, collapsed runs left out.")
   dead = collapsed_line(summary)
   return "\n".join(lines + ([dead] if dead else []) + learnability_lines(summary))
-
-
-def _number(v: float, spec: str) -> str:
-  """`v` formatted by `spec`; empty for NaN (a mean over no replicate: every one collapsed)."""
-  return "" if math.isnan(v) else format(v, spec)
 
 
 def _interval_cell(r: dict) -> str:
@@ -405,7 +400,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   by_term = [f"{' / '.join(terms)} vs dense"] if terms else []
   cells = lambda r: [" / ".join(pct(r.get(f"{t}_relative")) for t in terms)] if terms else []
   lines = [[r["branch"], str(r["round"]), f"{r['sparsity_prunable']:.4f}", f"{r['sparsity_inference']:.4f}",
-            f"{r['replicates']} x {r['pairs']} ({r['combinations']})", _number(r["total"], ".6g"),
+            f"{r['replicates']} x {r['pairs']} ({r['combinations']})", f"{r['total']:.6g}",
             pct(r["relative_to_dense"]), _interval_cell(r), verdict_text(r), *cells(r)] for r in summary]
   dead = collapsed_line(summary)
   text += ["## Verdicts (summary.csv)", "",

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtickets.errors import UserError
-from jaxtickets.models import GROUPS, SHARED_FIELDS
+from jaxtickets.models import DECODER_INITS, GROUPS, SHARED_FIELDS
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.layers import init_params
 from jaxtickets.models.torch_layout import Part
@@ -86,7 +86,7 @@ class StyleModel:
     if self.decoder_init == "he_normal":
       return nn.initializers.he_normal()
     if self.decoder_init != "reference":
-      raise UserError(f"config.model.decoder_init = {self.decoder_init!r}: use 'reference' or 'he_normal'.")
+      raise UserError(f"config.model.decoder_init = {self.decoder_init!r}: use one of {', '.join(DECODER_INITS)}.")
     return reference
 
   @property
