@@ -174,11 +174,21 @@ def convert_vgg(path, *, depth: str | None = None, notes: list[str] | None = Non
     file_depth = depth
   info = {'path': os.path.abspath(path), 'sha256': weights.file_sha256(path), 'layout': layout.name,
           'depth': file_depth}
+  info.update(_recognised(path, info['sha256'], model, 'vgg', notes))
   return weights.unflatten(flat), info
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Whole models
+
+
+def _recognised(path: str, sha256: str, model: str | None, role: str, notes: list[str]) -> dict:
+  """The released file a hash names ({'release', 'verified'}; a note says it), refusing one of another slot."""
+  from jaxtickets import releases  # pylint: disable=import-outside-toplevel
+  found = releases.recognise(path, sha256, model, role)
+  if found:
+    notes.append(f"{os.path.basename(path)}: recognised {found['release']} by its SHA-256 ({found['verified']}).")
+  return found
 
 
 def _check_width(model_config: Mapping, what: str) -> None:
@@ -273,6 +283,10 @@ def convert(model: str | None = None, *, vgg, decoder=None, transforms: Sequence
   if not vgg_only:  # the file counts are checked before any file is read
     by_role = _parts(flax_model)
     parts_of = {role: _check_counts(model, by_role[role[2:]], role, files) for role, files in roles}
+  # Named by hash before anything is read: a released file in another model's slot stops here.
+  hashes = {f: weights.file_sha256(f) for _, files in roles for f in files if os.path.isfile(f)}
+  found = {f: _recognised(f, hashes[f], model, role[2:], notes) for role, files in roles for f in files
+           if f in hashes}
   depth = max(flax_model.encoder_depth, flax_model.loss_depth, key=vgg_lib.TAPS.index)
   vgg_tree, vgg_info = convert_vgg(vgg, depth=depth, notes=notes, model=model)
   sources = {'vgg': vgg_info}
@@ -289,8 +303,8 @@ def convert(model: str | None = None, *, vgg, decoder=None, transforms: Sequence
       got = convert_state(state, layout, layout.layers, _part_target(shapes, part.dst), path=f, role=role,
                           notes=notes)
       flat.update({f'{part.dst}/{k}': v for k, v in got.items()})
-      sources.setdefault(role[2:], []).append({'path': os.path.abspath(f), 'sha256': weights.file_sha256(f),
-                                                'layout': layout.name, 'into': part.dst})
+      sources.setdefault(role[2:], []).append({'path': os.path.abspath(f), 'sha256': hashes[f],
+                                                'layout': layout.name, 'into': part.dst, **found.get(f, {})})
   return Ported(model, cfg, weights.unflatten(flat), vgg_tree, sources, notes)
 
 

@@ -452,3 +452,9 @@ def model_and_vgg(config) -> tuple[Any, dict]:
   model and the random stand-in VGG it was trained with."""
   model = models.get_model(config.model.name)(config_lib.model_config(config))
   return model, load_or_init_vgg(model, config.model.vgg_weights, streams.key(config.seed, streams.Stream.VGG))
+
+
+if __name__ == '__main__':  # python -m jaxtickets.weights fetch NAME: see jaxtickets/releases.py
+  import sys  # pylint: disable=import-outside-toplevel
+  from jaxtickets import releases  # pylint: disable=import-outside-toplevel
+  sys.exit(releases.main(sys.argv[1:]))
