@@ -1,8 +1,9 @@
 """Orbax storage of tickets, lone params trees and the running round's train state.
 
 Every checkpoint here is one Orbax directory written by a `CompositeCheckpointHandler`. Orbax itself makes the
-write atomic: it writes `<path>.orbax-checkpoint-tmp` beside the target and renames it when every item is done,
-so a crash leaves only that temporary sibling, which `ticket_exists` and `load_ticket` never mistake for a ticket
+write atomic: on disk it writes `<path>.orbax-checkpoint-tmp` beside the target and renames it when every item is
+done; on GCS, which has no rename, it writes in place and adds `commit_success.txt` last (`_is_complete` asks
+Orbax's `is_path_finalized`, which knows both). A crash leaves only the temporary sibling or an unfinalized folder, which `ticket_exists` and `load_ticket` never mistake for a ticket
 (the next save of the same path removes it). Saves are collective: in a multi-process run every process must call
 `save_ticket`/`save_params` with the same path (arrays may be sharded jax arrays; Orbax writes each shard from its
 owner, JSON from the primary process only). Loads read whole arrays into host numpy on every process.
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import re
-import socket
 from typing import Any
 
 from absl import logging as absl_logging
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxtickets import storage
 from jaxtickets.errors import UserError
 
 _ARRAY_ITEMS = ('masks', 'rewind_params', 'trained_params')
@@ -62,8 +63,7 @@ class Ticket:
 
 def _epath(path) -> epath.Path:
   """An absolute path (Orbax wants one); URLs such as gs://... are kept as they are."""
-  text = os.fspath(path)
-  return epath.Path(text if '://' in text else os.path.abspath(text))
+  return storage.epath_of(path)
 
 
 def _to_json(obj: Any) -> Any:
@@ -263,28 +263,15 @@ def load_params(path) -> dict:
 
 
 def save_json(path, obj) -> None:
-  """Writes `obj` as JSON atomically: a per-process temporary sibling, then os.replace."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      json.dump(_to_json(obj), f, indent=2)
-      f.write('\n')
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Writes `obj` as JSON atomically (storage.write_atomically), on disk or an object store."""
+  storage.write_atomically(path, json.dumps(_to_json(obj), indent=2) + '\n')
 
 
 def load_json(path) -> Any:
   """Reads a JSON file; a missing or broken file gives a UserError naming it."""
   path = os.fspath(path)
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except FileNotFoundError:
     raise UserError(f"No JSON file at '{path}'; check the path (or run the step that writes it).") from None
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

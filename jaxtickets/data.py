@@ -10,25 +10,29 @@ expanded, 16-bit scaled to 0..255, transparency composited on white; any size is
 load_size. A file that cannot be decoded (corrupt, truncated, empty, not an image) is skipped: the
 next readable image of the same split (by index, cyclically) takes its place, which depends only on
 the files, so the dataset stays deterministic and random-access. Skips are counted in a `SkipLog`.
+A large file is decoded at reduced size (see `load_image` for the memory it takes).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import os
 import re
 import sys
 import threading
+import warnings
 from typing import Any, Sequence
 
 import grain
 import numpy as np
 from PIL import Image, ImageOps
 
+from jaxtickets import storage
 from jaxtickets.errors import UserError
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')
 
 # Files inside the installed scikit-image wheel (no pooch, no network).
 DEMO_IMAGES = {
@@ -92,22 +96,77 @@ _RESIZED = BoundedCache(max_bytes=256 << 20)
 
 
 def list_images(folder: str, what: str = 'content') -> list[str]:
-  """All image files under `folder` (recursive), sorted, matched by extension."""
-  if not os.path.isdir(folder):
+  """All image files under `folder` (recursive; a local folder or a gs:// prefix), sorted, matched by extension."""
+  storage.check_reachable(folder, f'config.data.{what} folder')
+  if not storage.isdir(folder):
     raise UserError(
         f"The {what} folder '{folder}' does not exist: set config.data.{what} to a folder of"
         ' images, or run configs/adain.py:demo.')
-  paths = []
-  for root, dirs, files in os.walk(folder, followlinks=True):
-    dirs.sort()
-    for name in files:
-      if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
-        paths.append(os.path.join(root, name))
+  paths = [p for p in storage.walk_files(folder)
+           if p.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(p).startswith('.')]
   if not paths:
     raise UserError(
         f"The {what} folder '{folder}' has no images (looked recursively for"
         f" {', '.join(IMAGE_EXTENSIONS)}): put images there or point config.data.{what} elsewhere.")
   return sorted(paths)
+
+
+def _local_or_fetched(name: str):
+  """What PIL opens: a local path as it is, an object store's file read into memory first."""
+  return io.BytesIO(storage.read_bytes(name)) if storage.is_url(name) else name
+
+
+def _listing_digests(paths: Sequence[str], folder: str) -> np.ndarray:
+  """Each file's name relative to `folder`, hashed to an int32: what two hosts compare of their listings."""
+  root = folder.rstrip('/' if storage.is_url(folder) else os.sep)
+  rel = [p[len(root):].lstrip('/' + os.sep) for p in paths]
+  return np.array([int.from_bytes(hashlib.sha256(r.encode()).digest()[:4], 'little', signed=True) for r in rel],
+                  np.int32)
+
+
+def first_listing_difference(listings: np.ndarray, counts: np.ndarray) -> tuple[int, int] | None:
+  """(process, file index) of the first listing that differs from process 0's, and where (rows: each process's
+  digests, padded; counts: each row's real length); None when every process lists the same files."""
+  n = int(counts[0])
+  for process, (row, count) in enumerate(zip(listings, counts)):
+    common = min(n, int(count))
+    differs = np.flatnonzero(row[:common] != listings[0, :common])
+    if differs.size:
+      return process, int(differs[0])
+    if int(count) != n:
+      return process, common
+  return None
+
+
+def check_listings_agree(config) -> None:
+  """In a multi-process run, every process lists the same image files for each folder source, or the run stops
+  naming the first file that differs (a partly copied dataset would silently give hosts different images).
+
+  Collective: every process calls it at the same point.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  for what in ('content', 'style', 'eval_content', 'eval_style'):
+    spec = (config.data.get(what, '') or '').strip()
+    if not spec or spec == 'demo' or spec.startswith('tfds:'):
+      continue
+    paths = list_images(spec, what)
+    digests = _listing_digests(paths, spec)
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(digests))))
+    padded = np.zeros(int(counts.max()), np.int32)
+    padded[:len(digests)] = digests
+    listings = np.asarray(multihost_utils.process_allgather(padded))
+    found = first_listing_difference(listings, counts)
+    if found is None:
+      continue
+    other, first = found
+    mine = f"'{paths[first]}'" if first < len(paths) else f'past the end (it lists {len(paths)} files)'
+    raise UserError(
+        f"The hosts see different files in config.data.{what}='{spec}': process 0 and process {other} differ from "
+        f'file {first} of the sorted listing on (here, on process {jax.process_index()}, that file is {mine}); copy '
+        'the same data to every host or use one gs:// folder.')
 
 
 def demo_images(kind: str) -> list[str]:
@@ -173,15 +232,15 @@ class SkipLog:
     return {'count': len(items), 'first': list(items)[:first], 'files': items}
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-  """Any PIL mode -> 8-bit RGB; transparency is composited on white."""
+def _to_rgb(img: Image.Image, sixteen_bit: bool = False) -> Image.Image:
+  """Any PIL mode -> 8-bit RGB; transparency is composited on white. `sixteen_bit`: an 'I' image read from 16 bits."""
   if img.mode == 'RGB':
     return img
   if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
     arr = np.asarray(img).astype(np.float64)
     if img.mode == 'F':
       arr = arr * 255.0 if arr.max(initial=0.0) <= 1.0 else arr
-    elif img.mode.startswith('I;16') or arr.max(initial=0.0) > 255:
+    elif sixteen_bit or img.mode.startswith('I;16') or arr.max(initial=0.0) > 255:
       arr = arr / 257.0  # 16-bit range 0..65535 -> 0..255
     gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
@@ -196,17 +255,104 @@ def _to_rgb(img: Image.Image) -> Image.Image:
   return img.convert('RGB')
 
 
-def load_image(path_or_bytes: str | bytes | os.PathLike) -> np.ndarray:
-  """Decodes a file (or encoded bytes) to uint8 HxWx3 RGB, EXIF-rotated, alpha on white."""
+# A large file is decoded at reduced size, keeping each side at least REDUCE_MARGIN x the size the pipeline asks
+# for (load_size), so the final bilinear resize still averages over every pixel it drops (as PIL's own
+# thumbnail does with its reducing_gap of 2). Files under REDUCE_FROM_PIXELS cost little to decode whole and keep
+# exactly the pixels they always had (the demo's images, the studies' numbers).
+REDUCE_MARGIN = 2
+REDUCE_FROM_PIXELS = 4 * 1024 * 1024
+_WARNED_LARGE: set[str] = set()  # files already named in a large-image warning (once per file and process)
+_WARNED_LOCK = threading.Lock()
+
+
+def silence_pil_bomb_warning() -> None:
+  """PIL's own DecompressionBombWarning names no file; load_image says it with the file's name instead."""
+  warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
+
+
+silence_pil_bomb_warning()
+
+
+def reduction_factor(size: tuple[int, int], min_size: int | None) -> int:
+  """The integer factor an image of `size` (w, h) may shrink by and keep both sides >= REDUCE_MARGIN * min_size
+  (1 below REDUCE_FROM_PIXELS)."""
+  if not min_size or size[0] * size[1] < REDUCE_FROM_PIXELS:
+    return 1
+  return max(1, min(size) // (REDUCE_MARGIN * int(min_size)))
+
+
+def _reduce(img: Image.Image, factor: int) -> tuple[Image.Image, bool]:
+  """(img shrunk by an integer factor with a box average, whether it was 16-bit), in a mode where averaging is
+  right: palette indices and colour keys are widened to RGB(A) first (RGBA is averaged premultiplied)."""
+  sixteen_bit = img.mode.startswith('I;16')
+  if sixteen_bit:
+    img = img.convert('I')  # Image.reduce has no 16-bit mode; 'I' keeps the values
+  elif img.mode == 'PA' or (img.mode in ('P', 'L') and 'transparency' in img.info):
+    img = img.convert('RGBA')
+  elif img.mode in ('P', '1'):
+    img = img.convert('RGB' if img.mode == 'P' else 'L')
+  try:
+    return img.reduce(factor), sixteen_bit
+  except ValueError:  # a mode reduce does not know
+    return _to_rgb(img, sixteen_bit).reduce(factor), False
+
+
+def _warn_large(name: str, size: tuple[int, int]) -> None:
+  """Names a file over PIL's decompression-bomb warning threshold, once per process."""
+  with _WARNED_LOCK:
+    if name in _WARNED_LARGE:
+      return
+    _WARNED_LARGE.add(name)
+  w, h = size
+  print(f"WARNING: the image '{name}' is {w}x{h} ({_pixels(w * h)} pixels, over PIL's decompression-bomb "
+        f'threshold of {_pixels(Image.MAX_IMAGE_PIXELS)}); it is read at reduced size, and files over '
+        f'{_pixels(2 * Image.MAX_IMAGE_PIXELS)} pixels are skipped.', file=sys.stderr, flush=True)
+
+
+def _pixels(n: int) -> str:
+  return f'{n / 1e6:.0f} M' if n >= 10**6 else f'{n:,}'
+
+
+def _bomb_reason(e: Exception) -> str:
+  pixels = re.search(r'\((\d+) pixels\)', str(e))
+  got = f'{_pixels(int(pixels.group(1)))} pixels' if pixels else 'too many pixels'
+  limit = _pixels(2 * (Image.MAX_IMAGE_PIXELS or 0))
+  return f"{got}, over PIL's decompression-bomb limit of {limit} (2 x PIL.Image.MAX_IMAGE_PIXELS)"
+
+
+def load_image(path_or_bytes: str | bytes | os.PathLike, min_size: int | None = None) -> np.ndarray:
+  """Decodes a file (or encoded bytes) to uint8 HxWx3 RGB, EXIF-rotated, alpha on white.
+
+  With `min_size`, a file of REDUCE_FROM_PIXELS or more and much larger than min_size is decoded at reduced size,
+  each side kept at least REDUCE_MARGIN * min_size (the caller resizes it to min_size afterwards). Memory per
+  decode: a JPEG is decoded straight at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), about 3 bytes per pixel of
+  that reduced image; any other format is decoded once at full size as stored (1-4 bytes per pixel; at most 6 while a palette or 16-bit
+  image widens to a mode that can be averaged) and shrunk by an integer factor before anything else touches it.
+  PIL's limit bounds the full size: a file over 2 x PIL.Image.MAX_IMAGE_PIXELS (179 M pixels) is refused as a bad
+  image, so one decode holds at most about 1 GB. Measured for an 8000x6000 RGB file and min_size 512: PNG 0.2 GB
+  peak (0.64 GB decoded whole), JPEG 0.04 GB. A file over MAX_IMAGE_PIXELS is named in a warning.
+  """
   is_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
   name = '<encoded bytes>' if is_bytes else os.fspath(path_or_bytes)
   try:
-    with Image.open(io.BytesIO(bytes(path_or_bytes)) if is_bytes else name) as img:
+    with Image.open(io.BytesIO(bytes(path_or_bytes)) if is_bytes else _local_or_fetched(name)) as img:
+      if Image.MAX_IMAGE_PIXELS and img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:
+        _warn_large(name, img.size)
+      if reduction_factor(img.size, min_size) >= 2:
+        img.draft('RGB', (REDUCE_MARGIN * min_size, REDUCE_MARGIN * min_size))  # JPEG only; a no-op elsewhere
       img.load()
+      sixteen_bit = False
+      factor = reduction_factor(img.size, min_size)
+      if factor >= 2:
+        img, sixteen_bit = _reduce(img, factor)
       img = ImageOps.exif_transpose(img)
-      arr = np.asarray(_to_rgb(img), dtype=np.uint8)
+      arr = np.asarray(_to_rgb(img, sixteen_bit), dtype=np.uint8)
   except FileNotFoundError:
     raise BadImage(f"The image '{name}' does not exist: check the path.", 'missing') from None
+  except Image.DecompressionBombError as e:
+    reason = _bomb_reason(e)
+    raise BadImage(f"The image '{name}' has {reason}: shrink the file, or raise PIL.Image.MAX_IMAGE_PIXELS if "
+                   'you trust it.', reason) from None
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for bad files)
     reason = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
     raise BadImage(
@@ -267,20 +413,24 @@ def preprocess_eval(img: np.ndarray, load_size: int, crop_size: int,
 class ImageSource(grain.sources.RandomAccessDataSource):
   """Random access over a list of image files; items are uint8 HxWx3 RGB arrays."""
 
-  def __init__(self, paths: Sequence[str], what: str = 'images', where: str | None = None):
+  def __init__(self, paths: Sequence[str], what: str = 'images', where: str | None = None,
+               min_size: int | None = None):
     self._paths = list(paths)
     self._what = what
+    self.min_size = min_size  # large files are decoded at reduced size, keeping this much (load_image)
     self.where = f"the {what} folder '{where}'" if where else f'the {len(self._paths)} {what} images'
 
   def __len__(self) -> int:
     return len(self._paths)
 
   def __getitem__(self, index) -> np.ndarray:
-    return load_image(self._paths[int(index)])
+    return load_image(self._paths[int(index)], self.min_size)
 
   def cache_key(self, index: int) -> tuple | None:
     """The file's identity (path, modification time, size) for _RESIZED; None if it cannot be read."""
     path = self._paths[int(index)]
+    if storage.is_url(path):
+      return (path,)  # a stat per sample would cost a round trip to the store; a run's data do not change
     try:
       st = os.stat(path)
     except OSError:
@@ -387,15 +537,15 @@ def open_source(spec: str, data_config, what: str) -> grain.sources.RandomAccess
     raise UserError(
         f"config.data.{what} is not set: give a folder of images, 'demo' or 'tfds:NAME:SPLIT'.")
   if spec == 'demo':
-    return ImageSource(demo_images(what), what, where='demo')
+    return ImageSource(demo_images(what), what, where='demo', min_size=data_config.get('load_size'))
   if spec.startswith('tfds:'):
     return _open_tfds(spec, data_config, what)
   scheme = re.match(r'^([A-Za-z][A-Za-z0-9+.-]+):', spec)
-  if scheme and not os.path.exists(spec):
+  if scheme and not storage.is_url(spec) and not os.path.exists(spec):
     raise UserError(
         f"config.data.{what}='{spec}' has the unknown scheme '{scheme.group(1)}:': use a local"
-        " folder, 'demo' or 'tfds:NAME:SPLIT'.")
-  return ImageSource(list_images(spec, what), what, where=spec)
+        " folder, a gs:// folder, 'demo' or 'tfds:NAME:SPLIT'.")
+  return ImageSource(list_images(spec, what), what, where=spec, min_size=data_config.get('load_size'))
 
 
 class _Readable:

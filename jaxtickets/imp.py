@@ -53,7 +53,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
         workdir_lib.check_resume_config(config, workdir, allow_config_change, log)
         return setup(config, workdir, watch=watch, place=False)
 
-      ctx = with_run_state(parallel.agree(prepare))
+      ctx = parallel.agree(prepare)
+      data.check_listings_agree(config)  # collective: every host lists the same data files
+      ctx = with_run_state(ctx)
       try:
         return _run_rounds(ctx)
       finally:

@@ -37,7 +37,8 @@ def main(argv):
     sys.exit("Pass a config: python -m jaxtickets.main --config=configs/adain.py:demo")
   workdir = FLAGS.workdir or os.path.join("runs", config.model.name)
   def work():
-    from jaxtickets import parallel
+    from jaxtickets import parallel, storage
+    storage.check_reachable(workdir, "--workdir")  # gs:// needs gcsfs: say so before anything starts
     # Before anything touches the devices: every host of a pod joins one run.
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_count() > 1:

@@ -27,7 +27,7 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from jaxtickets import checkpoint, config as config_lib, results, workdir as workdir_lib
+from jaxtickets import checkpoint, config as config_lib, results, storage, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
 MAX_GRID_ROWS = 8
@@ -232,7 +232,7 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
   fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
   if title:
     fig.suptitle(title)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
 
 
 def plot_early_bird(rows: list[dict], epsilon: float, path: str) -> None:
@@ -249,7 +249,7 @@ def plot_early_bird(rows: list[dict], epsilon: float, path: str) -> None:
   ax.set_xlabel("dense round step")
   ax.set_ylabel("mask distance (1 = two unrelated masks)")
   ax.legend(fontsize=8)
-  fig.savefig(path, dpi=110)
+  storage.save_figure(fig, path, dpi=110)
 
 
 def plot_layers(report: dict, path: str, title: str) -> None:
@@ -271,7 +271,7 @@ def plot_layers(report: dict, path: str, title: str) -> None:
   ax.set_xlabel("sparsity (fraction of the layer's weights pruned)")
   ax.set_title(title)
   ax.legend(loc="lower right", fontsize=8)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
 
 
 def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
@@ -306,7 +306,7 @@ def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
         ax.set_title(label, fontsize=9)
       if j == 0:
         ax.set_ylabel(pairs["names"][i].replace("__", "\n"), fontsize=7)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
 
 
 def plot_stability(rows: list[dict], path: str, title: str = "") -> None:
@@ -324,7 +324,7 @@ def plot_stability(rows: list[dict], path: str, title: str = "") -> None:
   right.set_xlabel("sparsity of the prunable weights (%)")
   right.set_ylabel("error barrier (% of the ends' mean loss)")
   fig.suptitle(title or "Linear mode connectivity: two copies of each round's start, other data orders")
-  fig.savefig(path, dpi=110)
+  storage.save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- report.md
@@ -523,10 +523,7 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
   section = _stability_section(workdir)  # when the run's stability was measured (jaxtickets.stability)
   if section:
     text = text.rstrip("\n") + "\n\n" + "\n".join(section)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  storage.write_atomically(path, text)
   return path
 
 
@@ -639,7 +636,7 @@ def plot_study(runs, tables, path: str) -> None:
       ax.set_ylabel("total loss vs its dense run (%)")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
 
 
 def _rewind_section(runs, tables) -> list[str]:
@@ -704,7 +701,7 @@ def plot_rewind(runs, tables, path: str) -> None:
   right.set_xlabel("sparsity of the prunable weights (%)")
   right.set_ylabel("error barrier (% of the ends' mean)")
   right.legend(fontsize=7)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
 
 
 def format_study(study_config, runs, tables, notes: list[str], reports: bool,
@@ -774,9 +771,7 @@ def write_study(study_config, runs, notes: list[str], workdir: str, *, reports: 
   if any(s.name.startswith("rewind_") for s in runs):
     plot_rewind(runs, tables, os.path.join(workdir, "rewind.png"))
   path = os.path.join(workdir, "study.md")
-  with open(path + ".tmp", "w") as f:
-    f.write(format_study(study_config, runs, tables, notes, reports, overrides))
-  os.replace(path + ".tmp", path)
+  storage.write_atomically(path, format_study(study_config, runs, tables, notes, reports, overrides))
   return path
 
 

@@ -31,13 +31,14 @@ them.
 """
 
 import csv
+import io
 import math
 import os
 
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib, evaluate, stats, workdir as workdir_lib
+from jaxtickets import checkpoint, config as config_lib, evaluate, stats, storage, workdir as workdir_lib
 from jaxtickets.errors import UserError
 from jaxtickets.models import GROUPS
 
@@ -146,13 +147,12 @@ def _exact_value(v):
 
 def _write_csv(path: str, fields, rows: list[dict], value=_csv_value) -> None:
   present = [f for f in fields if any(f in r for r in rows)] if rows else list(fields)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=present, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: value(row.get(k)) for k in present})
-  os.replace(tmp, path)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=present, extrasaction="ignore")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: value(row.get(k)) for k in present})
+  storage.write_atomically(path, text.getvalue())
 
 
 # The images are content_image and style_image: most models have loss terms named content and style.
@@ -436,20 +436,19 @@ def _path_columns(points: int) -> list[str]:
 def write_stability_csv(path: str, rows: list[dict]) -> None:
   """stability.csv: one row per measured round, the path's losses as loss_at_<alpha> columns."""
   columns = _path_columns(len(rows[0]["path"])) if rows else []
-  with open(path + ".tmp", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["round", "replicate", "sparsity", "rewind_step", "barrier", "barrier_relative", "barrier_linear",
-                     *columns])
-    for r in rows:
-      writer.writerow([r["round"], r["replicate"], f"{r['sparsity']:.6f}", r["rewind_step"], f"{r['barrier']:.6g}",
-                       f"{r['barrier_relative']:.6g}", f"{r['barrier_linear']:.6g}", *(f"{x:.6g}" for x in r["path"])])
-  os.replace(path + ".tmp", path)
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(["round", "replicate", "sparsity", "rewind_step", "barrier", "barrier_relative", "barrier_linear",
+                   *columns])
+  for r in rows:
+    writer.writerow([r["round"], r["replicate"], f"{r['sparsity']:.6f}", r["rewind_step"], f"{r['barrier']:.6g}",
+                     f"{r['barrier_relative']:.6g}", f"{r['barrier_linear']:.6g}", *(f"{x:.6g}" for x in r["path"])])
+  storage.write_atomically(path, text.getvalue())
 
 
 def read_stability_csv(path: str) -> list[dict]:
   """stability.csv's rows, the path's losses as one list under 'path'."""
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
+  rows = list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
   out = []
   for r in rows:
     path_keys = [k for k in r if k.startswith("loss_at_")]
@@ -463,7 +462,7 @@ def read_stability_csv(path: str) -> list[dict]:
 def stability_rows(workdir: str) -> list[dict]:
   """The run's stability.csv rows; none when its stability was not measured."""
   path = os.path.join(workdir, workdir_lib.STABILITY_CSV)
-  return read_stability_csv(path) if os.path.exists(path) else []
+  return read_stability_csv(path) if storage.exists(path) else []
 
 
 # ----------------------------------------------------------------------------- early bird against full IMP (the study)

@@ -18,12 +18,13 @@
 import json
 import os
 import socket
+import threading
 import time
 
 import jax
 import ml_collections
 
-from jaxtickets import checkpoint, config as config_lib
+from jaxtickets import checkpoint, config as config_lib, storage
 from jaxtickets.errors import UserError
 
 CONFIG = "config.json"
@@ -58,7 +59,7 @@ def ticket_dirs(workdir: str) -> list[tuple[str, int, int, str]]:
   name, replicates and rounds by number."""
   root = os.path.join(workdir, TICKETS)
   out = []
-  for branch in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+  for branch in sorted(storage.listdir(root)):
     for replicate, rep_path in _numbered(os.path.join(root, branch), "rep_"):
       out += [(branch, replicate, round_, path) for round_, path in _numbered(rep_path, "round_")]
   return out
@@ -67,7 +68,7 @@ def ticket_dirs(workdir: str) -> list[tuple[str, int, int, str]]:
 def _numbered(path: str, prefix: str) -> list[tuple[int, str]]:
   """(number, path) of the entries 'prefix<number>' in `path`, by number."""
   out = []
-  for name in os.listdir(path) if os.path.isdir(path) else ():
+  for name in storage.listdir(path):
     tail = name[len(prefix):]
     if name.startswith(prefix) and tail.isdigit():
       out.append((int(tail), os.path.join(path, name)))
@@ -115,7 +116,7 @@ def stability_copy_dir(workdir: str, replicate: int, round_: int, copy: str) -> 
 
 def has_progress(workdir: str) -> bool:
   """Whether the workdir holds anything computed (theta_0, a ticket, a train-state checkpoint)."""
-  nonempty = lambda d: os.path.isdir(d) and bool(os.listdir(d))
+  nonempty = lambda d: bool(storage.listdir(d))
   return any(nonempty(os.path.join(workdir, d)) for d in _PROGRESS)
 
 
@@ -123,7 +124,7 @@ def load_skips(workdir: str) -> dict:
   """The workdir's record of unreadable images skipped (a data.SkipLog summary); {} when there is none."""
   path = os.path.join(workdir, SKIPS)
   try:
-    return checkpoint.load_json(path) if os.path.exists(path) else {}
+    return checkpoint.load_json(path) if storage.exists(path) else {}
   except UserError:
     return {}  # a damaged record only loses the names of earlier skips; they are found again
 
@@ -136,7 +137,7 @@ def load_run_config(workdir: str, for_ticket: str | None = None) -> ml_collectio
   """A run's resolved config from its config.json, on today's defaults (`for_ticket`: the ticket it is read for,
   named in the error when there is none)."""
   path = config_path(workdir)
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     if for_ticket:
       raise UserError(f"The ticket '{for_ticket}' is not inside a run's workdir: '{path}' does not exist; pass a "
                       "ticket at WORKDIR/tickets/<branch>/rep_<r>/round_NN of a run made by jaxtickets.main.")
@@ -151,7 +152,7 @@ def load_run_config(workdir: str, for_ticket: str | None = None) -> ml_collectio
 def check_resume_config(config, workdir: str, allow_config_change: bool, log=print) -> None:
   """Refuses to resume a run under a changed config (unless allowed); writes config.json."""
   path = config_path(workdir)
-  if os.path.exists(path) and has_progress(workdir):
+  if storage.exists(path) and has_progress(workdir):
     changes = config_lib.config_changes(checkpoint.load_json(path), config)
     if changes and not allow_config_change:
       raise UserError(
@@ -170,14 +171,14 @@ def check_resume_config(config, workdir: str, allow_config_change: bool, log=pri
 def lock_workdir(config, workdir: str, log=print) -> "WorkdirLock | None":
   """Locks the workdir (process 0 only); with config.resume = False, first moves a previous run aside."""
   if jax.process_index() != 0:
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     return None
   lock = WorkdirLock(workdir, log).acquire()
-  if config.resume or not (set(os.listdir(workdir)) - {LOCK}):
+  if config.resume or not (set(storage.listdir(workdir)) - {LOCK}):
     return lock
   aside = f"{workdir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
   lock.release()
-  os.rename(workdir, aside)
+  storage.rename(workdir, aside)
   log(f"config.resume is False: moved the previous run in '{workdir}' aside to '{aside}'; starting afresh.")
   return WorkdirLock(workdir, log).acquire()
 
@@ -193,72 +194,98 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-  """`<workdir>/run.lock` holding the owner's PID and host: one run per workdir at a time.
+  """`<workdir>/run.lock` holding the owner's PID and host and a heartbeat: one run per workdir at a time.
 
-  A lock whose PID is dead on this host (a killed run) is stale and taken over with a warning; a lock held by
-  another host cannot be checked from here, so it is refused with a sentence saying how to clear it.
+  Created exclusively (storage.create_exclusive: a hard link on disk, ifGenerationMatch=0 on GCS), so of two
+  runs starting together exactly one gets it. The holder rewrites its heartbeat every BEAT_SECONDS from a
+  background thread. A lock is stale, and taken over with a warning, when its PID is dead on this host (a
+  killed run), or when its heartbeat is older than STALE_SECONDS (a host that is gone: a preempted TPU slice
+  comes back on new VMs with other host names). Otherwise it is refused with a sentence saying how to clear it.
   """
+
+  BEAT_SECONDS = 30.0
+  STALE_SECONDS = 120.0
 
   def __init__(self, workdir, log=print):
     self.path = os.path.join(os.fspath(workdir), LOCK)
     self.log = log
     self.held = False
+    self._stop = threading.Event()
+    self._beat_thread = None
+
+  def _record(self) -> str:
+    return json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': self._started,
+                       'beat': time.time()})
 
   def _owner(self) -> dict | None:
     try:
-      with open(self.path) as f:
-        owner = json.load(f)
+      owner = json.loads(storage.read_text(self.path))
       return owner if isinstance(owner, dict) and isinstance(owner.get('pid'), int) else None
     except FileNotFoundError:
       return {}
     except (OSError, ValueError):
       return None
 
-  def _create(self) -> bool:
-    """Writes the lock atomically (a full temporary file, then a hard link); False when one exists."""
-    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
-    tmp = f'{self.path}.tmp-{me["host"]}-{me["pid"]}'
-    with open(tmp, 'w') as f:
-      json.dump(me, f)
-    try:
-      os.link(tmp, self.path)
-      return True
-    except FileExistsError:
-      return False
-    finally:
-      os.remove(tmp)
+  def _stale_reason(self, owner: dict) -> str | None:
+    """Why the lock of `owner` can be taken over, or None while its run may be alive."""
+    host = socket.gethostname()
+    if owner['host'] == host:
+      return None if _pid_alive(owner['pid']) else 'which is no longer running (a killed or crashed run)'
+    beat = owner.get('beat')
+    age = time.time() - beat if isinstance(beat, (int, float)) else None
+    if age is not None and age > self.STALE_SECONDS:
+      return f'whose heartbeat stopped {age:.0f} s ago (a host that is gone, e.g. a preempted slice)'
+    return None
 
   def acquire(self) -> 'WorkdirLock':
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    storage.makedirs(os.path.dirname(self.path))
+    self._started = time.strftime('%Y-%m-%d %H:%M:%S')
     for _ in range(3):  # a lost race with a stale-lock takeover by another run: look again
-      if self._create():
+      if storage.create_exclusive(self.path, self._record()):
         self.held = True
+        self._start_heartbeat()
         return self
       owner = self._owner()
       if owner == {}:
         continue  # removed in the meantime
-      host = socket.gethostname()
       if owner is None:
         self.log(f"WARNING: the lock file '{self.path}' is unreadable (a run died while writing it); taking it over.")
-      elif owner['host'] == host and not _pid_alive(owner['pid']):
-        self.log(f"WARNING: taking over the stale lock '{self.path}' of PID {owner['pid']} on {host}, which is no "
-                 'longer running (a killed or crashed run).')
-      elif owner['host'] == host:
-        raise UserError(f"Another run (PID {owner['pid']} on {host}, started {owner.get('started', '?')}) is "
-                        f"using the workdir '{os.path.dirname(self.path)}': wait for it to finish, stop it, or pass "
-                        'another --workdir.')
+      elif (reason := self._stale_reason(owner)) is not None:
+        self.log(f"WARNING: taking over the stale lock '{self.path}' of PID {owner['pid']} on {owner['host']}, "
+                 f'{reason}.')
+      elif owner['host'] == socket.gethostname():
+        raise UserError(f"Another run (PID {owner['pid']} on {owner['host']}, started {owner.get('started', '?')}) "
+                        f"is using the workdir '{os.path.dirname(self.path)}': wait for it to finish, stop it, or "
+                        'pass another --workdir.')
+      elif isinstance(owner.get('beat'), (int, float)):
+        raise UserError(f"Another run (PID {owner['pid']} on host {owner['host']}) holds the lock "
+                        f"'{self.path}' and beat {time.time() - owner['beat']:.0f} s ago: wait for it to finish, or "
+                        f"if it is gone, run again {self.STALE_SECONDS:.0f} s after its last beat (or pass another "
+                        '--workdir).')
       else:
         raise UserError(f"Another run (PID {owner['pid']} on host {owner['host']}) holds the lock "
                         f"'{self.path}': wait for it to finish or pass another --workdir, and delete the lock file "
                         'only if you are sure that run is gone.')
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+      storage.remove(self.path)
     raise UserError(f"Could not take the lock '{self.path}' (other runs keep taking it): pass another --workdir.")
 
+  def _start_heartbeat(self) -> None:
+    self._stop.clear()
+    def beat():
+      while not self._stop.wait(self.BEAT_SECONDS):
+        try:
+          storage.write_atomically(self.path, self._record())
+        except OSError as e:  # a missed beat is retried; only a long outage makes the lock look stale
+          self.log(f"WARNING: could not refresh the lock '{self.path}' ({e}).")
+    self._beat_thread = threading.Thread(target=beat, name='jaxtickets-lock-heartbeat', daemon=True)
+    self._beat_thread.start()
+
   def release(self) -> None:
+    self._stop.set()
+    if self._beat_thread is not None:
+      self._beat_thread.join()
+      self._beat_thread = None
     owner = self._owner() if self.held else None
     if owner and owner.get('pid') == os.getpid() and owner.get('host') == socket.gethostname():
-      os.remove(self.path)
+      storage.remove(self.path)
     self.held = False

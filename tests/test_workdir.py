@@ -48,7 +48,33 @@ def test_workdir_lock(tmp_path):
   checkpoint.save_json(tmp_path / 'run.lock', {'pid': 1, 'host': 'elsewhere'})
   with pytest.raises(UserError, match='host elsewhere.*delete the lock file only if'):
     workdir_lib.WorkdirLock(tmp_path, log=logs.append).acquire()
+  # Another host's lock with a recent heartbeat: refused; with a heartbeat older than STALE_SECONDS (a preempted
+  # slice's host that is gone), taken over.
+  import time
+  checkpoint.save_json(tmp_path / 'run.lock', {'pid': 1, 'host': 'elsewhere', 'beat': time.time() - 5})
+  with pytest.raises(UserError, match=r'host elsewhere.*beat \d+ s ago'):
+    workdir_lib.WorkdirLock(tmp_path, log=logs.append).acquire()
+  old = time.time() - workdir_lib.WorkdirLock.STALE_SECONDS - 1
+  checkpoint.save_json(tmp_path / 'run.lock', {'pid': 1, 'host': 'elsewhere', 'beat': old})
+  workdir_lib.WorkdirLock(tmp_path, log=logs.append).acquire().release()
+  assert 'stale lock' in logs[-1] and 'heartbeat stopped' in logs[-1]
   # An unreadable (half-written) lock is taken over.
   (tmp_path / 'run.lock').write_text('{"pi')
   workdir_lib.WorkdirLock(tmp_path, log=logs.append).acquire().release()
   assert 'unreadable' in logs[-1]
+
+
+def test_lock_heartbeat_refreshes(tmp_path, monkeypatch):
+  """The holder rewrites its beat, so a long run on another host never looks stale to a second run."""
+  import time
+  monkeypatch.setattr(workdir_lib.WorkdirLock, 'BEAT_SECONDS', 0.05)
+  lock = workdir_lib.WorkdirLock(tmp_path).acquire()
+  try:
+    first = checkpoint.load_json(tmp_path / 'run.lock')['beat']
+    deadline = time.time() + 10
+    while checkpoint.load_json(tmp_path / 'run.lock')['beat'] == first and time.time() < deadline:
+      time.sleep(0.05)
+    assert checkpoint.load_json(tmp_path / 'run.lock')['beat'] > first
+  finally:
+    lock.release()
+  assert not (tmp_path / 'run.lock').exists()  # released: the heartbeat thread stopped before the file went
