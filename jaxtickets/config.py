@@ -26,7 +26,8 @@ CLOSED_SECTIONS = ("data", "train", "sparsity", "imp", "eval", "checkpoint", "pa
 # Fields that change how a run is driven but not what it computes: a resumed run may change them freely.
 # Packing is one of them: a packed run is the same run, and resuming finds each run's state by its name.
 RESUME_SAFE_FIELDS = ("resume", "data.num_threads", "data.prefetch", "train.log_every", "checkpoint.every_steps",
-                      "checkpoint.keep", "checkpoint.async_save", "parallel.pack_runs", "parallel.runs_per_step")
+                      "checkpoint.keep", "checkpoint.async_save", "parallel.pack_runs", "parallel.runs_per_step",
+                      "model.allow_random_vgg")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -111,6 +112,7 @@ def use_demo_data(c: ml_collections.ConfigDict, *, steps: int, rounds: int, lr: 
   pruning, 16 held-out pairs, 2 replicates (the fewest that give an interval); `steps` per round and `rounds` sized
   so each model's demo takes minutes on a CPU."""
   c.data.content = c.data.style = c.data.eval_content = c.data.eval_style = "demo"
+  c.model.allow_random_vgg = True  # a demo of a model the demo loss network cannot serve runs on a random VGG
   c.data.load_size = 96
   c.data.crop_size = 64
   c.train.batch_size = 4
@@ -206,6 +208,18 @@ def _data_problems(d, need) -> list[str]:
   return p
 
 
+def _random_vgg_problems(m, d) -> list[str]:
+  """Training data that are not the demo's with a random VGG: at paper scale, chip-hours for nothing."""
+  real = [f for f in ("content", "style") if isinstance(d[f], str) and d[f].strip() not in ("", "demo")]
+  if not real or m.vgg_weights or m.get("allow_random_vgg", False) is True:
+    return []
+  name = "lst" if m.name == "lst" else "vgg"  # LST's loss network is its own vgg_r51.pth
+  return [f"config.model.vgg_weights is empty, so training on config.data.{real[0]} = {d[real[0]]!r} would use a "
+          f"random VGG and measure nothing: run python -m jaxtickets.weights fetch {name} and set "
+          f"--config.model.vgg_weights=weights/{name}, or set --config.model.allow_random_vgg=true to run on a "
+          "random VGG anyway."]
+
+
 def _problems(config, model_names: Sequence[str], divisor: int | None, device_count: int | None = None,
               data: bool = True) -> list[str]:
   """Every problem in `config`, one sentence each (without those of the data sources unless `data`)."""
@@ -243,8 +257,11 @@ def _problems(config, model_names: Sequence[str], divisor: int | None, device_co
   if isinstance(m.get("init_from", ""), str) and m.get("init_from") and not os.path.isdir(m.init_from):
     p.append(f"config.model.init_from = {m.init_from!r} is not a directory: point it at the --out directory of "
              "scripts/port_weights.py, or leave it empty for a random init.")
+  need(isinstance(m.get("allow_random_vgg", False), bool), "model.allow_random_vgg", m.get("allow_random_vgg"),
+       "use True or False")
   if data:
     p += _data_problems(d, need)
+    p += _random_vgg_problems(m, d)
   for f in ("load_size", "crop_size", "num_threads", "prefetch"):
     need(is_int(d[f]) and d[f] > 0, f"data.{f}", d[f], "use a positive integer")
   if is_int(d.load_size) and is_int(d.crop_size) and 0 < d.load_size < d.crop_size:

@@ -33,6 +33,8 @@ SHARED_FIELDS = {
     # default start near a constant output, which a short CPU-scale round does not leave (docs/study_cpu/pilots).
     "decoder_init": "reference",
     "vgg_weights": "",  # Flax-format VGG file; empty = random weights (results not meaningful)
+    # A random VGG with data that are not the demo's stops in validation unless this opts in (the demo variants do).
+    "allow_random_vgg": False,
     "init_from": "",  # a directory from scripts/port_weights.py: its decoder/transform become theta_0
 }
 
