@@ -16,6 +16,7 @@ A large file is decoded at reduced size (see `load_image` for the memory it take
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import os
 import re
@@ -28,6 +29,7 @@ import grain
 import numpy as np
 from PIL import Image, ImageOps
 
+from jaxtickets import storage
 from jaxtickets.errors import UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')
@@ -94,22 +96,77 @@ _RESIZED = BoundedCache(max_bytes=256 << 20)
 
 
 def list_images(folder: str, what: str = 'content') -> list[str]:
-  """All image files under `folder` (recursive), sorted, matched by extension."""
-  if not os.path.isdir(folder):
+  """All image files under `folder` (recursive; a local folder or a gs:// prefix), sorted, matched by extension."""
+  storage.check_reachable(folder, f'config.data.{what} folder')
+  if not storage.isdir(folder):
     raise UserError(
         f"The {what} folder '{folder}' does not exist: set config.data.{what} to a folder of"
         ' images, or run configs/adain.py:demo.')
-  paths = []
-  for root, dirs, files in os.walk(folder, followlinks=True):
-    dirs.sort()
-    for name in files:
-      if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
-        paths.append(os.path.join(root, name))
+  paths = [p for p in storage.walk_files(folder)
+           if p.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(p).startswith('.')]
   if not paths:
     raise UserError(
         f"The {what} folder '{folder}' has no images (looked recursively for"
         f" {', '.join(IMAGE_EXTENSIONS)}): put images there or point config.data.{what} elsewhere.")
   return sorted(paths)
+
+
+def _local_or_fetched(name: str):
+  """What PIL opens: a local path as it is, an object store's file read into memory first."""
+  return io.BytesIO(storage.read_bytes(name)) if storage.is_url(name) else name
+
+
+def _listing_digests(paths: Sequence[str], folder: str) -> np.ndarray:
+  """Each file's name relative to `folder`, hashed to an int32: what two hosts compare of their listings."""
+  root = folder.rstrip('/' if storage.is_url(folder) else os.sep)
+  rel = [p[len(root):].lstrip('/' + os.sep) for p in paths]
+  return np.array([int.from_bytes(hashlib.sha256(r.encode()).digest()[:4], 'little', signed=True) for r in rel],
+                  np.int32)
+
+
+def first_listing_difference(listings: np.ndarray, counts: np.ndarray) -> tuple[int, int] | None:
+  """(process, file index) of the first listing that differs from process 0's, and where (rows: each process's
+  digests, padded; counts: each row's real length); None when every process lists the same files."""
+  n = int(counts[0])
+  for process, (row, count) in enumerate(zip(listings, counts)):
+    common = min(n, int(count))
+    differs = np.flatnonzero(row[:common] != listings[0, :common])
+    if differs.size:
+      return process, int(differs[0])
+    if int(count) != n:
+      return process, common
+  return None
+
+
+def check_listings_agree(config) -> None:
+  """In a multi-process run, every process lists the same image files for each folder source, or the run stops
+  naming the first file that differs (a partly copied dataset would silently give hosts different images).
+
+  Collective: every process calls it at the same point.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  for what in ('content', 'style', 'eval_content', 'eval_style'):
+    spec = (config.data.get(what, '') or '').strip()
+    if not spec or spec == 'demo' or spec.startswith('tfds:'):
+      continue
+    paths = list_images(spec, what)
+    digests = _listing_digests(paths, spec)
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(digests))))
+    padded = np.zeros(int(counts.max()), np.int32)
+    padded[:len(digests)] = digests
+    listings = np.asarray(multihost_utils.process_allgather(padded))
+    found = first_listing_difference(listings, counts)
+    if found is None:
+      continue
+    other, first = found
+    mine = f"'{paths[first]}'" if first < len(paths) else f'past the end (it lists {len(paths)} files)'
+    raise UserError(
+        f"The hosts see different files in config.data.{what}='{spec}': process 0 and process {other} differ from "
+        f'file {first} of the sorted listing on (here, on process {jax.process_index()}, that file is {mine}); copy '
+        'the same data to every host or use one gs:// folder.')
 
 
 def demo_images(kind: str) -> list[str]:
@@ -278,7 +335,7 @@ def load_image(path_or_bytes: str | bytes | os.PathLike, min_size: int | None = 
   is_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
   name = '<encoded bytes>' if is_bytes else os.fspath(path_or_bytes)
   try:
-    with Image.open(io.BytesIO(bytes(path_or_bytes)) if is_bytes else name) as img:
+    with Image.open(io.BytesIO(bytes(path_or_bytes)) if is_bytes else _local_or_fetched(name)) as img:
       if Image.MAX_IMAGE_PIXELS and img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:
         _warn_large(name, img.size)
       if reduction_factor(img.size, min_size) >= 2:
@@ -372,6 +429,8 @@ class ImageSource(grain.sources.RandomAccessDataSource):
   def cache_key(self, index: int) -> tuple | None:
     """The file's identity (path, modification time, size) for _RESIZED; None if it cannot be read."""
     path = self._paths[int(index)]
+    if storage.is_url(path):
+      return (path,)  # a stat per sample would cost a round trip to the store; a run's data do not change
     try:
       st = os.stat(path)
     except OSError:
@@ -482,10 +541,10 @@ def open_source(spec: str, data_config, what: str) -> grain.sources.RandomAccess
   if spec.startswith('tfds:'):
     return _open_tfds(spec, data_config, what)
   scheme = re.match(r'^([A-Za-z][A-Za-z0-9+.-]+):', spec)
-  if scheme and not os.path.exists(spec):
+  if scheme and not storage.is_url(spec) and not os.path.exists(spec):
     raise UserError(
         f"config.data.{what}='{spec}' has the unknown scheme '{scheme.group(1)}:': use a local"
-        " folder, 'demo' or 'tfds:NAME:SPLIT'.")
+        " folder, a gs:// folder, 'demo' or 'tfds:NAME:SPLIT'.")
   return ImageSource(list_images(spec, what), what, where=spec, min_size=data_config.get('load_size'))
 
 
