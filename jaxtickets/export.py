@@ -8,6 +8,8 @@ Layout (the same tensors in both formats; names are '<tree>/<leaf path>'):
 and JSON metadata (model name, model config, each leaf's shape, dtype and storage); in .npz it is the uint8
 array '__metadata__', in .safetensors the header's metadata entry 'jaxtickets'. Loading puts each kept value
 back at its mask position and zeros elsewhere, so the params are rebuilt bit for bit.
+
+--format=torch --out=FOLDER writes the upstream repositories' own .pth files instead (jaxtickets/export_torch.py).
 """
 
 import os
@@ -62,7 +64,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Only when run as a program: other CLIs (stylize, main) define flags of the same names."""
   flags.DEFINE_string("ticket", None, "A ticket directory, WORKDIR/tickets/<branch>/rep_<r>/round_NN.")
-  flags.DEFINE_string("out", None, "The file to write: .npz or .safetensors.")
+  flags.DEFINE_string("out", None, "The file to write: .npz or .safetensors (a folder with --format=torch).")
+  flags.DEFINE_enum("format", "jaxtickets", ["jaxtickets", "torch"], "jaxtickets: one compact file (kept values + "
+                    "packed masks); torch: the upstream repository's .pth files, pruned weights as zeros.")
   flags.DEFINE_enum("which", "trained", ["trained", "rewind"], "The round's trained weights, or its rewind point.")
 
 
@@ -71,6 +75,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.ticket or not FLAGS.out:
     sys.exit("error: pass --ticket=WORKDIR/tickets/imp/rep_0/round_NN and --out=FILE.npz (or .safetensors).")
+  if FLAGS.format == "torch":
+    _main_torch()
+    return
   try:
     sizes = export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which)
   except UserError as e:
@@ -78,6 +85,22 @@ def main(argv):
   print(format_sizes(sizes, FLAGS.out))
   print(f"Wrote {FLAGS.out}; load it with jaxtickets.export.load_export or stylize with "
         f"python -m jaxtickets.stylize --weights={FLAGS.out}.")
+
+
+def _main_torch() -> None:
+  """--format=torch: the upstream .pth files into the folder --out (see jaxtickets/export_torch.py)."""
+  from jaxtickets import export_torch
+
+  try:
+    files, notes = export_torch.export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(export_torch.summary(files, FLAGS.out))
+  for note in notes:
+    print(f"note: {note}")
+  print(f"Wrote {len(files)} files to {FLAGS.out}; they load with torch.load(path, weights_only=True) and "
+        "load_state_dict(strict=True) in the upstream code.")
 
 
 if __name__ == "__main__":

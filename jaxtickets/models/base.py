@@ -52,6 +52,8 @@ class StyleModel:
   loss_depth: str = "r41"
   loss_weights: dict[str, float] = {}
   torch_parts: dict[str, tuple[Part, ...]] = {}  # 'decoder'/'transform' -> its released files' layouts
+  # The encoder file the upstream test scripts load (strictly, the whole VGG19): what export --format=torch writes
+  torch_encoder: Part = Part("encoder", (vgg_lib.VGG_NORMALISED,), "vgg_normalised.pth")
   terms: tuple[str, ...] = ()
   extra_metrics: tuple[str, ...] = ()
 

@@ -200,3 +200,5 @@ TORCH_TRANSFORM = Layout("LST r41 (MulLayer)", _torch_cnn("snet") + _torch_cnn("
                          + (Layer("compress", "compress"), Layer("unzip", "unzip")))
 LST.torch_parts = {"decoder": (decoder_lib.torch_part("dec_r41.pth", lst_first=True),),
                    "transform": (Part("transform", (TORCH_TRANSFORM,), "r41.pth"),)}
+# TestArtistic.py's encoder4 holds conv1..conv10 (up to relu4_1) and loads vgg_r41.pth strictly.
+LST.torch_encoder = Part("encoder", (Layout("LST vgg_r41", vgg_lib.LST_VGG.layers[:10]),), "vgg_r41.pth")

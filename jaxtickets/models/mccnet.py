@@ -176,6 +176,6 @@ Model = MCCNet
 
 TORCH_TRANSFORM = Layout(
     "MCCNet mcc_module", convs("MCCN", "", ("f", "g", "out_conv")) + (Layer("MCCN.fc", "fc", linear=True),),
-    (("MCCN.h.", "MCCNet defines MCCN.h but its forward pass never uses it"),))
+    (("MCCN.h.", "MCCNet defines MCCN.h but its forward pass never uses it"),), zeros=(Layer("MCCN.h", "f"),))
 MCCNet.torch_parts = {"decoder": (decoder_lib.torch_part("decoder_iter_160000.pth"),),
                       "transform": (Part("transform", (TORCH_TRANSFORM,), "mcc_module_iter_160000.pth"),)}

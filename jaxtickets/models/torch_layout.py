@@ -17,10 +17,16 @@ class Layer:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """A file"s key layout: its layers plus known harmless extras (key prefix, note) that are skipped."""
+  """A file"s key layout: its layers plus known harmless extras (key prefix, note) that are skipped.
+
+  `zeros` are layers of the upstream module that no param fills and that its forward pass never runs (a VGG's tail,
+  MCCNet's unused h): jaxtickets.export_torch writes them as zeros shaped like the layer `dst` names, because the
+  upstream scripts load strictly; each one's key must fall under a `skipped` prefix so reading them back skips them.
+  """
   name: str
   layers: tuple[Layer, ...]
   skipped: tuple[tuple[str, str], ...] = ()
+  zeros: tuple[Layer, ...] = ()
 
   def known(self, key: str) -> bool:
     return (any(key in (f"{l.src}.weight", f"{l.src}.bias") for l in self.layers)

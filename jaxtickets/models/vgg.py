@@ -95,7 +95,8 @@ _TAIL = "conv5_2..conv5_4: no model reads past relu5_1"
 def _torch_layout(name: str, srcs: tuple[str, ...], tail: tuple[str, ...], skipped=()) -> Layout:
   names = vgg_layer_names(TAPS[-1])[-len(srcs):]  # torchvision has no conv0
   tail_note = tuple((f"{p}.", _TAIL) for p in tail)
-  return Layout(name, tuple(Layer(s, d) for s, d in zip(srcs, names)), tail_note + tuple(skipped))
+  return Layout(name, tuple(Layer(s, d) for s, d in zip(srcs, names)), tail_note + tuple(skipped),
+                zeros=tuple(Layer(p, names[-1]) for p in tail))  # conv5_2..conv5_4 are shaped like conv5_1
 
 
 VGG_NORMALISED = _torch_layout("vgg_normalised", ("0", "2", "5", "9", "12", "16", "19", "22", "25", "29", "32",
