@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
-from jaxtickets.errors import UserError
+from jaxtickets.errors import ConfigError, UserError
 from jaxtickets.models import DECODER_INITS, GROUPS, MODELS, SHARED_FIELDS
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
@@ -377,7 +377,7 @@ def validate(config, devices=None, data: bool = True) -> None:
                       "reinstall jaxtickets or choose another model.") from None
   problems = _problems(config, names, divisor, None if devices is None else len(devices), data=data)
   if problems:
-    raise UserError("\n".join(problems))
+    raise ConfigError("\n".join(problems))
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -260,13 +260,13 @@ def agree(fn):
     return fn()
   from jax.experimental import multihost_utils
 
-  from jaxtickets.errors import UserError
+  from jaxtickets.errors import ConfigError, UserError
 
   result, error, message = None, None, ""
   try:
     result = fn()
-  except UserError as e:
-    error, message = e, "U" + str(e)
+  except UserError as e:  # 'C': a ConfigError, whose exit status (2) the others keep
+    error, message = e, ("C" if isinstance(e, ConfigError) else "U") + str(e)
   except Exception as e:  # pylint: disable=broad-except  (reported to the others, re-raised here below)
     error, message = e, "E" + f"{type(e).__name__}: {e}"
   encoded = np.zeros(_MESSAGE_BYTES, np.uint8)
@@ -279,7 +279,7 @@ def agree(fn):
       continue
     if pid == jax.process_index():
       raise error
-    if text[0] == "U":
-      raise UserError(text[1:])
+    if text[0] in "UC":
+      raise (ConfigError if text[0] == "C" else UserError)(text[1:])
     raise RuntimeError(f"process {pid} failed: {text[1:]}")
   return result

@@ -34,14 +34,15 @@ def exit_preempted(e: Preempted, module: str):
 
 
 def run_command(work, module: str):
-  """A command line's work: a UserError ends in its one sentence (exit 1), a preemption or Ctrl-C in the resume
-  hint (exit_preempted); returns what `work()` returns."""
+  """A command line's work: a UserError ends in its one sentence (exit 1, or 2 for a ConfigError), a preemption or
+  Ctrl-C in the resume hint (exit_preempted); returns what `work()` returns."""
   from jaxtickets.errors import UserError
 
   try:
     return work()
   except UserError as e:
-    sys.exit(f"error: {e}")
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)  # 2 for a config mistake, as for a bad flag
   except Preempted as e:
     exit_preempted(e, module)
 

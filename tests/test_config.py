@@ -238,3 +238,47 @@ def test_lamp_is_a_pruning_method():
   c = demo()
   c.sparsity.method = "lamp"
   config_lib.validate(c)
+
+
+@pytest.mark.parametrize("name", ["adain", "lst"])
+def test_data_that_are_not_the_demos_refuse_a_random_vgg(tmp_path, name):
+  """Paper scale without VGG weights stops in validation, naming the fetch command and the opt-in."""
+  c = model_config(name)
+  c.data.content, c.data.style = str(tmp_path), "demo"
+  with pytest.raises(UserError) as e:
+    config_lib.validate(c)
+  msg = str(e.value)
+  assert len(msg.splitlines()) == 1
+  assert msg == (f"config.model.vgg_weights is empty, so training on config.data.content = {str(tmp_path)!r} would "
+                 f"use a random VGG and measure nothing: run python -m jaxtickets.weights fetch "
+                 f"{'lst' if name == 'lst' else 'vgg'} and set --config.model.vgg_weights=weights/"
+                 f"{'lst' if name == 'lst' else 'vgg'}, or set --config.model.allow_random_vgg=true to run on a random "
+                 "VGG anyway.")
+  c.model.allow_random_vgg = True  # the explicit opt-in
+  config_lib.validate(c)
+  c.model.allow_random_vgg = False
+  c.data.content = "demo"  # the demo's data may run on a random VGG
+  config_lib.validate(c)
+
+
+def test_every_demo_variant_opts_in_to_a_random_vgg_and_may_resume_with_it():
+  for name in ("sanet", "lst", "manet", "adaattn", "mccnet"):
+    c = model_config(name, "demo")
+    assert c.model.vgg_weights == "" and c.model.allow_random_vgg is True
+  assert model_config("adain").model.allow_random_vgg is False
+  saved = json.loads(model_config("sanet").to_json())
+  del saved["model"]["allow_random_vgg"]  # a run made before the field: the opt-in changes nothing it computes
+  changes = config_lib.config_changes(saved, model_config("sanet", "demo"))
+  assert changes and not any("allow_random_vgg" in c for c in changes)  # the demo's other fields differ
+
+
+@pytest.mark.e2e
+def test_paper_scale_without_vgg_exits_2_before_anything_runs(tmp_path):
+  import os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-m", "jaxtickets.main", "--config=configs/sanet.py",
+                      f"--config.data.content={tmp_path}", f"--config.data.style={tmp_path}",
+                      f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  assert "python -m jaxtickets.weights fetch vgg" in r.stderr and "Traceback" not in r.stderr
+  assert not (tmp_path / "run" / "state").exists()
