@@ -16,6 +16,7 @@ Two promises, kept on both kinds of storage:
 import io
 import os
 import socket
+import uuid
 
 from etils import epath
 
@@ -154,17 +155,25 @@ def write_atomically(path, data: bytes | str) -> None:
   if is_url(path):
     epath_of(path).write_bytes(payload)
     return
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  # Per host and process: two processes writing the same file never share a temporary.
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{socket.gethostname()}-{os.getpid()}")
+  tmp = _temporary_beside(path, payload)
   try:
-    with open(tmp, "wb") as f:
-      f.write(payload)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def _temporary_beside(path, payload: bytes) -> str:
+  """A full temporary file in `path`'s folder (so a rename or link to `path` stays on one filesystem), named for
+  `path` and unique to its writer (host, process and a random tag: no other thread, process or host shares it;
+  not tempfile.mkstemp, whose files are private to their owner where the final file keeps the usual permissions)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{tag}")
+  with open(tmp, "xb") as f:
+    f.write(payload)
+  return tmp
 
 
 def save_figure(fig, path, **savefig_kwargs) -> None:
@@ -193,11 +202,7 @@ def create_exclusive(path, data: bytes | str) -> bool:
     except (ValueError, NotImplementedError) as e:
       raise UserError(f"'{path}' cannot be created exclusively on {scheme(path)}:// ({e}), which the workdir "
                       "lock needs: use a local or gs:// workdir.") from None
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{socket.gethostname()}-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(payload)
+  tmp = _temporary_beside(path, payload)
   try:
     os.link(tmp, path)
     return True

@@ -1,0 +1,199 @@
+"""Storage on disk and on GCS: a real GCS server on 127.0.0.1 (gcp-storage-emulator, see tests/gcs_server.py) that
+gcsfs and TensorStore (Orbax's arrays) both talk to, started and stopped here.
+
+The end-to-end test runs the command line with a gs:// workdir and gs:// data folders, kills it with SIGKILL inside
+round 1, runs the same command again and compares every ticket, mask for mask, with the uninterrupted local run.
+"""
+
+import csv
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtickets import checkpoint, data, storage, workdir as workdir_lib
+from jaxtickets.errors import UserError
+from helpers import CLI_ARGS, ROOT, assert_same_ticket, cli_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUCKET = "jaxtickets-test"
+TIMEOUT = 900
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs():
+  """The server's environment for gcsfs (STORAGE_EMULATOR_HOST) and TensorStore (TENSORSTORE_GCS_HTTP_URL), set
+  in this process and passed to the children; the server is stopped at the end."""
+  pytest.importorskip("gcsfs", reason="the [gcs] extra")  # installed by the README's test install
+  port = _free_port()
+  server = subprocess.Popen([sys.executable, os.path.join(HERE, "gcs_server.py"), str(port), BUCKET],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    assert server.stdout.readline().strip() == "ready"
+    url = f"http://127.0.0.1:{port}"
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "loopback", "GOOGLE_CLOUD_PROJECT": "test"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+    for k, v in locals().get("before", {}).items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+# ----------------------------------------------------------------------------- the storage layer, on both kinds
+
+
+@pytest.fixture(params=["local", "gs"])
+def root(request, tmp_path):
+  if request.param == "local":
+    return str(tmp_path)
+  request.getfixturevalue("gcs")
+  return f"gs://{BUCKET}/{request.node.name.replace('[', '_').replace(']', '')}-{time.time_ns()}"
+
+
+def test_atomic_write_read_list_walk_rename(root):
+  storage.write_atomically(os.path.join(root, "a", "x.txt"), "one")
+  storage.write_atomically(os.path.join(root, "a", "x.txt"), "two")  # replaces
+  storage.write_atomically(os.path.join(root, "a", "b", "y.png"), b"\x89PNG")
+  assert storage.read_text(os.path.join(root, "a", "x.txt")) == "two"
+  assert sorted(storage.listdir(os.path.join(root, "a"))) == ["b", "x.txt"]  # no temporary left beside it
+  assert storage.walk_files(root) == [os.path.join(root, "a", "b", "y.png"), os.path.join(root, "a", "x.txt")]
+  assert storage.isdir(os.path.join(root, "a")) and storage.isfile(os.path.join(root, "a", "x.txt"))
+  assert storage.listdir(os.path.join(root, "none")) == [] and not storage.exists(os.path.join(root, "none"))
+  storage.rename(os.path.join(root, "a"), os.path.join(root, "moved"))
+  assert not storage.exists(os.path.join(root, "a"))
+  assert storage.read_bytes(os.path.join(root, "moved", "b", "y.png")) == b"\x89PNG"
+
+
+def test_exclusive_create_has_one_winner(root):
+  """Eight writers race for one name: exactly one creates it, and the file is that writer's, whole."""
+  path = os.path.join(root, "run.lock")
+  won, start = [], threading.Barrier(8)
+
+  def race(i):
+    start.wait()
+    if storage.create_exclusive(path, f"writer {i}"):
+      won.append(i)
+
+  threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(won) == 1 and storage.read_text(path) == f"writer {won[0]}"
+
+
+def test_workdir_lock_on_both(root):
+  logs = []
+  lock = workdir_lib.WorkdirLock(root, log=logs.append).acquire()
+  with pytest.raises(UserError, match="is using the workdir"):
+    workdir_lib.WorkdirLock(root, log=logs.append).acquire()
+  lock.release()
+  assert not storage.exists(os.path.join(root, "run.lock"))
+  # A lock left by a host that is gone (its heartbeat stopped long ago) is taken over.
+  checkpoint.save_json(os.path.join(root, "run.lock"), {"pid": 1, "host": "gone", "beat": time.time() - 1e4})
+  workdir_lib.WorkdirLock(root, log=logs.append).acquire().release()
+  assert "heartbeat stopped" in logs[-1]
+
+
+def test_a_missing_filesystem_package_is_one_sentence(monkeypatch):
+  monkeypatch.setitem(storage._FILESYSTEM_PACKAGES, "gs", ("no_such_gcs_package", "gcs"))
+  with pytest.raises(UserError, match=r"'gs://b/run' is on gs://, which needs no_such_gcs_package: pip install "
+                                      r"'jaxtickets\[gcs\]'"):
+    storage.check_reachable("gs://b/run", "--workdir")
+
+
+def test_listing_difference_names_the_first_differing_file():
+  digests = lambda names: data._listing_digests([f"/d/{n}" for n in names], "/d")
+  same, other, short = digests(["a.png", "b.png"]), digests(["a.png", "c.png"]), digests(["a.png"])
+  rows = lambda *ds: np.stack([np.pad(d, (0, 2 - len(d))) for d in ds])
+  assert data.first_listing_difference(rows(same, same), np.array([2, 2])) is None
+  assert data.first_listing_difference(rows(same, other), np.array([2, 2])) == (1, 1)
+  assert data.first_listing_difference(rows(same, same, short), np.array([2, 2, 1])) == (2, 1)
+  # Relative names: the same tree under two roots (each host's own copy) agrees.
+  np.testing.assert_array_equal(data._listing_digests(["/x/a/b.png"], "/x"),
+                                data._listing_digests(["gs://k/a/b.png"], "gs://k/"))
+
+
+# ----------------------------------------------------------------------------- the command line on gs://
+
+
+def _upload_demo_images(prefix: str) -> dict:
+  """The demo's images as gs:// folders, named so that their sorted order is the demo's order."""
+  args = {}
+  for kind in data.DEMO_IMAGES:
+    for i, path in enumerate(data.demo_images(kind)):
+      storage.write_atomically(f"{prefix}/{kind}/{i:02d}_{os.path.basename(path)}", storage.read_bytes(path))
+    args[kind] = f"--config.data.{kind}={prefix}/{kind}"
+  return args
+
+
+def _command(workdir, data_args):
+  # One replicate: replicate 0's tickets are those of the reference's replicate 0 (replicate r depends on seed + r).
+  return [sys.executable, "-m", "jaxtickets.main", *CLI_ARGS, *data_args.values(), "--config.imp.replicates=1",
+          f"--workdir={workdir}"]
+
+
+def _results(workdir) -> list[dict]:
+  rows = csv.DictReader(io.StringIO(storage.read_text(os.path.join(workdir, "results.csv"))))
+  return sorted(({k: r[k] for k in ("branch", "round", "sparsity_prunable", "remaining_prunable")}
+                 for r in rows if r["replicate"] == "0"), key=lambda r: (r["branch"], r["round"]))
+
+
+@pytest.mark.e2e
+def test_gs_workdir_and_data_killed_and_resumed_give_the_local_tickets(gcs, cli_reference):
+  prefix = f"gs://{BUCKET}/e2e-{time.time_ns()}"
+  data_args = _upload_demo_images(f"{prefix}/data")
+  workdir = f"{prefix}/run"
+  env = dict(cli_env(), **gcs)
+  child = subprocess.Popen(_command(workdir, data_args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+  out = []
+  for line in child.stdout:  # kill -9 inside round 1, once a train-state checkpoint of it is on gs://
+    out.append(line)
+    if "[rep 0 imp round 1] step 5/6" in line:
+      child.send_signal(signal.SIGKILL)
+      break
+  child.wait(timeout=TIMEOUT)
+  assert child.returncode == -signal.SIGKILL, "".join(out)
+  assert not checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, "imp", 1, 0)), "killed too late"
+  assert storage.exists(os.path.join(workdir, "run.lock"))  # a killed run cannot clean up
+
+  again = subprocess.run(_command(workdir, data_args), cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert "taking over the stale lock" in again.stdout
+  assert "[rep 0 imp round 0] already done" in again.stdout
+  assert re.search(r"\[rep 0 imp round 1\] resuming at step [24] from its checkpoint", again.stdout), again.stdout
+  differing = 0
+  for branch, round_ in (("imp", 0), ("imp", 1), ("random_prune", 1)):
+    ref = checkpoint.load_ticket(workdir_lib.ticket_dir(cli_reference, branch, round_, 0))
+    got = checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, branch, round_, 0))
+    differing += sum(int(np.sum(a != b)) for a, b in zip(jax.tree.leaves(ref.masks), jax.tree.leaves(got.masks)))
+    assert_same_ticket(ref, got, atol=1e-5, what=f"{branch} round {round_}")
+  assert differing == 0
+  assert _results(workdir) == _results(cli_reference)
+  for name in (workdir_lib.REPORT, workdir_lib.SUMMARY_CSV, "curves.png", "grid.png"):
+    assert storage.isfile(os.path.join(workdir, name)), name
+  assert not storage.exists(os.path.join(workdir, "run.lock"))  # released at the end
