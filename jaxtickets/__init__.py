@@ -1,6 +1,11 @@
 """jaxtickets: lottery tickets in arbitrary style transfer models, in JAX/Flax."""
 
-from jaxtickets.errors import UserError
+# First, before any entry point imports JAX: quiets libtpu's TPU probe on a machine without a TPU.
+from jaxtickets import startup as _startup
+
+_startup.early_setup()
+
+from jaxtickets.errors import UserError  # pylint: disable=wrong-import-position
 
 __version__ = "0.1.0"
 
