@@ -23,12 +23,12 @@ from jaxtickets.export_format import (EXTENSIONS, FORMAT, VERSION, Exported, _ch
                                      load_export, safetensors_numpy, write)
 
 
-def export_ticket(ticket_dir: str, out: str, which: str = "trained") -> dict:
+def export_ticket(ticket_dir: str, out: str, which: str = "trained", **stylizer_kwargs) -> dict:
   """Writes the ticket's (masked) weights to `out`; returns the byte counts for `format_sizes`."""
   from jaxtickets import inference
 
   _check_out(out)
-  st = inference.Stylizer.from_ticket(ticket_dir, which)
+  st = inference.Stylizer.from_ticket(ticket_dir, which, **stylizer_kwargs)  # vgg_weights, allow_vgg_mismatch
   vgg = st.vgg_params if inference.stylize_reads_vgg(st.model, st.params, st.vgg_params) else None
   tensors, metadata, sizes = encode(st.model.name, st.model_config, st.params, st.masks, vgg,
                                     source=os.path.abspath(ticket_dir))
@@ -68,6 +68,10 @@ def define_flags() -> None:
   flags.DEFINE_enum("format", "jaxtickets", ["jaxtickets", "torch"], "jaxtickets: one compact file (kept values + "
                     "packed masks); torch: the upstream repository's .pth files, pruned weights as zeros.")
   flags.DEFINE_enum("which", "trained", ["trained", "rewind"], "The round's trained weights, or its rewind point.")
+  flags.DEFINE_string("vgg_weights", None, "The VGG weights the run trained with, where they are now (default: where "
+                      "the run found them, checked against the run's vgg.json).")
+  flags.DEFINE_bool("allow_vgg_mismatch", False, "With --vgg_weights: use them although their SHA-256 is not the "
+                    "run's.")
 
 
 def main(argv):
@@ -79,7 +83,8 @@ def main(argv):
     _main_torch()
     return
   try:
-    sizes = export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which)
+    sizes = export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which, vgg_weights=FLAGS.vgg_weights,
+                          allow_vgg_mismatch=FLAGS.allow_vgg_mismatch)
   except UserError as e:
     sys.exit(f"error: {e}")
   print(format_sizes(sizes, FLAGS.out))
@@ -92,7 +97,8 @@ def _main_torch() -> None:
   from jaxtickets import export_torch
 
   try:
-    files, notes = export_torch.export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which)
+    files, notes = export_torch.export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which, vgg_weights=FLAGS.vgg_weights,
+                                              allow_vgg_mismatch=FLAGS.allow_vgg_mismatch)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

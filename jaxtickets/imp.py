@@ -51,6 +51,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
         config_lib.validate(config)
         lock = workdir_lib.lock_workdir(config, workdir, log)
         workdir_lib.check_resume_config(config, workdir, allow_config_change, log)
+        weights.record_run_vgg(config, workdir, allow_config_change, log)  # vgg.json: its hash, where it was found
         return setup(config, workdir, watch=watch, place=False)
 
       ctx = parallel.agree(prepare)

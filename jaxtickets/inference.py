@@ -135,14 +135,18 @@ class Stylizer:
     return out
 
   @classmethod
-  def from_ticket(cls, ticket_dir: str, which: str = "trained") -> "Stylizer":
-    """The ticket at workdir/tickets/<branch>/rep_<r>/round_NN; the model config comes from workdir/config.json."""
+  def from_ticket(cls, ticket_dir: str, which: str = "trained", vgg_weights: str | None = None,
+                  allow_vgg_mismatch: bool = False) -> "Stylizer":
+    """The ticket at workdir/tickets/<branch>/rep_<r>/round_NN; the model config comes from workdir/config.json,
+    the VGG from where the run found it (or `vgg_weights`), checked against its record (weights.resolve_run_vgg)."""
     if which not in WHICH:
       raise UserError(f"which = {which!r} is not allowed: use 'trained' (the round's result) or 'rewind'.")
     ticket_dir = os.path.abspath(os.fspath(ticket_dir))
     if not checkpoint.ticket_exists(ticket_dir):
       checkpoint.load_ticket_metadata(ticket_dir)  # raises the UserError that names what is wrong
-    config = workdir_lib.load_run_config(workdir_lib.run_of_ticket(ticket_dir), ticket_dir)
+    workdir = workdir_lib.run_of_ticket(ticket_dir)
+    config = workdir_lib.load_run_config(workdir, ticket_dir)
+    config.model.vgg_weights = weights_lib.resolve_run_vgg(config, workdir, vgg_weights, allow_vgg_mismatch)
     model, vgg = weights_lib.model_and_vgg(config)
     ticket = checkpoint.load_ticket(ticket_dir)
     params = ticket.trained_params if which == "trained" else ticket.rewind_params

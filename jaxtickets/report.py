@@ -357,6 +357,8 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   vgg = (f"`demo`: the demo loss network, {config_lib.DEMO_VGG_DESCRIPTION}" if m.vgg_weights == config_lib.DEMO_VGG
          else f"`{m.vgg_weights}`" if m.vgg_weights else
          "**random** (no pretrained VGG: the losses are not meaningful)")
+  from jaxtickets import weights  # pylint: disable=g-import-not-at-top
+  vgg += weights.vgg_record_note(workdir)  # its SHA-256 and whether it is the released file (the run's vgg.json)
   rewinds = sorted({r["rewind_step"] for r in rows})
   rewind = ", ".join("0 (the initial weights)" if k == 0 else f"{k} (the weights after {k} dense steps)"
                      for k in rewinds)

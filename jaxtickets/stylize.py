@@ -115,6 +115,10 @@ def define_flags() -> None:
   flags.DEFINE_string("ticket", None, "A ticket directory, WORKDIR/tickets/<branch>/rep_<r>/round_NN.")
   flags.DEFINE_string("weights", None, "Ported weights (a directory written by scripts/port_weights.py) or an "
                       "export file.")
+  flags.DEFINE_string("vgg_weights", None, "With --ticket: the VGG weights the run trained with, where they are now "
+                      "(default: where the run found them, checked against the run's vgg.json).")
+  flags.DEFINE_bool("allow_vgg_mismatch", False, "With --vgg_weights: use them although their SHA-256 is not the "
+                    "run's.")
   flags.DEFINE_enum("which", "trained", ["trained", "rewind"], "With --ticket: the trained weights or the rewind "
                     "point.")
   flags.DEFINE_string("content", None, "A content image or a folder of them.")
@@ -139,7 +143,8 @@ def main(argv):
     if missing:
       raise UserError(f"Pass {', '.join(missing)}: e.g. --content=photo.jpg --style=art.jpg --out=result.png.")
     if FLAGS.ticket:
-      stylizer = inference.Stylizer.from_ticket(FLAGS.ticket, FLAGS.which)
+      stylizer = inference.Stylizer.from_ticket(FLAGS.ticket, FLAGS.which, FLAGS.vgg_weights,
+                                                FLAGS.allow_vgg_mismatch)
     elif os.path.isfile(FLAGS.weights):
       stylizer = inference.Stylizer.from_export(FLAGS.weights)
     else:

@@ -15,6 +15,7 @@ Each format has one reader here; jaxtickets.export_format builds the export layo
 """
 
 import dataclasses
+import json
 import os
 import pickle
 from collections.abc import Mapping
@@ -452,6 +453,129 @@ def model_and_vgg(config) -> tuple[Any, dict]:
   model and the random stand-in VGG it was trained with."""
   model = models.get_model(config.model.name)(config_lib.model_config(config))
   return model, load_or_init_vgg(model, config.model.vgg_weights, streams.key(config.seed, streams.Stream.VGG))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A run's VGG: what it trained with (WORKDIR/vgg.json), and finding it again from anywhere
+
+VGG_RECORD = 'vgg.json'
+
+
+def vgg_sha256(path: str) -> str:
+  """The SHA-256 a run records for its VGG: a file's bytes; a ported directory's source file (model.json), so a copy
+  or a re-port of the same release has the same hash; another directory's files, in name order."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(path):
+    return file_sha256(path)
+  if not os.path.isdir(path):
+    raise UserError(f"VGG weights '{path}' do not exist; {_FIX}.")
+  meta = os.path.join(path, MODEL_JSON)
+  if os.path.isfile(meta):
+    with open(meta) as f:
+      sha = ((json.load(f).get('sources') or {}).get('vgg') or {}).get('sha256')
+    if sha:
+      return sha
+  digest = hashlib.sha256()
+  for root, dirs, names in os.walk(path):
+    dirs.sort()
+    for name in sorted(names):
+      full = os.path.join(root, name)
+      digest.update(os.path.relpath(full, path).encode() + b'\0' + file_sha256(full).encode())
+  return digest.hexdigest()
+
+
+def describe_vgg(vgg_weights: str, width: float) -> dict:
+  """{'vgg_weights', 'path', 'sha256', 'release', 'verified'} of a config.model.vgg_weights: the released file its
+  hash names (jaxtickets.releases) and how that is known ('published', 'pinned'), or why it is not."""
+  from jaxtickets import releases  # pylint: disable=import-outside-toplevel
+  rec = {'vgg_weights': vgg_weights, 'path': '', 'sha256': '', 'release': '', 'verified': ''}
+  if not vgg_weights:
+    return {**rec, 'verified': 'random: no VGG weights'}
+  if vgg_weights == DEMO_VGG:
+    path = resolve_demo_vgg(width)  # checked against DEMO_VGG_SHA256
+    return {**rec, 'path': path, 'sha256': file_sha256(path), 'release': 'the demo loss network',
+            'verified': 'published'}
+  path = os.path.abspath(vgg_weights)
+  rec.update(path=path, sha256=vgg_sha256(path))
+  found, how = releases.identify(rec['sha256'])
+  if found is not None:
+    return {**rec, 'release': found.title, 'verified': how}
+  meta = os.path.join(path, MODEL_JSON)
+  said = ''
+  if os.path.isfile(meta):  # e.g. 'unverified: --allow_unverified', written by the fetch that ported it
+    with open(meta) as f:
+      said = ((json.load(f).get('sources') or {}).get('vgg') or {}).get('verified', '')
+  return {**rec, 'verified': said or 'unverified: not a released file'}
+
+
+def record_run_vgg(config, workdir: str, allow_change: bool = False, log=print) -> dict:
+  """Writes WORKDIR/vgg.json: the VGG the run trains with (path, SHA-256, released or not) and the directory it was
+  launched from, against which a relative config.model.vgg_weights is found again. A resumed run whose VGG file
+  changed is refused unless `allow_change`."""
+  from jaxtickets import checkpoint, storage  # pylint: disable=import-outside-toplevel
+  rec = {**describe_vgg(config.model.vgg_weights, config.model.width), 'launch_dir': os.getcwd()}
+  path = os.path.join(workdir, VGG_RECORD)
+  old = checkpoint.load_json(path) if storage.exists(path) else {}
+  if old and old.get('sha256') != rec['sha256']:
+    was = f"{old.get('sha256') or 'none (a random VGG)'}"
+    if not allow_change:
+      raise UserError(f"The run in '{workdir}' trained with a VGG of SHA-256 {was}, but "
+                      f"config.model.vgg_weights = {rec['vgg_weights']!r} has {rec['sha256'] or 'none'}: point it at "
+                      'the file the run trained with, or pass --allow_config_change to go on with this one.')
+    log(f"WARNING: resuming '{workdir}' with another VGG (SHA-256 {was} -> {rec['sha256'] or 'none'}).")
+  if jax.process_index() == 0:
+    checkpoint.save_json(path, rec)
+  return rec
+
+
+def load_vgg_record(workdir: str) -> dict:
+  """A run's vgg.json, or {} for a run made before runs recorded their VGG."""
+  from jaxtickets import checkpoint, storage  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, VGG_RECORD)
+  return checkpoint.load_json(path) if storage.exists(path) else {}
+
+
+def vgg_record_note(workdir: str) -> str:
+  """'; SHA-256 `...`, <the released file> (<how verified>)' for the report's VGG line ('' without a record)."""
+  rec = load_vgg_record(workdir)
+  if not rec.get('sha256'):
+    return ''
+  what = rec.get('release') or 'not a released file'
+  how = rec.get('verified') or 'unverified'
+  if how in ('published', 'pinned'):
+    how = {'published': 'verified: the published SHA-256',
+           'pinned': 'the SHA-256 pinned on first use or by hand, not a published one'}[how]
+  return f"; SHA-256 `{rec['sha256']}`, {what} ({how})"
+
+
+def resolve_run_vgg(config, workdir: str, override: str | None = None, allow_mismatch: bool = False) -> str:
+  """The run's config.model.vgg_weights as a path that works from here, checked against the run's record.
+
+  `override` (--vgg_weights) points elsewhere; else the recorded absolute path, then the configured path taken
+  relative to the directory the run was launched from or to the workdir (a relative path in config.json is the
+  launch directory's, not the caller's), then, for runs made before the record, to the current directory.
+  """
+  rec = load_vgg_record(workdir)
+  given = config.model.vgg_weights
+  if override:
+    path = override if override == DEMO_VGG else os.path.abspath(override)
+  elif not given or given == DEMO_VGG or os.path.isabs(given):
+    path = given
+  else:
+    tried = [p for p in (rec.get('path'), rec.get('launch_dir') and os.path.join(rec['launch_dir'], given),
+                         os.path.join(workdir, given), None if rec else os.path.abspath(given)) if p]
+    path = next((p for p in tried if os.path.exists(p)), None)
+    if path is None:
+      raise UserError(f"The run's VGG weights {given!r} are not at {' nor '.join(dict.fromkeys(tried))}: pass "
+                      '--vgg_weights=PATH to point at them.')
+  if rec:
+    got = describe_vgg(path, config.model.width)['sha256'] if path else ''
+    if got != rec.get('sha256', '') and not allow_mismatch:
+      raise UserError(f"VGG weights {path or 'none'!r} have SHA-256 {got or 'none (a random VGG)'}, not the "
+                      f"{rec.get('sha256') or 'none (a random VGG)'} the run recorded in "
+                      f"{os.path.join(workdir, VGG_RECORD)}: pass --vgg_weights=PATH of the file it trained with, or "
+                      '--allow_vgg_mismatch to go on with these.')
+  return path
 
 
 if __name__ == '__main__':  # python -m jaxtickets.weights fetch NAME: see jaxtickets/releases.py
