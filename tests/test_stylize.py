@@ -1,4 +1,5 @@
-"""python -m jaxtickets.stylize: folders of odd-sized and grayscale images, .npy outputs, style mixes, errors."""
+"""python -m jaxtickets.stylize: folders of odd-sized and grayscale images, .npy outputs, style mixes, every content x
+style pair of --style_dir, content and style sizes, --crop, errors."""
 
 import functools
 import os
@@ -82,10 +83,10 @@ def test_folder_with_odd_sizes_and_grayscale_writes_one_output_per_input(tmp_pat
   (content / "notes.txt").write_text("not an image")
   style = write_image(tmp_path / "style.png", (29, 31), seed=9)
   written = stylize.run(st, str(content), [style], str(tmp_path / "out"), size=0)
-  expected = sorted(str(tmp_path / "out" / os.path.splitext(n)[0]) + ".png" for n in inputs)
+  expected = sorted(str(tmp_path / "out" / os.path.splitext(n)[0]) + "_stylized_style.png" for n in inputs)
   assert sorted(written) == expected
   for name, ((w, h), _) in inputs.items():
-    with Image.open(tmp_path / "out" / (os.path.splitext(name)[0] + ".png")) as img:
+    with Image.open(tmp_path / "out" / (os.path.splitext(name)[0] + "_stylized_style.png")) as img:
       assert img.size == (w, h) and img.mode == "RGB"  # native size kept (--size=0)
   # --size sets the shorter side, keeping the aspect ratio.
   (out,) = stylize.run(st, str(content / "a.png"), [style], str(tmp_path / "small.jpg"), size=24)
@@ -139,7 +140,7 @@ def test_cli_with_ported_weights(tmp_path, ported):
   want = st.stylize(c, np.asarray(Image.open(style), np.float32) / 255, preserve_color=True)
   np.testing.assert_allclose(np.load(tmp_path / "o.npy"), want, rtol=1e-5, atol=1e-5)
   r = run(f"--ticket={tmp_path / 'no_ticket'}", f"--content={content}", f"--style={style}", "--out=o.png")
-  assert r.returncode != 0 and f"error: No ticket at '{tmp_path / 'no_ticket'}'" in r.stderr
+  assert r.returncode == 2 and f"error: No ticket at '{tmp_path / 'no_ticket'}'" in r.stderr
   assert "Traceback" not in r.stderr
 
 
@@ -170,3 +171,101 @@ def test_cli_with_a_ticket_writes_the_masked_trained_networks_output(tmp_path, t
   assert_close(rewind.stylize(read(content), read(style)), want)
   unmasked = direct(model, t.rewind_params, vgg, read(content), read(style))
   assert np.abs(unmasked - want).max() > 1e-2 * np.abs(want).max()  # so the masks are seen
+
+
+def test_style_dir_writes_every_pair_under_its_own_name(tmp_path, ported):
+  _, st, _ = ported
+  contents = [write_image(tmp_path / "content" / n, (24, 32), seed=i) for i, n in enumerate(("cat.png", "dog.jpg"))]
+  styles = [write_image(tmp_path / "styles" / n, (32, 24), seed=5 + i) for i, n in enumerate(("wave.png", "ink.png"))]
+  (tmp_path / "styles" / "readme.txt").write_text("not an image")
+  out = tmp_path / "out"
+  written = stylize.run(st, str(tmp_path / "content"), None, str(out), style_dir=str(tmp_path / "styles"), size=0,
+                        alpha=0.8, ext=".npy")
+  names = sorted(f"{c}_stylized_{s}.npy" for c in ("cat", "dog") for s in ("wave", "ink"))
+  assert sorted(os.path.relpath(p, out) for p in written) == names == sorted(os.listdir(out))
+  # Each file is what stylizing that pair alone writes; the two styles differ (nothing was overwritten).
+  for c in contents:
+    for s in styles:
+      (alone,) = stylize.run(st, c, [s], str(tmp_path / "alone.npy"), size=0, alpha=0.8)
+      name = f"{os.path.splitext(os.path.basename(c))[0]}_stylized_{os.path.splitext(os.path.basename(s))[0]}.npy"
+      np.testing.assert_array_equal(np.load(out / name), np.load(alone))
+  a, b = np.load(out / "cat_stylized_wave.npy"), np.load(out / "cat_stylized_ink.npy")
+  assert np.abs(a - b).max() > 0.1 * np.abs(a).max()
+  # One content file into a folder, a mix of styles: the styles' names joined.
+  (mixed,) = stylize.run(st, contents[0], styles, str(out))
+  assert os.path.basename(mixed) == "cat_stylized_wave+ink.png"
+
+
+class _Shapes:
+  """A stand-in stylizer: records the content and style shapes it is given and returns the content."""
+
+  def __init__(self):
+    self.seen = []
+
+  def stylize_mix(self, content, styles, weights=None, alpha=1.0, *, preserve_color=False):
+    self.seen.append((content.shape, [s.shape for s in styles]))
+    return content
+
+
+def test_content_size_style_size_and_crop(tmp_path):
+  content = write_image(tmp_path / "c.png", (40, 60), seed=1)  # 40 wide, 60 high
+  style = write_image(tmp_path / "s.png", (50, 30), seed=2)
+  rec = _Shapes()
+  (out,) = stylize.run(rec, content, [style], str(tmp_path / "o.npy"), content_size=20, style_size=16)
+  assert rec.seen[-1] == ((30, 20, 3), [(16, 27, 3)])  # each shorter side its own size, aspect kept
+  np.testing.assert_array_equal(np.load(out), stylize.load(content, 20))
+  stylize.run(rec, content, [style], str(tmp_path / "o.npy"), size=24, style_size=0)
+  assert rec.seen[-1] == ((36, 24, 3), [(30, 50, 3)])  # --size for the content, the style at its native size
+  stylize.run(rec, content, [style], str(tmp_path / "o.npy"), content_size=20, style_size=16, crop=True)
+  assert rec.seen[-1] == ((20, 20, 3), [(16, 16, 3)])
+  # The centered square, its corner rounded as torchvision's CenterCrop: rows 5..24 of the 30x20 resize.
+  img = np.asarray(Image.open(content))
+  np.testing.assert_array_equal(np.load(tmp_path / "o.npy") * 255, stylize.resize_shorter(img, 20)[5:25])
+  np.testing.assert_array_equal(stylize.load(content, 0, crop=True) * 255, img[10:50])
+  with pytest.raises(UserError, match=r"^--style_size=-1 is not allowed"):
+    stylize.run(rec, content, [style], str(tmp_path / "o.npy"), style_size=-1)
+
+
+def test_style_dir_mistakes_are_one_sentence(tmp_path, ported):
+  _, st, _ = ported
+  img = write_image(tmp_path / "c.png", (16, 16))
+  (tmp_path / "empty").mkdir()
+  styles = tmp_path / "styles"
+  for name in ("a.png", "b.png"):
+    write_image(styles / name, (16, 16))
+  cases = [
+      (dict(style_dir=str(tmp_path / "empty")), r"The style folder '.*empty' has no images"),
+      (dict(style_dir=str(tmp_path / "missing")), r"--style_dir='.*missing' is not a folder"),
+      (dict(styles=[img], style_dir=str(styles)), r"Pass one of --style=FILE\[,FILE...\] .* not both"),
+      (dict(style_dir=str(styles), style_weights=[1.0]), r"with --style_dir each style makes its own pair"),
+      (dict(style_dir=str(styles), out=str(tmp_path / "one.png")), r"is one file, but --style_dir gives 2 styles"),
+  ]
+  for kwargs, message in cases:
+    args = {"styles": None, "out": str(tmp_path / "out"), **kwargs}
+    with pytest.raises(UserError, match=message):
+      stylize.run(st, img, args.pop("styles"), args.pop("out"), **args)
+  # Two inputs that would write one file.
+  write_image(tmp_path / "two" / "x.png", (16, 16))
+  write_image(tmp_path / "two" / "x.jpg", (16, 16))
+  with pytest.raises(UserError, match=r"would both be written to '.*x_stylized_a.png': rename one"):
+    stylize.run(st, str(tmp_path / "two"), None, str(tmp_path / "out"), style_dir=str(styles))
+
+
+@pytest.mark.e2e
+def test_cli_style_dir_and_its_mistakes(tmp_path, ported):
+  folder, _, _ = ported
+  content = write_image(tmp_path / "c.png", (24, 24), seed=1)
+  for i, name in enumerate(("a.png", "b.jpg")):
+    write_image(tmp_path / "styles" / name, (24, 24), seed=2 + i)
+  run = lambda *a: subprocess.run([sys.executable, "-m", "jaxtickets.stylize", f"--weights={folder}", *a], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+  r = run(f"--content_dir={tmp_path}", f"--style_dir={tmp_path / 'nope'}", f"--out={tmp_path / 'out'}")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      f"error: --style_dir='{tmp_path / 'nope'}' is not a folder: pass a folder of style images (or one image as "
+      "--style=FILE)."]
+  r = run(f"--content={content}", f"--style_dir={tmp_path / 'styles'}", f"--out={tmp_path / 'out'}", "--crop",
+          "--content_size=16", "--style_size=8")
+  assert r.returncode == 0, r.stderr
+  assert sorted(os.listdir(tmp_path / "out")) == ["c_stylized_a.png", "c_stylized_b.png"]
+  with Image.open(tmp_path / "out" / "c_stylized_a.png") as img:
+    assert img.size == (16, 16)
