@@ -442,8 +442,9 @@ def load_or_init_vgg(model, path: str, key) -> dict:
     return load_vgg_weights(path, jax.eval_shape(model.init_vgg, key))
   if jax.process_index() == 0:  # one warning per run, not one per host
     print('WARNING: config.model.vgg_weights is empty, so the VGG encoder and loss network are RANDOM: the run '
-          'exercises the pipeline but its results are not meaningful for style transfer. Port vgg_normalised.pth '
-          'with scripts/port_weights.py and set --config.model.vgg_weights=DIR.', flush=True)
+          'exercises the pipeline but its results are not meaningful for style transfer. Fetch and port the '
+          'released VGG with python -m jaxtickets.weights fetch vgg and set --config.model.vgg_weights=weights/vgg.',
+          flush=True)
   return jax.device_get(model.init_vgg(key))
 
 
