@@ -233,3 +233,29 @@ def test_command_line_refuses_a_pinned_mismatch_with_exit_2(upstream, tmp_path):
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
   assert run.returncode == 2, run.stderr
   assert run.stderr.strip().splitlines()[-1].startswith('error: ') and '0' * 64 in run.stderr
+
+
+def test_archives_folders_and_yandex_links(table, upstream, tmp_path, monkeypatch):
+  """A file inside a served zip (in any folder: the archives' layout is not published), a folder given to --from,
+  and a Yandex.Disk public link resolved through the API's {"href": ...} answer."""
+  import zipfile  # pylint: disable=import-outside-toplevel
+  root, base = upstream
+  shallow = root / 'vgg_shallow.pth'
+  with zipfile.ZipFile(root / 'models.zip', 'w') as z:
+    z.write(shallow, 'models/vgg_normalised.pth')
+  table('adain/vgg_normalised.pth', 'models.zip', sha256=weights.file_sha256(shallow))
+  entry = releases.FILES['adain/vgg_normalised.pth']
+  monkeypatch.setitem(releases.FILES, entry.key, dataclasses.replace(entry, member='vgg_normalised.pth'))
+  assert fetch('vgg', out=tmp_path / 'zip') == 0
+  assert sources(tmp_path / 'zip' / 'vgg')['vgg']['verified'] == 'published'
+  folder = tmp_path / 'by_hand' / 'models'
+  folder.mkdir(parents=True)
+  (folder / 'vgg_normalised.pth').write_bytes(shallow.read_bytes())
+  assert fetch('vgg', f'--from={tmp_path / "by_hand"}', out=tmp_path / 'folder') == 0
+  assert sources(tmp_path / 'folder' / 'vgg')['vgg']['source'] == str(folder / 'vgg_normalised.pth')
+  (root / 'yandex.json').write_text(json.dumps({'href': f'{base}/vgg_shallow.pth', 'method': 'GET'}))
+  monkeypatch.setattr(releases, '_YANDEX', f'{base}/yandex.json?public_key=')
+  monkeypatch.setitem(releases.FILES, entry.key, dataclasses.replace(entry, url='https://yadi.sk/d/x', yandex=True))
+  monkeypatch.setenv(releases.CACHE_ENV, str(tmp_path / 'cache2'))  # not the zip's cached member
+  assert fetch('vgg', out=tmp_path / 'yandex') == 0
+  assert sources(tmp_path / 'yandex' / 'vgg')['vgg']['source'] == 'https://yadi.sk/d/x'
