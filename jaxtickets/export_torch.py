@@ -30,6 +30,15 @@ from jaxtickets.models.torch_layout import Layout
 FORMATS = ("jaxtickets", "torch")
 
 
+class TorchFiles(dict):
+  """{file name: state dict of float32 numpy arrays}; `unused[file]` lists the key prefixes written as zeros for
+  layers the upstream module holds but never runs (so the size table does not count them as pruned)."""
+
+  def __init__(self):
+    super().__init__()
+    self.unused: dict[str, list[str]] = {}
+
+
 def to_torch_kernel(kernel, linear: bool) -> np.ndarray:
   """Inverse of port.to_flax_kernel: HWIO -> OIHW, and an (I, O) or (1, 1, I, O) kernel back to Linear (O, I) or
   a 1x1 Conv2d (O, I, 1, 1)."""
@@ -87,8 +96,9 @@ def _vgg_shapes(width: float) -> dict[str, tuple]:
 
 
 def torch_files(model, params: Mapping, vgg_params: Mapping | None = None, masks: Mapping | None = None
-                ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
-  """({file name: state dict of float32 numpy arrays}, notes) of `model`'s params in the upstream layout.
+                ) -> tuple[TorchFiles, list[str]]:
+  """(TorchFiles: {file name: state dict of float32 numpy arrays}, notes) of `model`'s params in the upstream
+  layout.
 
   The encoder file holds params['encoder'] when the encoder was trained, else `vgg_params` (the frozen VGG the
   ticket stylizes with) cut at the model's encoder depth; neither given: no encoder file. `masks` (params' structure)
@@ -98,12 +108,13 @@ def torch_files(model, params: Mapping, vgg_params: Mapping | None = None, masks
     params = jax.tree.map(lambda p, m: np.where(np.asarray(m, bool), np.asarray(p), 0), dict(params), dict(masks))
   flat = {k: np.asarray(v, np.float32) for k, v in weights.flatten(dict(params)).items()}
   port.check_coverage(model, {k: v.shape for k, v in flat.items() if not k.startswith("encoder/")})
-  files, notes = {}, []
+  files, notes = TorchFiles(), []
   for role in ("decoder", "transform"):
     for part in model.torch_parts.get(role, ()):
       n = len(part.dst) + 1
       sub = {k[n:]: v for k, v in flat.items() if k.startswith(part.dst + "/")}
-      files[part.example], _ = layout_state(part.layouts[0], sub, {k: v.shape for k, v in sub.items()})
+      files[part.example], zeroed = layout_state(part.layouts[0], sub, {k: v.shape for k, v in sub.items()})
+      files.unused[part.example] = zeroed
   if "encoder" in params:
     encoder = params["encoder"]
   elif vgg_params is not None:
@@ -115,6 +126,7 @@ def torch_files(model, params: Mapping, vgg_params: Mapping | None = None, masks
     enc_flat = {k: np.asarray(v, np.float32) for k, v in weights.flatten(dict(encoder)).items()}
     files[part.example], zeroed = layout_state(part.layouts[0], enc_flat, _vgg_shapes(model.width),
                                                zero_missing=True)
+    files.unused[part.example] = zeroed
     if zeroed:
       keys = zeroed[0] + ".*" + (f" to {zeroed[-1]}.*" if len(zeroed) > 1 else "")
       notes.append(f"{part.example}: keys {keys} (the layers past relu{model.encoder_depth[1]}_1) are zeros; the "
@@ -160,15 +172,21 @@ def write(out_dir: str, files: Mapping[str, Mapping[str, np.ndarray]]) -> list[s
 
 
 def summary(files: Mapping[str, Mapping[str, np.ndarray]], out_dir: str) -> str:
-  """A table of the files: tensors, weights, and how many of them are zeros."""
+  """A table of the files: the ticket's weights in each, how many of them are pruned (zeros), and the zeros of the
+  layers the upstream module holds but never runs."""
+  unused = getattr(files, "unused", {})
   rows = []
   for name, state in files.items():
-    n = sum(v.size for v in state.values())
-    zeros = sum(int(np.count_nonzero(v == 0)) for v in state.values())
-    rows.append((name, len(state), n, zeros, os.path.getsize(os.path.join(out_dir, name))))
+    filler = {f"{p}.{leaf}" for p in unused.get(name, ()) for leaf in ("weight", "bias")}
+    n = sum(v.size for k, v in state.items() if k not in filler)
+    zeros = sum(int(np.count_nonzero(v == 0)) for k, v in state.items() if k not in filler)
+    extra = sum(state[k].size for k in filler)
+    rows.append((name, len(state), n, f"{zeros / max(n, 1):.1%}", f"{extra:,}" if extra else "-",
+                 os.path.getsize(os.path.join(out_dir, name))))
   width = max(len("file"), *(len(r[0]) for r in rows))
-  lines = [f"{'file':<{width}}  {'tensors':>7}  {'weights':>12}  {'zeros':>7}  {'bytes':>12}", "-" * (width + 48)]
-  lines += [f"{name:<{width}}  {t:>7}  {n:>12,}  {z / max(n, 1):>7.1%}  {b:>12,}" for name, t, n, z, b in rows]
+  head = f"{'file':<{width}}  {'tensors':>7}  {'weights':>11}  {'zeros':>6}  {'unused layers':>13}  {'bytes':>11}"
+  lines = [head, "-" * len(head)]
+  lines += [f"{a:<{width}}  {t:>7}  {n:>11,}  {z:>6}  {e:>13}  {b:>11,}" for a, t, n, z, e, b in rows]
   return "\n".join(lines)
 
 

@@ -245,6 +245,11 @@ def test_a_ticket_exports_its_masked_weights(ticket, tmp_path):
   vgg = load(tmp_path / "torch", "vgg_normalised.pth")
   np.testing.assert_array_equal(vgg["2.weight"], trained["encoder"]["conv1_1"]["kernel"].transpose(3, 2, 0, 1))
   assert any("keys 32.* to 51.*" in n for n in notes)
+  table = export_torch.summary(files, str(tmp_path / "torch")).splitlines()
+  dec_row, vgg_row = (next(r for r in table if r.startswith(f)) for f in ("decoder.pth", "vgg_normalised.pth"))
+  assert dec_row.split()[4] == "-" and vgg_row.split()[4] != "-"  # only the VGG has layers the model never runs
+  pruned = 1 - np.mean(np.concatenate([np.ravel(m) for m in jax.tree.leaves(masks["decoder"])]))
+  assert f"{pruned:.1%}" == dec_row.split()[3]  # its zeros are exactly its pruned entries, biases counted as kept
   with pytest.raises(UserError, match=r"--out='.*t\.npz' is a file name, but --format=torch writes several"):
     export_torch.export_ticket(path, str(tmp_path / "t.npz"))
 
