@@ -258,6 +258,14 @@ def _from_archive(archive: str, member: str, dest: str) -> str | None:
   return dest
 
 
+def _is_archive(path: str) -> bool:
+  """A zip archive of release files (a PyTorch checkpoint is a zip too, holding a data.pkl)."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as z:
+    return not any(n.endswith('data.pkl') for n in z.namelist())
+
+
 def _downloaded(entry: Released, log) -> tuple[str, str]:
   """(local path, source URL) of a released file, from the download cache or the network."""
   root = os.path.join(cache_dir(), 'downloads')
@@ -292,12 +300,11 @@ def _match_from(sources: list[str], needed: list[str], pins: dict[str, str], ext
         for key in needed:
           if key not in found and FILES[key].name in names:
             found[key] = os.path.join(root, FILES[key].name)
-    elif zipfile.is_zipfile(src) and not src.endswith(('.pth', '.pt')):
+    elif _is_archive(src):
       for key in needed:
-        if key not in found:
-          got = _from_archive(src, FILES[key].name, os.path.join(extract_to, key))
-          found[key] = got or found.get(key)
-      found = {k: v for k, v in found.items() if v}
+        got = None if key in found else _from_archive(src, FILES[key].name, os.path.join(extract_to, key))
+        if got:
+          found[key] = got
     else:
       loose.append(src)
   for src in loose:
@@ -361,14 +368,13 @@ def _need_torch(paths) -> None:
                     'extra), then fetch again.') from None
 
 
-def fetch(name: str, *, out: str, sources=(), allow_unverified: bool = False, pins_file: str | None = None,
-          overwrite: bool = False, log=print):
-  """Gets, verifies and ports the released files of `name` (a model, or 'vgg') into out/<name>; returns the
-  weights.Ported written."""
+def fetch(name: str, *, out: str, sources=(), allow_unverified: bool = False, overwrite: bool = False, log=print):
+  """Gets, verifies and ports the released files of `name` (a model, or 'vgg') into out/<name>, with the pin file
+  `pins_path()`; returns the weights.Ported written."""
   from jaxtickets import port, weights  # pylint: disable=import-outside-toplevel
   if name not in MODELS:
     raise UserError(f"Unknown release {name!r}: choose one of {', '.join(MODELS)}.")
-  pins_file = pins_file or pins_path()
+  pins_file = pins_path()
   dest = os.path.join(out, name)
   if weights.is_ported(dest) and not overwrite:
     raise UserError(f"'{dest}' already holds ported weights: pass --overwrite to replace them or choose another "
@@ -408,9 +414,11 @@ def main(argv: list[str]) -> int:
   f.add_argument('--pins', default=None, help=f'the pin file of hashes (default: ${PINS_ENV} or {pins_path()})')
   f.add_argument('--overwrite', action='store_true', help='replace weights already ported to OUT/NAME')
   args = parser.parse_args(argv)
+  if args.pins:  # the one pin file of this process: fetch's checks and the port's recognition read it
+    os.environ[PINS_ENV] = args.pins
   try:
     ported = fetch(args.name, out=args.out, sources=args.sources, allow_unverified=args.allow_unverified,
-                   pins_file=args.pins, overwrite=args.overwrite)
+                   overwrite=args.overwrite)
   except UserError as e:  # a refused or missing file is the caller's to fix: exit 2, as for a bad flag
     print(f'error: {e}', file=sys.stderr)
     return 2
