@@ -541,6 +541,8 @@ def vgg_record_note(workdir: str) -> str:
   rec = load_vgg_record(workdir)
   if not rec.get('sha256'):
     return ''
+  if rec.get('vgg_weights') == DEMO_VGG:
+    return f"; SHA-256 `{rec['sha256']}` (the one jaxtickets/weights.py records for it)"
   what = rec.get('release') or 'not a released file'
   how = rec.get('verified') or 'unverified'
   if how in ('published', 'pinned'):
