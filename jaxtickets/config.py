@@ -8,6 +8,7 @@ from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
+from jaxtickets import storage
 from jaxtickets.errors import ConfigError, UserError
 from jaxtickets.models import DECODER_INITS, GROUPS, MODELS, SHARED_FIELDS
 
@@ -195,12 +196,18 @@ def _data_problems(d, need) -> list[str]:
     spec = d[f].strip() if isinstance(d[f], str) else ""
     if not spec or spec == "demo" or spec.startswith("tfds:"):
       continue
-    if not os.path.exists(spec):
+    try:
+      storage.check_reachable(spec, f"config.data.{f} folder")
+    except UserError as e:
+      p.append(str(e))
+      continue
+    if not storage.exists(spec):
       p.append(f"config.data.{f} = {spec!r} does not exist: give a folder of images, 'demo' or 'tfds:NAME:SPLIT'.")
-    elif not os.path.isdir(spec):
+    elif not storage.isdir(spec):
       p.append(f"config.data.{f} = {spec!r} is a file, not a folder: give a folder of images, 'demo' or "
                "'tfds:NAME:SPLIT'.")
-  if isinstance(d.tfds_data_dir, str) and d.tfds_data_dir and not os.path.isdir(d.tfds_data_dir):
+  if isinstance(d.tfds_data_dir, str) and d.tfds_data_dir and not storage.is_url(d.tfds_data_dir) \
+      and not os.path.isdir(d.tfds_data_dir):
     p.append(f"config.data.tfds_data_dir = {d.tfds_data_dir!r} is not a folder: point it at the --data_dir of "
              "`tfds build`, or leave it empty for TFDS's default.")
   need(isinstance(d.tfds_image_key, str) and d.tfds_image_key, "data.tfds_image_key", d.tfds_image_key,

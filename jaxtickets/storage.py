@@ -14,6 +14,7 @@ Two promises, kept on both kinds of storage:
 """
 
 import io
+import logging
 import os
 import socket
 import uuid
@@ -21,6 +22,17 @@ import uuid
 from etils import epath
 
 from jaxtickets.errors import UserError
+
+class _QuietBucketProbe(logging.Filter):
+  """Drops gcsfs' warning that it could not ask a bucket whether it is hierarchical (it falls back to the plain
+  API, which is all this needs); printed at every filesystem it opens, it would bury the run's own lines."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Could not determine bucket type" not in record.getMessage()
+
+
+for _name in ("gcsfs", "gcsfs.extended_gcsfs"):
+  logging.getLogger(_name).addFilter(_QuietBucketProbe())
 
 # URL schemes and the package that lets fsspec (and so etils.epath) reach them.
 _FILESYSTEM_PACKAGES = {"gs": ("gcsfs", "gcs"), "s3": ("s3fs", None), "az": ("adlfs", None)}
