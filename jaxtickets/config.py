@@ -187,6 +187,16 @@ def _unknown_fields(config) -> list[str]:
   return p
 
 
+def _reachable(path: str, what: str, problems: list[str]) -> bool:
+  """False, with the sentence added to `problems`, when `path` is on a store this install cannot open."""
+  try:
+    storage.check_reachable(path, what)
+    return True
+  except UserError as e:
+    problems.append(str(e))
+    return False
+
+
 def _data_problems(d, need) -> list[str]:
   """Sources that are neither 'demo', 'tfds:NAME:SPLIT' nor an existing folder, and the TFDS settings."""
   p = []
@@ -196,10 +206,7 @@ def _data_problems(d, need) -> list[str]:
     spec = d[f].strip() if isinstance(d[f], str) else ""
     if not spec or spec == "demo" or spec.startswith("tfds:"):
       continue
-    try:
-      storage.check_reachable(spec, f"config.data.{f} folder")
-    except UserError as e:
-      p.append(str(e))
+    if not _reachable(spec, f"config.data.{f} folder", p):
       continue
     if not storage.exists(spec):
       p.append(f"config.data.{f} = {spec!r} does not exist: give a folder of images, 'demo' or 'tfds:NAME:SPLIT'.")
@@ -255,8 +262,9 @@ def _problems(config, model_names: Sequence[str], divisor: int | None, device_co
   need(m.get("decoder_init", "reference") in DECODER_INITS, "model.decoder_init", m.get("decoder_init"),
        f"choose one of {', '.join(DECODER_INITS)}")
   need(isinstance(m.vgg_weights, str), "model.vgg_weights", m.vgg_weights, "use a path (a string)")
-  if (isinstance(m.vgg_weights, str) and m.vgg_weights and m.vgg_weights != DEMO_VGG
-      and not os.path.exists(m.vgg_weights)):
+  reachable = isinstance(m.vgg_weights, str) and _reachable(m.vgg_weights, "config.model.vgg_weights", p)
+  if (reachable and m.vgg_weights and m.vgg_weights != DEMO_VGG
+      and not storage.exists(m.vgg_weights)):
     p.append(f"config.model.vgg_weights = {m.vgg_weights!r} does not exist: point it at a Flax-format VGG file "
              "written by scripts/port_weights.py, 'demo' for the demo loss network, or leave it empty for random "
              "weights.")

@@ -240,3 +240,23 @@ def walk_files(folder) -> list[str]:
     out += [os.path.join(root, name) for name in files]
   return sorted(out)
 
+
+
+def local_copy(url: str) -> str:
+  """A local copy of a file or folder on an object store (for readers that want a path on disk: numpy, safetensors,
+  torch, a ported VGG's Orbax folder), made once per machine under ~/.cache/jaxtickets/remote and reused."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+
+  url = os.fspath(url).rstrip("/")
+  if not exists(url):
+    raise UserError(f"'{url}' does not exist: check the path (and that this machine may read the bucket).")
+  cache = os.environ.get("JAXTICKETS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxtickets"))
+  home = os.path.join(cache, "remote", hashlib.sha256(url.encode()).hexdigest()[:16])
+  local = os.path.join(home, os.path.basename(url))
+  if os.path.exists(os.path.join(home, ".complete")):
+    return local
+  files = [url] if isfile(url) else walk_files(url)
+  for path in files:  # each file written atomically; the marker last, so a cut-short copy is made again
+    write_atomically(local + path[len(url):], read_bytes(path))
+  write_atomically(os.path.join(home, ".complete"), url)
+  return local

@@ -25,7 +25,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from jaxtickets import config as config_lib, models, streams
+from jaxtickets import config as config_lib, models, storage, streams
 from jaxtickets.errors import UserError
 
 MODEL_JSON = 'model.json'
@@ -405,6 +405,7 @@ def _file_width(got: Mapping[str, Any], want: Mapping[str, Any]) -> float | None
 def load_vgg_weights(path, expected) -> dict:
   """Reads VGG weights that fit `expected` (a tree whose leaves have .shape), as float32 numpy arrays."""
   path = os.fspath(path)
+  path = storage.local_copy(path) if storage.is_url(path) else path  # a gs:// VGG: read from this host's copy
   if not path or not os.path.exists(path):
     raise UserError(f"VGG weights file '{path}' does not exist; {_FIX}.")
   want, wrapped = _strip_params(flatten(expected))
@@ -466,6 +467,7 @@ def vgg_sha256(path: str) -> str:
   """The SHA-256 a run records for its VGG: a file's bytes; a ported directory's source file (model.json), so a copy
   or a re-port of the same release has the same hash; another directory's files, in name order."""
   import hashlib  # pylint: disable=import-outside-toplevel
+  path = storage.local_copy(path) if storage.is_url(path) else path
   if os.path.isfile(path):
     return file_sha256(path)
   if not os.path.isdir(path):
@@ -496,12 +498,12 @@ def describe_vgg(vgg_weights: str, width: float) -> dict:
     path = resolve_demo_vgg(width)  # checked against DEMO_VGG_SHA256
     return {**rec, 'path': path, 'sha256': file_sha256(path), 'release': 'the demo loss network',
             'verified': 'published'}
-  path = os.path.abspath(vgg_weights)
+  path = storage.absolute(vgg_weights)
   rec.update(path=path, sha256=vgg_sha256(path))
   found, how = releases.identify(rec['sha256'])
   if found is not None:
     return {**rec, 'release': found.title, 'verified': how}
-  meta = os.path.join(path, MODEL_JSON)
+  meta = os.path.join(storage.local_copy(path) if storage.is_url(path) else path, MODEL_JSON)
   said = ''
   if os.path.isfile(meta):  # e.g. 'unverified: --allow_unverified', written by the fetch that ported it
     with open(meta) as f:
@@ -561,8 +563,8 @@ def resolve_run_vgg(config, workdir: str, override: str | None = None, allow_mis
   rec = load_vgg_record(workdir)
   given = config.model.vgg_weights
   if override:
-    path = override if override == DEMO_VGG else os.path.abspath(override)
-  elif not given or given == DEMO_VGG or os.path.isabs(given):
+    path = override if override == DEMO_VGG else storage.absolute(override)
+  elif not given or given == DEMO_VGG or os.path.isabs(given) or storage.is_url(given):
     path = given
   else:
     tried = [p for p in (rec.get('path'), rec.get('launch_dir') and os.path.join(rec['launch_dir'], given),

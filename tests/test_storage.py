@@ -22,7 +22,7 @@ import pytest
 
 from jaxtickets import checkpoint, data, storage, workdir as workdir_lib
 from jaxtickets.errors import UserError
-from helpers import CLI_ARGS, ROOT, assert_same_ticket, cli_env
+from helpers import CLI_ARGS, ROOT, assert_same_ticket, cli_env, tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUCKET = "jaxtickets-test"
@@ -197,3 +197,21 @@ def test_gs_workdir_and_data_killed_and_resumed_give_the_local_tickets(gcs, cli_
   for name in (workdir_lib.REPORT, workdir_lib.SUMMARY_CSV, "curves.png", "grid.png"):
     assert storage.isfile(os.path.join(workdir, name)), name
   assert not storage.exists(os.path.join(workdir, "run.lock"))  # released at the end
+
+
+def test_a_gs_vgg_is_read_through_a_local_copy(gcs, tmp_path, monkeypatch):
+  """A ported VGG folder on gs:// loads as the same arrays, and hashes as the same file, as its local original."""
+  from jaxtickets import weights
+  from jaxtickets.models import get_model
+  monkeypatch.setenv("JAXTICKETS_CACHE", str(tmp_path / "cache"))
+  model = get_model("adain")(tiny_config().model)
+  expected = jax.eval_shape(lambda: model.init_vgg(jax.random.PRNGKey(0)))
+  local = weights.resolve_demo_vgg(0.0625)
+  url = f"gs://{BUCKET}/vgg-{time.time_ns()}/{os.path.basename(local)}"
+  storage.write_atomically(url, storage.read_bytes(local))
+  got, want = weights.load_vgg_weights(url, expected), weights.load_vgg_weights(local, expected)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  assert weights.vgg_sha256(url) == weights.file_sha256(local)
+  with pytest.raises(UserError, match="does not exist"):
+    weights.load_vgg_weights(url + ".missing", expected)
