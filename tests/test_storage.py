@@ -215,3 +215,29 @@ def test_a_gs_vgg_is_read_through_a_local_copy(gcs, tmp_path, monkeypatch):
   assert weights.vgg_sha256(url) == weights.file_sha256(local)
   with pytest.raises(UserError, match="does not exist"):
     weights.load_vgg_weights(url + ".missing", expected)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("differ", [False, True])
+def test_two_processes_compare_their_data_listings(tmp_path, differ):
+  """Each process has its own copy of the data (its own folder); a file missing from one copy stops both, naming it."""
+  from PIL import Image
+  folders = []
+  for p in range(2):
+    folder = tmp_path / f"host{p}"
+    names = ["a.png", "b.png", "c.png"] if p == 0 or not differ else ["a.png", "c.png"]
+    for name in names:
+      (folder / "sub").mkdir(parents=True, exist_ok=True)
+      Image.new("RGB", (4, 4)).save(folder / "sub" / name)
+    folders.append(str(folder))
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "_listing_worker.py"), port, str(p), folders[p]],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+           for p in range(2)]
+  outs = [proc.communicate(timeout=300)[0].strip().splitlines()[-1] for proc in procs]
+  if not differ:
+    assert outs == ["agree", "agree"]
+    return
+  assert all(o.startswith("error: The hosts see different files in config.data.content") for o in outs), outs
+  assert "process 0 and process 1 differ from file 1 of the sorted listing" in outs[1]
+  assert f"'{folders[1]}/sub/c.png'" in outs[1] and f"'{folders[0]}/sub/b.png'" in outs[0]
