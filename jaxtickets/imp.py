@@ -124,11 +124,11 @@ def _run_rounds(ctx: pack.RunContext) -> list[dict]:
   for group in schedule.replicate_groups(list(reps), c.layout.runs_per_step):
     _train_protocol(ctx, [reps[i] for i in group])
   # The renderer (and matplotlib with it) loads only here, at the end of a run.
-  from jaxtickets import report  # pylint: disable=g-import-not-at-top
+  from jaxtickets import report_text  # pylint: disable=g-import-not-at-top
   rows, summary = results.write_results(out.workdir, c.config, skips=out.skip_log.summary())
-  out.log(report.format_summary(summary))
+  out.log(report_text.format_summary(summary))
   out.log(skipped_line(out.skip_log.summary()))
-  for line in report.matching_lines(summary, c.config.imp.match_tolerance):
+  for line in report_text.matching_lines(summary, c.config.imp.match_tolerance):
     out.log(line)
   return rows
 

@@ -44,8 +44,8 @@ def main(argv):
     if jax.process_count() > 1:
       imp.log(f"{jax.process_count()} processes, {jax.device_count()} devices: {jax.devices()}")
     imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
-    from jaxtickets import report
-    report.write_report(workdir, config)  # process 0 writes it, reading tickets without the others
+    from jaxtickets import report_run
+    report_run.write_report(workdir, config)  # process 0 writes it, reading tickets without the others
     if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("jaxtickets: report written")

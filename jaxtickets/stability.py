@@ -25,7 +25,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, evaluate, imp, pack, preempt, report, results, workdir as workdir_lib
+from jaxtickets import checkpoint, evaluate, imp, pack, preempt, report_figures, report_run, results, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
 CSV = workdir_lib.STABILITY_CSV
@@ -121,7 +121,7 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
       ctx.output.close()
   if jax.process_index() == 0:
     results.write_stability_csv(os.path.join(workdir, CSV), rows)
-    report.plot_stability(rows, os.path.join(workdir, FIGURE))
+    report_figures.plot_stability(rows, os.path.join(workdir, FIGURE))
   return rows
 
 
@@ -191,7 +191,7 @@ def main(argv):
     from jaxtickets import parallel
     parallel.initialize_distributed()  # a pod's launcher environment (TPU, SLURM, JAX_* variables), if any
     run(FLAGS.workdir, rounds, FLAGS.points, FLAGS.replicate)
-    report.write_report(FLAGS.workdir, grid=False)
+    report_run.write_report(FLAGS.workdir, grid=False)
 
   preempt.run_command(work, "jaxtickets.stability")
   print(f"Wrote {os.path.join(FLAGS.workdir, CSV)} and {FIGURE} beside it; report.md has the section.")

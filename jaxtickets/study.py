@@ -12,7 +12,7 @@ own config (configs/<model>.py:<config.variant>, then config.overrides, fields b
                    (linear mode connectivity) of each round: which rewind point makes tickets, and why
   early_bird       ('early_bird') IMP whose dense round stops once its mask settles, against the reference's
                    IMP at the same sparsity: the quality it costs and the steps it saves
-Then WORKDIR/study.md and WORKDIR/study.png (report.write_study) compare them (finding 4: tickets for every
+Then WORKDIR/study.md and WORKDIR/study.png (report_study.write_study) compare them (finding 4: tickets for every
 model). imp.run skips finished tickets, so running the same command again resumes.
 """
 
@@ -32,7 +32,7 @@ from absl import app, flags
 import jax
 import ml_collections
 
-from jaxtickets import config as config_lib, imp, preempt, report
+from jaxtickets import config as config_lib, imp, preempt, report_run, report_study
 from jaxtickets.errors import UserError
 
 COMPARISONS = ("encoder", "transform", "baselines", "rewind", "early_bird")
@@ -185,10 +185,10 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
 
       stability.run(sub.workdir)
     if reports:
-      report.write_report(sub.workdir, sub.config)
+      report_run.write_report(sub.workdir, sub.config)
   if jax.process_index() != 0:
     return None
-  path = report.write_study(study_config, runs, notes, workdir, reports=reports,
+  path = report_study.write_study(study_config, runs, notes, workdir, reports=reports,
                             overrides=field_items(study_config.overrides))
   imp.log(f"Study report: {path}")
   return path

@@ -581,9 +581,3 @@ def resolve_run_vgg(config, workdir: str, override: str | None = None, allow_mis
                       f"{os.path.join(workdir, VGG_RECORD)}: pass --vgg_weights=PATH of the file it trained with, or "
                       '--allow_vgg_mismatch to go on with these.')
   return path
-
-
-if __name__ == '__main__':  # python -m jaxtickets.weights fetch NAME: see jaxtickets/releases.py
-  import sys  # pylint: disable=import-outside-toplevel
-  from jaxtickets import releases  # pylint: disable=import-outside-toplevel
-  sys.exit(releases.main(sys.argv[1:]))

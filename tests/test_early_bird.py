@@ -106,8 +106,8 @@ def test_a_run_with_early_bird_stops_its_dense_rounds_and_reports_the_steps_it_t
   assert len(birds[0]["history"]) == 1 and birds[0]["history"][0][0] == 2 and 0 <= birds[0]["history"][0][1] < 0.99
   out = capsys.readouterr().out
   assert "[rep 0 imp round 0] early bird: the mask settled" in out and "stops at step 2 of 6" in out
-  from jaxtickets import report
-  report.write_report(str(tmp_path), config, grid=False)
+  from jaxtickets import report_run
+  report_run.write_report(str(tmp_path), config, grid=False)
   text = open(os.path.join(tmp_path, "report.md")).read()
   assert "## Early bird" in text and "| 1 | 2 | 2 | 6 |" in text and "![Early bird" in text
   assert os.path.getsize(os.path.join(tmp_path, "early_bird.png")) > 5_000

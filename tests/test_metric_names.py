@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, report, results, workdir as workdir_lib
+from jaxtickets import checkpoint, report_figures, report_run, results, workdir as workdir_lib
 from jaxtickets.models import adain, get_model, layers, losses, model_names
 from helpers import tiny_config
 
@@ -136,10 +136,10 @@ def test_adaattn_results_and_report_carry_its_own_term_names(tmp_path, monkeypat
                                          "local_ci_low", "local_ci_high"]
   assert checkpoint.load_json(os.path.join(workdir, "summary.json"))["terms"] == list(ADAATTN_TERMS)
   assert summary[1]["global_relative"] > 0 and summary[1]["local_ci_low"] <= summary[1]["local_relative"]
-  text = report.format_markdown(config, rows, summary, workdir, {}, [])
+  text = report_run.format_markdown(config, rows, summary, workdir, {}, [])
   assert "| global / local vs dense |" in text and "content" not in text.split("## Verdicts")[1]
   assert "| global | local | total | relative_to_dense |" in text  # the all-results table
-  report.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=ADAATTN_TERMS)
+  report_figures.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=ADAATTN_TERMS)
   with Image.open(tmp_path / "curves.png") as img:
     assert img.size == (1500, 520)  # three panels: total, global, local
 
@@ -149,7 +149,7 @@ def test_six_terms_give_seven_curve_panels_in_two_rows(tmp_path, monkeypatch):
   workdir = _fake_run(tmp_path, monkeypatch, terms)
   rows, summary = results.write_results(workdir, tiny_config(model__name="mccnet", imp__branches="imp"), skips={})
   assert _header(workdir, "results.csv")[-8:] == [*terms, "total", "relative_to_dense"]
-  report.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=results.run_terms(rows)[0])
+  report_figures.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=results.run_terms(rows)[0])
   with Image.open(tmp_path / "curves.png") as img:
     assert img.size == (2000, 1040)
 

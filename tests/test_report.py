@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, evaluate, imp, inference, report, results, workdir as workdir_lib
+from jaxtickets import checkpoint, evaluate, imp, inference, report_run, report_text, results, workdir as workdir_lib
 from helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def run(tmp_path_factory):
   imp.run(config, workdir)
   for name in ("results.csv", "summary.csv"):
     os.remove(os.path.join(workdir, name))  # the report rebuilds them from the tickets
-  path = report.write_report(workdir)
+  path = report_run.write_report(workdir)
   return workdir, config, path
 
 
@@ -100,7 +100,7 @@ def test_report_md_numbers_match_the_tables(run):
     if cs["verdict"]:
       low, high = (_num(v.strip()) for v in md["95% interval"].strip("[]").split(","))
       assert (low, high) == (pytest.approx(float(cs["ci_low"]), abs=1e-4), pytest.approx(float(cs["ci_high"]), abs=1e-4))
-  line = report.collapsed_line(results.summarize(results.collect_rows(workdir), 0.02))
+  line = report_text.collapsed_line(results.summarize(results.collect_rows(workdir), 0.02))
   assert (line is None) == (not dead) and (line is None or f"- {line}" in text)
   compared = [r for r in summary if r["branch"] == "random_prune" and r.get("vs_imp")]
   against = _md_table(text, "branch | round | sparsity | baseline / IMP - 1 (geometric mean)") if compared else []
@@ -115,17 +115,17 @@ def test_report_md_numbers_match_the_tables(run):
   assert "2 done of 2 configured (seeds 0 + r); each point rests on 2 replicate(s) x 2 held-out pairs" in text
   assert results.match_rule(config.imp.match_tolerance) in text
   rows = results.collect_rows(workdir)
-  for line in report.matching_lines(results.summarize(rows, 0.02), 0.02):
+  for line in report_text.matching_lines(results.summarize(rows, 0.02), 0.02):
     assert line.strip() in text
   assert results.ESTIMATOR in text and "mean relative difference" not in text
   # The replicate planner: the spread measured from the pruned rounds of the 2 replicates, and what it calls for.
-  planner = report.planner_lines(rows, 0.02)
+  planner = report_text.planner_lines(rows, 0.02)
   if not dead:
     assert "pooled over IMP's 2 pruned round(s)" in planner[0] and "2% needs" in planner[1]
   for line in planner:
     assert f"- {line}" in text
   # The learnability check, when the tickets recorded it: the dense round's line and a row per branch and round.
-  learn = report.learnability_lines(results.summarize(rows, 0.02))
+  learn = report_text.learnability_lines(results.summarize(rows, 0.02))
   if "recon_psnr" in rows[0]:
     assert learn and "## Learnability" in text and "| reconstruction PSNR | flat image PSNR |" in text
     assert all(f"- {line}" in text for line in learn)
@@ -160,7 +160,7 @@ def test_cli_rebuilds_the_report_and_states_the_spread(run):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.exists(os.path.join(workdir, "summary.csv"))
-  for line in report.planner_lines(results.collect_rows(workdir), 0.02):
+  for line in report_text.planner_lines(results.collect_rows(workdir), 0.02):
     assert line in r.stdout
 
 

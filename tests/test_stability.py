@@ -60,11 +60,11 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   rows = stability.run(finished, rounds=[0, 1], points=3)
   assert [r["round"] for r in rows] == [0, 1]
   assert os.path.exists(os.path.join(finished, stability.CSV)) and os.path.exists(os.path.join(finished, stability.FIGURE))
-  from jaxtickets import report, results
+  from jaxtickets import report_run, results
   back = results.read_stability_csv(os.path.join(finished, stability.CSV))
   assert [r["barrier"] for r in back] == pytest.approx([r["barrier"] for r in rows], rel=1e-5)
   assert [r["barrier_linear"] for r in back] == pytest.approx([r["barrier_linear"] for r in rows], rel=1e-5, abs=1e-9)
-  report.write_report(finished, grid=False)
+  report_run.write_report(finished, grid=False)
   text = open(os.path.join(finished, "report.md")).read()
   assert "## Stability (linear mode connectivity)" in text and "![stability](stability.png)" in text
   assert f"| 1 | 0 | {rows[1]['sparsity']:.4f} | 0 |" in text

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxtickets import evaluate, report, results, stats
+from jaxtickets import evaluate, report_text, results, stats
 from jaxtickets.errors import UserError
 
 TOLERANCE = 0.02
@@ -113,7 +113,7 @@ def test_highest_matching_headline_stops_at_a_gap():
   assert [r["verdict"] for r in summary[1:]] == [stats.MATCHES, stats.DOES_NOT_MATCH, stats.MATCHES]
   headline, sparsest = results.highest_matching(summary)["imp"]
   assert headline["round"] == 1 and sparsest["round"] == 3
-  lines = report.matching_lines(summary, TOLERANCE)
+  lines = report_text.matching_lines(summary, TOLERANCE)
   assert lines[0].startswith("Highest matching sparsity (imp): 0.2000") and "round 1" in lines[0]
   assert "Exploratory" in lines[1] and "round 3" in lines[1]
   assert "4 image combinations" in lines[0]
@@ -131,7 +131,7 @@ def test_crops_are_averaged_only_when_named():
 
 def test_the_estimator_is_named_in_the_words():
   summary = results.summarize(_run({1: _same(1.0)}), TOLERANCE)
-  text = report.format_summary(summary)
+  text = report_text.format_summary(summary)
   assert "geometric mean ratio of held-out total loss (ticket / its own replicate's dense network) - 1" in text
   assert "geometric mean ratio of held-out total loss" in results.match_rule(TOLERANCE)
   assert "mean relative difference" not in text + results.match_rule(TOLERANCE)
@@ -143,21 +143,21 @@ def test_learnability_columns_and_warning():
 
   learned = results.summarize(with_psnr(_run({1: _same(1.0)}), 24.0, 14.0), TOLERANCE)
   assert (learned[0]["recon_psnr"], learned[0]["flat_psnr"], learned[1]["recon_psnr"]) == (24.0, 14.0, 25.0)
-  (line,) = report.learnability_lines(learned)
+  (line,) = report_text.learnability_lines(learned)
   assert "reconstruction PSNR 24.00 dB against 14.00 dB for a flat mean-colour image" in line
-  assert "WARNING" not in report.format_summary(learned)
+  assert "WARNING" not in report_text.format_summary(learned)
   flat = results.summarize(with_psnr(_run({1: _same(1.0)}), 15.0, 14.0), TOLERANCE)
   warning = ("the dense network has not learned to reconstruct its content in every replicate (less than 3 dB above "
              "a flat image): verdicts about its tickets say little about style transfer")
-  assert warning in report.learnability_lines(flat)[1] and warning in report.format_summary(flat)
+  assert warning in report_text.learnability_lines(flat)[1] and warning in report_text.format_summary(flat)
   # The worst replicate decides: a mean 4 dB above flat with one replicate 2 dB above still warns.
   uneven = [dict(r, recon_psnr=(16.0 if r["replicate"] == 0 else 19.0), flat_psnr=14.0)
             for r in _run({1: _same(1.0)})]
   check = results.dense_learnability(results.summarize(uneven, TOLERANCE))
   assert check["recon_psnr"] == pytest.approx(18.0) and check["worst_margin"] == pytest.approx(2.0)
   assert not check["learned"]
-  assert "the lowest +2.00 dB from its flat image" in report.learnability_lines(results.summarize(uneven, TOLERANCE))[0]
-  assert report.learnability_lines(results.summarize(_run({1: _same(1.0)}), TOLERANCE)) == []  # not recorded
+  assert "the lowest +2.00 dB from its flat image" in report_text.learnability_lines(results.summarize(uneven, TOLERANCE))[0]
+  assert report_text.learnability_lines(results.summarize(_run({1: _same(1.0)}), TOLERANCE)) == []  # not recorded
   assert results.result_fields(("content", "style"), (), learnability=True)[-6:] == (
       "recon_psnr", "flat_psnr", "content", "style", "total", "relative_to_dense")
 
@@ -170,7 +170,7 @@ def test_replicate_spread_from_pruned_rounds():
   spread = results.replicate_spread(rows)
   assert spread["source"] == "pruned" and spread["rounds"] == 2 and spread["df"] == 4
   assert spread["sd"] == pytest.approx(s, rel=1e-9)
-  lines = report.planner_lines(rows, TOLERANCE)
+  lines = report_text.planner_lines(rows, TOLERANCE)
   n2, n10 = stats.replicates_needed(s, 0.02), stats.replicates_needed(s, 0.10)
   assert "SD of the mean log loss ratio (ticket / dense) is 0.0300" in lines[0] and "IMP's 2 pruned" in lines[0]
   assert f"2% needs {n2}, 10% needs {n10} replicates" in lines[1]
@@ -182,11 +182,11 @@ def test_replicate_spread_of_a_dense_only_pilot():
   spread = results.replicate_spread(rows)
   logs = [math.log(DENSE_SCALE[rep] * PAIR_LOSS.mean()) for rep in (0, 1, 2)]
   assert spread["source"] == "dense" and spread["sd"] == pytest.approx(math.sqrt(2) * np.std(logs, ddof=1))
-  assert "dense-only pilot" in report.planner_lines(rows, TOLERANCE)[0]
+  assert "dense-only pilot" in report_text.planner_lines(rows, TOLERANCE)[0]
   assert results.replicate_spread(_run({1: _same(1.0)}, replicates=(0,))) is None
-  assert "unmeasured" in report.planner_lines(_run({}, replicates=(0,)), TOLERANCE)[0]
+  assert "unmeasured" in report_text.planner_lines(_run({}, replicates=(0,)), TOLERANCE)[0]
   # A tolerance other than 2% and 10% is answered too.
-  assert "5% needs" in report.planner_lines(rows, 0.05)[1]
+  assert "5% needs" in report_text.planner_lines(rows, 0.05)[1]
 
 
 def test_early_bird_against_full_imp():
@@ -240,10 +240,10 @@ def test_a_collapsed_dense_round_drops_its_replicate_from_every_comparison():
     assert pruned[key] == _by(alone, "imp", 1)[key]
   kept = results.summarize(_dead(rows), TOLERANCE)  # had it been averaged in
   assert _by(kept, "imp", 1)["relative_to_dense"] < 0.15 and _by(kept, "imp", 1)["verdict"] != stats.DOES_NOT_MATCH
-  assert report.collapsed_line(summary) == ("Collapsed (excluded from the intervals): dense replicate 0 "
+  assert report_text.collapsed_line(summary) == ("Collapsed (excluded from the intervals): dense replicate 0 "
                                             "(reconstruction below a flat image: all its comparisons dropped)")
-  text = report.format_summary(summary)
-  assert report.collapsed_line(summary) in text
+  text = report_text.format_summary(summary)
+  assert report_text.collapsed_line(summary) in text
   assert results.replicate_spread(rows) == results.replicate_spread([r for r in rows if r["replicate"] != 0])
 
 
@@ -260,7 +260,7 @@ def test_tickets_never_match_because_their_dense_networks_died():
   assert math.isfinite(row["total"])  # what the collapsed runs scored, still shown beside replicates = 0
   assert (row["replicates"], row["collapsed"], row["dense_collapsed"]) == (0, 0, 3)
   assert results.highest_matching(summary)["imp"] == (None, None)
-  assert report.learnability_lines(summary) == [
+  assert report_text.learnability_lines(summary) == [
       "Dense round: every dense network collapsed (replicate 0 (constant output); replicate 1 (NaN loss); replicate 2 "
       "(reconstruction below a flat image)): there is nothing to compare the tickets with."]
   assert results.replicate_spread(rows) is None
@@ -282,10 +282,10 @@ def test_a_cell_with_a_collapsed_ticket_never_matches():
   assert (row["replicates"], row["collapsed"], row["dense_collapsed"]) == (3, 1, 0)
   assert row["ci_high"] < TOLERANCE and row["verdict"] == stats.INCONCLUSIVE
   assert row["note"] == "1 of 4 tickets collapsed" and math.isfinite(row["total"])
-  assert report.verdict_text(row) == "inconclusive (1 of 4 tickets collapsed)"
+  assert report_text.verdict_text(row) == "inconclusive (1 of 4 tickets collapsed)"
   worse = _by(summary, "imp", 2)  # a collapse does not hide a failure
   assert worse["verdict"] == stats.DOES_NOT_MATCH and worse["collapsed"] == 1
-  text = report.format_summary(summary)
+  text = report_text.format_summary(summary)
   assert "inconclusive (1 of 4 tickets collapsed)" in text
   assert ("Collapsed (excluded from the intervals): imp round 1 replicate 3 (NaN loss); imp round 2 replicate 3 "
           "(constant output)") in text
@@ -318,9 +318,9 @@ def test_dense_learnability_leaves_out_and_names_the_collapsed():
   check = results.dense_learnability(summary)
   assert (check["recon_psnr"], check["replicates"], check["learned"]) == (24.0, 2, True)
   assert check["collapsed"] == [dict(replicate=0, reason=evaluate.BELOW_FLAT)]
-  (line,) = report.learnability_lines(summary)
+  (line,) = report_text.learnability_lines(summary)
   assert line.endswith("mean over 2 replicate(s), the lowest +10.00 dB from its flat image; left out, collapsed: "
                        "replicate 0 "
                        "(reconstruction below a flat image)).")
   every = results.summarize(_dead(rows, **{f"imp_0_{k}": evaluate.BELOW_FLAT for k in (0, 1, 2)}), TOLERANCE)
-  assert report.learnability_lines(every)[0].startswith("Dense round: every dense network collapsed (replicate 0 ")
+  assert report_text.learnability_lines(every)[0].startswith("Dense round: every dense network collapsed (replicate 0 ")

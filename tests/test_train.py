@@ -33,6 +33,13 @@ def test_learning_rate_schedule():
     assert train.learning_rate(c, i) == pytest.approx(c.lr / (1 + c.lr_decay * i))
 
 
+def test_every_schedule_the_config_accepts_is_built_and_only_those():
+  from jaxtickets import config as config_lib
+  assert config_lib.SCHEDULES == train.SCHEDULES
+  for name in train.SCHEDULES:  # each builds a learning rate at a step
+    assert train.learning_rate(tiny_config(train__schedule=name, train__steps=10).train, 3) > 0
+
+
 def test_epoch_step_schedule_is_adaattns():
   c = tiny_config(train__schedule="epoch_step", train__lr=2e-4, train__epoch_steps=100,
                   train__lr_constant_epochs=2, train__lr_epoch_factor=0.3).train

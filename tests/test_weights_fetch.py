@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from jaxtickets import models, port, releases, weights
+from jaxtickets import fetch as fetch_cli, models, port, releases, weights
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
 
@@ -96,7 +96,7 @@ def table(upstream, tmp_path, monkeypatch):
 
 
 def fetch(*args, out=None):
-  return releases.main(['fetch', *args] + ([f'--out={out}'] if out else []))
+  return fetch_cli.main(['fetch', *args] + ([f'--out={out}'] if out else []))
 
 
 def sources(path) -> dict:
