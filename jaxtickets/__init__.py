@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 def load_ticket(path):
   """Loads a saved ticket (masks, rewind weights, trained weights, metrics, sparsity) from `path`."""
-  from jaxtickets import checkpoint  # Orbax is slow to import; only pay for it when used.
+  from jaxtickets.store import checkpoint  # Orbax is slow to import; only pay for it when used.
   return checkpoint.load_ticket(path)
 
 

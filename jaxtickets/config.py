@@ -359,10 +359,15 @@ def _problems(config, model_names: Sequence[str], divisor: int | None, device_co
   return p
 
 
+def runs_axis_sizes(devices: int, batch_size: int, runs_per_step: int | None = None) -> list[int]:
+  """The sizes of the 'runs' axis that divide the devices (and `runs_per_step` when given) and leave each run's
+  batch splitting evenly over the remaining 'data' devices, smallest first."""
+  return [a for a in range(1, devices + 1) if devices % a == 0 and batch_size % (devices // a) == 0
+          and (runs_per_step is None or runs_per_step % a == 0)]
+
+
 def _batch_problems(batch_size, runs_per_step: int, device_count: int | None) -> list[str]:
   """Each run's batch must split evenly over the devices that share it (every device, without packing)."""
-  from jaxtickets import parallel  # pylint: disable=g-import-not-at-top
-
   if not (_is_int(batch_size) and batch_size > 0):
     return []
   if device_count is None:
@@ -372,7 +377,7 @@ def _batch_problems(batch_size, runs_per_step: int, device_count: int | None) ->
   if runs_per_step == 1 and batch_size % n:
     return [f"config.train.batch_size = {batch_size} does not split over the {n} devices: use a multiple of {n}, "
             "or pack runs side by side (config.parallel.runs_per_step = 0)."]
-  if runs_per_step > 1 and not parallel.runs_axis_sizes(n, batch_size, runs_per_step):
+  if runs_per_step > 1 and not runs_axis_sizes(n, batch_size, runs_per_step):
     return [f"config.parallel.runs_per_step = {runs_per_step} does not fit {n} devices at batch "
             f"{batch_size}: no number of runs side by side divides both {runs_per_step} and {n} and leaves "
             f"each run's batch splitting over the rest; use 0 (auto) or a multiple of {n}."]

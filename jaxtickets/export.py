@@ -9,23 +9,23 @@ and JSON metadata (model name, model config, each leaf's shape, dtype and storag
 array '__metadata__', in .safetensors the header's metadata entry 'jaxtickets'. Loading puts each kept value
 back at its mask position and zeros elsewhere, so the params are rebuilt bit for bit.
 
---format=torch --out=FOLDER writes the upstream repositories' own .pth files instead (jaxtickets/export_torch.py).
+--format=torch --out=FOLDER writes the upstream repositories' own .pth files instead (jaxtickets/tickets/export_torch.py).
 """
 
 import os
-import sys
 
 from absl import app, flags
 
+from jaxtickets import errors
 from jaxtickets.errors import UserError
 
-from jaxtickets.export_format import (EXTENSIONS, FORMAT, VERSION, Exported, _check_out, encode,  # noqa: F401
+from jaxtickets.tickets.export_format import (EXTENSIONS, FORMAT, VERSION, Exported, _check_out, encode,  # noqa: F401
                                      load_export, safetensors_numpy, write)
 
 
 def export_ticket(ticket_dir: str, out: str, which: str = "trained", **stylizer_kwargs) -> dict:
   """Writes the ticket's (masked) weights to `out`; returns the byte counts for `format_sizes`."""
-  from jaxtickets import inference
+  from jaxtickets.tickets import inference
 
   _check_out(out)
   st = inference.Stylizer.from_ticket(ticket_dir, which, **stylizer_kwargs)  # vgg_weights, allow_vgg_mismatch
@@ -75,33 +75,31 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS.ticket or not FLAGS.out:
-    sys.exit("error: pass --ticket=WORKDIR/tickets/imp/rep_0/round_NN and --out=FILE.npz (or .safetensors).")
-  if FLAGS.format == "torch":
-    _main_torch()
+  def work():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
+    if not FLAGS.ticket or not FLAGS.out:
+      raise UserError("Pass --ticket=WORKDIR/tickets/imp/rep_0/round_NN and --out=FILE.npz (or .safetensors, or a "
+                      "folder with --format=torch).")
+    if FLAGS.format == "torch":
+      return _main_torch()
+    return export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which, vgg_weights=FLAGS.vgg_weights,
+                         allow_vgg_mismatch=FLAGS.allow_vgg_mismatch)
+
+  sizes = errors.run_command(work, "jaxtickets.export")
+  if sizes is None:
     return
-  try:
-    sizes = export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which, vgg_weights=FLAGS.vgg_weights,
-                          allow_vgg_mismatch=FLAGS.allow_vgg_mismatch)
-  except UserError as e:
-    sys.exit(f"error: {e}")
   print(format_sizes(sizes, FLAGS.out))
   print(f"Wrote {FLAGS.out}; load it with jaxtickets.export.load_export or stylize with "
         f"python -m jaxtickets.stylize --weights={FLAGS.out}.")
 
 
 def _main_torch() -> None:
-  """--format=torch: the upstream .pth files into the folder --out (see jaxtickets/export_torch.py)."""
-  from jaxtickets import export_torch
+  """--format=torch: the upstream .pth files into the folder --out (see jaxtickets/tickets/export_torch.py)."""
+  from jaxtickets.tickets import export_torch
 
-  try:
-    files, notes = export_torch.export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which, vgg_weights=FLAGS.vgg_weights,
-                                              allow_vgg_mismatch=FLAGS.allow_vgg_mismatch)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  files, notes = export_torch.export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which, vgg_weights=FLAGS.vgg_weights,
+                                            allow_vgg_mismatch=FLAGS.allow_vgg_mismatch)
   print(export_torch.summary(files, FLAGS.out))
   for note in notes:
     print(f"note: {note}")

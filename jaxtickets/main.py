@@ -6,7 +6,6 @@ does the same and exits with status 130.
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,33 +23,37 @@ config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ada
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # JAX's probing for absent TPU/GPU backends is INFO noise; -v 0 shows it
   import jax
 
-  from jaxtickets import imp, preempt
+  from jaxtickets import errors
+  from jaxtickets.errors import UserError
+  from jaxtickets.run import imp
 
   config = FLAGS.config
-  if config is None:
-    sys.exit("Pass a config: python -m jaxtickets.main --config=configs/adain.py:demo")
-  workdir = FLAGS.workdir or os.path.join("runs", config.model.name)
+  workdir = FLAGS.workdir or (os.path.join("runs", config.model.name) if config is not None else "")
+
   def work():
-    from jaxtickets import parallel, storage
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
+    if config is None:
+      raise UserError("Pass a config: python -m jaxtickets.main --config=configs/adain.py:demo")
+    from jaxtickets.core import parallel
+    from jaxtickets import storage
     storage.check_reachable(workdir, "--workdir")  # gs:// needs gcsfs: say so before anything starts
     # Before anything touches the devices: every host of a pod joins one run.
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_count() > 1:
       imp.log(f"{jax.process_count()} processes, {jax.device_count()} devices: {jax.devices()}")
     imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
-    from jaxtickets import report_run
+    from jaxtickets.reports import run_report as report_run
     report_run.write_report(workdir, config)  # process 0 writes it, reading tickets without the others
     if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("jaxtickets: report written")
 
-  preempt.run_command(work, "jaxtickets.main")
+  errors.run_command(work, "jaxtickets.main")
   print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/rep_<r>/round_NN.")
 
 

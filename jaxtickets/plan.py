@@ -10,10 +10,12 @@ needs libtpu (pip install -e '.[tpu]'). A step's time is not known until it runs
 
 import dataclasses
 import math
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxtickets import errors
+from jaxtickets.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("topology", None, "A TPU topology as JAX names them: v4, v5e, v5p or v6e and a slice shape, e.g. "
@@ -27,78 +29,13 @@ config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ada
 
 
 @dataclasses.dataclass(frozen=True)
-class Phase:
-  """A part of the protocol the schedule trains as one queue of packs."""
-  name: str
-  trainings: int  # the runs it trains
-  packs: int  # packed steps' worth of sequences: each pack trains side by side for `steps` steps
-  steps: int  # per pack
-  runs_per_step: int
-
-  @property
-  def slots(self) -> int:
-    return self.packs * self.runs_per_step
-
-  @property
-  def utilisation(self) -> float:
-    """Busy slots over slots: a padded slot computes a copy of a run that never moves."""
-    return self.trainings / self.slots if self.slots else 0.0
-
-
-def schedule(config, runs_per_step: int, replicates: int | None = None) -> list[Phase]:
-  """The protocol's phases as imp trains them (schedule.packs' order, no early stops): the dense round; IMP's rounds
-  with the baselines that are ready beside them; the baselines left when IMP has finished. Packs with the dense round
-  train config.train.steps steps, the others from the rewind step on."""
-  from jaxtickets import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
-
-  i, steps = config.imp, config.train.steps
-  packs = _packs(config, runs_per_step, replicates)
-  kinds = [0 if any(k.round == 0 for k in p) else 1 if any(k.branch == schedule_lib.IMP for k in p) else 2
-           for p in packs]
-  beside = sum(k.branch != schedule_lib.IMP for p, kind in zip(packs, kinds) if kind == 1 for k in p)
-  named = {0: "dense round 0", 1: f"IMP rounds 1-{i.rounds}" + (f" + {beside} baselines beside" if beside else ""),
-           2: f"baselines after IMP ({', '.join(_branches(config)[1:])})"}
-  return [Phase(named[kind], trainings=sum(len(p) for p, k in zip(packs, kinds) if k == kind),
-                packs=kinds.count(kind), steps=steps if kind == 0 else steps - i.rewind_step,
-                runs_per_step=runs_per_step)
-          for kind in (0, 1, 2) if kind in kinds]
-
-
-def most_ready(config, runs_per_step: int) -> int:
-  """The most trainings any pack of the protocol has ready: slots beyond it only ever compute padding."""
-  return max(len(p) for p in _packs(config, runs_per_step))
-
-
-def _packs(config, runs_per_step: int, replicates: int | None = None) -> list:
-  """schedule.packs of the config's protocol (with `replicates` instead of the config's, if given)."""
-  from jaxtickets import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
-  i = config.imp
-  return schedule_lib.packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
-
-
-def free_replicates(config, runs_per_step: int) -> int:
-  """The most replicates that train in as many packed steps as config.imp.replicates do (at least that many): idle
-  slots of a big slice hold more replicates for no more time."""
-  packed = lambda reps: sum(p.packs * p.steps for p in schedule(config, runs_per_step, reps))
-  base, reps = packed(config.imp.replicates), config.imp.replicates
-  while reps < runs_per_step and packed(reps + 1) <= base:
-    reps += 1
-  return reps
-
-
-def _branches(config) -> list[str]:
-  from jaxtickets import config as config_lib
-  return config_lib.branches(config)
-
-
-@dataclasses.dataclass(frozen=True)
 class Plan:
   config: object
   target: object  # aot.Target
   layout: object  # pack.Layout
   mesh_shape: tuple[int, int]  # (runs, data)
   compiled: object  # aot.Compiled: the chosen layout's step
-  phases: list[Phase]
+  phases: list  # schedule.Phase
   most_ready: int  # the most trainings any pack has ready
   free_replicates: int  # replicates that fit the same packed steps
   peak_flops: float | None  # per device
@@ -114,30 +51,27 @@ class Plan:
     return self.packed_steps * self.compiled.flops / (self.peak_flops * utilisation) / 3600
 
 
-def choose_layout(config, target, compile_layout):
-  """The layout a run on `target` trains with: pack.choose_layout's, sized by compiled memory on accelerators."""
-  from jaxtickets import pack
-  return pack.choose_layout(config, concurrent=config.imp.replicates, platform=target.platform,
-                            devices=target.devices, compile_layout=compile_layout, memory_bytes=target.memory_bytes)
-
-
 def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   """Builds and compiles the step a run of `config` on `target` (an aot.Target) trains with."""
-  from jaxtickets import aot, config as config_lib, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import aot, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import pack, schedule as schedule_lib  # pylint: disable=g-import-not-at-top
+  from jaxtickets import config as config_lib
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config, devices=target.devices, data=False)
   model = get_model(config.model.name)(config_lib.model_config(config))
   tx = train.make_optimizer(config.train.adam_eps)
   compile_layout = aot.step_compiler(model, config, tx, target.devices, target.platform)
-  layout = choose_layout(config, target, compile_layout)
+  layout = pack.choose_layout(config, concurrent=config.imp.replicates, platform=target.platform,
+                              devices=target.devices, compile_layout=compile_layout,
+                              memory_bytes=target.memory_bytes)
   compiled = compile_layout(layout.runs_axis, layout.runs_per_device)
   mesh = parallel.make_mesh(layout.runs_axis, devices=target.devices)
   return Plan(config=config, target=target, layout=layout,
               mesh_shape=(mesh.shape[parallel.RUNS_AXIS], mesh.shape[parallel.DATA_AXIS]), compiled=compiled,
-              phases=schedule(config, layout.runs_per_step),
-              most_ready=most_ready(config, layout.runs_per_step),
-              free_replicates=free_replicates(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
+              phases=schedule_lib.phases(config, layout.runs_per_step),
+              most_ready=schedule_lib.most_ready(config, layout.runs_per_step),
+              free_replicates=schedule_lib.free_replicates(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
 
 
 def _gib(n: float) -> str:
@@ -197,7 +131,7 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
   lines.append(f"  collectives in the program: {found}")
   i = c.imp
   lines += ["", f"Protocol: the dense round and {i.rounds} pruned rounds of {c.train.steps:,} steps (rewinding to step "
-            f"{i.rewind_step}), {i.replicates} replicates, branches {', '.join(_branches(c))}; as the schedule packs "
+            f"{i.rewind_step}), {i.replicates} replicates, branches {', '.join(config_lib.branches(c))}; as the schedule packs "
             "them:"]
   lines.append(f"  {'phase':<40} {'trainings':>9} {'packs':>6} {'steps/pack':>11} {'busy slots / slots':>20}")
   for p in plan.phases:
@@ -227,26 +161,20 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from jaxtickets import aot  # pylint: disable=g-import-not-at-top
-  from jaxtickets.errors import UserError  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import aot  # pylint: disable=g-import-not-at-top
 
-  config = FLAGS.config
-  if config is None:
-    print("error: pass a config: python -m jaxtickets.plan --config=configs/adain.py --topology=v5e:4x4",
-          file=sys.stderr)
-    sys.exit(2)
-  if not 0 < FLAGS.utilization <= 1:
-    print(f"error: --utilization={FLAGS.utilization} is not a share of the peak: use a number in (0, 1].",
-          file=sys.stderr)
-    sys.exit(2)
-  if FLAGS.peak_tflops is not None and FLAGS.peak_tflops <= 0:
-    print(f"error: --peak_tflops={FLAGS.peak_tflops} is not allowed: use a positive number.", file=sys.stderr)
-    sys.exit(2)
-  try:
+  def work():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
+    config = FLAGS.config
+    if config is None:
+      raise UserError("Pass a config: python -m jaxtickets.plan --config=configs/adain.py --topology=v5e:4x4")
+    if not 0 < FLAGS.utilization <= 1:
+      raise UserError(f"--utilization={FLAGS.utilization} is not a share of the peak: use a number in (0, 1].")
+    if FLAGS.peak_tflops is not None and FLAGS.peak_tflops <= 0:
+      raise UserError(f"--peak_tflops={FLAGS.peak_tflops} is not allowed: use a positive number.")
     if FLAGS.topology:
       import jax  # pylint: disable=g-import-not-at-top
       # A plan for a topology compiles only: it must not take this machine's own accelerator from a run using it.
@@ -254,10 +182,9 @@ def main(argv):
       target = aot.topology(FLAGS.topology, FLAGS.num_slices)
     else:
       target = aot.local_target()
-    plan = make_plan(config, target, FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return make_plan(config, target, FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None)
+
+  plan = errors.run_command(work, "jaxtickets.plan")
   print(format_plan(plan, FLAGS.utilization))
 
 

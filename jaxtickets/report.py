@@ -15,14 +15,15 @@ results.py and stats.py compute; report_text.py words the verdicts, report_figur
 report.md, report_study.py the study's study.md. This module is the command line.
 """
 
-import sys
 
 from absl import app, flags
 
-from jaxtickets import results, workdir as workdir_lib
+from jaxtickets.results import tables as results
+from jaxtickets.store import workdir as workdir_lib
+from jaxtickets import errors
 from jaxtickets.errors import UserError
-from jaxtickets.report_text import learnability_lines, planner_lines
-from jaxtickets.report_run import write_report
+from jaxtickets.results.text import learnability_lines, planner_lines
+from jaxtickets.reports.run_report import write_report
 
 
 FLAGS = flags.FLAGS
@@ -35,14 +36,14 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS.workdir:
-    sys.exit("error: pass --workdir=DIR, the workdir of a run (e.g. runs/adain).")
-  try:
-    path = write_report(FLAGS.workdir, grid=FLAGS.grid)
-  except UserError as e:
-    sys.exit(f"error: {e}")
+  def work():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
+    if not FLAGS.workdir:
+      raise UserError("Pass --workdir=DIR, the workdir of a run (e.g. runs/adain).")
+    return write_report(FLAGS.workdir, grid=FLAGS.grid)
+
+  path = errors.run_command(work, "jaxtickets.report")
   if path:
     print(f"Wrote {path} with its figures (PNG) beside it.")
     config = workdir_lib.load_run_config(FLAGS.workdir)

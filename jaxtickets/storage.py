@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import socket
+import tempfile
 import uuid
 
 from etils import epath
@@ -161,31 +162,44 @@ def open_binary(path):
   return open(path, "rb") if not is_url(path) else epath_of(path).open("rb")
 
 
-def write_atomically(path, data: bytes | str) -> None:
-  """Writes the whole of `data` to `path` so that a reader never sees half a file (see the module docstring)."""
+def write_atomically(path, data) -> None:
+  """Writes `path` so that a reader never sees half a file (see the module docstring). `data` is bytes, text, or a
+  writer: a function that writes the whole file at the temporary path it is given (np/torch/safetensors savers),
+  for files that are made by a library rather than held as bytes."""
+  if callable(data):
+    if is_url(path):  # made on local disk, then uploaded whole
+      with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, os.path.basename(os.fspath(path)))
+        data(local)
+        epath_of(path).write_bytes(read_bytes(local))
+      return
+    tmp = _temporary_name(path)
+    try:
+      data(tmp)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    return
   payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
   if is_url(path):
     epath_of(path).write_bytes(payload)
     return
-  tmp = _temporary_beside(path, payload)
-  try:
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  write_atomically(path, lambda tmp: _write_new(tmp, payload))
 
 
-def _temporary_beside(path, payload: bytes) -> str:
-  """A full temporary file in `path`'s folder (so a rename or link to `path` stays on one filesystem), named for
-  `path` and unique to its writer (host, process and a random tag: no other thread, process or host shares it;
-  not tempfile.mkstemp, whose files are private to their owner where the final file keeps the usual permissions)."""
+def _temporary_name(path) -> str:
+  """A temporary sibling of `path` (so a rename or link to `path` stays on one filesystem), named for `path` and
+  unique to its writer: host, process and a random tag, so no other thread, process or host shares it."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{tag}")
-  with open(tmp, "xb") as f:
+  return os.path.join(folder, f".{os.path.basename(path)}.tmp-{tag}")
+
+
+def _write_new(path, payload: bytes) -> None:
+  with open(path, "xb") as f:  # not tempfile.mkstemp: its files are private to their owner
     f.write(payload)
-  return tmp
 
 
 def save_figure(fig, path, **savefig_kwargs) -> None:
@@ -214,7 +228,8 @@ def create_exclusive(path, data: bytes | str) -> bool:
     except (ValueError, NotImplementedError) as e:
       raise UserError(f"'{path}' cannot be created exclusively on {scheme(path)}:// ({e}), which the workdir "
                       "lock needs: use a local or gs:// workdir.") from None
-  tmp = _temporary_beside(path, payload)
+  tmp = _temporary_name(path)
+  _write_new(tmp, payload)
   try:
     os.link(tmp, path)
     return True

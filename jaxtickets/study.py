@@ -26,13 +26,15 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 
 from absl import app, flags
 import jax
 import ml_collections
 
-from jaxtickets import config as config_lib, imp, preempt, report_run, report_study
+from jaxtickets import config as config_lib
+from jaxtickets.run import imp
+from jaxtickets.reports import run_report as report_run, study_report as report_study
+from jaxtickets import errors
 from jaxtickets.errors import UserError
 
 COMPARISONS = ("encoder", "transform", "baselines", "rewind", "early_bird")
@@ -181,7 +183,7 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
       share_imp(same, sub)
     imp.run(sub.config, sub.workdir)
     if sub.name.startswith("rewind_"):
-      from jaxtickets import stability
+      from jaxtickets.run import stability  # pylint: disable=g-import-not-at-top
 
       stability.run(sub.workdir)
     if reports:
@@ -204,7 +206,7 @@ def same_imp(a: SubRun, b: SubRun) -> bool:
 def share_imp(source: SubRun, sub: SubRun) -> None:
   """Links source's saved IMP tickets and rewind points into sub's workdir (a copy where links cannot be made), so
   sub's run loads them instead of training the same runs again. Tickets are never rewritten, so links are safe."""
-  from jaxtickets import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxtickets.store import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   if not sub.config.resume:
     return  # the run moves whatever is there aside
@@ -242,13 +244,16 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  config = FLAGS.config
-  if config is None:
-    sys.exit("error: pass a study config: python -m jaxtickets.study --config=configs/study_adain.py:demo")
+  def work():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
+    config = FLAGS.config
+    if config is None:
+      raise UserError("Pass a study config: python -m jaxtickets.study --config=configs/study_adain.py:demo")
+    return run(config, FLAGS.workdir or config.workdir)
+
   # A preempted sub-run's checkpoint is saved; the same command resumes the whole study.
-  path = preempt.run_command(lambda: run(config, FLAGS.workdir or config.workdir), "jaxtickets.study")
+  path = errors.run_command(work, "jaxtickets.study")
   if path:
     print(f"The study's report is {path}.")
 

@@ -13,12 +13,11 @@ an --out folder gets one '{content}_stylized_{style}.{ext}' per pair (a mix of -
 shorter side is --content_size / --style_size (each --size unless given; 0 keeps them as they are), and --crop
 then takes the centered square of that side. Any size works (the model pads to its divisor and crops back). An
 --out ending in .npy holds the float32 HxWx3 output before clamping. Several styles are mixed at the image level
-(see jaxtickets/inference.py).
+(see jaxtickets/tickets/inference.py).
 """
 
 import functools
 import os
-import sys
 
 from absl import app, flags
 import numpy as np
@@ -26,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from jaxtickets import data
+from jaxtickets import errors
 from jaxtickets.errors import UserError
 
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -149,7 +149,7 @@ def run(stylizer, content: str, styles: list[str] | None, out: str, *, style_dir
   if style_dir and style_weights:
     raise UserError("--style_weights mixes the images of --style; with --style_dir each style makes its own pair: "
                     "drop --style_weights.")
-  from jaxtickets import inference
+  from jaxtickets.tickets import inference
 
   inference.mix_weights(style_weights, len(sets[0]))  # fail before any work
   jobs = plan(content, out, ext, sets)
@@ -211,11 +211,11 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  from jaxtickets import inference
+  from jaxtickets.tickets import inference
 
-  try:
+  def work():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     if bool(FLAGS.ticket) == bool(FLAGS.weights):
       raise UserError("Pass exactly one of --ticket=WORKDIR/tickets/<branch>/rep_<r>/round_NN and --weights=DIR|FILE.")
     if FLAGS.content and FLAGS.content_dir:
@@ -240,9 +240,9 @@ def main(argv):
                   style_weights=parse_weights(FLAGS.style_weights), alpha=FLAGS.alpha, size=FLAGS.size,
                   content_size=FLAGS.content_size, style_size=FLAGS.style_size, crop=FLAGS.crop,
                   preserve_color=FLAGS.preserve_color, ext="." + FLAGS.ext)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return written
+
+  written = errors.run_command(work, "jaxtickets.stylize")
   print(f"Wrote {written[0]}" if len(written) == 1 else f"Wrote {len(written)} images to {FLAGS.out}")
 
 

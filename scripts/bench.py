@@ -28,7 +28,9 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from jaxtickets import config as config_lib, data, pack, parallel, sparsity, tcmalloc, train  # pylint: disable=wrong-import-position
+from jaxtickets import config as config_lib, data, tcmalloc  # pylint: disable=wrong-import-position
+from jaxtickets.run import pack
+from jaxtickets.core import parallel, sparsity, train
 from jaxtickets.models import get_model, layers, model_names  # pylint: disable=wrong-import-position
 from jaxtickets.models.vgg import channels  # pylint: disable=wrong-import-position
 

@@ -8,7 +8,7 @@ A random VGG is no loss network: a decoder trained against it does not even repr
 one instead (`--config.model.vgg_weights=demo`). It is trained on every photograph and texture the install ships
 (scikit-image's and matplotlib's sample images) except the demo's held-out evaluation images, which stay unseen,
 with random scales, crops, flips and colour jitter. Seeded: the same command on the same versions gives the same
-file. After changing it, put the printed SHA-256 into jaxtickets/weights.py's DEMO_VGG.
+file. After changing it, put the printed SHA-256 into jaxtickets/weights/files.py's DEMO_VGG.
 """
 
 import argparse
@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtickets import data as data_lib, evaluate, weights
+from jaxtickets import data as data_lib, storage
+from jaxtickets.core import evaluate
+from jaxtickets.weights import files as weights
 from jaxtickets.models import decoder as decoder_lib, layers, vgg as vgg_lib
 
 # The demo's held-out images (and the right view of the held-out motorcycle) are never trained on.
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
   out = args.out or weights.demo_vgg_path(args.width)
   params, measured = train(args.width, args.steps, args.batch, args.crop, args.lr, args.seed)
   arrays = {k: np.asarray(v, np.float32) for k, v in weights.flatten(params).items()}
-  weights.write_atomically(out, lambda tmp: weights.write_npz(tmp, arrays))
+  storage.write_atomically(out, lambda tmp: weights.write_npz(tmp, arrays))
   print(f"wrote {out}: held-out reconstruction {measured['held_out_psnr']:.2f} dB after {args.steps} steps "
         f"({measured['seconds']:.0f} s)")
   print(f"SHA-256 {weights.file_sha256(out)}")

@@ -5,14 +5,13 @@
 
 A compile takes minutes (libtpu's, on this machine's CPU), so each row is its own command and is kept: a row
 already made is not compiled again. The protocol's columns (packed steps, busy slots, cost) are worked out at
-render time from the row's compiled figures and jaxtickets.plan.schedule, so a change of schedule re-renders
+render time from the row's compiled figures and jaxtickets.run.schedule.phases, so a change of schedule re-renders
 without a compile. Paper scale: each config's defaults, bfloat16, IMP and random pruning, 3 replicates.
 """
 
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -41,7 +40,8 @@ def paper_config(model: str):
 def compile_row(model: str, topology: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
-  from jaxtickets import aot, plan  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import aot  # pylint: disable=g-import-not-at-top
+  from jaxtickets import plan
 
   got = plan.make_plan(paper_config(model), aot.topology(topology))
   c = got.compiled
@@ -56,16 +56,16 @@ def compile_row(model: str, topology: str) -> dict:
 
 def protocol(row: dict) -> dict:
   """The protocol's packed steps and busy share for the row's runs per step, and its cost at peak and 40%."""
-  from jaxtickets import plan  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import schedule  # pylint: disable=g-import-not-at-top
 
-  phases = plan.schedule(paper_config(row["model"]), row["runs_per_step"])
+  phases = schedule.phases(paper_config(row["model"]), row["runs_per_step"])
   packed = sum(p.packs * p.steps for p in phases)
   busy = sum(p.trainings * p.steps for p in phases) / sum(p.slots * p.steps for p in phases)
   hours = packed * row["flops"] / row["peak_flops"] / 3600
   config = paper_config(row["model"])
   return {"packed_steps": packed, "busy": busy, "hours": hours, "chip_hours": hours * row["chips"],
-          "most_ready": plan.most_ready(config, row["runs_per_step"]),
-          "free_replicates": plan.free_replicates(config, row["runs_per_step"]),
+          "most_ready": schedule.most_ready(config, row["runs_per_step"]),
+          "free_replicates": schedule.free_replicates(config, row["runs_per_step"]),
           "phases": [dataclasses.asdict(p) | {"utilisation": p.utilisation} for p in phases]}
 
 

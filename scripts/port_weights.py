@@ -32,7 +32,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.vgg or not FLAGS.out:
     sys.exit("error: pass --vgg=FILE and --out=DIR (and --model, --decoder, --transform for a whole model).")
-  from jaxtickets import port
+  from jaxtickets.weights import port
   from jaxtickets.errors import UserError
 
   try:

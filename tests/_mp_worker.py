@@ -51,7 +51,8 @@ def flat(tree) -> dict:
 def train_steps(config, steps: int = STEPS) -> dict:
   """Trains a half-pruned tiny AdaIN for `steps` on this process's share of the data; params, losses, hashes."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxtickets import data, parallel, sparsity, train  # pylint: disable=g-import-not-at-top
+  from jaxtickets import data  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import parallel, sparsity, train
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
 
   model = get_model("adain")(config.model)
@@ -92,8 +93,8 @@ def main():
   pid = jax.process_index()
   np.savez(os.path.join(args.out, f"params_{pid}.npz"), **flat(result.pop("params")))
   if args.imp_packed:
-    from jaxtickets import imp  # pylint: disable=g-import-not-at-top
-    from jaxtickets import pack  # pylint: disable=g-import-not-at-top
+    from jaxtickets.run import imp  # pylint: disable=g-import-not-at-top
+    from jaxtickets.run import pack  # pylint: disable=g-import-not-at-top
     imp.run(packed_config_for_tests(), args.imp_packed)
     layout = pack.choose_layout(packed_config_for_tests(), concurrent=2)
     result["packed_layout"] = [layout.runs_per_step, layout.runs_axis]

@@ -58,7 +58,7 @@ def assert_early_bird_and_stability_work(workdir: str, round_: int) -> None:
 
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from jaxtickets import stability  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import stability  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(workdir, "summary.json")) as f:
     (bird,) = json.load(f)["early_bird"]
@@ -105,7 +105,7 @@ def make_train_step(model, train_config, tx, mesh):
   (state, metrics). Runs train in packs (train.make_packed_step); this is the one-run reference they are held to."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from jaxtickets import parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import parallel, train  # pylint: disable=g-import-not-at-top
 
   replicated = parallel.replicated(mesh)
   return jax.jit(train.masked_step(model, train_config, tx), donate_argnums=(0,),

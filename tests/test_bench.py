@@ -21,7 +21,7 @@ def bench():
 @pytest.mark.e2e
 def test_bench_prints_table_and_json(bench, capsys):
   pytest.importorskip("torch")  # --torch times the PyTorch reference step; the torch-free install skips only this
-  from jaxtickets import sparsity  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import sparsity  # pylint: disable=g-import-not-at-top
   from jaxtickets.models import layers  # pylint: disable=g-import-not-at-top
 
   conv, apply_masks = layers.conv3x3_reflect, sparsity.apply_masks

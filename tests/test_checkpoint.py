@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint
+from jaxtickets.store import checkpoint
 from jaxtickets.errors import UserError
 
 

@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, early_bird, imp, pack, preempt, sparsity, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.core import early_bird, sparsity
+from jaxtickets.run import imp, pack, preempt
 from helpers import StopAfter, state_checkpoints, tiny_config
 
 PRUNABLE = {"a": True, "b": False}
@@ -106,7 +108,7 @@ def test_a_run_with_early_bird_stops_its_dense_rounds_and_reports_the_steps_it_t
   assert len(birds[0]["history"]) == 1 and birds[0]["history"][0][0] == 2 and 0 <= birds[0]["history"][0][1] < 0.99
   out = capsys.readouterr().out
   assert "[rep 0 imp round 0] early bird: the mask settled" in out and "stops at step 2 of 6" in out
-  from jaxtickets import report_run
+  from jaxtickets.reports import run_report as report_run
   report_run.write_report(str(tmp_path), config, grid=False)
   text = open(os.path.join(tmp_path, "report.md")).read()
   assert "## Early bird" in text and "| 1 | 2 | 2 | 6 |" in text and "![Early bird" in text

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import export, inference
+from jaxtickets import export
+from jaxtickets.tickets import inference
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 from test_inference import make_workdir

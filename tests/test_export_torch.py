@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import export_torch, inference, models, port, weights
+from jaxtickets.tickets import export_torch, inference
+from jaxtickets import models
+from jaxtickets.weights import files as weights, port
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
 from helpers import tiny_config

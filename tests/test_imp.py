@@ -9,7 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, load_ticket, pack, results, sparsity, stats, streams, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.run import imp, pack
+from jaxtickets import load_ticket
+from jaxtickets.results import stats, tables as results
+from jaxtickets.core import sparsity, streams
 from helpers import tiny_config
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
@@ -57,7 +61,7 @@ def prunable_of(ticket_, config):
 def numpy_prune(params, masks, flags, n):
   """Mask leaves: `masks` less the n smallest |w| of the alive prunable weights, all leaves together.
 
-  Written apart from jaxtickets/sparsity.py: one stable argsort over the concatenated leaves, so ties go to the
+  Written apart from jaxtickets/core/sparsity.py: one stable argsort over the concatenated leaves, so ties go to the
   earlier leaf and position, as the library promises.
   """
   chosen = [i for i, f in enumerate(jax.tree.leaves(flags)) if f]
@@ -117,7 +121,7 @@ def test_imp_masks_are_the_previous_rounds_smallest_survivors_pruned(run_dir):
 @pytest.mark.e2e
 def test_every_run_starts_from_its_replicates_theta_0_times_its_mask_with_a_fresh_adam(run_dir):
   """The state the first train step got, against theta_0 drawn again by the seed rule (replicate r: seed + r)."""
-  from jaxtickets import weights
+  from jaxtickets.weights import files as weights
   from jaxtickets.models import get_model
 
   workdir, config, _, starts = run_dir
@@ -377,7 +381,7 @@ def test_rewind_to_step_k_restores_theta_k_and_restarts_the_schedule(tmp_path, c
 
 @pytest.mark.e2e
 def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
-  from jaxtickets import weights
+  from jaxtickets.weights import files as weights
   from jaxtickets.models import get_model
 
   config = tiny_config(imp__rounds=0, train__steps=1)

@@ -8,7 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, inference, models, sparsity, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.tickets import inference
+from jaxtickets import models
+from jaxtickets.core import sparsity
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -44,7 +47,7 @@ def stylizer(ticket):
 def test_a_ticket_is_used_with_the_model_and_vgg_the_trainer_built(tmp_path):
   """One builder for both: with config.train.dtype set, inference computes in it too and draws the same stand-in
   VGG (config.seed's VGG stream)."""
-  from jaxtickets import imp  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import imp  # pylint: disable=g-import-not-at-top
 
   config = tiny_config(train__dtype="bfloat16")
   trainer = imp.setup(config, str(tmp_path / "setup")).compute

@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxtickets import config as config_lib, evaluate, train
+from jaxtickets import config as config_lib
+from jaxtickets.core import evaluate, train
 from jaxtickets.errors import UserError
 from jaxtickets.models import adain
 from jaxtickets.models.vgg import VGGEncoder

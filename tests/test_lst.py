@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
-from jaxtickets import checkpoint, config as config_lib, imp, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import config as config_lib
+from jaxtickets.run import imp
 from jaxtickets.models import get_model, layers, lst
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.decoder import Decoder

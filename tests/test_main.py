@@ -8,7 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
-from jaxtickets import imp, workdir as workdir_lib
+from jaxtickets.run import imp
+from jaxtickets.store import workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, cli_env, state_checkpoints, tiny_config
 
@@ -141,7 +142,7 @@ def _assert_tickets_like(reference, workdir):
   import jax
   import numpy as np
 
-  from jaxtickets import checkpoint
+  from jaxtickets.store import checkpoint
 
   # Sorted: a packed and an unpacked run finish their runs in different orders.
   table = lambda d: sorted(({k: r[k] for k in ("branch", "replicate", "round", "sparsity_prunable",

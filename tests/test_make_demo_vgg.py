@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from jaxtickets import data, weights
+from jaxtickets import data
+from jaxtickets.weights import files as weights
 
 from helpers import load_script
 

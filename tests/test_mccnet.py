@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.run import imp
 from jaxtickets.errors import UserError
 from jaxtickets.models import get_model, mccnet
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, report_figures, report_run, results, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.reports import figures as report_figures, run_report as report_run
+from jaxtickets.results import tables as results
 from jaxtickets.models import adain, get_model, layers, losses, model_names
 from helpers import tiny_config
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from jaxtickets import train
-from jaxtickets.monitor import Monitor
+from jaxtickets.core import train
+from jaxtickets.run.monitor import Monitor
 from helpers import tiny_config
 
 

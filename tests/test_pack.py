@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import imp, pack, parallel, preempt, sparsity, streams
+from jaxtickets.run import imp, pack, preempt
+from jaxtickets import config as config_lib
+from jaxtickets.core import sparsity, streams
 from helpers import tiny_config
 
 
@@ -17,10 +19,10 @@ def _layout(monkeypatch, devices, platform="cpu", concurrent=2, **parallel):
 
 
 def test_runs_axis_sizes_leave_each_runs_batch_splitting_evenly():
-  assert parallel.runs_axis_sizes(8, 4) == [2, 4, 8]  # 'data' of 4, 2, 1 devices: batch 4 splits over each
-  assert parallel.runs_axis_sizes(8, 3) == [8]
-  assert parallel.runs_axis_sizes(8, 4, runs_per_step=6) == [2]
-  assert parallel.runs_axis_sizes(1, 4) == [1]
+  assert config_lib.runs_axis_sizes(8, 4) == [2, 4, 8]  # 'data' of 4, 2, 1 devices: batch 4 splits over each
+  assert config_lib.runs_axis_sizes(8, 3) == [8]
+  assert config_lib.runs_axis_sizes(8, 4, runs_per_step=6) == [2]
+  assert config_lib.runs_axis_sizes(1, 4) == [1]
 
 
 @pytest.mark.parametrize("devices, platform, concurrent, parallel, want", [
@@ -40,7 +42,7 @@ def test_choose_layout(monkeypatch, devices, platform, concurrent, parallel, wan
 
 
 def test_on_an_accelerator_the_compiled_peak_sizes_the_pack(monkeypatch):
-  from jaxtickets import aot
+  from jaxtickets.core import aot
   from jaxtickets.errors import UserError
   monkeypatch.setattr(jax, "device_count", lambda: 1)
   asked = []
@@ -133,7 +135,8 @@ def test_a_preemption_saves_every_run_of_the_pack_and_raises(pack_setup, tmp_pat
 
 
 def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup, tmp_path, monkeypatch):
-  from jaxtickets import data, train
+  from jaxtickets import data
+  from jaxtickets.core import train
 
   sample = data._Sample.__call__  # pylint: disable=protected-access
 
@@ -152,7 +155,7 @@ def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup,
 
 def test_the_step_s_abstract_inputs_are_what_the_pack_passes_it(pack_setup, tmp_path):
   """aot.step_inputs (what the planner and the memory sizing compile from) against the real arguments of a pack."""
-  from jaxtickets import aot
+  from jaxtickets.core import aot
   passed = []
 
   def recording(*args):

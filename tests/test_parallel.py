@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, imp, parallel, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.run import imp
+from jaxtickets.core import parallel
 from jaxtickets.errors import UserError
 
 import _mp_worker as worker

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from jaxtickets import models
-from jaxtickets import port
-from jaxtickets import weights
+from jaxtickets.weights import port
+from jaxtickets.weights import files as weights
 from jaxtickets.errors import UserError
 from jaxtickets.models.vgg import vgg_layer_names
 

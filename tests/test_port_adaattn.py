@@ -5,7 +5,7 @@ At 32 px no style positions are subsampled, so the output is deterministic."""
 import numpy as np
 import pytest
 
-from jaxtickets import port
+from jaxtickets.weights import port
 from jaxtickets.errors import UserError
 
 import test_port as tp  # shared PyTorch formulations

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from jaxtickets import port
+from jaxtickets.weights import port
 
 import test_port as tp  # shared PyTorch formulations
 

@@ -4,7 +4,7 @@ formulation of models.md §5 (CSA, channel-wise SSA, CA on r41, shared decoder).
 import numpy as np
 import pytest
 
-from jaxtickets import port
+from jaxtickets.weights import port
 
 import test_port as tp  # shared PyTorch formulations
 from test_port import vgg_file, vgg_safetensors  # pylint: disable=unused-import  (fixtures)

@@ -4,7 +4,7 @@ compared with a PyTorch formulation of models.md §7 (channel correlation on r41
 import numpy as np
 import pytest
 
-from jaxtickets import port
+from jaxtickets.weights import port
 from jaxtickets.errors import UserError
 
 import test_port as tp  # shared PyTorch formulations

@@ -4,7 +4,7 @@ models.md §3 (SANet blocks on r41 and r51, merge conv, shared decoder)."""
 import numpy as np
 import pytest
 
-from jaxtickets import port
+from jaxtickets.weights import port
 from jaxtickets.errors import UserError
 
 import test_port as tp  # shared PyTorch formulations

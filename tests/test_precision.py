@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtickets import data, parallel, sparsity, train
+from jaxtickets import data
+from jaxtickets.core import parallel, sparsity, train
 from jaxtickets.models import get_model
 from helpers import make_train_step, tiny_config
 

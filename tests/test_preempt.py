@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from jaxtickets import preempt
+from jaxtickets import errors
+from jaxtickets.run import preempt
 
 
 def test_preemption_watch_restores_the_previous_handler():
@@ -39,7 +40,11 @@ def test_preemption_watch_restores_the_previous_handler():
 
 def test_exit_codes_say_preempted_or_interrupted(capsys):
   for reason, code in (("SIGTERM", 75), ("Ctrl-C (SIGINT)", 130)):
+    def work():
+      raise preempt.Preempted(4, "[rep 0 imp round 1]", reason, "step 4")
+
     with pytest.raises(SystemExit) as e:
-      preempt.exit_preempted(preempt.Preempted(4, "[rep 0 imp round 1]", reason, "step 4"), "jaxtickets.main")
+      errors.run_command(work, "jaxtickets.main")
     assert e.value.code == code
-    assert f"Stopped by {reason} at step 4 of [rep 0 imp round 1]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Stopped by {reason} at step 4 of [rep 0 imp round 1]" in out and "run the same command again" in out

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from jaxtickets import checkpoint, evaluate, results, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.core import evaluate
+from jaxtickets.results import tables as results
 from helpers import tiny_config
 
 TERMS = ("content", "style")

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, evaluate, imp, inference, report_run, report_text, results, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.core import evaluate
+from jaxtickets.run import imp
+from jaxtickets.tickets import inference
+from jaxtickets.reports import run_report as report_run
+from jaxtickets.results import tables as results, text as report_text
 from helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

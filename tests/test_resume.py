@@ -27,7 +27,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, data, imp, pack, preempt, train, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import data
+from jaxtickets.run import imp, pack, preempt
+from jaxtickets.core import train
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, StopAfter, assert_same_ticket, cli_env, state_checkpoints, tiny_config
 

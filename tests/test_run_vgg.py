@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from jaxtickets import imp, inference, weights, workdir as workdir_lib
+from jaxtickets.run import imp
+from jaxtickets.tickets import inference
+from jaxtickets.weights import files as weights
+from jaxtickets.store import workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import ROOT, tiny_config
 

@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from jaxtickets import schedule
-from jaxtickets.schedule import Key
+from jaxtickets.run import schedule
+from jaxtickets.run.schedule import Key
 
 
 def needs(key: Key) -> list[Key]:

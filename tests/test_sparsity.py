@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtickets import sparsity as sp
+from jaxtickets.core import sparsity as sp
 from jaxtickets.errors import UserError
 
 

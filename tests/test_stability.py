@@ -6,7 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import evaluate, imp, stability, workdir as workdir_lib
+from jaxtickets.core import evaluate
+from jaxtickets.run import imp
+from jaxtickets.run import stability
+from jaxtickets.store import workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -49,7 +52,7 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   assert abs(row["barrier"]) < 1e-5 * row["path"][0]
   np.testing.assert_allclose(row["path"], row["path"][0], rtol=1e-5)
   # The ends are the trained copies themselves, scored as any ticket is.
-  from jaxtickets import checkpoint
+  from jaxtickets.store import checkpoint
   c = imp.setup(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4), finished).compute
   ticket = checkpoint.load_ticket(workdir_lib.ticket_dir(finished, "imp", 1, 0))
   for copy, end in (("a", 0), ("b", -1)):
@@ -59,12 +62,14 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   # Copies that trained on other data orders differ (the default run): the files and report section appear.
   rows = stability.run(finished, rounds=[0, 1], points=3)
   assert [r["round"] for r in rows] == [0, 1]
-  assert os.path.exists(os.path.join(finished, stability.CSV)) and os.path.exists(os.path.join(finished, stability.FIGURE))
-  from jaxtickets import report_run, results
+  assert os.path.exists(os.path.join(finished, stability.CSV))
+  from jaxtickets.reports import run_report as report_run
+  from jaxtickets.results import tables as results
   back = results.read_stability_csv(os.path.join(finished, stability.CSV))
   assert [r["barrier"] for r in back] == pytest.approx([r["barrier"] for r in rows], rel=1e-5)
   assert [r["barrier_linear"] for r in back] == pytest.approx([r["barrier_linear"] for r in rows], rel=1e-5, abs=1e-9)
-  report_run.write_report(finished, grid=False)
+  report_run.write_report(finished, grid=False)  # draws stability.png from stability.csv
+  assert os.path.exists(os.path.join(finished, stability.FIGURE))
   text = open(os.path.join(finished, "report.md")).read()
   assert "## Stability (linear mode connectivity)" in text and "![stability](stability.png)" in text
   assert f"| 1 | 0 | {rows[1]['sparsity']:.4f} | 0 |" in text
@@ -74,7 +79,7 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
 def test_every_point_of_the_path_is_the_loss_of_the_saved_copies_mixed_by_hand(finished):
   """Round 0's copies (other data orders, so they differ): each of 5 points is the held-out loss of
   (1 - t) a + t b on the ticket's mask, mixed here in float64 from the copies stability.py saved."""
-  from jaxtickets import checkpoint
+  from jaxtickets.store import checkpoint
 
   (row,) = stability.run(finished, rounds=[0], points=5)
   config = workdir_lib.load_run_config(finished)
@@ -121,9 +126,9 @@ def test_the_command_line_answers_bad_input_in_one_sentence(tmp_path):
   run = lambda *a: subprocess.run([sys.executable, "-m", "jaxtickets.stability", *a], cwd=root, capture_output=True,
                                   text=True, timeout=300)
   r = run(f"--workdir={tmp_path}")
-  assert r.returncode == 1 and "holds no run (no config.json)" in r.stderr and "Traceback" not in r.stderr
+  assert r.returncode == 2 and "holds no run (no config.json)" in r.stderr and "Traceback" not in r.stderr
   r = run(f"--workdir={tmp_path}", "--rounds=a,b")
-  assert r.returncode == 1 and "--rounds=a,b is not a list of round numbers" in r.stderr
+  assert r.returncode == 2 and "--rounds=a,b is not a list of round numbers" in r.stderr
 
 
 def test_with_a_rewind_step_every_rounds_copies_start_from_theta_k(tmp_path):
@@ -131,7 +136,7 @@ def test_with_a_rewind_step_every_rounds_copies_start_from_theta_k(tmp_path):
   theta_k at step k, the start the pruned rounds rewind to."""
   from types import SimpleNamespace
 
-  from jaxtickets import checkpoint
+  from jaxtickets.store import checkpoint
 
   config = tiny_config(imp__rewind_step=2)
   theta_0 = {"decoder": {"conv": {"kernel": np.full((2, 3), 1.0, np.float32), "bias": np.zeros(3, np.float32)}}}

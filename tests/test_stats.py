@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from jaxtickets import stats
+from jaxtickets.results import stats
 from jaxtickets.errors import UserError
 
 TOLERANCE = 0.02

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import checkpoint, data, storage, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import data, storage
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, assert_same_ticket, cli_env, tiny_config
 
@@ -84,6 +85,24 @@ def test_atomic_write_read_list_walk_rename(root):
   storage.rename(os.path.join(root, "a"), os.path.join(root, "moved"))
   assert not storage.exists(os.path.join(root, "a"))
   assert storage.read_bytes(os.path.join(root, "moved", "b", "y.png")) == b"\x89PNG"
+
+
+def test_a_writer_that_fails_leaves_the_old_file_whole(root):
+  """A file made by a library (a writer given the temporary path) replaces the old one whole, or not at all."""
+  from jaxtickets.weights import files as weights
+  path = os.path.join(root, "sub", "w.npz")
+  storage.write_atomically(path, lambda tmp: weights.write_npz(tmp, {"a": np.arange(3)}))
+
+  def half_written(tmp):
+    with open(tmp, "wb") as f:
+      f.write(b"PK")
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    storage.write_atomically(path, half_written)
+  with np.load(io.BytesIO(storage.read_bytes(path))) as z:  # the old file, whole
+    np.testing.assert_array_equal(z["a"], np.arange(3))
+  assert storage.listdir(os.path.join(root, "sub")) == ["w.npz"]  # no temporary left
 
 
 def test_exclusive_create_has_one_winner(root):
@@ -201,7 +220,7 @@ def test_gs_workdir_and_data_killed_and_resumed_give_the_local_tickets(gcs, cli_
 
 def test_a_gs_vgg_is_read_through_a_local_copy(gcs, tmp_path, monkeypatch):
   """A ported VGG folder on gs:// loads as the same arrays, and hashes as the same file, as its local original."""
-  from jaxtickets import weights
+  from jaxtickets.weights import files as weights
   from jaxtickets.models import get_model
   monkeypatch.setenv("JAXTICKETS_CACHE", str(tmp_path / "cache"))
   model = get_model("adain")(tiny_config().model)

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from jaxtickets import results, study
+from jaxtickets.results import tables as results
+from jaxtickets import study
 from jaxtickets.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +118,8 @@ def test_tiny_study_writes_one_report_and_resumes(tmp_path):
 PREEMPTED_STUDY = """
 import sys
 from absl import app
-from jaxtickets import preempt, study
+from jaxtickets.run import preempt
+from jaxtickets import study
 
 def preempted_run(config, workdir):
   raise preempt.Preempted(7, "[imp round 1]", "SIGTERM", "step 7")

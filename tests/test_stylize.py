@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import checkpoint, imp, inference, streams, stylize
+from jaxtickets.store import checkpoint
+from jaxtickets.run import imp
+from jaxtickets.tickets import inference
+from jaxtickets.core import streams
+from jaxtickets import stylize
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -57,7 +61,7 @@ def read(path):
 @pytest.fixture(scope="module")
 def tiny_ticket(tmp_path_factory):
   """Round 1 of a tiny run (1 step a round): a ticket with pruned weights, in its workdir."""
-  from jaxtickets import workdir as workdir_lib
+  from jaxtickets.store import workdir as workdir_lib
 
   workdir = str(tmp_path_factory.mktemp("run"))
   imp.run(tiny_config(imp__rounds=1, train__steps=1), workdir)

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxtickets import evaluate, report_text, results, stats
+from jaxtickets.core import evaluate
+from jaxtickets.results import stats, tables as results, text as report_text
 from jaxtickets.errors import UserError
 
 TOLERANCE = 0.02

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtickets import parallel, sparsity, train
+from jaxtickets.core import parallel, sparsity, train
 from jaxtickets.models import get_model
 from helpers import make_train_step, tiny_config
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets import weights
+from jaxtickets.weights import files as weights
 from jaxtickets.errors import UserError
 
 # A tiny VGG: (name, in, out) up to conv3_1; real files go to conv5_4 with widths 64..512.
@@ -150,7 +150,7 @@ def test_ported_directories_give_their_vgg_part(tmp_path):
 
 
 def test_ported_directory_without_vgg(tmp_path):
-  from jaxtickets import checkpoint
+  from jaxtickets.store import checkpoint
   checkpoint.save_params(tmp_path / 'd' / 'params', {'params': {'decoder': {'k': np.zeros(2, np.float32)}}})
   with pytest.raises(UserError, match=r"holds ported model weights without a 'vgg' part; port the VGG file too"):
     weights.load_vgg_weights(tmp_path / 'd', _shapes(_vgg('conv0')))
@@ -168,7 +168,7 @@ def test_pytorch_files_must_be_ported_first(tmp_path, name):
 def test_ported_directory_layout_and_round_trip(tmp_path):
   """The layout users and older runs rely on: model.json (model, model_config, sources, notes) beside params/, an
   Orbax checkpoint of {'params', 'vgg'}; load_ported gives back what save_ported wrote."""
-  from jaxtickets import checkpoint
+  from jaxtickets.store import checkpoint
   decoder = {'decoder': {'conv1_1': {'kernel': np.ones((3, 3, 4, 3), np.float32), 'bias': np.zeros(3, np.float32)}}}
   ported = weights.Ported('adain', {'name': 'adain', 'width': 1.0, 'train_encoder': False}, decoder, _vgg('conv1_1'),
                           {'vgg': {'layout': 'vgg_normalised'}}, ['a note'])
@@ -188,7 +188,7 @@ def test_ported_directory_layout_and_round_trip(tmp_path):
 
 
 def test_load_ported_refuses_what_it_cannot_read_or_name(tmp_path):
-  from jaxtickets import checkpoint
+  from jaxtickets.store import checkpoint
   checkpoint.save_params(tmp_path / 'bare' / 'params', {'params': {'d': np.zeros(2, np.float32)}, 'vgg': {}})
   assert weights.load_ported(tmp_path / 'bare').model is None  # enough for init_from, which checks the groups
   with pytest.raises(UserError, match=r"model\.json' has no \"model\" name: write it as \{\"model\": NAME"):
@@ -203,7 +203,7 @@ def test_load_ported_refuses_what_it_cannot_read_or_name(tmp_path):
 def test_read_npz_serves_vgg_files_state_dicts_and_exports(tmp_path, monkeypatch):
   """One .npz reader: VGG files, state dicts and exports all read through weights.read_npz, which reads only the
   arrays asked for and reports a file that is not an archive."""
-  from jaxtickets import export_format
+  from jaxtickets.tickets import export_format
   calls = []
   read_npz = weights.read_npz
   monkeypatch.setattr(weights, 'read_npz', lambda path, keys=None: calls.append(os.path.basename(path)) or
@@ -236,24 +236,6 @@ def test_load_or_init_vgg(tmp_path, capsys):
   loaded = weights.load_or_init_vgg(model, str(tmp_path / 'vgg.npz'), jax.random.PRNGKey(2))
   assert capsys.readouterr().out == ''
   jax.tree.map(np.testing.assert_array_equal, loaded, drawn)
-
-
-def test_write_atomically_replaces_whole_files_and_a_failed_write_leaves_the_old_one(tmp_path):
-  path = str(tmp_path / "sub" / "w.npz")  # the folder is made
-  weights.write_atomically(path, lambda tmp: weights.write_npz(tmp, {"a": np.arange(3)}))
-  with np.load(path) as z:
-    np.testing.assert_array_equal(z["a"], np.arange(3))
-
-  def half_written(tmp):
-    with open(tmp, "wb") as f:
-      f.write(b"PK")
-    raise OSError("disk full")
-
-  with pytest.raises(OSError, match="disk full"):
-    weights.write_atomically(path, half_written)
-  with np.load(path) as z:  # the old file, whole
-    np.testing.assert_array_equal(z["a"], np.arange(3))
-  assert os.listdir(tmp_path / "sub") == ["w.npz"]  # no temporary left
 
 
 def test_write_npz_gives_the_same_bytes_for_the_same_arrays(tmp_path):

@@ -14,7 +14,8 @@ import threading
 import numpy as np
 import pytest
 
-from jaxtickets import fetch as fetch_cli, models, port, releases, weights
+from jaxtickets.weights import fetch as fetch_cli, files as weights, port, releases
+from jaxtickets import models
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
 
@@ -96,7 +97,11 @@ def table(upstream, tmp_path, monkeypatch):
 
 
 def fetch(*args, out=None):
-  return fetch_cli.main(['fetch', *args] + ([f'--out={out}'] if out else []))
+  """The command's exit status: 0, or the runner's 2 for a refused file."""
+  try:
+    return fetch_cli.main(['fetch', *args] + ([f'--out={out}'] if out else []))
+  except SystemExit as e:
+    return e.code
 
 
 def sources(path) -> dict:
@@ -228,7 +233,7 @@ def test_command_line_refuses_a_pinned_mismatch_with_exit_2(upstream, tmp_path):
   pins.write_text(json.dumps({'adain/vgg_normalised.pth': '0' * 64}))
   env = {**os.environ, releases.PINS_ENV: str(pins), releases.CACHE_ENV: str(tmp_path / 'cache'),
          'JAX_PLATFORMS': 'cpu'}
-  run = subprocess.run([sys.executable, '-m', 'jaxtickets.weights', 'fetch', 'vgg',
+  run = subprocess.run([sys.executable, '-m', 'jaxtickets.weights.files', 'fetch', 'vgg',
                         f'--from={root / "vgg_shallow.pth"}', f'--out={tmp_path / "w"}'],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
   assert run.returncode == 2, run.stderr

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from jaxtickets import checkpoint, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.errors import UserError
 
 

@@ -85,7 +85,7 @@ def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
 
 def _same_cropped(xp: jax.Array, kernel: jax.Array) -> jax.Array:
   """The VALID 3x3 conv of a padded input, run as a SAME conv whose 1-pixel border is cropped off."""
-  # XLA CPU runs a SAME conv ~3x faster than VALID; the cropped border is the only difference.
+  # XLA CPU runs a SAME conv faster than a VALID one (docs/speed-and-scale.md); the cropped border is the only difference.
   return _conv(xp, kernel, "SAME")[:, 1:-1, 1:-1]
 
 

@@ -1,7 +1,7 @@
-"""How a released PyTorch file"s keys map to a model"s Flax params: the vocabulary of each model"s `torch_parts`.
+"""How a released PyTorch file's keys map to a model's Flax params: the vocabulary of each model's `torch_parts`.
 
 Each model file ends with its own layouts (models.md §x.6), vgg.py and decoder.py hold the shared ones, and
-jaxtickets/port.py converts any file by them. No imports beyond the standard library: a layout is plain data.
+jaxtickets/weights/port.py converts any file by them. No imports beyond the standard library: a layout is plain data.
 """
 
 import dataclasses
@@ -17,7 +17,7 @@ class Layer:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """A file"s key layout: its layers plus known harmless extras (key prefix, note) that are skipped.
+  """A file's key layout: its layers plus known harmless extras (key prefix, note) that are skipped.
 
   `zeros` are layers of the upstream module that no param fills and that its forward pass never runs (a VGG's tail,
   MCCNet's unused h): jaxtickets.export_torch writes them as zeros shaped like the layer `dst` names, because the
@@ -36,7 +36,7 @@ class Layout:
 @dataclasses.dataclass(frozen=True)
 class Part:
   """One released file of a model: where it lands in params ("decoder", "transform/transformer") and the key
-  layouts it may come in (the best-matching one is checked; the first one is the model"s own)."""
+  layouts it may come in (the best-matching one is checked; the first one is the model's own)."""
   dst: str
   layouts: tuple[Layout, ...]
   example: str  # the released file name, for messages

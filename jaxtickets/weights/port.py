@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtickets import models, weights
+from jaxtickets import models
+from jaxtickets.weights import files as weights
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.torch_layout import Layer, Layout, Part
-from jaxtickets.weights import Ported
+from jaxtickets.weights.files import Ported
 
 # ------------------------------------------------------------------------------------------------------------
 # State dicts
@@ -184,7 +185,7 @@ def convert_vgg(path, *, depth: str | None = None, notes: list[str] | None = Non
 
 def _recognised(path: str, sha256: str, model: str | None, role: str, notes: list[str]) -> dict:
   """The released file a hash names ({'release', 'verified'}; a note says it), refusing one of another slot."""
-  from jaxtickets import releases  # pylint: disable=import-outside-toplevel
+  from jaxtickets.weights import releases  # pylint: disable=import-outside-toplevel
   found = releases.recognise(path, sha256, model, role)
   if found:
     notes.append(f"{os.path.basename(path)}: recognised {found['release']} by its SHA-256 ({found['verified']}).")

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxtickets import sparsity, weights
+from jaxtickets.core import sparsity
+from jaxtickets.weights import files as weights
+from jaxtickets import storage
 from jaxtickets.errors import UserError
 
 FORMAT = "jaxtickets-export"
@@ -84,7 +86,7 @@ def write(out: str, tensors: dict, metadata: dict) -> None:
   else:
     write = lambda tmp: safetensors_numpy().save_file(tensors, tmp, metadata={"jaxtickets": text})
   try:
-    weights.write_atomically(out, write)
+    storage.write_atomically(out, write)
   except OSError as err:
     raise UserError(f"Could not write '{out}' ({err.strerror or err}): choose a writable path.") from None
 

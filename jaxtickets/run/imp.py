@@ -15,8 +15,12 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxtickets import (aot, checkpoint, config as config_lib, data, early_bird, evaluate, pack, parallel, preempt,
-                        results, schedule, sparsity, streams, train, weights, workdir as workdir_lib)
+from jaxtickets.core import aot, early_bird, evaluate, parallel, sparsity, streams, train
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import config as config_lib, data
+from jaxtickets.run import pack, preempt, schedule
+from jaxtickets.results import tables as results
+from jaxtickets.weights import files as weights
 from jaxtickets.errors import UserError
 
 
@@ -106,7 +110,7 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> pack.RunCo
 def with_run_state(ctx: pack.RunContext) -> pack.RunContext:
   """`ctx` with the loss VGG on the devices, the workdir's train-state checkpoints, TensorBoard monitor and record of
   skipped images (the first collective steps of a multi-process run: after parallel.agree)."""
-  from jaxtickets.monitor import Monitor
+  from jaxtickets.run.monitor import Monitor
 
   c, out = ctx.compute, ctx.output
   if not isinstance(jax.tree.leaves(c.vgg_params)[0], jax.Array):
@@ -124,7 +128,7 @@ def _run_rounds(ctx: pack.RunContext) -> list[dict]:
   for group in schedule.replicate_groups(list(reps), c.layout.runs_per_step):
     _train_protocol(ctx, [reps[i] for i in group])
   # The renderer (and matplotlib with it) loads only here, at the end of a run.
-  from jaxtickets import report_text  # pylint: disable=g-import-not-at-top
+  from jaxtickets.results import text as report_text  # pylint: disable=g-import-not-at-top
   rows, summary = results.write_results(out.workdir, c.config, skips=out.skip_log.summary())
   out.log(report_text.format_summary(summary))
   out.log(skipped_line(out.skip_log.summary()))
@@ -316,7 +320,7 @@ def initial_params(ctx: pack.RunContext, rep: Replicate):
     return checkpoint.load_params(path)
   theta_0 = jax.device_get(c.model.init(streams.key(rep.seed, streams.Stream.INIT), jax.device_get(c.vgg_params)))
   if c.config.model.init_from:
-    from jaxtickets import port
+    from jaxtickets.weights import port
     theta_0 = port.load_init_from(c.config.model.init_from, c.model, theta_0)  # checks name, width, shapes
     log(f"theta_0: decoder/transform from {c.config.model.init_from}")
   checkpoint.save_params(path, theta_0)

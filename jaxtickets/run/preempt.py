@@ -1,50 +1,29 @@
 """Stopping a run cleanly: SIGTERM, Ctrl-C and JAX's preemption notice, the exception they raise, the exit codes.
 
 The signal handlers only set a flag (no I/O in a handler); the train loop reads it after each step, saves a
-checkpoint and raises Preempted, and the command lines answer with `exit_preempted`: how to resume (the same
-command) and an exit status a scheduler understands.
+checkpoint and raises Preempted, a Stopped that the command lines' runner (errors.run_command) answers with how to
+resume (the same command) and an exit status a scheduler understands.
 """
 
-import os
-import shlex
 import signal
-import sys
 import threading
 
 import jax
 import numpy as np
 
+from jaxtickets.errors import Stopped
+
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL ("try again"): job schedulers restart the job
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for Ctrl-C: the user stopped it, a scheduler should not retry
 
 
-class Preempted(Exception):
+class Preempted(Stopped):
   """Training stopped at a preemption notice or Ctrl-C after saving a checkpoint; the same command resumes."""
 
   def __init__(self, step: int, label: str, reason: str, where: str):
     super().__init__(f"Stopped by {reason} at step {step} of {label.strip()}; the checkpoint is {where}.")
     self.step, self.label, self.reason, self.where = step, label, reason, where
-
-
-def exit_preempted(e: Preempted, module: str):
-  """The command lines' answer to Preempted: say how to resume (the same command), exit with 75 (130 after Ctrl-C)."""
-  command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m", module, *sys.argv[1:]])
-  print(f"{e} To resume, run the same command again: {command}", flush=True)
-  sys.exit(INTERRUPTED_EXIT_CODE if "SIGINT" in e.reason else PREEMPTED_EXIT_CODE)
-
-
-def run_command(work, module: str):
-  """A command line's work: a UserError ends in its one sentence (exit 1, or 2 for a ConfigError), a preemption or
-  Ctrl-C in the resume hint (exit_preempted); returns what `work()` returns."""
-  from jaxtickets.errors import UserError
-
-  try:
-    return work()
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)  # 2 for a config mistake, as for a bad flag
-  except Preempted as e:
-    exit_preempted(e, module)
+    self.exit_code = INTERRUPTED_EXIT_CODE if "SIGINT" in reason else PREEMPTED_EXIT_CODE
 
 
 class PreemptionWatch:

@@ -7,7 +7,10 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from jaxtickets import checkpoint, results, storage, weights, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets.results import tables as results
+from jaxtickets import storage
+from jaxtickets.weights import files as weights
 
 MAX_GRID_ROWS = 8
 MAX_CURVE_COLUMNS = 4  # panels per row of curves.png (MCCNet has six terms)
@@ -133,7 +136,8 @@ def plot_layers(report: dict, path: str, title: str) -> None:
 def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
   """Rows = held-out pairs, columns = content, style, the dense network's reconstruction (the content stylized with
   itself as the style: what the learnability check scores), dense and each IMP round's ticket."""
-  from jaxtickets import data, evaluate
+  from jaxtickets import data
+  from jaxtickets.core import evaluate
 
   pairs = data.eval_pairs(config)
   n = min(len(pairs["content"]), MAX_GRID_ROWS)

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtickets import port, weights
+from jaxtickets.weights import files as weights, port
+from jaxtickets import storage
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.torch_layout import Layout
@@ -164,7 +165,7 @@ def write(out_dir: str, files: Mapping[str, Mapping[str, np.ndarray]]) -> list[s
     for name, state in files.items():
       tensors = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
       path = os.path.join(out_dir, name)
-      weights.write_atomically(path, lambda tmp, t=tensors: torch.save(t, tmp))
+      storage.write_atomically(path, lambda tmp, t=tensors: torch.save(t, tmp))
       paths.append(path)
   except OSError as err:
     raise UserError(f"Could not write into '{out_dir}' ({err.strerror or err}): choose a writable folder.") from None
@@ -192,7 +193,7 @@ def summary(files: Mapping[str, Mapping[str, np.ndarray]], out_dir: str) -> str:
 
 def export_ticket(ticket_dir: str, out_dir: str, which: str = "trained", **stylizer_kwargs):
   """Writes the ticket's masked weights as upstream .pth files into `out_dir`; returns (files, notes)."""
-  from jaxtickets import inference  # pylint: disable=import-outside-toplevel  (the exporter's heavy half)
+  from jaxtickets.tickets import inference  # pylint: disable=import-outside-toplevel  (the exporter's heavy half)
 
   check_out_dir(out_dir)
   _torch()  # fail before any work

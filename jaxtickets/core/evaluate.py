@@ -6,7 +6,7 @@ import math
 import jax
 import numpy as np
 
-from jaxtickets import sparsity
+from jaxtickets.core import sparsity
 
 
 RECON_PSNR = "recon_psnr"  # dB, the held-out content reconstructed through the network with itself as the style

@@ -75,13 +75,6 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   return True
 
 
-def runs_axis_sizes(devices: int, batch_size: int, runs_per_step: int | None = None) -> list[int]:
-  """The sizes of the 'runs' axis that divide the devices (and `runs_per_step` when given) and leave each run's
-  batch splitting evenly over the remaining 'data' devices, smallest first."""
-  return [a for a in range(1, devices + 1) if devices % a == 0 and batch_size % (devices // a) == 0
-          and (runs_per_step is None or runs_per_step % a == 0)]
-
-
 def make_mesh(runs: int = 1, devices=None) -> jax.sharding.Mesh:
   """A 2-D mesh ('runs', 'data') over `devices` (default: every device of every process); `runs` must divide
   their number. Devices of several slices (multi-slice TPU) put the slices on 'runs' when they can (independent

@@ -25,7 +25,8 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from jaxtickets import config as config_lib, models, storage, streams
+from jaxtickets import config as config_lib, models, storage
+from jaxtickets.core import streams
 from jaxtickets.errors import UserError
 
 MODEL_JSON = 'model.json'
@@ -210,7 +211,7 @@ def is_ported(path) -> bool:
 
 def save_ported(ported: Ported, out, *, overwrite: bool = False) -> None:
   """Writes out/model.json and out/params ({"params": ..., "vgg": ...} or {"vgg": ...})."""
-  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel  (Orbax is slow to import)
+  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel  (Orbax is slow to import)
   out = os.fspath(out)
   taken = [n for n in (MODEL_JSON, PARAMS_DIR) if os.path.exists(os.path.join(out, n))]
   if taken and not overwrite:
@@ -227,7 +228,7 @@ def save_ported(ported: Ported, out, *, overwrite: bool = False) -> None:
 
 def _params_dir(path: str) -> str | None:
   """The Orbax params directory of a ported directory (or the path itself when it is one)."""
-  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
   # A ported directory's params/ is a whole checkpoint; a plain checkpoint's params/ is only its item folder.
   for candidate in (os.path.join(path, PARAMS_DIR), path):
     if checkpoint.params_exist(candidate):
@@ -240,7 +241,7 @@ def _params_dir(path: str) -> str | None:
 def load_ported(path, *, need_model: bool = False) -> Ported:
   """What a directory written by `save_ported` holds (a bare params checkpoint of that tree names no model, which
   `need_model` refuses for model weights)."""
-  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
   path = os.fspath(path)
   params_dir = _params_dir(path) if os.path.isdir(path) else None
   if params_dir is None:
@@ -269,14 +270,14 @@ def save_vgg_weights(path, params, *, overwrite: bool = False) -> None:
   """Writes `params` as a '.npz' (flat keys) when the path ends in .npz, else as an Orbax params directory."""
   path = os.fspath(path)
   if not path.endswith('.npz'):
-    from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel  (only the directory needs Orbax)
+    from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel  (only the directory needs Orbax)
     checkpoint.save_params(path, params, overwrite=overwrite)
     return
   if os.path.exists(path) and not overwrite:
     raise UserError(f"VGG weights already exist at '{path}'; pass overwrite=True to replace them or choose "
                     'another path.')
   arrays = {k: np.asarray(v) for k, v in flatten(params).items()}
-  write_atomically(path, lambda tmp: write_npz(tmp, arrays))
+  storage.write_atomically(path, lambda tmp: write_npz(tmp, arrays))
 
 
 def write_npz(path: str, arrays: dict) -> None:
@@ -288,19 +289,6 @@ def write_npz(path: str, arrays: dict) -> None:
       info = zipfile.ZipInfo(f'{name}.npy', date_time=(1980, 1, 1, 0, 0, 0))
       with archive.open(info, 'w', force_zip64=True) as member:
         np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
-
-
-def write_atomically(path: str, write) -> None:
-  """write(tmp) to a temporary sibling of `path`, then renamed to it: readers see the old file or the whole new one,
-  and a failed write leaves nothing behind."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _read_vgg_npz(path: str, wanted) -> dict[str, np.ndarray]:
@@ -316,7 +304,7 @@ def _read_vgg_npz(path: str, wanted) -> dict[str, np.ndarray]:
 def _read_vgg_dir(path: str) -> dict[str, Any]:
   """Flat arrays of an Orbax params directory or of a ported directory; a ported tree {'vgg': ...,
   'params': ...} gives its 'vgg' part."""
-  from jaxtickets import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
   params_dir = _params_dir(path)
   if params_dir is None:
     raise UserError(f"VGG weights directory '{path}' is not an Orbax params checkpoint nor a directory written "
@@ -350,7 +338,7 @@ def _strip_params(flat: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
 
 def demo_vgg_path(width: float) -> str:
   """Where the demo loss network of this width lives inside the package."""
-  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', f'demo_vgg_w{float(width):g}.npz')
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets', f'demo_vgg_w{float(width):g}.npz')
 
 
 def file_sha256(path: str) -> str:
@@ -378,7 +366,7 @@ def resolve_demo_vgg(width: float) -> str:
   if got != want:
     raise UserError(f"The demo loss network '{path}' has SHA-256 {got[:12]}..., not the {want[:12]}... the "
                     "package records: it was changed or damaged; reinstall jaxtickets (or, after remaking it on "
-                    "purpose, record the new hash in jaxtickets/weights.py's DEMO_VGG_SHA256).")
+                    "purpose, record the new hash in jaxtickets/weights/files.py's DEMO_VGG_SHA256).")
   return path
 
 
@@ -490,7 +478,7 @@ def vgg_sha256(path: str) -> str:
 def describe_vgg(vgg_weights: str, width: float) -> dict:
   """{'vgg_weights', 'path', 'sha256', 'release', 'verified'} of a config.model.vgg_weights: the released file its
   hash names (jaxtickets.releases) and how that is known ('published', 'pinned'), or why it is not."""
-  from jaxtickets import releases  # pylint: disable=import-outside-toplevel
+  from jaxtickets.weights import releases  # pylint: disable=import-outside-toplevel
   rec = {'vgg_weights': vgg_weights, 'path': '', 'sha256': '', 'release': '', 'verified': ''}
   if not vgg_weights:
     return {**rec, 'verified': 'random: no VGG weights'}
@@ -515,7 +503,8 @@ def record_run_vgg(config, workdir: str, allow_change: bool = False, log=print) 
   """Writes WORKDIR/vgg.json: the VGG the run trains with (path, SHA-256, released or not) and the directory it was
   launched from, against which a relative config.model.vgg_weights is found again. A resumed run whose VGG file
   changed is refused unless `allow_change`."""
-  from jaxtickets import checkpoint, storage  # pylint: disable=import-outside-toplevel
+  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxtickets import storage
   rec = {**describe_vgg(config.model.vgg_weights, config.model.width), 'launch_dir': os.getcwd()}
   path = os.path.join(workdir, VGG_RECORD)
   old = checkpoint.load_json(path) if storage.exists(path) else {}
@@ -533,7 +522,8 @@ def record_run_vgg(config, workdir: str, allow_change: bool = False, log=print) 
 
 def load_vgg_record(workdir: str) -> dict:
   """A run's vgg.json, or {} for a run made before runs recorded their VGG."""
-  from jaxtickets import checkpoint, storage  # pylint: disable=import-outside-toplevel
+  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxtickets import storage
   path = os.path.join(workdir, VGG_RECORD)
   return checkpoint.load_json(path) if storage.exists(path) else {}
 
@@ -544,7 +534,7 @@ def vgg_record_note(workdir: str) -> str:
   if not rec.get('sha256'):
     return ''
   if rec.get('vgg_weights') == DEMO_VGG:
-    return f"; SHA-256 `{rec['sha256']}` (the one jaxtickets/weights.py records for it)"
+    return f"; SHA-256 `{rec['sha256']}` (the one jaxtickets/weights/files.py records for it)"
   what = rec.get('release') or 'not a released file'
   how = rec.get('verified') or 'unverified'
   if how in ('published', 'pinned'):

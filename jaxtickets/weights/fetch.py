@@ -14,8 +14,9 @@ import urllib.parse
 import urllib.request
 import zipfile
 
+from jaxtickets import errors, storage
 from jaxtickets.errors import UserError
-from jaxtickets import releases
+from jaxtickets.weights import releases
 
 
 def _by_hand(entry: releases.Released) -> str:
@@ -44,8 +45,7 @@ def _download(url: str, dest: str, entry: releases.Released, log) -> str:
                         f'{_by_hand(entry)}.') from None
   log(f'Downloading {entry.title} from {url}')
   os.makedirs(os.path.dirname(dest), exist_ok=True)
-  part = f'{dest}.part-{os.getpid()}'
-  try:
+  def stream(part: str) -> None:
     with _open(url, entry) as resp, open(part, 'wb') as f:
       kind = resp.headers.get('Content-Type', '')
       head = resp.read(1 << 16)
@@ -54,12 +54,11 @@ def _download(url: str, dest: str, entry: releases.Released, log) -> str:
                         f'{_by_hand(entry)}.')
       f.write(head)
       shutil.copyfileobj(resp, f, 1 << 20)
-    os.replace(part, dest)
+
+  try:
+    storage.write_atomically(dest, stream)  # a cut download leaves nothing under dest's name
   except OSError as err:
     raise UserError(f'Downloading {entry.title} from {url} failed ({err}): {_by_hand(entry)}.') from None
-  finally:
-    if os.path.exists(part):
-      os.remove(part)
   return dest
 
 
@@ -105,7 +104,7 @@ def _downloaded(entry: releases.Released, log) -> tuple[str, str]:
 def _match_from(sources: list[str], needed: list[str], pins: dict[str, str], extract_to: str) -> dict[str, str]:
   """{file key: local path} for the --from paths: a zip archive or a folder gives the files named as released; a
   plain file goes where its hash (published or pinned) or its name puts it, else into the one slot left."""
-  from jaxtickets import weights  # pylint: disable=import-outside-toplevel
+  from jaxtickets.weights import files as weights  # pylint: disable=import-outside-toplevel
   found: dict[str, str] = {}
   loose = []
   for src in sources:
@@ -151,7 +150,7 @@ def _match_from(sources: list[str], needed: list[str], pins: dict[str, str], ext
 def verify(key: str, path: str, *, pins_file: str, allow_unverified: bool, log) -> str:
   """Checks a local copy of released file `key`; returns how it is verified ('published', 'pinned', 'unverified:
   first use' or 'unverified: --allow_unverified'). A wrong hash is refused (UserError) unless `allow_unverified`."""
-  from jaxtickets import weights  # pylint: disable=import-outside-toplevel
+  from jaxtickets.weights import files as weights  # pylint: disable=import-outside-toplevel
   entry, pins = releases.FILES[key], releases.load_pins(pins_file)
   got = weights.file_sha256(path)
   want, how = releases.expected(key, pins)
@@ -162,7 +161,7 @@ def verify(key: str, path: str, *, pins_file: str, allow_unverified: bool, log) 
     raise UserError(f"'{path}' is {other.title} (SHA-256 {got[:12]}..., {known}), not {entry.title}: pass "
                     f'{entry.name} of the {key.split("/")[0]} release.')
   if want:
-    where = 'published in jaxtickets/releases.py' if how == releases.PUBLISHED else f'pinned in {pins_file}'
+    where = 'published in jaxtickets/weights/releases.py' if how == releases.PUBLISHED else f'pinned in {pins_file}'
     if not allow_unverified:
       raise UserError(f"'{path}' has SHA-256 {got}, not the {want} of {entry.title} ({where}): download it again, "
                       'or pass --allow_unverified to port it anyway.')
@@ -188,7 +187,7 @@ def _need_torch(paths) -> None:
 def fetch(name: str, *, out: str, sources=(), allow_unverified: bool = False, overwrite: bool = False, log=print):
   """Gets, verifies and ports the released files of `name` (a model, or 'vgg') into out/<name>, with the pin file
   `releases.pins_path()`; returns the weights.Ported written."""
-  from jaxtickets import port, weights  # pylint: disable=import-outside-toplevel
+  from jaxtickets.weights import files as weights, port  # pylint: disable=import-outside-toplevel
   if name not in releases.MODELS:
     raise UserError(f"Unknown release {name!r}: choose one of {', '.join(releases.MODELS)}.")
   pins_file = releases.pins_path()
@@ -217,7 +216,7 @@ def fetch(name: str, *, out: str, sources=(), allow_unverified: bool = False, ov
 
 
 def main(argv: list[str]) -> int:
-  """python -m jaxtickets.weights fetch NAME ...: exit 0 when ported, 2 on a usage mistake or a refused file."""
+  """python -m jaxtickets.weights fetch NAME ...: 0 when ported; exits 2 on a usage mistake or a refused file."""
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # numpy work and a checkpoint write: leave accelerators free
   parser = argparse.ArgumentParser(prog='python -m jaxtickets.weights', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -233,12 +232,10 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(argv)
   if args.pins:  # the one pin file of this process: fetch's checks and the port's recognition read it
     os.environ[releases.PINS_ENV] = args.pins
-  try:
-    ported = fetch(args.name, out=args.out, sources=args.sources, allow_unverified=args.allow_unverified,
-                   overwrite=args.overwrite)
-  except UserError as e:  # a refused or missing file is the caller's to fix: exit 2, as for a bad flag
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  # A refused or missing file is the caller's to fix: the runner exits 2 with its sentence, as for a bad flag.
+  ported = errors.run_command(lambda: fetch(args.name, out=args.out, sources=args.sources,
+                                            allow_unverified=args.allow_unverified, overwrite=args.overwrite),
+                              'jaxtickets.weights')
   for note in ported.notes:
     print(note if note.startswith('WARNING') else f'note: {note}', file=sys.stderr)
   dest = os.path.join(args.out, args.name)

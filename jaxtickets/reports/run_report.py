@@ -5,11 +5,13 @@ import os
 
 import jax
 
-from jaxtickets import checkpoint, config as config_lib, results, storage, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import config as config_lib, storage
+from jaxtickets.results import tables as results
 from jaxtickets.errors import UserError
-from jaxtickets.report_text import (_interval_cell, collapsed_line, interval_text, learnability_lines, matching_lines, pct,
+from jaxtickets.results.text import (_interval_cell, collapsed_line, interval_text, learnability_lines, matching_lines, pct,
                                     planner_lines, table, verdict_text)
-from jaxtickets.report_figures import plot_curves, plot_early_bird, plot_grid, plot_layers
+from jaxtickets.reports.figures import plot_curves, plot_early_bird, plot_grid, plot_layers, plot_stability
 
 
 # ----------------------------------------------------------------------------- report.md
@@ -42,7 +44,7 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   vgg = (f"`demo`: the demo loss network, {config_lib.DEMO_VGG_DESCRIPTION}" if m.vgg_weights == config_lib.DEMO_VGG
          else f"`{m.vgg_weights}`" if m.vgg_weights else
          "**random** (no pretrained VGG: the losses are not meaningful)")
-  from jaxtickets import weights  # pylint: disable=g-import-not-at-top
+  from jaxtickets.weights import files as weights  # pylint: disable=g-import-not-at-top
   vgg += weights.vgg_record_note(workdir)  # its SHA-256 and whether it is the released file (the run's vgg.json)
   rewinds = sorted({r["rewind_step"] for r in rows})
   rewind = ", ".join("0 (the initial weights)" if k == 0 else f"{k} (the weights after {k} dense steps)"
@@ -219,6 +221,7 @@ def _stability_section(workdir: str) -> list[str]:
   rows = results.stability_rows(workdir)
   if not rows:
     return []
+  plot_stability(rows, os.path.join(workdir, workdir_lib.STABILITY_FIGURE))
   return ["## Stability (linear mode connectivity)", "",
           "Two copies of each round's start (theta_k * mask) trained with other data orders; the barrier is the "
           "highest held-out loss on the straight line between them minus the mean of its ends. About zero: the "
@@ -235,7 +238,7 @@ def _stability_section(workdir: str) -> list[str]:
 
 def _collapse_notes(workdir: str, rows: list[dict]) -> list[str]:
   """A warning per IMP ticket with a layer above 99% sparsity (layer collapse), the first round each replicate."""
-  from jaxtickets import sparsity
+  from jaxtickets.core import sparsity
 
   notes = []
   for rep in sorted({r["replicate"] for r in rows}):

@@ -38,7 +38,10 @@ import os
 import jax
 import numpy as np
 
-from jaxtickets import checkpoint, config as config_lib, evaluate, stats, storage, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import config as config_lib, storage
+from jaxtickets.core import evaluate
+from jaxtickets.results import stats
 from jaxtickets.errors import UserError
 from jaxtickets.models import GROUPS
 

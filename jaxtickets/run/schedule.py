@@ -6,7 +6,8 @@ replicate (its mask, or its sparsity) and the dense round (theta_k, the dense we
 baselines of round r can train beside IMP's round r+1, in slots of a pack that would otherwise compute padding.
 
 `Queue` hands out the ready trainings one at a time, IMP's first (every later round waits on them), then the
-baselines in the order they became ready. imp.py trains what it hands out; plan.py replays it to count packs.
+baselines in the order they became ready. imp.py trains what it hands out; `phases` replays it to count the packs
+of each part of the protocol (what jaxtickets.plan prices).
 """
 
 import collections
@@ -79,3 +80,69 @@ def packs(replicates: Sequence[int], rounds: int, branches: Sequence[str], runs_
         queue.done(key)
       out.append(pack)
   return out
+
+
+# ----------------------------------------------------------------------------- the protocol in packs (the planner)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A part of the protocol the schedule trains as one queue of packs."""
+  name: str
+  trainings: int  # the runs it trains
+  packs: int  # packed steps' worth of sequences: each pack trains side by side for `steps` steps
+  steps: int  # per pack
+  runs_per_step: int
+
+  @property
+  def slots(self) -> int:
+    return self.packs * self.runs_per_step
+
+  @property
+  def utilisation(self) -> float:
+    """Busy slots over slots: a padded slot computes a copy of a run that never moves."""
+    return self.trainings / self.slots if self.slots else 0.0
+
+
+def phases(config, runs_per_step: int, replicates: int | None = None) -> list[Phase]:
+  """The protocol's phases as imp trains them (schedule.packs' order, no early stops): the dense round; IMP's rounds
+  with the baselines that are ready beside them; the baselines left when IMP has finished. Packs with the dense round
+  train config.train.steps steps, the others from the rewind step on."""
+
+  i, steps = config.imp, config.train.steps
+  packs = _packs(config, runs_per_step, replicates)
+  kinds = [0 if any(k.round == 0 for k in p) else 1 if any(k.branch == IMP for k in p) else 2
+           for p in packs]
+  beside = sum(k.branch != IMP for p, kind in zip(packs, kinds) if kind == 1 for k in p)
+  named = {0: "dense round 0", 1: f"IMP rounds 1-{i.rounds}" + (f" + {beside} baselines beside" if beside else ""),
+           2: f"baselines after IMP ({', '.join(_branches(config)[1:])})"}
+  return [Phase(named[kind], trainings=sum(len(p) for p, k in zip(packs, kinds) if k == kind),
+                packs=kinds.count(kind), steps=steps if kind == 0 else steps - i.rewind_step,
+                runs_per_step=runs_per_step)
+          for kind in (0, 1, 2) if kind in kinds]
+
+
+def most_ready(config, runs_per_step: int) -> int:
+  """The most trainings any pack of the protocol has ready: slots beyond it only ever compute padding."""
+  return max(len(p) for p in _packs(config, runs_per_step))
+
+
+def _packs(config, runs_per_step: int, replicates: int | None = None) -> list:
+  """schedule.packs of the config's protocol (with `replicates` instead of the config's, if given)."""
+  i = config.imp
+  return packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
+
+
+def free_replicates(config, runs_per_step: int) -> int:
+  """The most replicates that train in as many packed steps as config.imp.replicates do (at least that many): idle
+  slots of a big slice hold more replicates for no more time."""
+  packed = lambda reps: sum(p.packs * p.steps for p in phases(config, runs_per_step, reps))
+  base, reps = packed(config.imp.replicates), config.imp.replicates
+  while reps < runs_per_step and packed(reps + 1) <= base:
+    reps += 1
+  return reps
+
+
+def _branches(config) -> list[str]:
+  from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.branches(config)

@@ -5,8 +5,9 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxtickets import config as config_lib, results, storage
-from jaxtickets.report_text import interval_text, pct, table
+from jaxtickets import config as config_lib, storage
+from jaxtickets.results import tables as results
+from jaxtickets.results.text import interval_text, pct, table
 
 
 # ----------------------------------------------------------------------------- the study (jaxtickets.study)

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxtickets import parallel, sparsity
+from jaxtickets.core import parallel, sparsity
 from jaxtickets.errors import UserError
 
 

@@ -5,7 +5,7 @@ Shared by the run (which logs them), report.md and the study's study.md.
 
 import math
 
-from jaxtickets import results
+from jaxtickets.results import tables as results
 
 
 # ----------------------------------------------------------------------------- formatting shared by every output

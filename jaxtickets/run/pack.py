@@ -18,8 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtickets import (aot, checkpoint, config as config_lib, data, early_bird as early_bird_lib,
-                        monitor as monitor_lib, parallel, preempt, streams, train as train_lib, workdir as workdir_lib)
+from jaxtickets.core import aot, early_bird as early_bird_lib, parallel, streams, train as train_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import config as config_lib, data
+from jaxtickets.run import monitor as monitor_lib, preempt
 from jaxtickets.errors import UserError
 
 
@@ -56,9 +58,9 @@ def choose_layout(config, concurrent: int, platform: str | None = None, devices=
   if requested == 1:
     layout = Layout(1, 1)
   elif requested > 1:
-    layout = Layout(requested, max(parallel.runs_axis_sizes(n, batch, requested)))
+    layout = Layout(requested, max(config_lib.runs_axis_sizes(n, batch, requested)))
   else:
-    sizes = parallel.runs_axis_sizes(n, batch)
+    sizes = config_lib.runs_axis_sizes(n, batch)
     axis = next((a for a in sizes if a >= concurrent), sizes[-1])
     per_device = 1 if platform == "cpu" else max(1, math.ceil(concurrent / axis))
     layout = Layout(axis * per_device, axis)
@@ -76,7 +78,7 @@ def choose_layout(config, concurrent: int, platform: str | None = None, devices=
     return layout
   # Auto: where one run does not fit a device, each run's batch over more devices (a smaller 'runs' axis) puts less
   # of it on each; a compile that outgrows a core's vector memory is fixed the same way.
-  axes = [layout.runs_axis] + [a for a in reversed(parallel.runs_axis_sizes(n, batch)) if a < layout.runs_axis]
+  axes = [layout.runs_axis] + [a for a in reversed(config_lib.runs_axis_sizes(n, batch)) if a < layout.runs_axis]
   last, last_axis = None, None
   for axis in axes:
     try:

@@ -11,12 +11,12 @@ import dataclasses
 import os
 import re
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jaxtickets import parallel, train
+from jaxtickets.core import parallel, train
 from jaxtickets.errors import UserError
 from jaxtickets.models import layers
 
@@ -154,7 +154,7 @@ def local_target() -> Target:
 
 def step_inputs(model, tx, mesh, runs_per_step: int, batch_size: int, crop_size: int) -> tuple:
   """The packed step's arguments (state, masks, vgg_params, batch, keys, ends) as jax.ShapeDtypeStructs with the
-  shardings a run gives them (pack.train_pack places the real ones): every argument but the loss VGG has a leading
+  shardings a run gives them (pack.train places the real ones): every argument but the loss VGG has a leading
   run axis over 'runs', the batch also splits each run's images over 'data'."""
   key = jax.random.PRNGKey(0)
   vgg = jax.eval_shape(model.init_vgg, key)
@@ -200,7 +200,6 @@ class Compiled:
   flops: float
   collectives: dict
   seconds: float  # lowering and compiling
-  executable: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def live_bytes(self) -> int:
@@ -281,7 +280,7 @@ def compile_step(step, inputs: tuple, platform: str) -> Compiled:
                   code_bytes=int(memory.generated_code_size_in_bytes),
                   xla_peak_bytes=int(getattr(memory, "peak_memory_in_bytes", 0) or 0),
                   flops=float((cost or {}).get("flops", 0.0)),
-                  collectives=collectives(executable.as_text() or ""), seconds=seconds, executable=executable)
+                  collectives=collectives(executable.as_text() or ""), seconds=seconds)
 
 
 # Compiled steps by everything that decides the program: a plan tries several layouts, and plans of one process

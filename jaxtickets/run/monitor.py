@@ -16,7 +16,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxtickets import workdir as workdir_lib
+from jaxtickets.store import workdir as workdir_lib
 
 MAX_IMAGES = 4
 

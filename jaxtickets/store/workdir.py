@@ -24,7 +24,8 @@ import time
 import jax
 import ml_collections
 
-from jaxtickets import checkpoint, config as config_lib, storage
+from jaxtickets.store import checkpoint
+from jaxtickets import config as config_lib, storage
 from jaxtickets.errors import UserError
 
 CONFIG = "config.json"

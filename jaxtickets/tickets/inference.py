@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtickets import checkpoint, models, weights as weights_lib, workdir as workdir_lib
+from jaxtickets.store import checkpoint, workdir as workdir_lib
+from jaxtickets import models
+from jaxtickets.weights import files as weights_lib
 from jaxtickets.errors import UserError
 
 # FCC NTSC RGB -> YIQ; rows give Y, I, Q. The inverse is computed, so the round trip is exact to float precision.
@@ -175,7 +177,7 @@ class Stylizer:
   @classmethod
   def from_export(cls, path: str) -> "Stylizer":
     """A file written by `python -m jaxtickets.export` (.npz or .safetensors)."""
-    from jaxtickets import export_format
+    from jaxtickets.tickets import export_format
 
     e = export_format.load_export(path)
     model = models.build(e.model_name, e.model_config)
@@ -195,7 +197,7 @@ def unused_vgg(model) -> dict:
 
 def _check_fits(model, vgg, params, where: str) -> None:
   """UserError unless `params` have the leaves and shapes that model.init gives."""
-  from jaxtickets import sparsity
+  from jaxtickets.core import sparsity
 
   expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), vgg)
   want = dict(zip(sparsity.leaf_paths(expected), (tuple(s.shape) for s in jax.tree.leaves(expected))))
