@@ -32,7 +32,7 @@ config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ada
 class Plan:
   config: object
   target: object  # aot.Target
-  layout: object  # pack.Layout
+  layout: object  # layout_lib.Layout
   mesh_shape: tuple[int, int]  # (runs, data)
   compiled: object  # aot.Compiled: the chosen layout's step
   phases: list  # schedule.Phase
@@ -53,8 +53,9 @@ class Plan:
 
 def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   """Builds and compiles the step a run of `config` on `target` (an aot.Target) trains with."""
-  from jaxtickets.core import aot, parallel, train  # pylint: disable=g-import-not-at-top
-  from jaxtickets.run import pack, schedule as schedule_lib  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import parallel  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import aot, train
+  from jaxtickets.run import schedule as schedule_lib, layout as layout_lib  # pylint: disable=g-import-not-at-top
   from jaxtickets import config as config_lib
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
 
@@ -62,7 +63,7 @@ def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   model = get_model(config.model.name)(config_lib.model_config(config))
   tx = train.make_optimizer(config.train.adam_eps)
   compile_layout = aot.step_compiler(model, config, tx, target.devices, target.platform)
-  layout = pack.choose_layout(config, concurrent=config.imp.replicates, platform=target.platform,
+  layout = layout_lib.choose_layout(config, concurrent=config.imp.replicates, platform=target.platform,
                               devices=target.devices, compile_layout=compile_layout,
                               memory_bytes=target.memory_bytes)
   compiled = compile_layout(layout.runs_axis, layout.runs_per_device)
@@ -163,7 +164,7 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
 def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from jaxtickets.core import aot  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import aot  # pylint: disable=g-import-not-at-top
 
   def work():
     if len(argv) > 1:

@@ -29,8 +29,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from jaxtickets import config as config_lib, data, tcmalloc  # pylint: disable=wrong-import-position
-from jaxtickets.run import pack
-from jaxtickets.core import parallel, sparsity, train
+from jaxtickets.run import layout as layout_lib
+from jaxtickets.core import parallel, sparsity
+from jaxtickets.run import train
 from jaxtickets.models import get_model, layers, model_names  # pylint: disable=wrong-import-position
 from jaxtickets.models.vgg import channels  # pylint: disable=wrong-import-position
 
@@ -209,9 +210,9 @@ def bench_runs(name: str, args) -> dict:
   prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
   masks = [sparsity.global_magnitude_prune(p, sparsity.ones_masks(p), prunable, 0.5) for p in params]
   config.parallel.runs_per_step = 0
-  auto = pack.choose_layout(config, concurrent=n)
-  layouts = {"one_run": (pack.Layout(1, 1), True), "vmap": (pack.Layout(n, 1), True),
-             "traced": (pack.Layout(n, 1), False), "auto": (auto, True)}
+  auto = layout_lib.choose_layout(config, concurrent=n)
+  layouts = {"one_run": (layout_lib.Layout(1, 1), True), "vmap": (layout_lib.Layout(n, 1), True),
+             "traced": (layout_lib.Layout(n, 1), False), "auto": (auto, True)}
 
   def runner(layout, vmap):
     mesh = parallel.make_mesh(layout.runs_axis)

@@ -40,7 +40,7 @@ def paper_config(model: str):
 def compile_row(model: str, topology: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
-  from jaxtickets.core import aot  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import aot  # pylint: disable=g-import-not-at-top
   from jaxtickets import plan
 
   got = plan.make_plan(paper_config(model), aot.topology(topology))

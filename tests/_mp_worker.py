@@ -52,7 +52,8 @@ def train_steps(config, steps: int = STEPS) -> dict:
   """Trains a half-pruned tiny AdaIN for `steps` on this process's share of the data; params, losses, hashes."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtickets import data  # pylint: disable=g-import-not-at-top
-  from jaxtickets.core import parallel, sparsity, train
+  from jaxtickets.core import parallel, sparsity
+  from jaxtickets.run import train
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
 
   model = get_model("adain")(config.model)
@@ -94,9 +95,9 @@ def main():
   np.savez(os.path.join(args.out, f"params_{pid}.npz"), **flat(result.pop("params")))
   if args.imp_packed:
     from jaxtickets.run import imp  # pylint: disable=g-import-not-at-top
-    from jaxtickets.run import pack  # pylint: disable=g-import-not-at-top
+    from jaxtickets.run import layout as layout_lib  # pylint: disable=g-import-not-at-top
     imp.run(packed_config_for_tests(), args.imp_packed)
-    layout = pack.choose_layout(packed_config_for_tests(), concurrent=2)
+    layout = layout_lib.choose_layout(packed_config_for_tests(), concurrent=2)
     result["packed_layout"] = [layout.runs_per_step, layout.runs_axis]
   with open(os.path.join(args.out, f"run_{pid}.json"), "w") as f:
     json.dump(result, f)

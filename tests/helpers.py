@@ -105,7 +105,8 @@ def make_train_step(model, train_config, tx, mesh):
   (state, metrics). Runs train in packs (train.make_packed_step); this is the one-run reference they are held to."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from jaxtickets.core import parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxtickets.core import parallel  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import train
 
   replicated = parallel.replicated(mesh)
   return jax.jit(train.masked_step(model, train_config, tx), donate_argnums=(0,),

@@ -10,7 +10,7 @@ import pytest
 
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.core import early_bird, sparsity
-from jaxtickets.run import imp, pack, preempt
+from jaxtickets.run import imp, preempt, train, layout as layout_lib
 from helpers import StopAfter, state_checkpoints, tiny_config
 
 PRUNABLE = {"a": True, "b": False}
@@ -148,9 +148,9 @@ def packed_birds(tmp_path_factory):
   """The shared context, its uninterrupted run's workdir, and the weights each replicate's early-bird test drew its
   masks from, check by check: {replicate: [params at step 1, 2, ...]}."""
   ctx = imp.setup(tiny_config(**PACKED_BIRDS), str(tmp_path_factory.mktemp("setup")))
-  assert ctx.compute.layout == pack.Layout(2, 1)
+  assert ctx.compute.layout == layout_lib.Layout(2, 1)
   reference = str(tmp_path_factory.mktemp("reference"))
-  drawn, train = {}, pack.train
+  drawn, train_pack = {}, train.train_pack
 
   def recording(ctx, jobs):
     for job in jobs:
@@ -159,10 +159,10 @@ def packed_birds(tmp_path_factory):
           drawn.setdefault(rep, []).append(params)
           return draw(params)
         job.early_bird.draw = draw
-    return train(ctx, jobs)
+    return train_pack(ctx, jobs)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pack, "train", recording)
+    mp.setattr(train, "train_pack", recording)
     _run(ctx, reference)
   return ctx, reference, drawn
 

@@ -208,6 +208,7 @@ def _parity(name, tmp_path, train_encoder):
   return mods, ct, st, got
 
 
+@pytest.mark.e2e  # stylizes through the PyTorch formulation
 @needs_torch
 def test_adain_stylizes_in_pytorch_as_in_jaxtickets(tmp_path):
   mods, ct, st, got = _parity("adain", tmp_path, train_encoder=True)
@@ -218,6 +219,7 @@ def test_adain_stylizes_in_pytorch_as_in_jaxtickets(tmp_path):
   tp.check_parity("adain export", got, want)
 
 
+@pytest.mark.e2e  # stylizes through the PyTorch formulation
 @needs_torch
 def test_sanet_stylizes_in_pytorch_as_in_jaxtickets(tmp_path):
   mods, ct, st, got = _parity("sanet", tmp_path, train_encoder=False)

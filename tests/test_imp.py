@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxtickets.store import checkpoint, workdir as workdir_lib
-from jaxtickets.run import imp, pack
+from jaxtickets.run import imp, train
 from jaxtickets import load_ticket
 from jaxtickets.results import stats, tables as results
 from jaxtickets.core import sparsity, streams
@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory):
                        train__adam_eps=1e-3)  # above rounding noise: the packed run below must give the same masks
   assert config.model.train_encoder
   starts = {}
-  train = pack.train
+  train_pack = train.train_pack
 
   def recording(ctx, jobs):
     def step(state, *args):
@@ -39,11 +39,11 @@ def run_dir(tmp_path_factory):
         starts.update({key(job): jax.tree.map(lambda x, i=i: np.asarray(x)[i], host) for i, job in enumerate(jobs)})
       return ctx.compute.packed_step(state, *args)
 
-    return train(dataclasses.replace(ctx, compute=dataclasses.replace(ctx.compute, packed_step=step)), jobs)
+    return train_pack(dataclasses.replace(ctx, compute=dataclasses.replace(ctx.compute, packed_step=step)), jobs)
 
   key = lambda job: (job.branch, job.round, job.replicate.index)
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pack, "train", recording)
+    mp.setattr(train, "train_pack", recording)
     rows = imp.run(config, workdir)
   return workdir, config, rows, starts
 

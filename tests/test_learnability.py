@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxtickets import config as config_lib
-from jaxtickets.core import evaluate, train
+from jaxtickets.core import evaluate
+from jaxtickets.run import train
 from jaxtickets.errors import UserError
 from jaxtickets.models import adain
 from jaxtickets.models.vgg import VGGEncoder

@@ -24,6 +24,7 @@ def test_the_held_out_images_are_never_trained_on(script):
   assert {os.path.basename(p) for p in data.demo_images("content")} <= names  # the training images are in
 
 
+@pytest.mark.e2e  # trains the script's autoencoder and writes its file
 def test_the_same_seed_writes_the_same_bytes_and_the_loader_takes_them(script, tmp_path):
   digests = []
   for name in ("a.npz", "b.npz"):

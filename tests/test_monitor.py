@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from jaxtickets.core import train
+from jaxtickets.run import train
 from jaxtickets.run.monitor import Monitor
 from helpers import tiny_config
 
@@ -70,7 +70,7 @@ def test_writing_events_does_not_import_torch(tmp_path):
   import subprocess
   import sys
 
-  code = ("import importlib.util, sys; from jaxtickets import monitor; m = monitor.Monitor(sys.argv[1], enabled=True); "
+  code = ("import importlib.util, sys; from jaxtickets.run import monitor; m = monitor.Monitor(sys.argv[1], enabled=True); "
           "m.scalars('run', 1, {'total': 1.5}, 'train'); m.close(); print('torch' in sys.modules); "
           "installed = importlib.util.find_spec('torch') is not None; installed and __import__('torch'); "
           "print(not installed or 'torch' in sys.modules)")

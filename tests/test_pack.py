@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets.run import imp, pack, preempt
+from jaxtickets.run import imp, preempt, train, layout as layout_lib
 from jaxtickets import config as config_lib
 from jaxtickets.core import sparsity, streams
 from helpers import tiny_config
@@ -15,7 +15,7 @@ from helpers import tiny_config
 def _layout(monkeypatch, devices, platform="cpu", concurrent=2, **parallel):
   monkeypatch.setattr(jax, "device_count", lambda: devices)
   config = tiny_config(train__batch_size=4, **{f"parallel__{k}": v for k, v in parallel.items()})
-  return pack.choose_layout(config, concurrent=concurrent, platform=platform)
+  return layout_lib.choose_layout(config, concurrent=concurrent, platform=platform)
 
 
 def test_runs_axis_sizes_leave_each_runs_batch_splitting_evenly():
@@ -42,7 +42,7 @@ def test_choose_layout(monkeypatch, devices, platform, concurrent, parallel, wan
 
 
 def test_on_an_accelerator_the_compiled_peak_sizes_the_pack(monkeypatch):
-  from jaxtickets.core import aot
+  from jaxtickets.run import aot
   from jaxtickets.errors import UserError
   monkeypatch.setattr(jax, "device_count", lambda: 1)
   asked = []
@@ -54,17 +54,17 @@ def test_on_an_accelerator_the_compiled_peak_sizes_the_pack(monkeypatch):
                         xla_peak_bytes=peak, flops=1.0, collectives={}, seconds=0.0)
 
   config = tiny_config()
-  choose = lambda memory, **kw: pack.choose_layout(tiny_config(**kw), concurrent=3, platform="gpu",
+  choose = lambda memory, **kw: layout_lib.choose_layout(tiny_config(**kw), concurrent=3, platform="gpu",
                                                    compile_layout=compile_layout, memory_bytes=memory)
-  assert choose(1000) == pack.Layout(3, 1) and asked == [(1, 3)]  # all 3 replicates fit: one compile
-  assert choose(300 / aot.HEADROOM) == pack.Layout(2, 1)  # 2 of them fit
+  assert choose(1000) == layout_lib.Layout(3, 1) and asked == [(1, 3)]  # all 3 replicates fit: one compile
+  assert choose(300 / aot.HEADROOM) == layout_lib.Layout(2, 1)  # 2 of them fit
   with pytest.raises(UserError, match=r"One run of adain at batch 2, 32 px crops, float32 does not fit a device: needs 150 bytes"):
     choose(100)
   with pytest.raises(UserError, match=r"config.parallel.runs_per_step = 3 puts 3 runs of adain .* but only 2 fit"):
     choose(300 / aot.HEADROOM, parallel__runs_per_step=3)
   asked.clear()
-  assert pack.choose_layout(config, concurrent=3, platform="cpu", compile_layout=compile_layout,
-                            memory_bytes=1) == pack.Layout(1, 1) and not asked  # a CPU trains one run per device
+  assert layout_lib.choose_layout(config, concurrent=3, platform="cpu", compile_layout=compile_layout,
+                            memory_bytes=1) == layout_lib.Layout(1, 1) and not asked  # a CPU trains one run per device
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def pack_setup(tmp_path_factory):
   config = tiny_config(train__steps=6, train__log_every=4, checkpoint__every_steps=2, checkpoint__async_save=False,
                        imp__replicates=2, parallel__runs_per_step=2)
   ctx = imp.setup(config, workdir)
-  assert ctx.compute.layout == pack.Layout(2, 1)
+  assert ctx.compute.layout == layout_lib.Layout(2, 1)
   return ctx
 
 
@@ -83,7 +83,7 @@ def _jobs(ctx):
   for index in range(2):
     rep = imp.replicate(c.config, index)
     params = jax.device_get(c.model.init(streams.key(rep.seed, streams.Stream.INIT), jax.device_get(c.vgg_params)))
-    jobs.append(pack.Job("imp", 0, rep, params, sparsity.ones_masks(params), start_step=0))
+    jobs.append(train.Job("imp", 0, rep, params, sparsity.ones_masks(params), start_step=0))
   return jobs
 
 
@@ -112,7 +112,7 @@ def test_a_preemption_saves_every_run_of_the_pack_and_raises(pack_setup, tmp_pat
   jobs = _jobs(ctx)
   with pytest.raises(preempt.Preempted, match=r"Stopped by SIGTERM at step 3 of a pack of 2 runs; the checkpoint is "
                                                r"step 3 in '.*state'"):
-    pack.train(ctx, jobs)
+    train.train_pack(ctx, jobs)
   ckpts = ctx.output.ckpts
   assert ctx.output.watch.asked == [(1, False), (2, True), (3, False)]  # all processes ask together at saves and logs
   assert ckpts.steps() == [2, 3]
@@ -121,7 +121,7 @@ def test_a_preemption_saves_every_run_of_the_pack_and_raises(pack_setup, tmp_pat
 
   # The same jobs again: both runs resume at step 3 and finish; the checkpoints stay until the caller clears them.
   ctx2, logs2 = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
-  results = pack.train(ctx2, jobs)
+  results = train.train_pack(ctx2, jobs)
   assert [r.nan_skips for r in results] == [0, 0] and [r.end_step for r in results] == [6, 6]
   assert all(r.early_bird_step is None and r.early_bird_history is None for r in results)
   assert sum("resuming at step 3 from its checkpoint" in line for line in logs2) == 2
@@ -134,9 +134,9 @@ def test_a_preemption_saves_every_run_of_the_pack_and_raises(pack_setup, tmp_pat
   ctx2.output.close()
 
 
+@pytest.mark.e2e  # a whole pack trained to its stop
 def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup, tmp_path, monkeypatch):
   from jaxtickets import data
-  from jaxtickets.core import train
 
   sample = data._Sample.__call__  # pylint: disable=protected-access
 
@@ -148,14 +148,14 @@ def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup,
   ctx, _ = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
   with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 3 of \[rep 0 imp round 0\].*last good "
                                                 r"checkpoint is step 2 in"):
-    pack.train(ctx, _jobs(ctx))
+    train.train_pack(ctx, _jobs(ctx))
   assert ctx.output.ckpts.steps() == [2]  # the check at step 4 found the bad step 3 and saved nothing
   ctx.output.close()
 
 
 def test_the_step_s_abstract_inputs_are_what_the_pack_passes_it(pack_setup, tmp_path):
   """aot.step_inputs (what the planner and the memory sizing compile from) against the real arguments of a pack."""
-  from jaxtickets.core import aot
+  from jaxtickets.run import aot
   passed = []
 
   def recording(*args):
@@ -166,7 +166,7 @@ def test_the_step_s_abstract_inputs_are_what_the_pack_passes_it(pack_setup, tmp_
   c = ctx.compute
   ctx = dataclasses.replace(ctx, compute=dataclasses.replace(c, packed_step=recording))
   with pytest.raises(preempt.Preempted):
-    pack.train(ctx, _jobs(ctx))
+    train.train_pack(ctx, _jobs(ctx))
   ctx.output.close()
   real = passed[0]
   abstract = aot.step_inputs(c.model, c.tx, c.mesh, c.layout.runs_per_step, c.config.train.batch_size,

@@ -9,8 +9,9 @@ import importlib.util
 
 import pytest
 
-from jaxtickets.core import aot, parallel
-from jaxtickets.run import pack, schedule
+from jaxtickets.core import parallel
+from jaxtickets.run import aot
+from jaxtickets.run import schedule, layout as layout_lib
 from jaxtickets.errors import UserError
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -119,12 +120,12 @@ def _per_device_limit(images: int):
 def test_auto_packing_splits_each_run_s_batch_over_more_devices_when_one_run_does_not_fit():
   from helpers import tiny_config
 
-  from jaxtickets.run import pack
+  from jaxtickets.run import layout as layout_lib
   config = tiny_config(train__batch_size=8)
-  choose = lambda limit: pack.choose_layout(config, concurrent=3, platform="tpu", devices=list(range(8)),
+  choose = lambda limit: layout_lib.choose_layout(config, concurrent=3, platform="tpu", devices=list(range(8)),
                                             compile_layout=_per_device_limit(limit), memory_bytes=1 << 30)
   # 3 replicates: 4 runs x 2 data (4 images a device) first; at most 2 images a device, 2 x 4 with one run each.
-  assert choose(8) == pack.Layout(4, 4) and choose(2) == pack.Layout(2, 2)
+  assert choose(8) == layout_lib.Layout(4, 4) and choose(2) == layout_lib.Layout(2, 2)
   assert not choose(8).why and choose(2).why == ("with each run's batch over 2 device(s), one run did not fit: the "
                                                  "compiler ran out of the device's VMEM (the step needs 18.45MB of "
                                                  "its 16.00MB)")
@@ -146,7 +147,7 @@ def _tiny_compiler(target, **overrides):
   from helpers import tiny_config
 
   from jaxtickets import config as config_lib
-  from jaxtickets.core import train
+  from jaxtickets.run import train
   from jaxtickets.models import get_model
   config = tiny_config(**overrides)
   model = get_model(config.model.name)(config_lib.model_config(config))
@@ -154,6 +155,7 @@ def _tiny_compiler(target, **overrides):
   return aot.step_compiler(model, config, tx, target.devices, target.platform)
 
 
+@pytest.mark.e2e  # compiles two packed steps
 def test_two_runs_per_device_need_about_twice_the_working_memory_and_flops_of_one():
   compile_layout = _tiny_compiler(aot.local_target())
   one, two = compile_layout(1, 1), compile_layout(1, 2)
@@ -206,6 +208,7 @@ def test_cost_text_keeps_its_digits_at_every_scale():
   assert [plan._chip_hours(n) for n in (3603.94, 0.000123)] == ["3,603.9 chip-hours", "0.000123 chip-hours"]  # pylint: disable=protected-access
 
 
+@pytest.mark.e2e  # compiles the local step
 def test_the_local_plan_prints_the_table():
   from helpers import tiny_config
 
@@ -219,7 +222,7 @@ def test_the_local_plan_prints_the_table():
   priced = plan.format_plan(plan.make_plan(tiny_config(), aot.local_target(), peak_flops=1e11))
   # The same plan as a 32-slot pod would have it: the idle slots are named, with what they could hold.
   config = tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune")
-  wide = dataclasses.replace(got, config=config, layout=pack.Layout(32, 32), mesh_shape=(32, 1),
+  wide = dataclasses.replace(got, config=config, layout=layout_lib.Layout(32, 32), mesh_shape=(32, 1),
                              phases=schedule.phases(config, 32), most_ready=schedule.most_ready(config, 32),
                              free_replicates=schedule.free_replicates(config, 32))
   text = plan.format_plan(wide)

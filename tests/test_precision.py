@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxtickets import data
-from jaxtickets.core import parallel, sparsity, train
+from jaxtickets.core import parallel, sparsity
+from jaxtickets.run import train
 from jaxtickets.models import get_model
 from helpers import make_train_step, tiny_config
 
@@ -43,6 +44,7 @@ def runs():
   return {dtype: _train(dtype) for dtype in ("float32", "bfloat16")}
 
 
+@pytest.mark.e2e  # trains and compiles the step twice (float32, bfloat16)
 def test_bfloat16_loss_tracks_float32(runs):
   (l32, _, _), (l16, _, _) = runs["float32"], runs["bfloat16"]
   total32 = np.array([m["total"] for m in l32])

@@ -29,8 +29,7 @@ from PIL import Image
 
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets import data
-from jaxtickets.run import imp, pack, preempt
-from jaxtickets.core import train
+from jaxtickets.run import imp, preempt, train
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, StopAfter, assert_same_ticket, cli_env, state_checkpoints, tiny_config
 
@@ -313,15 +312,15 @@ def _run(ctx, workdir):
 
 def _preempt(ctx, workdir, branch, round_, step):
   """_run stopped after `step` of replicate 0's (branch, round_); asserts it stopped there."""
-  train = pack.train
+  train_pack = train.train_pack
 
   def stopping(ctx, jobs):
     if any((job.branch, job.round) == (branch, round_) for job in jobs):
       ctx = _with_output(ctx, watch=StopAfter(step))
-    return train(ctx, jobs)
+    return train_pack(ctx, jobs)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pack, "train", stopping)
+    mp.setattr(train, "train_pack", stopping)
     with pytest.raises(preempt.Preempted, match=rf"at step {step} of \[rep 0 {branch} round {round_}\]"):
       _run(ctx, workdir)
   assert not checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, branch, round_, 0))

@@ -17,6 +17,8 @@ from jaxtickets.store import workdir as workdir_lib
 from jaxtickets.errors import UserError
 from helpers import ROOT, tiny_config
 
+pytestmark = pytest.mark.e2e  # every test reads one whole tiny IMP run
+
 WIDTH = 1 / 16
 
 

@@ -58,5 +58,5 @@ def test_importing_jaxtickets_first_silences_libtpu_and_plain_jax_does_not():
   # The control: JAX alone on this machine prints libtpu's probe, so the check below can fail.
   assert any(n in _stderr_of("import jax; jax.devices()") for n in NOISE)
   # What every entry point does: the package first, then JAX's devices and a TPU topology for the planner.
-  quiet = _stderr_of("import jaxtickets, jax; jax.devices(); from jaxtickets import aot; aot.topology('v5e:2x2')")
+  quiet = _stderr_of("import jaxtickets, jax; jax.devices(); from jaxtickets.run import aot; aot.topology('v5e:2x2')")
   assert not any(n in quiet for n in NOISE), quiet

@@ -5,7 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtickets.core import parallel, sparsity, train
+from jaxtickets.core import parallel, sparsity
+from jaxtickets.run import train
 from jaxtickets.models import get_model
 from helpers import make_train_step, tiny_config
 
@@ -165,7 +166,10 @@ def _packed(pieces, runs_per_device, vmap=True):
       packed, args
 
 
-@pytest.mark.parametrize("runs_per_device, vmap", [(1, True), (2, True), (2, False)])
+# Two runs vmapped on one device stay in the developer loop; one run, and two traced one after the other, compile
+# programs of their own and run in the whole suite.
+@pytest.mark.parametrize("runs_per_device, vmap", [pytest.param(1, True, marks=pytest.mark.e2e), (2, True),
+                                                  pytest.param(2, False, marks=pytest.mark.e2e)])
 def test_packed_step_trains_each_run_as_it_trains_alone(pieces, runs_per_device, vmap):
   config, model, vgg, _, _, mesh, tx, step_fn, _ = pieces
   runs, batches, keys, state, packed, a = _packed(pieces, runs_per_device, vmap)

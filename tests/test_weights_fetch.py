@@ -233,7 +233,7 @@ def test_command_line_refuses_a_pinned_mismatch_with_exit_2(upstream, tmp_path):
   pins.write_text(json.dumps({'adain/vgg_normalised.pth': '0' * 64}))
   env = {**os.environ, releases.PINS_ENV: str(pins), releases.CACHE_ENV: str(tmp_path / 'cache'),
          'JAX_PLATFORMS': 'cpu'}
-  run = subprocess.run([sys.executable, '-m', 'jaxtickets.weights.files', 'fetch', 'vgg',
+  run = subprocess.run([sys.executable, '-m', 'jaxtickets.weights', 'fetch', 'vgg',
                         f'--from={root / "vgg_shallow.pth"}', f'--out={tmp_path / "w"}'],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
   assert run.returncode == 2, run.stderr

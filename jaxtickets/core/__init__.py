@@ -1,2 +1,2 @@
-"""The step and what it is made of: masks and sparsity, the jitted train step, evaluation, the device mesh,
-compiling a step ahead of time for a target, the early-bird test, named random streams."""
+"""What a step is made of: masks and sparsity, held-out evaluation, the device mesh, the early-bird test, named
+random streams."""

@@ -1,2 +1,3 @@
-"""The protocol run: rounds and branches (imp), the order of the trainings (schedule), packs of runs trained side by
-side (pack), TensorBoard, preemption."""
+"""Training and the protocol: the step and its loop over a pack of runs (train), how many runs a step holds
+(layout), compiling the step for a target (aot), rounds and branches (imp), their order (schedule), linear mode
+connectivity (stability), preemption, TensorBoard."""

@@ -15,10 +15,11 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxtickets.core import aot, early_bird, evaluate, parallel, sparsity, streams, train
+from jaxtickets.core import early_bird, evaluate, parallel, sparsity, streams
+from jaxtickets.run import aot, train
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets import config as config_lib, data
-from jaxtickets.run import pack, preempt, schedule
+from jaxtickets.run import layout as layout_lib, preempt, schedule
 from jaxtickets.results import tables as results
 from jaxtickets.weights import files as weights
 from jaxtickets.errors import UserError
@@ -50,7 +51,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
   lock = None
   try:
     with preempt.PreemptionWatch() as watch:
-      def prepare() -> pack.RunContext:
+      def prepare() -> train.RunContext:
         nonlocal lock
         config_lib.validate(config)
         lock = workdir_lib.lock_workdir(config, workdir, log)
@@ -70,7 +71,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
       lock.release()
 
 
-def setup(config, workdir: str, *, watch=None, place: bool = True) -> pack.RunContext:
+def setup(config, workdir: str, *, watch=None, place: bool = True) -> train.RunContext:
   """The run's context: what it computes with (model, loss VGG, masks' scope, eval pairs, the pack layout and mesh,
   the compiled functions) and where its work goes (the workdir, the log, the record of skipped images).
 
@@ -81,7 +82,7 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> pack.RunCo
   model, vgg_params = weights.model_and_vgg(config)
   tx = train.make_optimizer(config.train.adam_eps)
   # On an accelerator the pack is sized by the compiled step's memory, before anything trains.
-  layout = pack.choose_layout(config, concurrent=config.imp.replicates, **aot.layout_sizing(model, config, tx))
+  layout = layout_lib.choose_layout(config, concurrent=config.imp.replicates, **aot.layout_sizing(model, config, tx))
   mesh = parallel.make_mesh(layout.runs_axis)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), vgg_params)
   prunable = sparsity.prunable_leaves(shapes, config_lib.split_list(config.sparsity.scope), allow_missing_groups=True)
@@ -97,17 +98,17 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> pack.RunCo
         f"axis x {layout.runs_per_device} per device, each run's batch over {mesh.shape[parallel.DATA_AXIS]} "
         "device(s)); config.parallel.pack_runs=false trains one run at a time."
         + (f" (Not more runs: {layout.why}.)" if layout.why else ""))
-  compute = pack.Compute(
+  compute = train.Compute(
       config=config, model=model, vgg_params=parallel.replicate(vgg_params, mesh) if place else vgg_params,
       prunable=prunable, frozen_inference_size=frozen, mesh=mesh, layout=layout, tx=tx,
       packed_step=train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device),
       eval_fn=evaluate.make_eval_fn(model), pairs=data.eval_pairs(config, skip_log=skip_log))
-  output = pack.Output(workdir=workdir, skip_log=skip_log,
+  output = train.Output(workdir=workdir, skip_log=skip_log,
                        watch=watch if watch is not None else preempt.PreemptionWatch(), log=log)
-  return pack.RunContext(compute=compute, output=output)
+  return train.RunContext(compute=compute, output=output)
 
 
-def with_run_state(ctx: pack.RunContext) -> pack.RunContext:
+def with_run_state(ctx: train.RunContext) -> train.RunContext:
   """`ctx` with the loss VGG on the devices, the workdir's train-state checkpoints, TensorBoard monitor and record of
   skipped images (the first collective steps of a multi-process run: after parallel.agree)."""
   from jaxtickets.run.monitor import Monitor
@@ -118,10 +119,10 @@ def with_run_state(ctx: pack.RunContext) -> pack.RunContext:
   out.skip_log.merge(workdir_lib.load_skips(out.workdir))
   ckpts = checkpoint.TrainCheckpoints(workdir_lib.state_dir(out.workdir), keep=c.config.checkpoint.keep,
                                       async_save=c.config.checkpoint.async_save, log=log)
-  return pack.RunContext(compute=c, output=dataclasses.replace(out, ckpts=ckpts, monitor=Monitor(out.workdir)))
+  return train.RunContext(compute=c, output=dataclasses.replace(out, ckpts=ckpts, monitor=Monitor(out.workdir)))
 
 
-def _run_rounds(ctx: pack.RunContext) -> list[dict]:
+def _run_rounds(ctx: train.RunContext) -> list[dict]:
   """Every replicate's IMP rounds and baselines (schedule.Queue's order), then the results tables and the verdicts."""
   c, out = ctx.compute, ctx.output
   reps = {i: replicate(c.config, i) for i in range(c.config.imp.replicates)}
@@ -137,7 +138,7 @@ def _run_rounds(ctx: pack.RunContext) -> list[dict]:
   return rows
 
 
-def _train_protocol(ctx: pack.RunContext, reps: list[Replicate]) -> None:
+def _train_protocol(ctx: train.RunContext, reps: list[Replicate]) -> None:
   """The dense round, IMP's rounds and the baselines of `reps`, each training as soon as what it needs exists, in
   packs of layout.runs_per_step: a round's baselines fill the slots beside IMP's next round. Saved tickets are
   loaded instead of trained (a resumed run), without taking a slot."""
@@ -172,7 +173,7 @@ def _train_protocol(ctx: pack.RunContext, reps: list[Replicate]) -> None:
       continue
     for _, job in todo:
       _announce(ctx, job)
-    trained = pack.train(ctx, [job for _, job in todo])
+    trained = train.train_pack(ctx, [job for _, job in todo])
     for (key, job), result in zip(todo, trained):
       finish(key, _evaluate_and_save(ctx, job, result))
     out.ckpts.clear()  # the tickets supersede the pack's train-state checkpoints
@@ -181,7 +182,7 @@ def _train_protocol(ctx: pack.RunContext, reps: list[Replicate]) -> None:
 class _Jobs:
   """Builds the job of a schedule.Key from what it needs: theta_0 or theta_k, and IMP's tickets so far."""
 
-  def __init__(self, ctx: pack.RunContext, reps: list[Replicate]):
+  def __init__(self, ctx: train.RunContext, reps: list[Replicate]):
     self.ctx, self.reps = ctx, {rep.index: rep for rep in reps}
     self.imp_tickets: dict[tuple[int, int], checkpoint.Ticket] = {}  # (replicate, round)
     self._theta_0, self._theta_k, self._reinit = {}, {}, {}
@@ -204,19 +205,19 @@ class _Jobs:
                                                               jax.device_get(c.vgg_params), self.theta_k(rep)))
     return self._reinit[rep.index]
 
-  def build(self, key: schedule.Key) -> pack.Job:
+  def build(self, key: schedule.Key) -> train.Job:
     c, workdir = self.ctx.compute, self.ctx.output.workdir
     config, k = c.config, c.config.imp.rewind_step
     rep, r = self.reps[key.replicate], key.round
     if key.branch == schedule.IMP and r == 0:
       theta_0 = self.theta_0(rep)
-      return pack.Job("imp", 0, rep, theta_0, sparsity.ones_masks(theta_0), start_step=0, keep_theta_at=k,
+      return train.Job("imp", 0, rep, theta_0, sparsity.ones_masks(theta_0), start_step=0, keep_theta_at=k,
                       theta_path=workdir_lib.theta_dir(workdir, rep.index, k) if k else "",
                       early_bird=early_bird_watch(c))
     if key.branch == schedule.IMP:
       prev = self.imp_tickets[rep.index, r - 1]
       masks = sparsity.prune(config, prev.trained_params, prev.masks, c.prunable)
-      return pack.Job("imp", r, rep, self.theta_k(rep), masks, start_step=k)
+      return train.Job("imp", r, rep, self.theta_k(rep), masks, start_step=k)
     # The baselines beside IMP: the same theta_k and IMP's round-r sparsity.
     imp_masks, init = self.imp_tickets[rep.index, r].masks, self.theta_k(rep)
     if key.branch == "random_prune":
@@ -226,10 +227,10 @@ class _Jobs:
     else:  # oneshot: the dense round's trained weights pruned at once, the way IMP prunes
       dense = self.imp_tickets[rep.index, 0]
       masks = sparsity.oneshot_masks(config, dense.trained_params, imp_masks, c.prunable)
-    return pack.Job(key.branch, r, rep, init, masks, start_step=k)
+    return train.Job(key.branch, r, rep, init, masks, start_step=k)
 
 
-def early_bird_watch(c: pack.Compute) -> early_bird.Watch | None:
+def early_bird_watch(c: train.Compute) -> early_bird.Watch | None:
   """The dense round's early-bird test (config.imp.early_bird), or None; sparsity.early_bird_masks draws its masks."""
   i = c.config.imp
   if not i.early_bird:
@@ -239,13 +240,13 @@ def early_bird_watch(c: pack.Compute) -> early_bird.Watch | None:
                           min_step=i.rewind_step)
 
 
-def rewind_params(ctx: pack.RunContext, rep: Replicate, theta_0):
+def rewind_params(ctx: train.RunContext, rep: Replicate, theta_0):
   """theta_k, the weights a pruned round rewinds to (theta_0 when k = 0)."""
   k = ctx.compute.config.imp.rewind_step
   return theta_0 if k == 0 else checkpoint.load_params(workdir_lib.theta_dir(ctx.output.workdir, rep.index, k))
 
 
-def _announce(ctx: pack.RunContext, job: pack.Job) -> None:
+def _announce(ctx: train.RunContext, job: train.Job) -> None:
   c, out = ctx.compute, ctx.output
   report = sparsity_report(c, job.masks, job.init_params)
   out.log(f"{job.label} sparsity {report['prunable']['sparsity']:.4f} of prunable weights, "
@@ -257,7 +258,7 @@ def _announce(ctx: pack.RunContext, job: pack.Job) -> None:
             "a layer first when its weights are smallest); config.sparsity.layer_cap (e.g. 0.95) stops it.")
 
 
-def _evaluate_and_save(ctx: pack.RunContext, job: pack.Job, result: pack.Result) -> checkpoint.Ticket:
+def _evaluate_and_save(ctx: train.RunContext, job: train.Job, result: train.Result) -> checkpoint.Ticket:
   """Evaluates a trained run on the held-out pairs and saves its ticket (and refreshes the results tables)."""
   c, out = ctx.compute, ctx.output
   cfg, rep, trained = c.config, job.replicate, result.params
@@ -312,7 +313,7 @@ def skipped_line(summary: dict) -> str:
           f"({first}{more}); the list is in summary.json.")
 
 
-def initial_params(ctx: pack.RunContext, rep: Replicate):
+def initial_params(ctx: train.RunContext, rep: Replicate):
   """The replicate's theta_0, saved once so that a restarted run rewinds to exactly the same weights."""
   c = ctx.compute
   path = workdir_lib.theta_dir(ctx.output.workdir, rep.index, 0)
@@ -327,7 +328,7 @@ def initial_params(ctx: pack.RunContext, rep: Replicate):
   return theta_0
 
 
-def sparsity_report(c: pack.Compute, masks, params) -> dict:
+def sparsity_report(c: train.Compute, masks, params) -> dict:
   """sparsity.count plus per-group sparsity and the whole inference network's (a fixed encoder's VGG included)."""
   report = sparsity.count(masks, c.prunable, params)
   report["groups"] = sparsity.count_by_group(masks)

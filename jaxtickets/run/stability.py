@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.core import evaluate
-from jaxtickets.run import imp, pack, preempt
+from jaxtickets.run import imp, preempt, train
 from jaxtickets.results import tables as results
 from jaxtickets.errors import UserError
 
@@ -55,7 +55,7 @@ def interpolate(a, b, alpha: float, masks):
                       .astype(np.asarray(x).dtype), a, b, masks)
 
 
-def path_losses(c: pack.Compute, a, b, masks, points: int) -> list[float]:
+def path_losses(c: train.Compute, a, b, masks, points: int) -> list[float]:
   """The held-out total loss at `points` evenly spaced weights from a (alpha = 0) to b (alpha = 1)."""
   out = []
   for alpha in np.linspace(0.0, 1.0, points):
@@ -81,7 +81,7 @@ def start_params(workdir: str, config, ticket, replicate: int):
   return checkpoint.load_params(path)
 
 
-def _copies(config, workdir: str, ticket, replicate: int, round_: int, same_order: bool) -> list[pack.Job]:
+def _copies(config, workdir: str, ticket, replicate: int, round_: int, same_order: bool) -> list[train.Job]:
   """The round's two copies as jobs: theta_k * mask from step k, each with its own data order (unless same_order)."""
   init = start_params(workdir, config, ticket, replicate)
   jobs = []
@@ -89,7 +89,7 @@ def _copies(config, workdir: str, ticket, replicate: int, round_: int, same_orde
     seed = config.seed + replicate + _COPY_SEED_OFFSET * (1 if same_order else i + 1)
     rep = imp.Replicate(index=replicate, seed=seed)
     start = config.imp.rewind_step
-    jobs.append(pack.Job(f"stability_{copy}", round_, rep, init, ticket.masks, start_step=start))
+    jobs.append(train.Job(f"stability_{copy}", round_, rep, init, ticket.masks, start_step=start))
   return jobs
 
 
@@ -120,7 +120,7 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
   return rows
 
 
-def _measure(ctx: pack.RunContext, workdir: str, ticket_path: str, replicate: int, round_: int, points: int,
+def _measure(ctx: train.RunContext, workdir: str, ticket_path: str, replicate: int, round_: int, points: int,
              same_order: bool) -> dict:
   c, out = ctx.compute, ctx.output
   ticket = checkpoint.load_ticket(ticket_path)
@@ -138,7 +138,7 @@ def _measure(ctx: pack.RunContext, workdir: str, ticket_path: str, replicate: in
   n = c.layout.runs_per_step
   for start in range(0, len(todo), n):
     chunk = todo[start:start + n]
-    for (copy, _), result in zip(chunk, pack.train(ctx, [job for _, job in chunk])):
+    for (copy, _), result in zip(chunk, train.train_pack(ctx, [job for _, job in chunk])):
       checkpoint.save_params(workdir_lib.stability_copy_dir(workdir, replicate, round_, copy), result.params)
       trained[copy] = result.params
     out.ckpts.clear()  # the saved copies supersede the pack's train-state checkpoints

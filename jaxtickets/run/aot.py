@@ -16,7 +16,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxtickets.core import parallel, train
+from jaxtickets.core import parallel
+from jaxtickets.run import train
 from jaxtickets.errors import UserError
 from jaxtickets.models import layers
 
@@ -154,7 +155,7 @@ def local_target() -> Target:
 
 def step_inputs(model, tx, mesh, runs_per_step: int, batch_size: int, crop_size: int) -> tuple:
   """The packed step's arguments (state, masks, vgg_params, batch, keys, ends) as jax.ShapeDtypeStructs with the
-  shardings a run gives them (pack.train places the real ones): every argument but the loss VGG has a leading
+  shardings a run gives them (train.train_pack places the real ones): every argument but the loss VGG has a leading
   run axis over 'runs', the batch also splits each run's images over 'data'."""
   key = jax.random.PRNGKey(0)
   vgg = jax.eval_shape(model.init_vgg, key)
