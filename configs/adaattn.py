@@ -31,11 +31,7 @@ def demo(c):
 
 
 def get_config(arg: str = ""):
-  c = config_lib.default_config()
-  c.model.name = "adaattn"
-  c.model.style_weight = 10.0  # global style loss L_g (r21..r51)
-  c.model.local_weight = 3.0  # local feature loss L_l (r21..r51)
-  c.model.content_weight = 0.0  # normalized content loss (r21..r51): off in the reference, so not computed
+  c = config_lib.default_config("adaattn")  # its loss weights: the model class's
   c.model.std_grad_eps = 0.0
   c.data.load_size = 512
   c.data.crop_size = 256

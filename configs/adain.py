@@ -54,10 +54,7 @@ def cpu_study(c):
 
 
 def get_config(arg: str = ""):
-  c = config_lib.default_config()
-  c.model.name = "adain"
-  c.model.content_weight = 1.0
-  c.model.style_weight = 10.0
+  c = config_lib.default_config("adain")  # its loss weights: the model class's
   c.model.content_taps = "r41"  # the reference's; the CPU study adds shallower taps (see the model's docstring)
   c.train.lr = 1e-4
   c.train.lr_decay = 5e-5

@@ -27,12 +27,9 @@ def demo(c):
 
 
 def get_config(arg: str = ""):
-  c = config_lib.default_config()
-  c.model.name = "lst"
+  c = config_lib.default_config("lst")  # its loss weights: the model class's
   c.model.train_encoder = False  # LST trains only its transform
   c.model.train_decoder = False  # decoder4 is pre-trained and frozen in the reference
-  c.model.content_weight = 1.0
-  c.model.style_weight = 0.02
   c.data.load_size = 256
   c.data.crop_size = 256
   c.train.lr = 1e-4

@@ -22,13 +22,7 @@ from jaxtickets import config as config_lib
 
 
 def get_config(arg: str = ""):
-  c = config_lib.default_config()
-  c.model.name = "manet"
-  c.model.content_weight = 1.0
-  c.model.style_weight = 5.0
-  c.model.identity1_weight = 50.0
-  c.model.identity2_weight = 1.0
-  c.model.disentangle_weight = 1.0
+  c = config_lib.default_config("manet")  # its loss weights: the model class's
   c.model.disentangle_threshold = 10.0  # on while content_weight * L_c + style_weight * L_s is below this
   c.model.manet_original_pairing = False
   c.train.lr = 1e-4

@@ -25,14 +25,7 @@ from jaxtickets import config as config_lib
 
 
 def get_config(arg: str = ""):
-  c = config_lib.default_config()
-  c.model.name = "mccnet"
-  c.model.content_weight = 3.0
-  c.model.style_weight = 10.0
-  c.model.identity1_weight = 70.0
-  c.model.identity2_weight = 1.0
-  c.model.noise_weight = 3000.0
-  c.model.tv_weight = 1e-4  # the reference writes 10e-5
+  c = config_lib.default_config("mccnet")  # its loss weights: the model class's
   c.model.mcc_eps = 1e-5  # 0.0 = the reference's division without eps
   c.train.lr = 1e-4
   c.train.schedule = "inverse"

@@ -14,12 +14,7 @@ from jaxtickets import config as config_lib
 
 
 def get_config(arg: str = ""):
-  c = config_lib.default_config()
-  c.model.name = "sanet"
-  c.model.content_weight = 1.0
-  c.model.style_weight = 3.0
-  c.model.identity1_weight = 50.0
-  c.model.identity2_weight = 1.0
+  c = config_lib.default_config("sanet")  # its loss weights: the model class's
   c.train.lr = 1e-4
   c.train.schedule = "inverse"
   c.train.lr_decay = 5e-5

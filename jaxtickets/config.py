@@ -10,7 +10,7 @@ import ml_collections
 
 from jaxtickets import storage
 from jaxtickets.errors import ConfigError, UserError
-from jaxtickets.models import DECODER_INITS, GROUPS, MODELS, SHARED_FIELDS
+from jaxtickets.models import DECODER_INITS, GROUPS, MODELS, SHARED_FIELDS, get_model
 
 BRANCHES = ("imp", "random_prune", "random_reinit", "oneshot")
 PRUNE_METHODS = ("global", "layerwise", "lamp")
@@ -35,15 +35,19 @@ RESUME_SAFE_FIELDS = ("resume", "data.num_threads", "data.prefetch", "train.log_
                       "model.allow_random_vgg")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Every field the program reads, with the paper-scale defaults shared by all models."""
+def default_config(model: str | None = None) -> ml_collections.ConfigDict:
+  """Every field the program reads, with the paper-scale defaults shared by all models; with `model`, its name and
+  its loss weights as fields '<loss>_weight' at the values the model class declares (the one home of those
+  defaults), so a configs/<model>.py sets only what differs and --config.model.<loss>_weight overrides any."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.resume = True  # continue the run in --workdir; False moves an existing run aside and starts afresh
 
   c.model = ml_collections.ConfigDict(dict(SHARED_FIELDS))  # name, width, train_encoder, dtype, weights: see there
-  # Loss weights are fields named '<loss>_weight' (content_weight, style_weight, identity1_weight, ...); each
-  # configs/<model>.py sets its model's, and a model falls back to the reference's value for any not set.
+  if model is not None:
+    c.model.name = model
+    for term, weight in get_model(model).loss_weights.items():
+      c.model[f"{term}_weight"] = float(weight)
 
   c.data = ml_collections.ConfigDict()
   c.data.content = ""  # a folder, 'tfds:NAME:SPLIT' or 'demo'
@@ -433,7 +437,8 @@ def config_changes(saved: dict, config) -> list[str]:
   """
   old = _flatten(saved)
   new = _flatten(json.loads(config.to_json()))
-  defaults = _flatten(json.loads(default_config().to_json()))
+  name = config.model.name if isinstance(config.model.get("name"), str) and config.model.name in MODELS else None
+  defaults = _flatten(json.loads(default_config(name).to_json()))
   changes = []
   for key in sorted(set(old) | set(new)):
     if key in RESUME_SAFE_FIELDS:

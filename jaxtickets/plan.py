@@ -35,7 +35,7 @@ class Plan:
   layout: object  # layout_lib.Layout
   mesh_shape: tuple[int, int]  # (runs, data)
   compiled: object  # aot.Compiled: the chosen layout's step
-  phases: list  # schedule.Phase
+  phases: list  # order.Phase
   most_ready: int  # the most trainings any pack has ready
   free_replicates: int  # replicates that fit the same packed steps
   peak_flops: float | None  # per device
@@ -55,7 +55,7 @@ def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   """Builds and compiles the step a run of `config` on `target` (an aot.Target) trains with."""
   from jaxtickets.core import parallel  # pylint: disable=g-import-not-at-top
   from jaxtickets.run import aot, train
-  from jaxtickets.run import schedule as schedule_lib, layout as layout_lib  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import order, layout as layout_lib  # pylint: disable=g-import-not-at-top
   from jaxtickets import config as config_lib
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
 
@@ -70,9 +70,9 @@ def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   mesh = parallel.make_mesh(layout.runs_axis, devices=target.devices)
   return Plan(config=config, target=target, layout=layout,
               mesh_shape=(mesh.shape[parallel.RUNS_AXIS], mesh.shape[parallel.DATA_AXIS]), compiled=compiled,
-              phases=schedule_lib.phases(config, layout.runs_per_step),
-              most_ready=schedule_lib.most_ready(config, layout.runs_per_step),
-              free_replicates=schedule_lib.free_replicates(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
+              phases=order.phases(config, layout.runs_per_step),
+              most_ready=order.most_ready(config, layout.runs_per_step),
+              free_replicates=order.free_replicates(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
 
 
 def _gib(n: float) -> str:
@@ -132,7 +132,7 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
   lines.append(f"  collectives in the program: {found}")
   i = c.imp
   lines += ["", f"Protocol: the dense round and {i.rounds} pruned rounds of {c.train.steps:,} steps (rewinding to step "
-            f"{i.rewind_step}), {i.replicates} replicates, branches {', '.join(config_lib.branches(c))}; as the schedule packs "
+            f"{i.rewind_step}), {i.replicates} replicates, branches {', '.join(config_lib.branches(c))}; as the order packs "
             "them:"]
   lines.append(f"  {'phase':<40} {'trainings':>9} {'packs':>6} {'steps/pack':>11} {'busy slots / slots':>20}")
   for p in plan.phases:

@@ -55,7 +55,7 @@ def configs_dir(study_config) -> str:
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def model_config(name: str, variant: str, folder: str) -> ml_collections.ConfigDict:
+def variant_config(name: str, variant: str, folder: str) -> ml_collections.ConfigDict:
   """configs/<name>.py's get_config(variant)."""
   path = os.path.join(folder, f"{name}.py")
   if not os.path.isfile(path):
@@ -117,7 +117,7 @@ def plan(study_config, workdir: str) -> tuple[list[SubRun], list[str]]:
     raise UserError("config.models is empty: name at least one model, e.g. 'adain'.")
   runs, notes = [], []
   for name in models:
-    base = model_config(name, study_config.variant, configs_dir(study_config))
+    base = variant_config(name, study_config.variant, configs_dir(study_config))
     base.model.name = name
     base = with_changes(base, study_config.overrides, "config.overrides")
     runs += [SubRun(name, run, with_changes(base, changes, f"The {run} sub-run"), os.path.join(workdir, name, run))

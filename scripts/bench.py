@@ -95,7 +95,7 @@ def cost_flops(compiled) -> float:
 # ----------------------------------------------------------------------------- JAX train step
 
 
-def model_config(name: str, args):
+def bench_config(name: str, args):
   """configs/<name>.py at paper scale (its loss weights etc.), with the benchmark's batch, size, dtype and width."""
   path = os.path.join(ROOT, "configs", f"{name}.py")
   if os.path.exists(path):
@@ -140,7 +140,7 @@ def bench_model(name: str, args, mesh, with_dense: bool = True, extra_runs: dict
   `extra_runs` maps a label to a callable that runs one step of something else and returns its seconds (the
   PyTorch step): it joins the same loop, so its ratio to the JAX step is taken pair by pair under the same load.
   """
-  config = model_config(name, args)
+  config = bench_config(name, args)
   model = get_model(name)(config.model)
   vgg = jax.device_get(model.init_vgg(jax.random.PRNGKey(0)))
   params = jax.device_get(model.init(jax.random.PRNGKey(1), vgg))
@@ -151,7 +151,7 @@ def bench_model(name: str, args, mesh, with_dense: bool = True, extra_runs: dict
   rng = np.random.default_rng(0)
   batch = {k: rng.random((args.batch, args.size, args.size, 3), np.float32) for k in ("content", "style")}
   batch = parallel.shard_batch(batch, mesh)
-  vgg_r, masks_r, key = parallel.replicate(vgg, mesh), parallel.replicate(masks, mesh), jax.random.PRNGKey(2)
+  vgg_r, masks_r, key = parallel.put_replicated(vgg, mesh), parallel.put_replicated(masks, mesh), jax.random.PRNGKey(2)
   fresh = lambda: train.create_state(params, sparsity.ones_masks(params), 0, tx, mesh, model.trained_groups)
 
   t = time.perf_counter()
@@ -199,7 +199,7 @@ def bench_runs(name: str, args) -> dict:
   config.parallel.runs_per_step = 0 (auto) chooses on these devices.
   """
   n = args.runs
-  config = model_config(name, args)
+  config = bench_config(name, args)
   model = get_model(name)(config.model)
   vgg = jax.device_get(model.init_vgg(jax.random.PRNGKey(0)))
   tx = train.make_optimizer()
@@ -227,7 +227,7 @@ def bench_runs(name: str, args) -> dict:
     masks_d = [parallel.put_runs(stack([masks[r] for r in rs]), mesh) for rs in slots]
     keys = parallel.put_runs(np.stack([np.asarray(jax.random.PRNGKey(r)) for r in range(p)]), mesh)
     ends = parallel.put_runs(np.full(p, 10 ** 9, np.int32), mesh)
-    vgg_r = parallel.replicate(vgg, mesh)
+    vgg_r = parallel.put_replicated(vgg, mesh)
     rows = parallel.local_rows(mesh, p, args.batch)
     batch = parallel.assemble_packed_batch({r: {k: v[lo:hi] for k, v in host_batch.items()}
                                             for r, (lo, hi) in rows.items()}, rows, p, args.batch, mesh)
@@ -290,7 +290,7 @@ def bench_conv_paths(args, mesh) -> dict:
 
 def bench_pipeline(args) -> dict:
   """Samples (content + style pairs) per second out of data.make_train_iterator, after its first batch."""
-  config = model_config(args.model if not args.models else "adain", args)
+  config = bench_config(args.model if not args.models else "adain", args)
   dataset = data.make_train_dataset(config, args.batch, 0, 1)
   it = data.make_train_iterator(dataset, num_threads=config.data.num_threads, prefetch=config.data.prefetch)
   t = time.perf_counter()

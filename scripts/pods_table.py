@@ -5,7 +5,7 @@
 
 A compile takes minutes (libtpu's, on this machine's CPU), so each row is its own command and is kept: a row
 already made is not compiled again. The protocol's columns (packed steps, busy slots, cost) are worked out at
-render time from the row's compiled figures and jaxtickets.run.schedule.phases, so a change of schedule re-renders
+render time from the row's compiled figures and jaxtickets.run.order.phases, so a change of schedule re-renders
 without a compile. Paper scale: each config's defaults, bfloat16, IMP and random pruning, 3 replicates.
 """
 
@@ -33,7 +33,7 @@ def row_path(model: str, topology: str) -> str:
 def paper_config(model: str):
   """configs/<model>.py at its defaults with PAPER_SCALE's changes (the study's loader, so it reads configs alike)."""
   from jaxtickets import study  # pylint: disable=g-import-not-at-top
-  config = study.model_config(model, "", os.path.join(os.path.dirname(__file__), "..", "configs"))
+  config = study.variant_config(model, "", os.path.join(os.path.dirname(__file__), "..", "configs"))
   return study.with_changes(config, PAPER_SCALE, "pods_table.py")
 
 
@@ -56,16 +56,16 @@ def compile_row(model: str, topology: str) -> dict:
 
 def protocol(row: dict) -> dict:
   """The protocol's packed steps and busy share for the row's runs per step, and its cost at peak and 40%."""
-  from jaxtickets.run import schedule  # pylint: disable=g-import-not-at-top
+  from jaxtickets.run import order  # pylint: disable=g-import-not-at-top
 
-  phases = schedule.phases(paper_config(row["model"]), row["runs_per_step"])
+  phases = order.phases(paper_config(row["model"]), row["runs_per_step"])
   packed = sum(p.packs * p.steps for p in phases)
   busy = sum(p.trainings * p.steps for p in phases) / sum(p.slots * p.steps for p in phases)
   hours = packed * row["flops"] / row["peak_flops"] / 3600
   config = paper_config(row["model"])
   return {"packed_steps": packed, "busy": busy, "hours": hours, "chip_hours": hours * row["chips"],
-          "most_ready": schedule.most_ready(config, row["runs_per_step"]),
-          "free_replicates": schedule.free_replicates(config, row["runs_per_step"]),
+          "most_ready": order.most_ready(config, row["runs_per_step"]),
+          "free_replicates": order.free_replicates(config, row["runs_per_step"]),
           "phases": [dataclasses.asdict(p) | {"utilisation": p.utilisation} for p in phases]}
 
 

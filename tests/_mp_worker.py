@@ -67,7 +67,7 @@ def train_steps(config, steps: int = STEPS) -> dict:
   from helpers import make_train_step  # pylint: disable=g-import-not-at-top
   step_fn = make_train_step(model, config.train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
-  masks_r, vgg_r = parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh)
+  masks_r, vgg_r = parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh)
   dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count())
   batches = data.make_train_iterator(dataset, num_threads=0, prefetch=0)
   key = jax.random.PRNGKey(3)

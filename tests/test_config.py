@@ -10,7 +10,7 @@ from jaxtickets.errors import UserError
 from helpers import tiny_config
 
 
-def model_config(name, variant=""):
+def variant_config(name, variant=""):
   import importlib.util, pathlib
   spec = importlib.util.spec_from_file_location(f"{name}_cfg", pathlib.Path(__file__).parent.parent / f"configs/{name}.py")
   mod = importlib.util.module_from_spec(spec)
@@ -19,7 +19,7 @@ def model_config(name, variant=""):
 
 
 def demo():
-  return model_config("adain", "demo")
+  return variant_config("adain", "demo")
 
 
 MODEL_CONFIGS = [(name, variant) for name in ("adain", "sanet", "lst", "manet", "adaattn", "mccnet")
@@ -29,7 +29,7 @@ MODEL_CONFIGS = [(name, variant) for name in ("adain", "sanet", "lst", "manet", 
 @pytest.mark.parametrize("name,variant", MODEL_CONFIGS)
 def test_every_config_file_and_variant_is_valid(name, variant):
   """Every configs/<model>.py, paper scale and demo: valid as it is (paper scale once its data is set)."""
-  config = model_config(name, variant)
+  config = variant_config(name, variant)
   assert config.model.name == name
   if not variant:  # paper scale names no data: the user points it at COCO and WikiArt
     with pytest.raises(UserError, match="No training data is configured"):
@@ -54,7 +54,7 @@ def test_pick_variant_applies_only_the_named_variant_and_names_the_choices():
 def test_every_config_file_names_its_variants_when_one_is_unknown(name):
   with pytest.raises(ValueError, match=rf"Unknown variant 'nope' of configs/{name}.py: use '' \(paper scale\) or "
                      "one of 'demo'"):
-    model_config(name, "nope")
+    variant_config(name, "nope")
 
 
 def test_paper_scale_defaults_give_replicates_and_enough_pairs():
@@ -243,7 +243,7 @@ def test_lamp_is_a_pruning_method():
 @pytest.mark.parametrize("name", ["adain", "lst"])
 def test_data_that_are_not_the_demos_refuse_a_random_vgg(tmp_path, name):
   """Paper scale without VGG weights stops in validation, naming the fetch command and the opt-in."""
-  c = model_config(name)
+  c = variant_config(name)
   c.data.content, c.data.style = str(tmp_path), "demo"
   with pytest.raises(UserError) as e:
     config_lib.validate(c)
@@ -263,12 +263,12 @@ def test_data_that_are_not_the_demos_refuse_a_random_vgg(tmp_path, name):
 
 def test_every_demo_variant_opts_in_to_a_random_vgg_and_may_resume_with_it():
   for name in ("sanet", "lst", "manet", "adaattn", "mccnet"):
-    c = model_config(name, "demo")
+    c = variant_config(name, "demo")
     assert c.model.vgg_weights == "" and c.model.allow_random_vgg is True
-  assert model_config("adain").model.allow_random_vgg is False
-  saved = json.loads(model_config("sanet").to_json())
+  assert variant_config("adain").model.allow_random_vgg is False
+  saved = json.loads(variant_config("sanet").to_json())
   del saved["model"]["allow_random_vgg"]  # a run made before the field: the opt-in changes nothing it computes
-  changes = config_lib.config_changes(saved, model_config("sanet", "demo"))
+  changes = config_lib.config_changes(saved, variant_config("sanet", "demo"))
   assert changes and not any("allow_random_vgg" in c for c in changes)  # the demo's other fields differ
 
 

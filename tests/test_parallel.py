@@ -176,7 +176,7 @@ def test_replicate_never_aliases_and_survives_donation():
   mesh = parallel.make_mesh()
   host = np.arange(16, dtype=np.float32)
   dev = jax.numpy.arange(16, dtype=jax.numpy.float32)
-  rh, rd = parallel.replicate(host, mesh), parallel.replicate(dev, mesh)
+  rh, rd = parallel.put_replicated(host, mesh), parallel.put_replicated(dev, mesh)
   host[0] = 99.0  # a later host write must not reach the device copy
   step = jax.jit(lambda a: a * 2.0, donate_argnums=0)
   out_h, out_d = step(rh), step(rd)

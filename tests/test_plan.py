@@ -11,7 +11,7 @@ import pytest
 
 from jaxtickets.core import parallel
 from jaxtickets.run import aot
-from jaxtickets.run import schedule, layout as layout_lib
+from jaxtickets.run import order, layout as layout_lib
 from jaxtickets.errors import UserError
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -181,12 +181,12 @@ def test_the_schedule_counts_each_phase_s_busy_slots():
 
   config = tiny_config(imp__replicates=3, imp__rounds=3, imp__branches="imp,random_prune,random_reinit",
                        imp__rewind_step=1)
-  phases = schedule.phases(config, runs_per_step=4)
+  phases = order.phases(config, runs_per_step=4)
   # IMP's rounds take 3 of each pack's 4 slots; a round-r baseline takes the fourth beside round r+1.
   assert [(p.trainings, p.packs, p.steps, p.slots) for p in phases] == [(3, 1, 3, 4), (11, 3, 2, 12), (16, 4, 2, 16)]
   assert [round(p.utilisation, 2) for p in phases] == [0.75, 0.92, 1.0]
-  assert schedule.most_ready(config, runs_per_step=4) == 4 and schedule.most_ready(config, runs_per_step=32) == 9
-  assert [(p.trainings, p.packs) for p in schedule.phases(config, runs_per_step=1)] == [(3, 3), (9, 9), (18, 18)]
+  assert order.most_ready(config, runs_per_step=4) == 4 and order.most_ready(config, runs_per_step=32) == 9
+  assert [(p.trainings, p.packs) for p in order.phases(config, runs_per_step=1)] == [(3, 3), (9, 9), (18, 18)]
 
 
 def test_a_big_slice_s_idle_slots_are_named_with_the_replicates_they_would_hold_for_free():
@@ -195,9 +195,9 @@ def test_a_big_slice_s_idle_slots_are_named_with_the_replicates_they_would_hold_
   # The paper's shape: 10 rounds, IMP and random pruning. At 32 slots a pack never has more than 3 IMP runs and 3
   # baselines ready; 16 replicates (16 + 16 ready) still take the dense pack, 10 IMP packs and one more.
   config = tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune")
-  assert schedule.most_ready(config, 32) == 6 and schedule.free_replicates(config, 32) == 16
-  assert schedule.free_replicates(config, 4) == 3  # 4 slots are full already: a 4th replicate adds packs
-  packed = lambda reps: sum(p.packs * p.steps for p in schedule.phases(config, 32, reps))
+  assert order.most_ready(config, 32) == 6 and order.free_replicates(config, 32) == 16
+  assert order.free_replicates(config, 4) == 3  # 4 slots are full already: a 4th replicate adds packs
+  packed = lambda reps: sum(p.packs * p.steps for p in order.phases(config, 32, reps))
   assert packed(16) == packed(3) == 12 * config.train.steps < packed(17)
 
 
@@ -223,8 +223,8 @@ def test_the_local_plan_prints_the_table():
   # The same plan as a 32-slot pod would have it: the idle slots are named, with what they could hold.
   config = tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune")
   wide = dataclasses.replace(got, config=config, layout=layout_lib.Layout(32, 32), mesh_shape=(32, 1),
-                             phases=schedule.phases(config, 32), most_ready=schedule.most_ready(config, 32),
-                             free_replicates=schedule.free_replicates(config, 32))
+                             phases=order.phases(config, 32), most_ready=order.most_ready(config, 32),
+                             free_replicates=order.free_replicates(config, 32))
   text = plan.format_plan(wide)
   assert "No pack ever has more than 6 of its 32 slots busy" in text and "'runs' axis of 6 (6 devices" in text
   assert "imp.replicates=16 trains in as many packed steps" in text

@@ -25,7 +25,7 @@ def _train(dtype: str):
   tx = train.make_optimizer()
   step_fn = make_train_step(model, config.train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
-  masks_r, vgg_r, key = parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh), jax.random.PRNGKey(2)
+  masks_r, vgg_r, key = parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh), jax.random.PRNGKey(2)
   batches = data.make_train_iterator(data.make_train_dataset(config, 2), num_threads=0, prefetch=0)
   losses, text = [], None
   for _ in range(STEPS):

@@ -60,7 +60,7 @@ def test_frozen_groups_get_no_update_and_no_optimizer_state(pieces):
   state = train.create_state(params, masks, 0, tx, mesh, frozen_model.trained_groups)
   assert set(state.opt_state.mu) == {"decoder"}
   step_fn = make_train_step(frozen_model, config.train, tx, mesh)
-  state, _ = step_fn(state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh),
+  state, _ = step_fn(state, parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh),
                      parallel.shard_batch(batch, mesh), jax.random.PRNGKey(0))
   after = jax.device_get(state.params)
   masked = sparsity.apply_masks(params, masks)
@@ -85,8 +85,8 @@ def test_create_state_is_masked_with_fresh_optimizer(pieces):
 def test_pruned_weights_stay_zero_and_others_move(pieces):
   _, _, vgg, params, masks, mesh, tx, step_fn, batch = pieces
   state = train.create_state(params, masks, 0, tx, mesh)
-  vgg_r = parallel.replicate(vgg, mesh)
-  masks_r = parallel.replicate(masks, mesh)
+  vgg_r = parallel.put_replicated(vgg, mesh)
+  masks_r = parallel.put_replicated(masks, mesh)
   key = jax.random.PRNGKey(3)
   losses = []
   for _ in range(5):
@@ -106,7 +106,7 @@ def test_step_matches_a_hand_written_adam_step(pieces):
   config, model, vgg, params, masks, mesh, tx, step_fn, batch = pieces
   state = train.create_state(params, masks, 3, tx, mesh)
   key = jax.random.PRNGKey(3)
-  new, metrics = step_fn(state, parallel.replicate(masks, mesh), parallel.replicate(vgg, mesh),
+  new, metrics = step_fn(state, parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh),
                          parallel.shard_batch(batch, mesh), key)
   masked = sparsity.apply_masks(params, masks)
   grads = jax.jit(jax.grad(lambda p: model.loss(sparsity.apply_masks(p, masks), vgg, batch["content"], batch["style"],
@@ -128,7 +128,7 @@ def test_non_finite_loss_keeps_the_old_state_and_is_recorded(pieces, policy):
   if policy == "skip":
     step_fn = make_train_step(model, tiny_config(train__nan_policy="skip").train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh)
-  vgg_r, masks_r, key = parallel.replicate(vgg, mesh), parallel.replicate(masks, mesh), jax.random.PRNGKey(3)
+  vgg_r, masks_r, key = parallel.put_replicated(vgg, mesh), parallel.put_replicated(masks, mesh), jax.random.PRNGKey(3)
   bad = dict(batch, content=np.full_like(batch["content"], np.nan))
   snapshots = []
   for b in (batch, bad, batch, bad, batch):  # steps 1..5; 2 and 4 are non-finite
@@ -173,7 +173,7 @@ def _packed(pieces, runs_per_device, vmap=True):
 def test_packed_step_trains_each_run_as_it_trains_alone(pieces, runs_per_device, vmap):
   config, model, vgg, _, _, mesh, tx, step_fn, _ = pieces
   runs, batches, keys, state, packed, a = _packed(pieces, runs_per_device, vmap)
-  vgg_r = parallel.replicate(vgg, mesh)
+  vgg_r = parallel.put_replicated(vgg, mesh)
   ends = parallel.put_runs(np.full(len(runs), 100, np.int32), mesh)
   for _ in range(2):
     state, metrics = packed(state, a["masks"], vgg_r, a["batch"], a["keys"], ends)
@@ -181,7 +181,7 @@ def test_packed_step_trains_each_run_as_it_trains_alone(pieces, runs_per_device,
   for i, ((params, masks), batch, key) in enumerate(zip(runs, batches, keys)):
     alone = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
     for _ in range(2):
-      alone, alone_metrics = step_fn(alone, parallel.replicate(masks, mesh), vgg_r, parallel.shard_batch(batch, mesh),
+      alone, alone_metrics = step_fn(alone, parallel.put_replicated(masks, mesh), vgg_r, parallel.shard_batch(batch, mesh),
                                      key)
     want = jax.device_get(alone.params)
     for g, w in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], got)), jax.tree.leaves(want)):
@@ -196,7 +196,7 @@ def test_packed_step_leaves_a_run_at_its_end_as_it_is(pieces):
   _, _, vgg, _, _, mesh, _, _, _ = pieces
   runs, _, _, state, packed, a = _packed(pieces, 2)
   before = jax.device_get(train.state_dict(state))
-  vgg_r = parallel.replicate(vgg, mesh)
+  vgg_r = parallel.put_replicated(vgg, mesh)
   ends = parallel.put_runs(np.array([2, 0], np.int32), mesh)  # run 1 is at its end already (a padded slot)
   for _ in range(3):
     state, _ = packed(state, a["masks"], vgg_r, a["batch"], a["keys"], ends)

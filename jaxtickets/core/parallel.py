@@ -146,7 +146,7 @@ def packed_batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
 
 
-def replicate(tree, mesh):
+def put_replicated(tree, mesh):
   """Puts a copy of a host tree on every device.
 
   Going through numpy avoids two traps: in a multi-process run device_put of a jax array onto the global mesh

@@ -1,6 +1,6 @@
 """AdaAttN (Liu et al. 2021; Huage001/AdaAttN, released config `--shallow_layer --skip_connection_3`).
 
-Layout (models.md §6):
+KeyLayout (models.md §6):
 - encoder and loss network: `vgg_normalised` up to r51 (divisor 16: r41 + up2(r51) needs an even r41).
 - transform = {'transformer': {attn_adain_4_1, attn_adain_5_1, merge_conv}, 'adaattn_3'}: attention-weighted
   mean/std per content position; keys concatenate norm(nearest-downsampled shallower taps) with norm(the tap).
@@ -27,7 +27,7 @@ from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
-from jaxtickets.models.torch_layout import Layer, Layout, Part, convs
+from jaxtickets.models.torch_layout import Layer, KeyLayout, Part, convs
 
 LOSS_TAPS = vgg_lib.TAPS[1:]  # r21..r51
 KEY_TAPS = vgg_lib.TAPS[2:]  # r31..r51: the transform's keys
@@ -222,6 +222,8 @@ class AdaAttNModel(StyleModel):
   divisor = 16
   encoder_depth = "r51"
   loss_depth = "r51"
+  # Global style L_g and local feature L_l over r21..r51; the normalized content loss is off in the reference (so
+  # not computed). configs/adaattn.py takes these from here.
   loss_weights = {"style": 10.0, "local": 3.0, "content": 0.0}
   # The paper's names: L_l measures local stylization, not content, so 'content'/'style' would mislead.
   terms = ("global", "local")
@@ -305,12 +307,12 @@ Model = AdaAttNModel
 # ------------------------------------------------------------------------------------------------------------
 # PyTorch layout (models.md §6.6): three released files, the transform in two parts.
 
-TORCH_DECODER = Layout("AdaAttN decoder", (Layer("decoder_layer_1.1", "decoder_layer_1_1"),) + tuple(
+TORCH_DECODER = KeyLayout("AdaAttN decoder", (Layer("decoder_layer_1.1", "decoder_layer_1_1"),) + tuple(
     Layer(f"decoder_layer_2.{i}", f"decoder_layer_2_{i}") for i in (1, 4, 7, 10, 14, 17, 21, 24)))
 _FGH = ("f", "g", "h")  # AdaAttN blocks have no out_conv
-TORCH_TRANSFORMER = Layout("AdaAttN transformer", convs("attn_adain_4_1", "attn_adain_4_1", _FGH)
+TORCH_TRANSFORMER = KeyLayout("AdaAttN transformer", convs("attn_adain_4_1", "attn_adain_4_1", _FGH)
                            + convs("attn_adain_5_1", "attn_adain_5_1", _FGH) + (Layer("merge_conv", "merge_conv"),))
-TORCH_ADAATTN_3 = Layout("AdaAttN adaattn_3", convs("", "", _FGH))
+TORCH_ADAATTN_3 = KeyLayout("AdaAttN adaattn_3", convs("", "", _FGH))
 AdaAttNModel.torch_parts = {
     "decoder": (Part("decoder", (TORCH_DECODER,), "latest_net_decoder.pth"),),
     "transform": (Part("transform/transformer", (TORCH_TRANSFORMER,), "latest_net_transformer.pth"),

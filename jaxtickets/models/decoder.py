@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtickets.models import layers
-from jaxtickets.models.torch_layout import Layer, Layout, Part
+from jaxtickets.models.torch_layout import Layer, KeyLayout, Part
 from jaxtickets.models.vgg import channels
 
 # (layer name, full-width output channels, upsample x2 after it); names mirror the encoder's convs.
@@ -47,9 +47,9 @@ class Decoder(nn.Module):
 # attributes); either file fits either model.
 
 _NAMES = tuple(name for name, _, _ in _LAYERS) + ("conv1_1",)
-TORCH_SEQUENTIAL = Layout("decoder (Sequential)", tuple(
+TORCH_SEQUENTIAL = KeyLayout("decoder (Sequential)", tuple(
     Layer(str(i), d) for i, d in zip((1, 5, 8, 11, 14, 18, 21, 25, 28), _NAMES)))
-TORCH_LST = Layout("LST dec_r41", tuple(Layer(f"conv{i}", d) for i, d in zip(range(11, 20), _NAMES)))
+TORCH_LST = KeyLayout("LST dec_r41", tuple(Layer(f"conv{i}", d) for i, d in zip(range(11, 20), _NAMES)))
 
 
 def torch_part(example: str, *, lst_first: bool = False) -> Part:

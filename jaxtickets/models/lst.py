@@ -17,7 +17,7 @@ from jaxtickets.models import decoder as decoder_lib
 from jaxtickets.models import layers
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel, _field
-from jaxtickets.models.torch_layout import Layer, Layout, Part
+from jaxtickets.models.torch_layout import Layer, KeyLayout, Part
 
 STYLE_TAPS = vgg_lib.TAPS[:4]  # r11..r41
 CONTENT_TAP = "r41"
@@ -196,9 +196,9 @@ def _torch_cnn(name: str) -> tuple[Layer, ...]:
   return convs + (Layer(f"{name}.fc", f"{name}/fc", linear=True),)
 
 
-TORCH_TRANSFORM = Layout("LST r41 (MulLayer)", _torch_cnn("snet") + _torch_cnn("cnet")
+TORCH_TRANSFORM = KeyLayout("LST r41 (MulLayer)", _torch_cnn("snet") + _torch_cnn("cnet")
                          + (Layer("compress", "compress"), Layer("unzip", "unzip")))
 LST.torch_parts = {"decoder": (decoder_lib.torch_part("dec_r41.pth", lst_first=True),),
                    "transform": (Part("transform", (TORCH_TRANSFORM,), "r41.pth"),)}
 # TestArtistic.py's encoder4 holds conv1..conv10 (up to relu4_1) and loads vgg_r41.pth strictly.
-LST.torch_encoder = Part("encoder", (Layout("LST vgg_r41", vgg_lib.LST_VGG.layers[:10]),), "vgg_r41.pth")
+LST.torch_encoder = Part("encoder", (KeyLayout("LST vgg_r41", vgg_lib.LST_VGG.layers[:10]),), "vgg_r41.pth")

@@ -14,7 +14,7 @@ from jaxtickets.models import losses
 from jaxtickets.models import sanet
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel, _field
-from jaxtickets.models.torch_layout import Layout, Part, convs
+from jaxtickets.models.torch_layout import KeyLayout, Part, convs
 
 CONTENT_TAPS = ("r41", "r51")
 STYLE_TAPS = losses.ALL_TAPS
@@ -171,6 +171,6 @@ Model = MANet
 # ------------------------------------------------------------------------------------------------------------
 # PyTorch layout (models.md §5.6): the released decoder and ma_module files.
 
-TORCH_TRANSFORM = Layout("MANet ma_module", convs("CSA", "CSA") + convs("SSA", "SSA") + convs("CA", "CA"))
+TORCH_TRANSFORM = KeyLayout("MANet ma_module", convs("CSA", "CSA") + convs("SSA", "SSA") + convs("CA", "CA"))
 MANet.torch_parts = {"decoder": (decoder_lib.torch_part("decoder_iter_160000.pth"),),
                      "transform": (Part("transform", (TORCH_TRANSFORM,), "ma_module_iter_160000.pth"),)}

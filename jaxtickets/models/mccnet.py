@@ -27,7 +27,7 @@ from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
-from jaxtickets.models.torch_layout import Layer, Layout, Part, convs
+from jaxtickets.models.torch_layout import Layer, KeyLayout, Part, convs
 
 TAP = "r41"
 DEFAULT_MCC_EPS = 1e-5
@@ -86,6 +86,7 @@ class MCCNet(StyleModel):
   divisor = 8
   encoder_depth = "r41"
   loss_depth = "r51"
+  # The reference's weights (its tv weight is written 10e-5); configs/mccnet.py takes them from here.
   loss_weights = {"content": 3.0, "style": 10.0, "identity1": 70.0, "identity2": 1.0, "noise": 3000.0,
                   "tv": 1e-4}
   terms = ("content", "style", "identity1", "identity2", "noise", "tv")
@@ -174,7 +175,7 @@ Model = MCCNet
 # ------------------------------------------------------------------------------------------------------------
 # PyTorch layout (models.md §7.6): the released decoder and mcc_module files.
 
-TORCH_TRANSFORM = Layout(
+TORCH_TRANSFORM = KeyLayout(
     "MCCNet mcc_module", convs("MCCN", "", ("f", "g", "out_conv")) + (Layer("MCCN.fc", "fc", linear=True),),
     (("MCCN.h.", "MCCNet defines MCCN.h but its forward pass never uses it"),), zeros=(Layer("MCCN.h", "f"),))
 MCCNet.torch_parts = {"decoder": (decoder_lib.torch_part("decoder_iter_160000.pth"),),

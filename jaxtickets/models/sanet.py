@@ -13,7 +13,7 @@ from jaxtickets.models import layers
 from jaxtickets.models import losses
 from jaxtickets.models import vgg as vgg_lib
 from jaxtickets.models.base import DECODER, TRANSFORM, StyleModel
-from jaxtickets.models.torch_layout import Layer, Layout, Part, convs
+from jaxtickets.models.torch_layout import Layer, KeyLayout, Part, convs
 
 CONTENT_TAPS = ("r41", "r51")
 STYLE_TAPS = losses.ALL_TAPS
@@ -137,7 +137,7 @@ Model = SANet
 # ------------------------------------------------------------------------------------------------------------
 # PyTorch layout (models.md §3.6): the released decoder and transformer files.
 
-TORCH_TRANSFORM = Layout("SANet transformer", convs("sanet4_1", "sanet4_1") + convs("sanet5_1", "sanet5_1")
+TORCH_TRANSFORM = KeyLayout("SANet transformer", convs("sanet4_1", "sanet4_1") + convs("sanet5_1", "sanet5_1")
                          + (Layer("merge_conv", "merge_conv"),))
 SANet.torch_parts = {"decoder": (decoder_lib.torch_part("decoder_iter_500000.pth"),),
                      "transform": (Part("transform", (TORCH_TRANSFORM,), "transformer_iter_500000.pth"),)}

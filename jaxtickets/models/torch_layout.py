@@ -16,7 +16,7 @@ class Layer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
+class KeyLayout:
   """A file's key layout: its layers plus known harmless extras (key prefix, note) that are skipped.
 
   `zeros` are layers of the upstream module that no param fills and that its forward pass never runs (a VGG's tail,
@@ -38,7 +38,7 @@ class Part:
   """One released file of a model: where it lands in params ("decoder", "transform/transformer") and the key
   layouts it may come in (the best-matching one is checked; the first one is the model's own)."""
   dst: str
-  layouts: tuple[Layout, ...]
+  layouts: tuple[KeyLayout, ...]
   example: str  # the released file name, for messages
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxtickets.errors import UserError
 from jaxtickets.models import layers
-from jaxtickets.models.torch_layout import Layer, Layout
+from jaxtickets.models.torch_layout import Layer, KeyLayout
 
 TAPS = ("r11", "r21", "r31", "r41", "r51")
 
@@ -92,10 +92,10 @@ class VGGEncoder(nn.Module):
 _TAIL = "conv5_2..conv5_4: no model reads past relu5_1"
 
 
-def _torch_layout(name: str, srcs: tuple[str, ...], tail: tuple[str, ...], skipped=()) -> Layout:
+def _torch_layout(name: str, srcs: tuple[str, ...], tail: tuple[str, ...], skipped=()) -> KeyLayout:
   names = vgg_layer_names(TAPS[-1])[-len(srcs):]  # torchvision has no conv0
   tail_note = tuple((f"{p}.", _TAIL) for p in tail)
-  return Layout(name, tuple(Layer(s, d) for s, d in zip(srcs, names)), tail_note + tuple(skipped),
+  return KeyLayout(name, tuple(Layer(s, d) for s, d in zip(srcs, names)), tail_note + tuple(skipped),
                 zeros=tuple(Layer(p, names[-1]) for p in tail))  # conv5_2..conv5_4 are shaped like conv5_1
 
 

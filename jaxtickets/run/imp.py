@@ -19,7 +19,7 @@ from jaxtickets.core import early_bird, evaluate, parallel, sparsity, streams
 from jaxtickets.run import aot, train
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets import config as config_lib, data
-from jaxtickets.run import layout as layout_lib, preempt, schedule
+from jaxtickets.run import layout as layout_lib, preempt, order
 from jaxtickets.results import tables as results
 from jaxtickets.weights import files as weights
 from jaxtickets.errors import UserError
@@ -99,7 +99,7 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> train.RunC
         "device(s)); config.parallel.pack_runs=false trains one run at a time."
         + (f" (Not more runs: {layout.why}.)" if layout.why else ""))
   compute = train.Compute(
-      config=config, model=model, vgg_params=parallel.replicate(vgg_params, mesh) if place else vgg_params,
+      config=config, model=model, vgg_params=parallel.put_replicated(vgg_params, mesh) if place else vgg_params,
       prunable=prunable, frozen_inference_size=frozen, mesh=mesh, layout=layout, tx=tx,
       packed_step=train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device),
       eval_fn=evaluate.make_eval_fn(model), pairs=data.eval_pairs(config, skip_log=skip_log))
@@ -115,7 +115,7 @@ def with_run_state(ctx: train.RunContext) -> train.RunContext:
 
   c, out = ctx.compute, ctx.output
   if not isinstance(jax.tree.leaves(c.vgg_params)[0], jax.Array):
-    c = dataclasses.replace(c, vgg_params=parallel.replicate(c.vgg_params, c.mesh))
+    c = dataclasses.replace(c, vgg_params=parallel.put_replicated(c.vgg_params, c.mesh))
   out.skip_log.merge(workdir_lib.load_skips(out.workdir))
   ckpts = checkpoint.TrainCheckpoints(workdir_lib.state_dir(out.workdir), keep=c.config.checkpoint.keep,
                                       async_save=c.config.checkpoint.async_save, log=log)
@@ -123,10 +123,10 @@ def with_run_state(ctx: train.RunContext) -> train.RunContext:
 
 
 def _run_rounds(ctx: train.RunContext) -> list[dict]:
-  """Every replicate's IMP rounds and baselines (schedule.Queue's order), then the results tables and the verdicts."""
+  """Every replicate's IMP rounds and baselines (order.Queue's order), then the results tables and the verdicts."""
   c, out = ctx.compute, ctx.output
   reps = {i: replicate(c.config, i) for i in range(c.config.imp.replicates)}
-  for group in schedule.replicate_groups(list(reps), c.layout.runs_per_step):
+  for group in order.replicate_groups(list(reps), c.layout.runs_per_step):
     _train_protocol(ctx, [reps[i] for i in group])
   # The renderer (and matplotlib with it) loads only here, at the end of a run.
   from jaxtickets.results import text as report_text  # pylint: disable=g-import-not-at-top
@@ -145,11 +145,11 @@ def _train_protocol(ctx: train.RunContext, reps: list[Replicate]) -> None:
   c, out = ctx.compute, ctx.output
   config = c.config
   jobs = _Jobs(ctx, reps)
-  queue = schedule.Queue([rep.index for rep in reps], config.imp.rounds, config_lib.branches(config))
+  queue = order.Queue([rep.index for rep in reps], config.imp.rounds, config_lib.branches(config))
 
-  def finish(key: schedule.Key, ticket: checkpoint.Ticket) -> None:
+  def finish(key: order.Key, ticket: checkpoint.Ticket) -> None:
     stop = False
-    if key.branch == schedule.IMP:
+    if key.branch == order.IMP:
       jobs.imp_tickets[key.replicate, key.round] = ticket
       reached = ticket.sparsity["prunable"]["sparsity"]
       if key.round and config.imp.target_sparsity and reached >= config.imp.target_sparsity:
@@ -180,7 +180,7 @@ def _train_protocol(ctx: train.RunContext, reps: list[Replicate]) -> None:
 
 
 class _Jobs:
-  """Builds the job of a schedule.Key from what it needs: theta_0 or theta_k, and IMP's tickets so far."""
+  """Builds the job of a order.Key from what it needs: theta_0 or theta_k, and IMP's tickets so far."""
 
   def __init__(self, ctx: train.RunContext, reps: list[Replicate]):
     self.ctx, self.reps = ctx, {rep.index: rep for rep in reps}
@@ -205,16 +205,16 @@ class _Jobs:
                                                               jax.device_get(c.vgg_params), self.theta_k(rep)))
     return self._reinit[rep.index]
 
-  def build(self, key: schedule.Key) -> train.Job:
+  def build(self, key: order.Key) -> train.Job:
     c, workdir = self.ctx.compute, self.ctx.output.workdir
     config, k = c.config, c.config.imp.rewind_step
     rep, r = self.reps[key.replicate], key.round
-    if key.branch == schedule.IMP and r == 0:
+    if key.branch == order.IMP and r == 0:
       theta_0 = self.theta_0(rep)
       return train.Job("imp", 0, rep, theta_0, sparsity.ones_masks(theta_0), start_step=0, keep_theta_at=k,
                       theta_path=workdir_lib.theta_dir(workdir, rep.index, k) if k else "",
                       early_bird=early_bird_watch(c))
-    if key.branch == schedule.IMP:
+    if key.branch == order.IMP:
       prev = self.imp_tickets[rep.index, r - 1]
       masks = sparsity.prune(config, prev.trained_params, prev.masks, c.prunable)
       return train.Job("imp", r, rep, self.theta_k(rep), masks, start_step=k)

@@ -98,7 +98,7 @@ def create_state(params, masks, step: int, tx, mesh=None, trained_groups=None) -
   trained, _ = split_groups(params, params.keys() if trained_groups is None else trained_groups)
   state = TrainState(step=np.int32(step), params=params, opt_state=jax.device_get(optimizer_init(tx)(trained)),
                      nan_skips=np.int32(0), first_bad=np.int32(-1))
-  return state if mesh is None else parallel.replicate(state, mesh)
+  return state if mesh is None else parallel.put_replicated(state, mesh)
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,7 +26,7 @@ from jaxtickets.weights import files as weights, port
 from jaxtickets import storage
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.torch_layout import Layout
+from jaxtickets.models.torch_layout import KeyLayout
 
 FORMATS = ("jaxtickets", "torch")
 
@@ -55,7 +55,7 @@ def to_torch_kernel(kernel, linear: bool) -> np.ndarray:
   return np.ascontiguousarray(w)
 
 
-def layout_state(layout: Layout, flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], *,
+def layout_state(layout: KeyLayout, flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], *,
                  zero_missing: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
   """(state dict, the keys' prefixes written as zeros) of one file in `layout`.
 

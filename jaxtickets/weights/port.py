@@ -22,7 +22,7 @@ from jaxtickets import models
 from jaxtickets.weights import files as weights
 from jaxtickets.errors import UserError
 from jaxtickets.models import vgg as vgg_lib
-from jaxtickets.models.torch_layout import Layer, Layout, Part
+from jaxtickets.models.torch_layout import Layer, KeyLayout, Part
 from jaxtickets.weights.files import Ported
 
 # ------------------------------------------------------------------------------------------------------------
@@ -59,16 +59,16 @@ def to_flax_kernel(w: np.ndarray, flax_shape) -> np.ndarray:
   return w.T.reshape(flax_shape)  # a Linear, also into a (1, 1, I, O) conv kernel
 
 
-def _overlap(state: Mapping[str, Any], layout: Layout) -> int:
+def _overlap(state: Mapping[str, Any], layout: KeyLayout) -> int:
   return sum(layout.known(k) for k in state)
 
 
-def pick_layout(state: Mapping[str, Any], layouts: Sequence[Layout]) -> Layout:
+def pick_layout(state: Mapping[str, Any], layouts: Sequence[KeyLayout]) -> KeyLayout:
   """The layout that names most of the file's keys (the first one on a tie)."""
   return max(layouts, key=lambda l: _overlap(state, l))
 
 
-def convert_state(state: Mapping[str, np.ndarray], layout: Layout, layers: Sequence[Layer], target: Mapping,
+def convert_state(state: Mapping[str, np.ndarray], layout: KeyLayout, layers: Sequence[Layer], target: Mapping,
                   *, path: str, role: str, notes: list[str]) -> dict[str, np.ndarray]:
   """Flat Flax arrays {dst/kernel, dst/bias} for `layers` of `state`, checked strictly against `target`
   (flat {dst/kernel: shape}); every problem goes into one UserError."""

@@ -105,7 +105,7 @@ class Phase:
 
 
 def phases(config, runs_per_step: int, replicates: int | None = None) -> list[Phase]:
-  """The protocol's phases as imp trains them (schedule.packs' order, no early stops): the dense round; IMP's rounds
+  """The protocol's phases as imp trains them (the order `packs` gives, no early stops): the dense round; IMP's rounds
   with the baselines that are ready beside them; the baselines left when IMP has finished. Packs with the dense round
   train config.train.steps steps, the others from the rewind step on."""
 
@@ -128,7 +128,7 @@ def most_ready(config, runs_per_step: int) -> int:
 
 
 def _packs(config, runs_per_step: int, replicates: int | None = None) -> list:
-  """schedule.packs of the config's protocol (with `replicates` instead of the config's, if given)."""
+  """packs() of the config's protocol (with `replicates` instead of the config's, if given)."""
   i = config.imp
   return packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
 

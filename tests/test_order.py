@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from jaxtickets.run import schedule
-from jaxtickets.run.schedule import Key
+from jaxtickets.run import order
+from jaxtickets.run.order import Key
 
 
 def needs(key: Key) -> list[Key]:
@@ -16,7 +16,7 @@ def needs(key: Key) -> list[Key]:
 
 
 def test_baselines_fill_the_slots_beside_later_imp_rounds():
-  packs = schedule.packs([0, 1, 2], rounds=3, branches=["imp", "random_prune"], runs_per_step=4)
+  packs = order.packs([0, 1, 2], rounds=3, branches=["imp", "random_prune"], runs_per_step=4)
   imp = lambda r: [Key("imp", r, rep) for rep in (0, 1, 2)]
   prune = lambda r, rep: Key("random_prune", r, rep)
   assert packs == [imp(0), imp(1), imp(2) + [prune(1, 0)], imp(3) + [prune(1, 1)],
@@ -25,10 +25,10 @@ def test_baselines_fill_the_slots_beside_later_imp_rounds():
 
 
 def test_one_run_at_a_time_goes_replicate_after_replicate_imp_first():
-  packs = schedule.packs([0, 1], rounds=2, branches=["imp", "oneshot"], runs_per_step=1)
+  packs = order.packs([0, 1], rounds=2, branches=["imp", "oneshot"], runs_per_step=1)
   assert all(len(p) == 1 for p in packs)
-  order = [(k.replicate, k.branch, k.round) for (k,) in packs]
-  assert order == [(rep, b, r) for rep in (0, 1) for b, r in (("imp", 0), ("imp", 1), ("imp", 2), ("oneshot", 1),
+  sequence = [(k.replicate, k.branch, k.round) for (k,) in packs]
+  assert sequence == [(rep, b, r) for rep in (0, 1) for b, r in (("imp", 0), ("imp", 1), ("imp", 2), ("oneshot", 1),
                                                                ("oneshot", 2))]
 
 
@@ -37,7 +37,7 @@ def test_one_run_at_a_time_goes_replicate_after_replicate_imp_first():
                                                                                        "oneshot", "random_prune"], 3),
     (1, 3, ["imp"], 2), (2, 0, ["imp", "random_prune"], 8), (4, 6, ["imp", "random_prune", "oneshot"], 7)])
 def test_every_training_once_after_its_needs_and_no_slot_idle_while_one_is_ready(reps, rounds, branches, n):
-  packs = schedule.packs(list(range(reps)), rounds=rounds, branches=branches, runs_per_step=n)
+  packs = order.packs(list(range(reps)), rounds=rounds, branches=branches, runs_per_step=n)
   everything = {Key("imp", r, rep) for r in range(rounds + 1) for rep in range(reps)} | {
       Key(b, r, rep) for b in branches[1:] for r in range(1, rounds + 1) for rep in range(reps)}
   flat = list(itertools.chain.from_iterable(packs))
@@ -52,7 +52,7 @@ def test_every_training_once_after_its_needs_and_no_slot_idle_while_one_is_ready
 
 
 def test_a_replicate_that_stops_gets_no_later_imp_round_but_its_baselines_so_far():
-  queue = schedule.Queue([0, 1], rounds=5, branches=["imp", "random_prune"])
+  queue = order.Queue([0, 1], rounds=5, branches=["imp", "random_prune"])
   got = []
   while queue:
     key = queue.pop()
@@ -64,4 +64,4 @@ def test_a_replicate_that_stops_gets_no_later_imp_round_but_its_baselines_so_far
 
 def test_branches_must_start_with_imp():
   with pytest.raises(ValueError, match="must start with 'imp'"):
-    schedule.Queue([0], rounds=1, branches=["random_prune"])
+    order.Queue([0], rounds=1, branches=["random_prune"])
