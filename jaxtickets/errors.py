@@ -26,10 +26,13 @@ class Stopped(Exception):
   exit_code = 75
 
 
-def run_command(work, module: str):
+def run_command(work, module: str, argv=()):
   """Runs a command line's `work()` and returns what it returns; a UserError ends in its one sentence on stderr
-  (exit 2), a Stopped in the resume hint (its exit status). `module` names the command in the hint."""
+  (exit 2), a Stopped in the resume hint (its exit status). `module` names the command in the hint; `argv` is absl's,
+  whose words after the program's name are a mistake (every setting is a flag)."""
   try:
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     return work()
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -76,8 +76,6 @@ def define_flags() -> None:
 
 def main(argv):
   def work():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     if not FLAGS.ticket or not FLAGS.out:
       raise UserError("Pass --ticket=WORKDIR/tickets/imp/rep_0/round_NN and --out=FILE.npz (or .safetensors, or a "
                       "folder with --format=torch).")
@@ -86,7 +84,7 @@ def main(argv):
     return export_ticket(FLAGS.ticket, FLAGS.out, FLAGS.which, vgg_weights=FLAGS.vgg_weights,
                          allow_vgg_mismatch=FLAGS.allow_vgg_mismatch)
 
-  sizes = errors.run_command(work, "jaxtickets.export")
+  sizes = errors.run_command(work, "jaxtickets.export", argv)
   if sizes is None:
     return
   print(format_sizes(sizes, FLAGS.out))

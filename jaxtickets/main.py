@@ -35,8 +35,6 @@ def main(argv):
   workdir = FLAGS.workdir or (os.path.join("runs", config.model.name) if config is not None else "")
 
   def work():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     if config is None:
       raise UserError("Pass a config: python -m jaxtickets.main --config=configs/adain.py:demo")
     from jaxtickets.core import parallel
@@ -53,7 +51,7 @@ def main(argv):
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("jaxtickets: report written")
 
-  errors.run_command(work, "jaxtickets.main")
+  errors.run_command(work, "jaxtickets.main", argv)
   print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/rep_<r>/round_NN.")
 
 

@@ -167,8 +167,6 @@ def main(argv):
   from jaxtickets.run import aot  # pylint: disable=g-import-not-at-top
 
   def work():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     config = FLAGS.config
     if config is None:
       raise UserError("Pass a config: python -m jaxtickets.plan --config=configs/adain.py --topology=v5e:4x4")
@@ -185,7 +183,7 @@ def main(argv):
       target = aot.local_target()
     return make_plan(config, target, FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None)
 
-  plan = errors.run_command(work, "jaxtickets.plan")
+  plan = errors.run_command(work, "jaxtickets.plan", argv)
   print(format_plan(plan, FLAGS.utilization))
 
 

@@ -37,13 +37,11 @@ def define_flags() -> None:
 
 def main(argv):
   def work():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     if not FLAGS.workdir:
       raise UserError("Pass --workdir=DIR, the workdir of a run (e.g. runs/adain).")
     return write_report(FLAGS.workdir, grid=FLAGS.grid)
 
-  path = errors.run_command(work, "jaxtickets.report")
+  path = errors.run_command(work, "jaxtickets.report", argv)
   if path:
     print(f"Wrote {path} with its figures (PNG) beside it.")
     config = workdir_lib.load_run_config(FLAGS.workdir)

@@ -33,8 +33,6 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # JAX's probing for absent TPU/GPU backends is INFO noise
 
   def work():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     if not FLAGS.workdir:
       raise UserError("Pass --workdir=DIR, the workdir of a finished run (e.g. runs/adain).")
     try:
@@ -46,7 +44,7 @@ def main(argv):
     stability.run(FLAGS.workdir, rounds, FLAGS.points, FLAGS.replicate)
     report_run.write_report(FLAGS.workdir, grid=False)
 
-  errors.run_command(work, "jaxtickets.stability")
+  errors.run_command(work, "jaxtickets.stability", argv)
   print(f"Wrote {os.path.join(FLAGS.workdir, stability.CSV)} and {stability.FIGURE} beside it; report.md has the section.")
 
 

@@ -245,15 +245,13 @@ def define_flags() -> None:
 
 def main(argv):
   def work():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     config = FLAGS.config
     if config is None:
       raise UserError("Pass a study config: python -m jaxtickets.study --config=configs/study_adain.py:demo")
     return run(config, FLAGS.workdir or config.workdir)
 
   # A preempted sub-run's checkpoint is saved; the same command resumes the whole study.
-  path = errors.run_command(work, "jaxtickets.study")
+  path = errors.run_command(work, "jaxtickets.study", argv)
   if path:
     print(f"The study's report is {path}.")
 

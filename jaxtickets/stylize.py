@@ -214,8 +214,6 @@ def main(argv):
   from jaxtickets.tickets import inference
 
   def work():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {' '.join(argv[1:])}: give every setting as a --flag.")
     if bool(FLAGS.ticket) == bool(FLAGS.weights):
       raise UserError("Pass exactly one of --ticket=WORKDIR/tickets/<branch>/rep_<r>/round_NN and --weights=DIR|FILE.")
     if FLAGS.content and FLAGS.content_dir:
@@ -242,7 +240,7 @@ def main(argv):
                   preserve_color=FLAGS.preserve_color, ext="." + FLAGS.ext)
     return written
 
-  written = errors.run_command(work, "jaxtickets.stylize")
+  written = errors.run_command(work, "jaxtickets.stylize", argv)
   print(f"Wrote {written[0]}" if len(written) == 1 else f"Wrote {len(written)} images to {FLAGS.out}")
 
 

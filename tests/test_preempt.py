@@ -48,3 +48,11 @@ def test_exit_codes_say_preempted_or_interrupted(capsys):
     assert e.value.code == code
     out = capsys.readouterr().out
     assert f"Stopped by {reason} at step 4 of [rep 0 imp round 1]" in out and "run the same command again" in out
+
+
+def test_words_after_a_command_are_one_sentence_and_exit_2(capsys):
+  with pytest.raises(SystemExit) as e:
+    errors.run_command(lambda: pytest.fail("the work must not run"), "jaxtickets.report", ["report", "runs/adain"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip() == ("error: Unexpected arguments: runs/adain: give every setting as a "
+                                             "--flag.")
