@@ -55,7 +55,8 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
 def load(path: str, size: int, crop: bool = False, flag: str = "--size") -> np.ndarray:
   """An image file as float32 HxWx3 in [0, 1] (grayscale and alpha converted by data.load_image), its shorter side
   resized to `size` and, with `crop`, cut to the centered square."""
-  img = resize_shorter(data.load_image(path), size, flag)
+  # A large file is decoded reduced, still at least twice `size` on each side (data.load_image); 0 keeps it whole.
+  img = resize_shorter(data.load_image(path, min_size=size if size > 0 else None), size, flag)
   if crop:
     img = center_crop(img, size)
   return img.astype(np.float32) / np.float32(255.0)

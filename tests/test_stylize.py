@@ -273,3 +273,20 @@ def test_cli_style_dir_and_its_mistakes(tmp_path, ported):
   assert sorted(os.listdir(tmp_path / "out")) == ["c_stylized_a.png", "c_stylized_b.png"]
   with Image.open(tmp_path / "out" / "c_stylized_a.png") as img:
     assert img.size == (16, 16)
+
+
+def test_a_large_photo_is_decoded_reduced_for_the_size_asked_and_looks_the_same(tmp_path, monkeypatch):
+  """A 3000x2000 JPEG stylized at --size=64 is decoded at a fraction of its pixels (JPEG's DCT scaling), and the
+  image the model gets is the full decode's resize up to rounding."""
+  from jaxtickets import data, stylize
+  yy, xx = np.mgrid[0:2000, 0:3000]
+  pixels = np.stack([xx * 255 // 2999, yy * 255 // 1999, (xx + yy) * 255 // 4998], -1).astype(np.uint8)
+  path = str(tmp_path / "big.jpg")
+  Image.fromarray(pixels).save(path, quality=95)
+  asked = []
+  load_image = data.load_image
+  monkeypatch.setattr(data, "load_image", lambda p, min_size=None: asked.append(min_size) or load_image(p, min_size))
+  got = stylize.load(path, 64)
+  assert asked == [64] and got.shape == (64, 96, 3)
+  full = stylize.resize_shorter(load_image(path), 64).astype(np.float32) / 255
+  assert np.abs(got - full).mean() < 2 / 255
