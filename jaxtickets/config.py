@@ -32,7 +32,10 @@ SCHEDULES = ("inverse", "epoch_step", "cosine")
 
 RESUME_SAFE_FIELDS = ("resume", "data.num_threads", "data.prefetch", "train.log_every", "checkpoint.every_steps",
                       "checkpoint.keep", "checkpoint.async_save", "parallel.pack_runs", "parallel.runs_per_step",
-                      "model.allow_random_vgg")
+                      "model.allow_random_vgg",
+                      # the VGG's identity is its SHA-256 in the run's vgg.json, which a resume is held to; its path
+                      # may differ (another directory, another host: weights.locate_run_vgg)
+                      "model.vgg_weights")
 
 
 def default_config(model: str | None = None) -> ml_collections.ConfigDict:

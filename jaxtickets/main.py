@@ -44,9 +44,11 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_count() > 1:
       imp.log(f"{jax.process_count()} processes, {jax.device_count()} devices: {jax.devices()}")
-    imp.run(config, workdir, allow_config_change=FLAGS.allow_config_change)
+    from jaxtickets.weights import files as weights
+    run_config = weights.locate_run_vgg(config, workdir, imp.log)  # a relative VGG path from another directory
+    imp.run(run_config, workdir, allow_config_change=FLAGS.allow_config_change)
     from jaxtickets.reports import run_report as report_run
-    report_run.write_report(workdir, config)  # process 0 writes it, reading tickets without the others
+    report_run.write_report(workdir, run_config)  # process 0 writes it, reading tickets without the others
     if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("jaxtickets: report written")

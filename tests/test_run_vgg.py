@@ -124,3 +124,23 @@ def test_cli_stylizes_a_ticket_from_another_directory_and_refuses_a_wrong_vgg(re
                      env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0 and "--allow_vgg_mismatch" in r.stderr and "Traceback" not in r.stderr
   assert not (tmp_path / "out2.png").exists()
+
+
+def test_the_same_run_resumes_from_another_directory(relative_run, tmp_path, monkeypatch):
+  """The relative 'weights/vgg.npz' is not there from another directory: the run's vgg.json says where it was, and
+  the resumed run finds every round done (the path may differ; the hash may not)."""
+  from jaxtickets import config as config_lib
+  launch, workdir, _ = relative_run
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights="weights/vgg.npz")
+  with pytest.raises(UserError, match="weights/vgg.npz' does not exist"):
+    config_lib.validate(config)
+  logs = []
+  located = weights.locate_run_vgg(config, workdir, log=logs.append)
+  assert located.model.vgg_weights == str(launch / "weights" / "vgg.npz") and "where the run in" in logs[0]
+  assert config.model.vgg_weights == "weights/vgg.npz"  # the caller's config is left as it was
+  rows = imp.run(located, workdir)
+  assert {(r["branch"], r["round"]) for r in rows} == {("imp", 0), ("imp", 1)}
+  other_vgg(tmp_path / "other.npz")
+  with pytest.raises(UserError, match="SHA-256"):  # another file under the same name is still refused
+    imp.run(tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights=str(tmp_path / "other.npz")), workdir)

@@ -543,6 +543,26 @@ def vgg_record_note(workdir: str) -> str:
   return f"; SHA-256 `{rec['sha256']}`, {what} ({how})"
 
 
+def locate_run_vgg(config, workdir: str, log=print):
+  """The config with a relative config.model.vgg_weights that does not exist from here replaced by where the run
+  found it (its vgg.json: the absolute path, or the path from the directory it was launched from), so the same
+  command resumes from any directory or host; otherwise the config as it is. The file's identity is its SHA-256,
+  which record_run_vgg holds the resumed run to."""
+  given = config.model.vgg_weights
+  if (not given or given == DEMO_VGG or os.path.isabs(given) or storage.is_url(given) or os.path.exists(given)
+      or not storage.isfile(os.path.join(workdir, VGG_RECORD))):
+    return config
+  rec = load_vgg_record(workdir)
+  tried = [rec.get('path'), rec.get('launch_dir') and os.path.join(rec['launch_dir'], given)]
+  found = next((p for p in tried if p and storage.exists(p)), None)
+  if found is None:
+    return config  # validation names the missing file
+  log(f"config.model.vgg_weights = {given!r} is not here; using {found!r}, where the run in '{workdir}' found it.")
+  config = config.copy_and_resolve_references()
+  config.model.vgg_weights = found
+  return config
+
+
 def resolve_run_vgg(config, workdir: str, override: str | None = None, allow_mismatch: bool = False) -> str:
   """The run's config.model.vgg_weights as a path that works from here, checked against the run's record.
 
