@@ -46,11 +46,12 @@ from helpers import CLI_ARGS, ROOT, cli_env, tiny_config  # pylint: disable=wron
 
 # pytest-xdist hands whole files (--dist loadfile) to its two workers in collection order; by default it first
 # sorts the files by their number of tests, which started the few-test, long end-to-end files last and left one
-# worker idle while the other finished them. Here the longest files go first (the command-line and multi-process
-# files, then the per-model IMP runs) and the rest keep pytest's order. test_parallel is second so that
-# test_resume, which needs the same shared command-line run (cli_reference) as test_main, does not wait idle for it
-# while the other worker makes it.
-LONGEST_FILES_FIRST = ("test_main.py", "test_parallel.py", "test_resume.py", "test_imp.py", "test_adaattn.py",
+# worker idle while the other finished them. Here the longest files go first (the planner's TPU compiles, three
+# minutes on one worker; the command-line and multi-process files; then the per-model IMP runs) and the rest keep
+# pytest's order. test_main makes the shared command-line run (cli_reference) on the other worker while the planner
+# compiles; test_parallel comes next so that test_storage and test_resume, which need that run too, find it made.
+LONGEST_FILES_FIRST = ("test_plan.py", "test_main.py", "test_parallel.py", "test_storage.py", "test_resume.py",
+                       "test_imp.py", "test_adaattn.py",
                        "test_mccnet.py", "test_train.py", "test_manet.py", "test_study.py", "test_port.py",
                        "test_sanet.py", "test_lst.py", "test_bench.py", "test_stylize.py", "test_metric_names.py")
 
