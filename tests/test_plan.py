@@ -243,7 +243,8 @@ def test_the_planner_compiles_for_v5e_2x2_and_prints_the_table():
   from helpers import tiny_config
 
   from jaxtickets import plan
-  got = plan.make_plan(tiny_config(imp__replicates=2), aot.topology("v5e:2x2"))
+  # The program of the topology test's v5e:2x2 compile (2 runs over 2 x 2 chips): the planner reuses that compile.
+  got = plan.make_plan(tiny_config(imp__replicates=2, **TPU_TINY), aot.topology("v5e:2x2"))
   assert got.mesh_shape == (2, 2) and got.layout.runs_per_step == 2
   text = plan.format_plan(got)
   for words in ("Per chip, one packed step (of 16.0 GiB HBM)", "all-reduce x1", "Cost at the peak of 197 TFLOP/s"):
