@@ -11,10 +11,9 @@ Writes into the workdir (process 0 only):
   report.md      the settings (replicates, pairs, rewind point), the verdicts, the dense round's learnability check,
                  the replicate spread and the replicates it calls for, IMP vs each baseline, the figures
 
-results.py and stats.py compute; report_text.py words the verdicts, report_figures.py draws, report_run.py writes
-report.md, report_study.py the study's study.md. This module is the command line.
+results/tables.py and results/stats.py compute; results/text.py words the verdicts, reports/figures.py draws,
+reports/run_report.py writes report.md and reports/study_report.py the study's study.md. This is the command line.
 """
-
 
 from absl import app, flags
 

@@ -26,8 +26,8 @@ named, never averaged: see summarize.
 The loss terms are the names the model declares (StyleModel.terms, e.g. content and style, or AdaAttN's global and
 local); each ticket records them, so the tables are rebuilt without building the model.
 
-Tables and numbers only (also the stability rows and the study's early-bird comparison): report.py words and draws
-them.
+Tables and numbers only (also the stability rows and the study's early-bird comparison): results/text.py words
+them, reports/ draws them.
 """
 
 import csv

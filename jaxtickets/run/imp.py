@@ -7,7 +7,7 @@
            random_prune (random positions, IMP's per-layer counts), random_reinit (IMP's masks, a fresh init),
            oneshot (prune the dense network straight to round r's sparsity, by config.sparsity.method)
   replicates: all of the above again for r = 1 .. imp.replicates - 1 with seed + r (init, data order, random masks);
-           results.py turns the replicates' tickets into intervals and verdicts
+           results/tables.py turns the replicates' tickets into intervals and verdicts
 """
 
 import dataclasses

@@ -7,10 +7,10 @@
   tickets/<branch>/rep_<r>/round_NN/ one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)
   state/                             the running rounds' train-state checkpoints
   skipped_images.json                the unreadable images skipped so far (a data.SkipLog summary)
-  results.csv, summary.csv, summary.json   the tables (results.py)
+  results.csv, summary.csv, summary.json   the tables (results/tables.py)
   pairs.csv                          every ticket's per-pair metrics, from which summary.csv can be recomputed
   tensorboard/                       TensorBoard event files (monitor.py)
-  report.md and its figures          report.py
+  report.md and its figures          reports/run_report.py
   stability/                         stability.py's copies, rep_<r>/round_NN/copy_<a|b>, and their own run files
   stability.csv, stability.png       stability.py's results
 """
