@@ -148,8 +148,8 @@ def test_collectives_are_counted_from_the_program_text():
 # v5e chip: 39 s at 32 px, 14 s at 16 px, here).
 TPU_TINY = {"model__train_encoder": False, "data__crop_size": 16, "data__load_size": 20}
 # Packing by memory needs a peak that grows with the runs a chip holds: at 16 px the compiler's layout for two
-# vmapped runs peaks below one run's, at 32 px it peaks above it.
-TPU_PACKING = {"model__train_encoder": False}
+# vmapped runs peaks below one run's; at 24 px above it (23.5 MB against 20.5 MB), in 36 s of compiling here.
+TPU_PACKING = {"model__train_encoder": False, "data__crop_size": 24, "data__load_size": 28}
 
 
 def _tiny_compiler(target, **overrides):
@@ -269,7 +269,7 @@ def test_auto_packing_fits_runs_per_device_to_the_hbm_and_refuses_a_run_that_doe
   two = roomy.compiled.peak_bytes
   # An HBM that holds one run but not two (the chip table is where the planner reads a chip's memory).
   v5e = aot.CHIPS["v5e"]
-  monkeypatch.setitem(aot.CHIPS, "v5e", dataclasses.replace(v5e, hbm_bytes=int(0.8 * two / aot.HEADROOM)))
+  monkeypatch.setitem(aot.CHIPS, "v5e", dataclasses.replace(v5e, hbm_bytes=int((two - 1) / aot.HEADROOM)))
   small = plan.make_plan(config, aot.topology("v5e:1x1"))
   assert small.layout.runs_per_device == 1 and small.compiled.peak_bytes < two
   monkeypatch.setitem(aot.CHIPS, "v5e", dataclasses.replace(v5e, hbm_bytes=small.compiled.peak_bytes // 2))
@@ -277,7 +277,7 @@ def test_auto_packing_fits_runs_per_device_to_the_hbm_and_refuses_a_run_that_doe
     plan.make_plan(config, aot.topology("v5e:1x1"))
   msg = str(e.value)
   assert len(msg.splitlines()) == 1
-  assert "One run of adain at batch 2, 32 px crops, float32 does not fit a device: needs" in msg and f"{small.compiled.peak_bytes:,} bytes" in msg
+  assert "One run of adain at batch 2, 24 px crops, float32 does not fit a device: needs" in msg and f"{small.compiled.peak_bytes:,} bytes" in msg
 
 
 @pytest.mark.e2e  # the command line, as a subprocess
