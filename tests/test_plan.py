@@ -144,11 +144,11 @@ def test_collectives_are_counted_from_the_program_text():
 
 
 # The TPU compiles check the planner's mechanics (bytes, FLOPs, collectives, packing by memory), not what the model
-# learns: a fixed encoder halves the program the compiler sees, and 16 px crops cut the compile again (two runs on a
-# v5e chip: 39 s at 32 px, 14 s at 16 px, here).
+# learns: a fixed encoder halves the program the compiler sees, and 16 px crops shorten the compile again
+# (measured in docs/tests.md).
 TPU_TINY = {"model__train_encoder": False, "data__crop_size": 16, "data__load_size": 20}
 # Packing by memory needs a peak that grows with the runs a chip holds: at 16 px the compiler's layout for two
-# vmapped runs peaks below one run's; at 24 px above it (23.5 MB against 20.5 MB), in 36 s of compiling here.
+# vmapped runs peaks below one run's, at 24 px above it.
 TPU_PACKING = {"model__train_encoder": False, "data__crop_size": 24, "data__load_size": 28}
 
 
@@ -175,7 +175,7 @@ def test_two_runs_per_device_need_about_twice_the_working_memory_and_flops_of_on
 
 
 @needs_libtpu
-@pytest.mark.e2e  # a TPU compile of tiny AdaIN takes half a minute on a busy 2-core machine
+@pytest.mark.e2e  # a TPU compile
 @pytest.mark.parametrize("name, runs_axis", [("v5e:2x2", 2), ("v4:2x2x2", 4)])
 def test_the_step_compiles_for_a_topology_with_its_bytes_flops_and_gradient_all_reduce(name, runs_axis):
   target = aot.topology(name)
@@ -242,7 +242,7 @@ def test_the_local_plan_prints_the_table():
 
 
 @needs_libtpu
-@pytest.mark.e2e  # TPU compiles: half a minute each on a busy 2-core machine
+@pytest.mark.e2e  # TPU compiles
 def test_the_planner_compiles_for_v5e_2x2_and_prints_the_table():
   from helpers import tiny_config
 
