@@ -134,18 +134,6 @@ def rename(src, dst) -> None:
   epath_of(src_text).rmtree()
 
 
-def stat_key(path) -> tuple | None:
-  """(modification time, size) that changes when the file is replaced; None when it cannot be read."""
-  try:
-    if not is_url(path):
-      st = os.stat(path)
-      return (st.st_mtime_ns, st.st_size)
-    st = epath_of(path).stat()
-    return (st.mtime, st.length)
-  except (OSError, ValueError):
-    return None
-
-
 def read_bytes(path) -> bytes:
   if not is_url(path):
     with open(path, "rb") as f:
@@ -155,11 +143,6 @@ def read_bytes(path) -> bytes:
 
 def read_text(path) -> str:
   return read_bytes(path).decode("utf-8")
-
-
-def open_binary(path):
-  """A readable binary file object (for PIL, csv, json)."""
-  return open(path, "rb") if not is_url(path) else epath_of(path).open("rb")
 
 
 def write_atomically(path, data) -> None:
