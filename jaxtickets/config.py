@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
-from jaxtickets import storage
+from jaxtickets import settings, storage
 from jaxtickets.errors import ConfigError, UserError
 from jaxtickets.models import DECODER_INITS, GROUPS, MODELS, SHARED_FIELDS, get_model
 
@@ -158,6 +158,35 @@ def model_config(config) -> ml_collections.ConfigDict:
   if config.train.dtype:
     mc.dtype = config.train.dtype
   return mc
+
+
+def resolve(config) -> settings.RunSettings:
+  """The config as the typed, frozen values the code below the entry takes (after validate: no checks here)."""
+  m, d, t, s, i = config.model, config.data, config.train, config.sparsity, config.imp
+  early = settings.EarlyBird(every=i.early_bird_every, epsilon=i.early_bird_epsilon, patience=i.early_bird_patience)
+  return settings.RunSettings(
+      model=settings.ModelSpec(name=m.name, options=ml_collections.FrozenConfigDict(model_config(config)),
+                               vgg_weights=m.vgg_weights, allow_random_vgg=bool(m.get("allow_random_vgg", False)),
+                               init_from=m.get("init_from", "") or "", seed=config.seed),
+      data=settings.DataSpec(content=d.content, style=d.style, eval_content=d.get("eval_content", ""),
+                             eval_style=d.get("eval_style", ""), tfds_data_dir=d.get("tfds_data_dir", ""),
+                             tfds_image_key=d.get("tfds_image_key", "image"), load_size=d.load_size,
+                             crop_size=d.crop_size, num_threads=d.num_threads, prefetch=d.prefetch,
+                             num_pairs=config.eval.num_pairs, seed=config.seed),
+      step=settings.StepSettings(batch_size=t.batch_size, steps=t.steps, lr=t.lr, schedule=t.schedule,
+                                 warmup_steps=t.warmup_steps, lr_decay=t.lr_decay, adam_eps=t.adam_eps,
+                                 epoch_steps=t.epoch_steps, lr_constant_epochs=t.lr_constant_epochs,
+                                 lr_epoch_factor=t.lr_epoch_factor, nan_policy=t.nan_policy, log_every=t.log_every,
+                                 checkpoint_every=config.checkpoint.every_steps),
+      protocol=settings.Protocol(
+          seed=config.seed, rounds=i.rounds, replicates=i.replicates, rewind_step=i.rewind_step,
+          branches=tuple(branches(config)), target_sparsity=i.target_sparsity, match_tolerance=i.match_tolerance,
+          pruning=settings.Pruning(scope=tuple(split_list(s.scope)), method=s.method, fraction=s.fraction,
+                                   layer_cap=s.layer_cap),
+          early_bird=early if i.early_bird else None, eval_batch_size=config.eval.batch_size),
+      packing=settings.Packing(runs_per_step=config.parallel.runs_per_step if config.parallel.pack_runs else 1),
+      checkpointing=settings.Checkpointing(keep=config.checkpoint.keep, async_save=config.checkpoint.async_save),
+      resume=bool(config.get("resume", True)), record=json.loads(config.to_json()))
 
 
 def split_list(value: str) -> list[str]:
@@ -433,14 +462,16 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(traverse_util.unflatten_dict(merged, sep="."))
 
 
-def config_changes(saved: dict, config) -> list[str]:
-  """'field: old -> new' for each field (but the resume-safe ones) that differs from a run's saved config.json.
+def config_changes(saved: dict, record: dict) -> list[str]:
+  """'field: old -> new' for each field (but the resume-safe ones) where `record` (a config as config.json keeps
+  it) differs from a run's saved config.json.
 
   A field the saved config lacks (written by an older version) counts as unchanged when it has its default.
   """
   old = _flatten(saved)
-  new = _flatten(json.loads(config.to_json()))
-  name = config.model.name if isinstance(config.model.get("name"), str) and config.model.name in MODELS else None
+  new = _flatten(record)
+  name = record.get("model", {}).get("name")
+  name = name if isinstance(name, str) and name in MODELS else None
   defaults = _flatten(json.loads(default_config(name).to_json()))
   changes = []
   for key in sorted(set(old) | set(new)):

@@ -1,6 +1,6 @@
 """Image sources (folders, scikit-image samples, TFDS array_record) and the grain training pipeline.
 
-Training element i is global step i and a pure function of (config, i): content and style are
+Training element i is global step i and a pure function of (the data settings, i): content and style are
 drawn from independent seeded shuffles (repeated forever) and cropped with an RNG seeded from
 (seed, global sample index), so restarting, resuming and changing the process count all see the
 same global batches.
@@ -138,9 +138,10 @@ def first_listing_difference(listings: np.ndarray, counts: np.ndarray) -> tuple[
   return None
 
 
-def check_listings_agree(config) -> None:
+def check_listings_agree(data) -> None:
   """In a multi-process run, every process lists the same image files for each folder source, or the run stops
   naming the first file that differs (a partly copied dataset would silently give hosts different images).
+  `data` is the run's settings.DataSpec.
 
   Collective: every process calls it at the same point.
   """
@@ -149,7 +150,7 @@ def check_listings_agree(config) -> None:
     return
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   for what in ('content', 'style', 'eval_content', 'eval_style'):
-    spec = (config.data.get(what, '') or '').strip()
+    spec = data.source(what)
     if not spec or spec == 'demo' or spec.startswith('tfds:'):
       continue
     paths = list_images(spec, what)
@@ -505,7 +506,7 @@ class TfdsImageSource(grain.sources.RandomAccessDataSource):
     return f'TfdsImageSource(tfds:{self._name}:{self._split}, {len(self)} images)'
 
 
-def _open_tfds(spec: str, data_config, what: str) -> TfdsImageSource:
+def _open_tfds(spec: str, data, what: str) -> TfdsImageSource:
   """Opens 'tfds:NAME:SPLIT' with tfds.data_source (array_record, no TensorFlow)."""
   # NAME may carry a version ('coco/2017:1.1.0'); SPLIT may hold colons ('train[:50%]').
   match = re.fullmatch(r'([^:]+(?::[0-9.*]+)?):(.+)', spec[len('tfds:'):])
@@ -514,8 +515,8 @@ def _open_tfds(spec: str, data_config, what: str) -> TfdsImageSource:
         f"config.data.{what}='{spec}' is not a TFDS spec: write it as 'tfds:NAME:SPLIT', e.g."
         " 'tfds:coco/2017:train'.")
   name, split = match.groups()
-  data_dir = data_config.get('tfds_data_dir', '') or None
-  key = data_config.get('tfds_image_key', '') or 'image'
+  data_dir = data.tfds_data_dir or None
+  key = data.tfds_image_key or 'image'
   try:
     source = TfdsImageSource(name, split, data_dir=data_dir, image_key=key)
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many types)
@@ -530,22 +531,23 @@ def _open_tfds(spec: str, data_config, what: str) -> TfdsImageSource:
   return source
 
 
-def open_source(spec: str, data_config, what: str) -> grain.sources.RandomAccessDataSource:
-  """Opens a source spec: a folder path, 'demo', or 'tfds:NAME:SPLIT'."""
+def open_source(spec: str, data, what: str) -> grain.sources.RandomAccessDataSource:
+  """Opens a source spec: a folder path, 'demo', or 'tfds:NAME:SPLIT' (with the settings.DataSpec `data`'s TFDS
+  settings and load size)."""
   spec = (spec or '').strip()
   if not spec:
     raise UserError(
         f"config.data.{what} is not set: give a folder of images, 'demo' or 'tfds:NAME:SPLIT'.")
   if spec == 'demo':
-    return ImageSource(demo_images(what), what, where='demo', min_size=data_config.get('load_size'))
+    return ImageSource(demo_images(what), what, where='demo', min_size=data.load_size)
   if spec.startswith('tfds:'):
-    return _open_tfds(spec, data_config, what)
+    return _open_tfds(spec, data, what)
   scheme = re.match(r'^([A-Za-z][A-Za-z0-9+.-]+):', spec)
   if scheme and not storage.is_url(spec) and not os.path.exists(spec):
     raise UserError(
         f"config.data.{what}='{spec}' has the unknown scheme '{scheme.group(1)}:': use a local"
         " folder, a gs:// folder, 'demo' or 'tfds:NAME:SPLIT'.")
-  return ImageSource(list_images(spec, what), what, where=spec, min_size=data_config.get('load_size'))
+  return ImageSource(list_images(spec, what), what, where=spec, min_size=data.load_size)
 
 
 class _Readable:
@@ -610,24 +612,18 @@ def split_holdout(n: int, num_holdout: int, seed: int) -> tuple[np.ndarray, np.n
   return np.sort(perm[num_holdout:]), np.sort(perm[:num_holdout])
 
 
-def _num_pairs(config) -> int:
-  ev = config.get('eval', None)
-  return int(ev.get('num_pairs', 0)) if ev is not None else 0
-
-
-def _train_and_holdout(config, what: str):
+def _train_and_holdout(data, what: str):
   """(source, train indices, holdout indices or None) for what in 'content'/'style'."""
-  data = config.data
-  source = open_source(data.get(what, ''), data, what)
-  if (data.get(f'eval_{what}', '') or '').strip():
+  source = open_source(data.source(what), data, what)
+  if data.source(f'eval_{what}'):
     return source, np.arange(len(source)), None
   tag = _CONTENT if what == 'content' else _STYLE
   try:
-    train, hold = split_holdout(len(source), _num_pairs(config), _seed_int(config.seed, tag))
+    train, hold = split_holdout(len(source), data.num_pairs, _seed_int(data.seed, tag))
   except UserError:
     raise UserError(
         f'The {what} source {source!r} has {len(source)} images, too few to hold out'
-        f' config.eval.num_pairs={_num_pairs(config)} for evaluation: set'
+        f' config.eval.num_pairs={data.num_pairs} for evaluation: set'
         f' config.data.eval_{what} or lower config.eval.num_pairs.') from None
   return source, train, hold
 
@@ -698,13 +694,13 @@ class _Order:
 _EPOCHS = BoundedCache(max_bytes=32 << 20)  # (seed, indices, epoch) -> one epoch of a small source's order
 
 
-def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
+def make_train_dataset(data, global_batch_size: int, process_index: int = 0,
                        process_count: int = 1, skip_log: SkipLog | None = None,
                        order_seed: int | None = None) -> grain.MapDataset:
-  """Infinite MapDataset; element i is this process's slice of global batch i.
+  """Infinite MapDataset of a settings.DataSpec; element i is this process's slice of global batch i.
 
-  `order_seed` (default config.seed) fixes the data order and the crops; the held-out split always follows
-  config.seed, so replicates with their own order seeds train on the same images and share the evaluation pairs.
+  `order_seed` (default data.seed) fixes the data order and the crops; the held-out split always follows
+  data.seed, so replicates with their own order seeds train on the same images and share the evaluation pairs.
   Unreadable images are replaced by the next readable one and recorded in `skip_log`; a source with no
   readable image at all fails here, before training.
   """
@@ -714,11 +710,10 @@ def make_train_dataset(config, global_batch_size: int, process_index: int = 0,
         f' {process_count} processes: change config.train.batch_size.')
   if not 0 <= process_index < process_count:
     raise UserError(f'process_index={process_index} is not in [0, {process_count}).')
-  data = config.data
   _check_sizes(data.load_size, data.crop_size)
-  content, c_train, _ = _train_and_holdout(config, 'content')
-  style, s_train, _ = _train_and_holdout(config, 'style')
-  seed = int(config.seed if order_seed is None else order_seed)
+  content, c_train, _ = _train_and_holdout(data, 'content')
+  style, s_train, _ = _train_and_holdout(data, 'style')
+  seed = int(data.seed if order_seed is None else order_seed)
   skip_log = SkipLog() if skip_log is None else skip_log
   content = _Readable(content, c_train, 'content', skip_log)
   style = _Readable(style, s_train, 'style', skip_log)
@@ -751,38 +746,37 @@ def make_train_iterator(dataset: grain.MapDataset, start_step: int = 0, num_thre
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _eval_side(config, what: str):
+def _eval_side(data, what: str):
   """(source, candidate indices) for the evaluation images of one side."""
-  data = config.data
-  spec = (data.get(f'eval_{what}', '') or '').strip()
+  spec = data.source(f'eval_{what}')
   if spec:
     return open_source(spec, data, f'eval_{what}'), None
-  source, _, hold = _train_and_holdout(config, what)
+  source, _, hold = _train_and_holdout(data, what)
   return source, hold
 
 
-def eval_pairs(config, skip_log: SkipLog | None = None) -> dict[str, Any]:
-  """The fixed evaluation pairs: N = config.eval.num_pairs (content, style) crops and names.
+def eval_pairs(data, skip_log: SkipLog | None = None) -> dict[str, Any]:
+  """The fixed evaluation pairs of a settings.DataSpec: N = data.num_pairs (content, style) crops and names.
 
   An unreadable image is replaced by the next readable one of the same side (recorded in `skip_log`).
   """
-  n = _num_pairs(config)
+  n = data.num_pairs
   if n <= 0:
     raise UserError(f'config.eval.num_pairs={n} must be positive to evaluate: set it to e.g. 8.')
-  content, c_idx = _eval_side(config, 'content')
-  style, s_idx = _eval_side(config, 'style')
+  content, c_idx = _eval_side(data, 'content')
+  style, s_idx = _eval_side(data, 'style')
   c_idx = np.arange(len(content)) if c_idx is None else c_idx
   s_idx = np.arange(len(style)) if s_idx is None else s_idx
-  rng = _rng(config.seed, _PAIRS)
+  rng = _rng(data.seed, _PAIRS)
   perm_c, perm_s = rng.permutation(c_idx), rng.permutation(s_idx)
   nc, ns = len(perm_c), len(perm_s)
   # Pair k walks the (content, style) grid diagonal by diagonal: pairs stay distinct while
   # k < nc * ns, and each image is used as evenly as possible.
   d, a = np.divmod(np.arange(n) % (nc * ns), nc)
   ci, si = perm_c[a], perm_s[(a + d) % ns]
-  load, crop = int(config.data.load_size), int(config.data.crop_size)
+  load, crop = int(data.load_size), int(data.crop_size)
   skip_log = SkipLog() if skip_log is None else skip_log
-  field = lambda w: f'eval_{w}' if (config.data.get(f'eval_{w}', '') or '').strip() else w
+  field = lambda w: f'eval_{w}' if data.source(f'eval_{w}') else w
   readable = (_Readable(content, c_idx, field('content'), skip_log), _Readable(style, s_idx, field('style'), skip_log))
   cache: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
 
@@ -794,7 +788,7 @@ def eval_pairs(config, skip_log: SkipLog | None = None) -> dict[str, Any]:
     # gets its own crops at positions fixed by (seed, k), so no two pairs are the same images.
     corner = None
     if k >= nc * ns:
-      corner = tuple(int(v) for v in _rng(config.seed, _PAIRS, k, side).integers(0, load - crop + 1, size=2))
+      corner = tuple(int(v) for v in _rng(data.seed, _PAIRS, k, side).integers(0, load - crop + 1, size=2))
     return used, preprocess_eval(img, load, crop, corner)
 
   pairs = [(get(0, a, k), get(1, b, k)) for k, (a, b) in enumerate(zip(ci, si))]

@@ -45,10 +45,15 @@ def main(argv):
     if jax.process_count() > 1:
       imp.log(f"{jax.process_count()} processes, {jax.device_count()} devices: {jax.devices()}")
     from jaxtickets.weights import files as weights
-    run_config = weights.locate_run_vgg(config, workdir, imp.log)  # a relative VGG path from another directory
+    # A relative VGG path given from another directory: where the run found it.
+    vgg_weights = weights.locate_run_vgg(config.model.vgg_weights, workdir, imp.log)
+    run_config = config
+    if vgg_weights != config.model.vgg_weights:
+      run_config = config.copy_and_resolve_references()
+      run_config.model.vgg_weights = vgg_weights
     imp.run(run_config, workdir, allow_config_change=FLAGS.allow_config_change)
     from jaxtickets.reports import run_report as report_run
-    report_run.write_report(workdir, run_config)  # process 0 writes it, reading tickets without the others
+    report_run.write_report(workdir)  # process 0 writes it from config.json, reading tickets without the others
     if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("jaxtickets: report written")

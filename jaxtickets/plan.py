@@ -30,7 +30,7 @@ config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ada
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  config: object
+  settings: object  # settings.RunSettings
   target: object  # aot.Target
   layout: object  # layout_lib.Layout
   mesh_shape: tuple[int, int]  # (runs, data)
@@ -60,19 +60,22 @@ def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config, devices=target.devices, data=False)
-  model = get_model(config.model.name)(config_lib.model_config(config))
-  tx = train.make_optimizer(config.train.adam_eps)
-  compile_layout = aot.step_compiler(model, config, tx, target.devices, target.platform)
-  layout = layout_lib.choose_layout(config, concurrent=config.imp.replicates, platform=target.platform,
-                              devices=target.devices, compile_layout=compile_layout,
-                              memory_bytes=target.memory_bytes)
+  run = config_lib.resolve(config)
+  step, protocol, crop = run.step, run.protocol, run.data.crop_size
+  model = get_model(run.model.name)(run.model.options)
+  tx = train.make_optimizer(step.adam_eps)
+  compile_layout = aot.step_compiler(model, step, crop, tx, target.devices, target.platform)
+  layout = layout_lib.choose_layout(run.packing, step.batch_size, concurrent=protocol.replicates,
+                                    platform=target.platform, devices=target.devices, compile_layout=compile_layout,
+                                    memory_bytes=target.memory_bytes, describe=aot.describe_run(model, step, crop))
   compiled = compile_layout(layout.runs_axis, layout.runs_per_device)
   mesh = parallel.make_mesh(layout.runs_axis, devices=target.devices)
-  return Plan(config=config, target=target, layout=layout,
+  n = layout.runs_per_step
+  return Plan(settings=run, target=target, layout=layout,
               mesh_shape=(mesh.shape[parallel.RUNS_AXIS], mesh.shape[parallel.DATA_AXIS]), compiled=compiled,
-              phases=order.phases(config, layout.runs_per_step),
-              most_ready=order.most_ready(config, layout.runs_per_step),
-              free_replicates=order.free_replicates(config, layout.runs_per_step), peak_flops=peak_flops or target.peak_flops)
+              phases=order.phases(protocol, step.steps, n), most_ready=order.most_ready(protocol, n),
+              free_replicates=order.free_replicates(protocol, step.steps, n),
+              peak_flops=peak_flops or target.peak_flops)
 
 
 def _gib(n: float) -> str:
@@ -100,18 +103,16 @@ def _flop(n: float) -> str:
 
 def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
   """The plan as the command prints it."""
-  from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
-
-  c, t, lay, comp = plan.config, plan.target, plan.layout, plan.compiled
-  dtype = config_lib.model_config(c).dtype
+  c, t, lay, comp = plan.settings, plan.target, plan.layout, plan.compiled
+  dtype = c.model.dtype
   memory = t.memory_bytes
   where = f"{t.name}: " if t.name != "local" else "this machine: "
   lines = [
-      f"Plan: {c.model.name} at width {c.model.width:g} in {dtype}, batch {c.train.batch_size}, "
+      f"Plan: {c.model.name} at width {c.model.width:g} in {dtype}, batch {c.step.batch_size}, "
       f"{c.data.crop_size} px crops, on {where}{t.chips} {t.device_kind} device(s)"
       + (f" in {t.slices} slices" if t.slices > 1 else "") + f", compiled for {t.platform} in {comp.seconds:.0f} s.",
       f"Layout: {lay.runs_per_step} run(s) per step on a {plan.mesh_shape[0]} runs x {plan.mesh_shape[1]} data mesh "
-      f"({lay.runs_per_device} run(s) per device; each run's batch of {c.train.batch_size} over "
+      f"({lay.runs_per_device} run(s) per device; each run's batch of {c.step.batch_size} over "
       f"{plan.mesh_shape[1]} device(s))" + (f"; {lay.why}." if lay.why else "."),
       "",
       ("Per chip" if t.platform == "tpu" else "Per device") + ", one packed step"
@@ -130,9 +131,9 @@ def format_plan(plan: Plan, utilisation: float = 0.4) -> str:
   lines.append(f"  FLOPs per step: {_flop(comp.flops)}")
   found = ", ".join(f"{k} x{v}" for k, v in comp.collectives.items()) or "none"
   lines.append(f"  collectives in the program: {found}")
-  i = c.imp
-  lines += ["", f"Protocol: the dense round and {i.rounds} pruned rounds of {c.train.steps:,} steps (rewinding to step "
-            f"{i.rewind_step}), {i.replicates} replicates, branches {', '.join(config_lib.branches(c))}; as the order packs "
+  i = c.protocol
+  lines += ["", f"Protocol: the dense round and {i.rounds} pruned rounds of {c.step.steps:,} steps (rewinding to step "
+            f"{i.rewind_step}), {i.replicates} replicates, branches {', '.join(i.branches)}; as the order packs "
             "them:"]
   lines.append(f"  {'phase':<40} {'trainings':>9} {'packs':>6} {'steps/pack':>11} {'busy slots / slots':>20}")
   for p in plan.phases:

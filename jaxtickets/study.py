@@ -187,7 +187,7 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
 
       stability.run(sub.workdir)
     if reports:
-      report_run.write_report(sub.workdir, sub.config)
+      report_run.write_report(sub.workdir, config_lib.resolve(sub.config))
   if jax.process_index() != 0:
     return None
   path = report_study.write_study(study_config, runs, notes, workdir, reports=reports,

@@ -210,13 +210,14 @@ def bench_runs(name: str, args) -> dict:
   prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
   masks = [sparsity.global_magnitude_prune(p, sparsity.ones_masks(p), prunable, 0.5) for p in params]
   config.parallel.runs_per_step = 0
-  auto = layout_lib.choose_layout(config, concurrent=n)
+  run = config_lib.resolve(config)
+  auto = layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=n)
   layouts = {"one_run": (layout_lib.Layout(1, 1), True), "vmap": (layout_lib.Layout(n, 1), True),
              "traced": (layout_lib.Layout(n, 1), False), "auto": (auto, True)}
 
   def runner(layout, vmap):
     mesh = parallel.make_mesh(layout.runs_axis)
-    step = train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device, vmap=vmap)
+    step = train.make_packed_step(model, run.step, tx, mesh, layout.runs_per_device, vmap=vmap)
     p = layout.runs_per_step
     calls = -(-n // p)
     stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
@@ -291,7 +292,7 @@ def bench_conv_paths(args, mesh) -> dict:
 def bench_pipeline(args) -> dict:
   """Samples (content + style pairs) per second out of data.make_train_iterator, after its first batch."""
   config = bench_config(args.model if not args.models else "adain", args)
-  dataset = data.make_train_dataset(config, args.batch, 0, 1)
+  dataset = data.make_train_dataset(config_lib.resolve(config).data, args.batch, 0, 1)
   it = data.make_train_iterator(dataset, num_threads=config.data.num_threads, prefetch=config.data.prefetch)
   t = time.perf_counter()
   next(it)

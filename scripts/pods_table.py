@@ -58,14 +58,16 @@ def protocol(row: dict) -> dict:
   """The protocol's packed steps and busy share for the row's runs per step, and its cost at peak and 40%."""
   from jaxtickets.run import order  # pylint: disable=g-import-not-at-top
 
-  phases = order.phases(paper_config(row["model"]), row["runs_per_step"])
+  from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  run = config_lib.resolve(paper_config(row["model"]))
+  phases = order.phases(run.protocol, run.step.steps, row["runs_per_step"])
   packed = sum(p.packs * p.steps for p in phases)
   busy = sum(p.trainings * p.steps for p in phases) / sum(p.slots * p.steps for p in phases)
   hours = packed * row["flops"] / row["peak_flops"] / 3600
-  config = paper_config(row["model"])
   return {"packed_steps": packed, "busy": busy, "hours": hours, "chip_hours": hours * row["chips"],
-          "most_ready": order.most_ready(config, row["runs_per_step"]),
-          "free_replicates": order.free_replicates(config, row["runs_per_step"]),
+          "most_ready": order.most_ready(run.protocol, row["runs_per_step"]),
+          "free_replicates": order.free_replicates(run.protocol, run.step.steps, row["runs_per_step"]),
           "phases": [dataclasses.asdict(p) | {"utilisation": p.utilisation} for p in phases]}
 
 

@@ -18,7 +18,7 @@ def main(port: str, process_id: str, folder: str) -> None:
   c = config_lib.default_config()
   c.data.content = c.data.style = folder
   try:
-    data.check_listings_agree(c)
+    data.check_listings_agree(config_lib.resolve(c).data)
     print("agree", flush=True)
   except UserError as e:
     print(f"error: {e}", flush=True)

@@ -51,7 +51,7 @@ def flat(tree) -> dict:
 def train_steps(config, steps: int = STEPS) -> dict:
   """Trains a half-pruned tiny AdaIN for `steps` on this process's share of the data; params, losses, hashes."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxtickets import data  # pylint: disable=g-import-not-at-top
+  from jaxtickets import config as config_lib, data  # pylint: disable=g-import-not-at-top
   from jaxtickets.core import parallel, sparsity
   from jaxtickets.run import train
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
@@ -68,7 +68,7 @@ def train_steps(config, steps: int = STEPS) -> dict:
   step_fn = make_train_step(model, config.train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
   masks_r, vgg_r = parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh)
-  dataset = data.make_train_dataset(config, config.train.batch_size, jax.process_index(), jax.process_count())
+  dataset = data.make_train_dataset(config_lib.resolve(config).data, config.train.batch_size, jax.process_index(), jax.process_count())
   batches = data.make_train_iterator(dataset, num_threads=0, prefetch=0)
   key = jax.random.PRNGKey(3)
   losses, hashes = [], []
@@ -97,7 +97,9 @@ def main():
     from jaxtickets.run import imp  # pylint: disable=g-import-not-at-top
     from jaxtickets.run import layout as layout_lib  # pylint: disable=g-import-not-at-top
     imp.run(packed_config_for_tests(), args.imp_packed)
-    layout = layout_lib.choose_layout(packed_config_for_tests(), concurrent=2)
+    from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
+    run = config_lib.resolve(packed_config_for_tests())
+    layout = layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=2)
     result["packed_layout"] = [layout.runs_per_step, layout.runs_axis]
   with open(os.path.join(args.out, f"run_{pid}.json"), "w") as f:
     json.dump(result, f)

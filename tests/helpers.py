@@ -48,6 +48,11 @@ def tiny_config(**overrides):
   return c
 
 
+def tiny_settings(**overrides):
+  """tiny_config(**overrides) resolved: the settings.RunSettings the code below the entry takes."""
+  return config_lib.resolve(tiny_config(**overrides))
+
+
 EARLY_BIRD = dict(imp__early_bird=True, imp__early_bird_every=1, imp__early_bird_epsilon=0.99,
                   imp__early_bird_patience=1)  # any two masks count as settled: a dense round of 3 steps stops at 2
 

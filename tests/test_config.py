@@ -169,20 +169,20 @@ def test_epoch_step_schedule_fields_are_checked():
 def test_config_changes_lists_the_fields_that_matter():
   saved = json.loads(demo().to_json())
   c = demo()
-  assert config_lib.config_changes(saved, c) == []
+  assert config_lib.config_changes(saved, config_lib.resolve(c).record) == []
   lr, rounds = c.train.lr, c.imp.rounds
   c.train.lr = lr * 2
   c.imp.rounds = rounds + 1
   c.train.log_every = 1  # resume-safe: how often to log changes nothing computed
   c.checkpoint.every_steps = 5
   c.resume = False
-  assert config_lib.config_changes(saved, c) == [f"imp.rounds: {rounds} -> {rounds + 1}", f"train.lr: {lr} -> {lr * 2}"]
+  assert config_lib.config_changes(saved, config_lib.resolve(c).record) == [f"imp.rounds: {rounds} -> {rounds + 1}", f"train.lr: {lr} -> {lr * 2}"]
   # A field an older version did not write counts as unchanged at its default, as changed otherwise.
   del saved["train"]["nan_policy"]
-  assert config_lib.config_changes(saved, demo()) == []
+  assert config_lib.config_changes(saved, config_lib.resolve(demo()).record) == []
   c = demo()
   c.train.nan_policy = "skip"
-  assert config_lib.config_changes(saved, c) == ["train.nan_policy: (absent) -> 'skip'"]
+  assert config_lib.config_changes(saved, config_lib.resolve(c).record) == ["train.nan_policy: (absent) -> 'skip'"]
 
 
 def test_all_problems_are_listed_together():
@@ -268,7 +268,7 @@ def test_every_demo_variant_opts_in_to_a_random_vgg_and_may_resume_with_it():
   assert variant_config("adain").model.allow_random_vgg is False
   saved = json.loads(variant_config("sanet").to_json())
   del saved["model"]["allow_random_vgg"]  # a run made before the field: the opt-in changes nothing it computes
-  changes = config_lib.config_changes(saved, variant_config("sanet", "demo"))
+  changes = config_lib.config_changes(saved, config_lib.resolve(variant_config("sanet", "demo")).record)
   assert changes and not any("allow_random_vgg" in c for c in changes)  # the demo's other fields differ
 
 

@@ -1,13 +1,13 @@
 """Tests for jaxtickets.data: listing, decoding, preprocessing, the grain pipeline, TFDS."""
 
+import dataclasses
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import data
+from jaxtickets import data, settings
 from jaxtickets.errors import UserError
 
 
@@ -35,13 +35,10 @@ def _noise_folder(folder, n, seed):
 
 def _config(content, style, seed=0, num_pairs=2, eval_content='', eval_style='', load=16,
             crop=8):
-  return ml_collections.ConfigDict({
-      'seed': seed,
-      'data': {'content': content, 'style': style, 'eval_content': eval_content,
-               'eval_style': eval_style, 'load_size': load, 'crop_size': crop,
-               'num_threads': 2, 'prefetch': 2, 'tfds_data_dir': '', 'tfds_image_key': 'image'},
-      'eval': {'num_pairs': num_pairs},
-  })
+  """The data settings (settings.DataSpec) the functions under test take."""
+  return settings.DataSpec(content=content, style=style, eval_content=eval_content, eval_style=eval_style,
+                           tfds_data_dir='', tfds_image_key='image', load_size=load, crop_size=crop,
+                           num_threads=2, prefetch=2, num_pairs=num_pairs, seed=seed)
 
 
 # ----------------------------------------------------------------------------- list_images
@@ -292,7 +289,7 @@ def test_eval_pairs_deterministic_from_eval_sources(tmp_path, noise_dirs):
   assert a['names'] == b['names'] and len(set(a['names'])) == 5  # distinct pairs
   # With eval sources set, no training image is held out: step 0 (batch 7) is one whole epoch
   # of the 7 content images; with crop == load each crop is the whole resized image.
-  cfg.data.crop_size = 16
+  cfg = dataclasses.replace(cfg, crop_size=16)
   batch = data.make_train_dataset(cfg, global_batch_size=7)[0]['content']
   whole = [data.preprocess_eval(data.load_image(p), 16, 16)
            for p in data.list_images(noise_dirs[0])]
@@ -316,7 +313,7 @@ def test_demo_images_and_dataset():
 
 
 def test_open_source_bad_specs(tmp_path):
-  cfg = _config('', '').data
+  cfg = _config('', '')
   with pytest.raises(UserError, match='config.data.content'):
     data.open_source('', cfg, 'content')
   with pytest.raises(UserError, match="unknown scheme 'hf:'"):
@@ -357,19 +354,19 @@ def test_tfds_source(tmp_path):
   data_dir = _build_tiny_tfds(tmp_path)
   cfg = _config('tfds:jaxtickets_tiny_images:train', 'tfds:jaxtickets_tiny_images:train',
                 num_pairs=1)
-  cfg.data.tfds_data_dir = data_dir
-  src = data.open_source(cfg.data.content, cfg.data, 'content')
+  cfg = dataclasses.replace(cfg, tfds_data_dir=data_dir)
+  src = data.open_source(cfg.content, cfg, 'content')
   assert len(src) == 3
   colours = sorted(tuple(src[k][0, 0]) for k in range(3))
   assert colours == [(0, 10, 200), (60, 10, 200), (99, 99, 99)]
   assert all(src[k].shape == (16, 20, 3) and src[k].dtype == np.uint8 for k in range(3))
   el = data.make_train_dataset(cfg, global_batch_size=2)[0]
   assert el['content'].shape == (2, 8, 8, 3)
-  cfg.data.tfds_image_key = 'picture'
+  cfg = dataclasses.replace(cfg, tfds_image_key='picture')
   with pytest.raises(UserError, match='tfds_image_key'):
-    data.open_source(cfg.data.content, cfg.data, 'content')
+    data.open_source(cfg.content, cfg, 'content')
   with pytest.raises(UserError, match='array_record'):
-    data.open_source('tfds:no_such_dataset_xyz:train', cfg.data, 'content')
+    data.open_source('tfds:no_such_dataset_xyz:train', cfg, 'content')
 
 
 def test_crops_vary_per_sample(tmp_path, noise_dirs):

@@ -2,12 +2,12 @@
 
 import warnings
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import data
+from jaxtickets import config as config_lib
+from jaxtickets import config as config_lib, data
 
 NEED = 64  # the size the pipeline resizes to (config.data.load_size)
 
@@ -119,5 +119,6 @@ def test_decompression_bomb_warning_and_limit_name_the_file(tmp_path, monkeypatc
 
 def test_open_source_decodes_for_the_configs_load_size(tmp_path):
   Image.new('RGB', (8, 8)).save(tmp_path / 'a.png')
-  cfg = ml_collections.ConfigDict({'load_size': 48})
-  assert data.open_source(str(tmp_path), cfg, 'content').min_size == 48
+  cfg = config_lib.default_config()
+  cfg.data.load_size = 48
+  assert data.open_source(str(tmp_path), config_lib.resolve(cfg).data, 'content').min_size == 48

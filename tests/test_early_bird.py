@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.core import early_bird, sparsity
 from jaxtickets.run import imp, preempt, train, layout as layout_lib
@@ -109,7 +110,7 @@ def test_a_run_with_early_bird_stops_its_dense_rounds_and_reports_the_steps_it_t
   out = capsys.readouterr().out
   assert "[rep 0 imp round 0] early bird: the mask settled" in out and "stops at step 2 of 6" in out
   from jaxtickets.reports import run_report as report_run
-  report_run.write_report(str(tmp_path), config, grid=False)
+  report_run.write_report(str(tmp_path), grid=False)
   text = open(os.path.join(tmp_path, "report.md")).read()
   assert "## Early bird" in text and "| 1 | 2 | 2 | 6 |" in text and "![Early bird" in text
   assert os.path.getsize(os.path.join(tmp_path, "early_bird.png")) > 5_000
@@ -147,7 +148,7 @@ def _ticket(workdir, round_, rep):
 def packed_birds(tmp_path_factory):
   """The shared context, its uninterrupted run's workdir, and the weights each replicate's early-bird test drew its
   masks from, check by check: {replicate: [params at step 1, 2, ...]}."""
-  ctx = imp.setup(tiny_config(**PACKED_BIRDS), str(tmp_path_factory.mktemp("setup")))
+  ctx = imp.setup(config_lib.resolve(tiny_config(**PACKED_BIRDS)), str(tmp_path_factory.mktemp("setup")))
   assert ctx.compute.layout == layout_lib.Layout(2, 1)
   reference = str(tmp_path_factory.mktemp("reference"))
   drawn, train_pack = {}, train.train_pack
@@ -185,7 +186,7 @@ def test_packed_replicates_whose_masks_settle_at_different_checks_each_stop_at_t
     for x, y in zip(jax.tree.leaves(dense.trained_params), jax.tree.leaves(drawn[rep][-1])):
       np.testing.assert_array_equal(x, y, err_msg=f"rep {rep}")
     # ... and the mask that settled is the pruned round's.
-    settled = sparsity.early_bird_masks(ctx.compute.config, ctx.compute.prunable)(drawn[rep][-1])
+    settled = sparsity.early_bird_masks(ctx.compute.protocol.pruning, ctx.compute.protocol.target_sparsity, ctx.compute.prunable)(drawn[rep][-1])
     for x, y in zip(jax.tree.leaves(pruned.masks), jax.tree.leaves(settled)):
       np.testing.assert_array_equal(x, y, err_msg=f"rep {rep}")
   # Replicate 1 moved on after replicate 0 stopped.

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.run import imp, train
 from jaxtickets import load_ticket
@@ -286,13 +287,13 @@ def test_layer_cap_and_layerwise_oneshot_follow_the_config(run_dir):
   workdir, config, _, _ = run_dir
   dense = ticket(workdir, "imp", 0, 0)
   prunable = prunable_of(dense, config)
-  capped = tiny_config(sparsity__layer_cap=0.1)
+  capped = config_lib.resolve(tiny_config(sparsity__layer_cap=0.1)).protocol.pruning
   masks = dense.masks
   for _ in range(3):
     masks = sparsity.prune(capped, dense.trained_params, masks, prunable)
   for e in sparsity.count(masks, prunable)["layers"].values():
     assert e["size"] - e["remaining"] <= int(0.1 * e["size"])
-  layerwise = tiny_config(sparsity__method="layerwise")
+  layerwise = config_lib.resolve(tiny_config(sparsity__method="layerwise")).protocol.pruning
   imp_masks = sparsity.prune(layerwise, dense.trained_params, dense.masks, prunable)
   one = sparsity.oneshot_masks(layerwise, dense.trained_params, imp_masks, prunable)
   for a, b, f in zip(jax.tree.leaves(one), jax.tree.leaves(imp_masks), jax.tree.leaves(prunable)):
@@ -400,7 +401,7 @@ def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
 def test_inference_sparsity_counts_a_fixed_encoders_vgg_as_dense_weights(tmp_path):
   from jaxtickets.models import vgg as vgg_lib
 
-  c = imp.setup(tiny_config(model__train_encoder=False), str(tmp_path)).compute
+  c = imp.setup(config_lib.resolve(tiny_config(model__train_encoder=False)), str(tmp_path)).compute
   frozen = vgg_lib.truncate(jax.device_get(c.vgg_params), c.model.encoder_depth)
   assert c.frozen_inference_size == sum(int(np.size(a)) for a in jax.tree.leaves(frozen)) > 0
   params = jax.device_get(c.model.init(jax.random.PRNGKey(0), jax.device_get(c.vgg_params)))

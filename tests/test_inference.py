@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.tickets import inference
 from jaxtickets import models
@@ -20,7 +21,7 @@ def make_workdir(root, config, rounds=3):
   """A run's layout without training: config.json and tickets/imp/rep_0/round_NN with `rounds` IMP prunings."""
   workdir = str(root)
   checkpoint.save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-  model, vgg = inference.model_and_vgg(config)
+  model, vgg = inference.model_and_vgg(config_lib.resolve(config).model)
   params = jax.device_get(model.init(jax.random.PRNGKey(7), vgg))
   prunable = sparsity.prunable_leaves(params, config.sparsity.scope.split(","), allow_missing_groups=True)
   masks = sparsity.ones_masks(params)
@@ -50,7 +51,7 @@ def test_a_ticket_is_used_with_the_model_and_vgg_the_trainer_built(tmp_path):
   from jaxtickets.run import imp  # pylint: disable=g-import-not-at-top
 
   config = tiny_config(train__dtype="bfloat16")
-  trainer = imp.setup(config, str(tmp_path / "setup")).compute
+  trainer = imp.setup(config_lib.resolve(config), str(tmp_path / "setup")).compute
   path, _, vgg, _, _, _ = make_workdir(tmp_path / "run", config, rounds=1)
   used = inference.Stylizer.from_ticket(path)
   assert used.model == trainer.model and used.model_config["dtype"] == "bfloat16"

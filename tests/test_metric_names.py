@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.reports import figures as report_figures, run_report as report_run
 from jaxtickets.results import tables as results
@@ -128,7 +129,7 @@ def _header(workdir, name):
 def test_adaattn_results_and_report_carry_its_own_term_names(tmp_path, monkeypatch):
   workdir = _fake_run(tmp_path, monkeypatch, ADAATTN_TERMS)
   config = tiny_config(model__name="adaattn", imp__branches="imp", imp__replicates=2)
-  rows, summary = results.write_results(workdir, config, skips={})
+  rows, summary = results.write_results(workdir, config.model.name, config_lib.resolve(config).protocol, skips={})
   head = _header(workdir, "results.csv")
   assert head[-4:] == ["global", "local", "total", "relative_to_dense"]
   assert "content" not in head and "style" not in head
@@ -138,7 +139,7 @@ def test_adaattn_results_and_report_carry_its_own_term_names(tmp_path, monkeypat
                                          "local_ci_low", "local_ci_high"]
   assert checkpoint.load_json(os.path.join(workdir, "summary.json"))["terms"] == list(ADAATTN_TERMS)
   assert summary[1]["global_relative"] > 0 and summary[1]["local_ci_low"] <= summary[1]["local_relative"]
-  text = report_run.format_markdown(config, rows, summary, workdir, {}, [])
+  text = report_run.format_markdown(config_lib.resolve(config), rows, summary, workdir, {}, [])
   assert "| global / local vs dense |" in text and "content" not in text.split("## Verdicts")[1]
   assert "| global | local | total | relative_to_dense |" in text  # the all-results table
   report_figures.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=ADAATTN_TERMS)
@@ -149,7 +150,7 @@ def test_adaattn_results_and_report_carry_its_own_term_names(tmp_path, monkeypat
 def test_six_terms_give_seven_curve_panels_in_two_rows(tmp_path, monkeypatch):
   terms = _model("mccnet").terms
   workdir = _fake_run(tmp_path, monkeypatch, terms)
-  rows, summary = results.write_results(workdir, tiny_config(model__name="mccnet", imp__branches="imp"), skips={})
+  rows, summary = results.write_results(workdir, "mccnet", config_lib.resolve(tiny_config(model__name="mccnet", imp__branches="imp")).protocol, skips={})
   assert _header(workdir, "results.csv")[-8:] == [*terms, "total", "relative_to_dense"]
   report_figures.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=results.run_terms(rows)[0])
   with Image.open(tmp_path / "curves.png") as img:
@@ -158,7 +159,7 @@ def test_six_terms_give_seven_curve_panels_in_two_rows(tmp_path, monkeypatch):
 
 def test_content_style_models_keep_their_columns(tmp_path, monkeypatch):
   workdir = _fake_run(tmp_path, monkeypatch, ("content", "style"))
-  results.write_results(workdir, tiny_config(imp__branches="imp"), skips={})
+  results.write_results(workdir, "adain", config_lib.resolve(tiny_config(imp__branches="imp")).protocol, skips={})
   assert _header(workdir, "results.csv") == [f for f in results.RESULT_FIELDS
                                              if f not in ("sparsity_encoder", "sparsity_transform")]
   assert _header(workdir, "summary.csv")[:12 + 6] == list(results.SUMMARY_FIELDS[:12 + 6])

@@ -6,16 +6,17 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets.run import imp, preempt, train, layout as layout_lib
+from jaxtickets.run import aot, imp, preempt, train, layout as layout_lib
 from jaxtickets import config as config_lib
+from jaxtickets.models import get_model
 from jaxtickets.core import sparsity, streams
 from helpers import tiny_config
 
 
 def _layout(monkeypatch, devices, platform="cpu", concurrent=2, **parallel):
   monkeypatch.setattr(jax, "device_count", lambda: devices)
-  config = tiny_config(train__batch_size=4, **{f"parallel__{k}": v for k, v in parallel.items()})
-  return layout_lib.choose_layout(config, concurrent=concurrent, platform=platform)
+  run = config_lib.resolve(tiny_config(train__batch_size=4, **{f"parallel__{k}": v for k, v in parallel.items()}))
+  return layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=concurrent, platform=platform)
 
 
 def test_runs_axis_sizes_leave_each_runs_batch_splitting_evenly():
@@ -53,9 +54,12 @@ def test_on_an_accelerator_the_compiled_peak_sizes_the_pack(monkeypatch):
     return aot.Compiled(argument_bytes=peak // 2, output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0,
                         xla_peak_bytes=peak, flops=1.0, collectives={}, seconds=0.0)
 
-  config = tiny_config()
-  choose = lambda memory, **kw: layout_lib.choose_layout(tiny_config(**kw), concurrent=3, platform="gpu",
-                                                   compile_layout=compile_layout, memory_bytes=memory)
+  def choose(memory, **kw):
+    run = config_lib.resolve(tiny_config(**kw))
+    model = get_model(run.model.name)(run.model.options)
+    return layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=3, platform="gpu",
+                                    compile_layout=compile_layout, memory_bytes=memory,
+                                    describe=aot.describe_run(model, run.step, run.data.crop_size))
   assert choose(1000) == layout_lib.Layout(3, 1) and asked == [(1, 3)]  # all 3 replicates fit: one compile
   assert choose(300 / aot.HEADROOM) == layout_lib.Layout(2, 1)  # 2 of them fit
   with pytest.raises(UserError, match=r"One run of adain at batch 2, 32 px crops, float32 does not fit a device: needs 150 bytes"):
@@ -63,8 +67,9 @@ def test_on_an_accelerator_the_compiled_peak_sizes_the_pack(monkeypatch):
   with pytest.raises(UserError, match=r"config.parallel.runs_per_step = 3 puts 3 runs of adain .* but only 2 fit"):
     choose(300 / aot.HEADROOM, parallel__runs_per_step=3)
   asked.clear()
-  assert layout_lib.choose_layout(config, concurrent=3, platform="cpu", compile_layout=compile_layout,
-                            memory_bytes=1) == layout_lib.Layout(1, 1) and not asked  # a CPU trains one run per device
+  run = config_lib.resolve(tiny_config())
+  assert layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=3, platform="cpu",
+                                  compile_layout=compile_layout, memory_bytes=1) == layout_lib.Layout(1, 1) and not asked  # a CPU trains one run per device
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def pack_setup(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pack"))
   config = tiny_config(train__steps=6, train__log_every=4, checkpoint__every_steps=2, checkpoint__async_save=False,
                        imp__replicates=2, parallel__runs_per_step=2)
-  ctx = imp.setup(config, workdir)
+  ctx = imp.setup(config_lib.resolve(config), workdir)
   assert ctx.compute.layout == layout_lib.Layout(2, 1)
   return ctx
 
@@ -81,7 +86,7 @@ def pack_setup(tmp_path_factory):
 def _jobs(ctx):
   c, jobs = ctx.compute, []
   for index in range(2):
-    rep = imp.replicate(c.config, index)
+    rep = imp.replicate(c.protocol, index)
     params = jax.device_get(c.model.init(streams.key(rep.seed, streams.Stream.INIT), jax.device_get(c.vgg_params)))
     jobs.append(train.Job("imp", 0, rep, params, sparsity.ones_masks(params), start_step=0))
   return jobs
@@ -169,8 +174,8 @@ def test_the_step_s_abstract_inputs_are_what_the_pack_passes_it(pack_setup, tmp_
     train.train_pack(ctx, _jobs(ctx))
   ctx.output.close()
   real = passed[0]
-  abstract = aot.step_inputs(c.model, c.tx, c.mesh, c.layout.runs_per_step, c.config.train.batch_size,
-                             c.config.data.crop_size)
+  abstract = aot.step_inputs(c.model, c.tx, c.mesh, c.layout.runs_per_step, c.step.batch_size,
+                             c.data.crop_size)
   assert jax.tree.structure(real) == jax.tree.structure(abstract)
   for got, want in zip(jax.tree.leaves(real), jax.tree.leaves(abstract)):
     assert (got.shape, got.dtype) == (want.shape, want.dtype)

@@ -9,6 +9,7 @@ import importlib.util
 
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.core import parallel
 from jaxtickets.run import aot
 from jaxtickets.run import order, layout as layout_lib
@@ -121,9 +122,12 @@ def test_auto_packing_splits_each_run_s_batch_over_more_devices_when_one_run_doe
   from helpers import tiny_config
 
   from jaxtickets.run import layout as layout_lib
-  config = tiny_config(train__batch_size=8)
-  choose = lambda limit: layout_lib.choose_layout(config, concurrent=3, platform="tpu", devices=list(range(8)),
-                                            compile_layout=_per_device_limit(limit), memory_bytes=1 << 30)
+  from jaxtickets.models import get_model
+  run = config_lib.resolve(tiny_config(train__batch_size=8))
+  describe = aot.describe_run(get_model(run.model.name)(run.model.options), run.step, run.data.crop_size)
+  choose = lambda limit: layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=3, platform="tpu",
+                                                  devices=list(range(8)), compile_layout=_per_device_limit(limit),
+                                                  memory_bytes=1 << 30, describe=describe)
   # 3 replicates: 4 runs x 2 data (4 images a device) first; at most 2 images a device, 2 x 4 with one run each.
   assert choose(8) == layout_lib.Layout(4, 4) and choose(2) == layout_lib.Layout(2, 2)
   assert not choose(8).why and choose(2).why == ("with each run's batch over 2 device(s), one run did not fit: the "
@@ -158,10 +162,10 @@ def _tiny_compiler(target, **overrides):
   from jaxtickets import config as config_lib
   from jaxtickets.run import train
   from jaxtickets.models import get_model
-  config = tiny_config(**overrides)
-  model = get_model(config.model.name)(config_lib.model_config(config))
-  tx = train.make_optimizer(config.train.adam_eps)
-  return aot.step_compiler(model, config, tx, target.devices, target.platform)
+  run = config_lib.resolve(tiny_config(**overrides))
+  model = get_model(run.model.name)(run.model.options)
+  tx = train.make_optimizer(run.step.adam_eps)
+  return aot.step_compiler(model, run.step, run.data.crop_size, tx, target.devices, target.platform)
 
 
 @pytest.mark.e2e  # compiles two packed steps
@@ -188,14 +192,15 @@ def test_the_step_compiles_for_a_topology_with_its_bytes_flops_and_gradient_all_
 def test_the_schedule_counts_each_phase_s_busy_slots():
   from helpers import tiny_config
 
-  config = tiny_config(imp__replicates=3, imp__rounds=3, imp__branches="imp,random_prune,random_reinit",
-                       imp__rewind_step=1)
-  phases = order.phases(config, runs_per_step=4)
+  run = config_lib.resolve(tiny_config(imp__replicates=3, imp__rounds=3,
+                                      imp__branches="imp,random_prune,random_reinit", imp__rewind_step=1))
+  protocol, steps = run.protocol, run.step.steps
+  phases = order.phases(protocol, steps, runs_per_step=4)
   # IMP's rounds take 3 of each pack's 4 slots; a round-r baseline takes the fourth beside round r+1.
   assert [(p.trainings, p.packs, p.steps, p.slots) for p in phases] == [(3, 1, 3, 4), (11, 3, 2, 12), (16, 4, 2, 16)]
   assert [round(p.utilisation, 2) for p in phases] == [0.75, 0.92, 1.0]
-  assert order.most_ready(config, runs_per_step=4) == 4 and order.most_ready(config, runs_per_step=32) == 9
-  assert [(p.trainings, p.packs) for p in order.phases(config, runs_per_step=1)] == [(3, 3), (9, 9), (18, 18)]
+  assert order.most_ready(protocol, runs_per_step=4) == 4 and order.most_ready(protocol, runs_per_step=32) == 9
+  assert [(p.trainings, p.packs) for p in order.phases(protocol, steps, runs_per_step=1)] == [(3, 3), (9, 9), (18, 18)]
 
 
 def test_a_big_slice_s_idle_slots_are_named_with_the_replicates_they_would_hold_for_free():
@@ -203,11 +208,12 @@ def test_a_big_slice_s_idle_slots_are_named_with_the_replicates_they_would_hold_
 
   # The paper's shape: 10 rounds, IMP and random pruning. At 32 slots a pack never has more than 3 IMP runs and 3
   # baselines ready; 16 replicates (16 + 16 ready) still take the dense pack, 10 IMP packs and one more.
-  config = tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune")
-  assert order.most_ready(config, 32) == 6 and order.free_replicates(config, 32) == 16
-  assert order.free_replicates(config, 4) == 3  # 4 slots are full already: a 4th replicate adds packs
-  packed = lambda reps: sum(p.packs * p.steps for p in order.phases(config, 32, reps))
-  assert packed(16) == packed(3) == 12 * config.train.steps < packed(17)
+  run = config_lib.resolve(tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune"))
+  protocol, steps = run.protocol, run.step.steps
+  assert order.most_ready(protocol, 32) == 6 and order.free_replicates(protocol, steps, 32) == 16
+  assert order.free_replicates(protocol, steps, 4) == 3  # 4 slots are full already: a 4th replicate adds packs
+  packed = lambda reps: sum(p.packs * p.steps for p in order.phases(protocol, steps, 32, reps))
+  assert packed(16) == packed(3) == 12 * steps < packed(17)
 
 
 def test_cost_text_keeps_its_digits_at_every_scale():
@@ -230,10 +236,11 @@ def test_the_local_plan_prints_the_table():
     assert words in text
   priced = plan.format_plan(plan.make_plan(tiny_config(), aot.local_target(), peak_flops=1e11))
   # The same plan as a 32-slot pod would have it: the idle slots are named, with what they could hold.
-  config = tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune")
-  wide = dataclasses.replace(got, config=config, layout=layout_lib.Layout(32, 32), mesh_shape=(32, 1),
-                             phases=order.phases(config, 32), most_ready=order.most_ready(config, 32),
-                             free_replicates=order.free_replicates(config, 32))
+  run = config_lib.resolve(tiny_config(imp__replicates=3, imp__rounds=10, imp__branches="imp,random_prune"))
+  p, steps = run.protocol, run.step.steps
+  wide = dataclasses.replace(got, settings=run, layout=layout_lib.Layout(32, 32), mesh_shape=(32, 1),
+                             phases=order.phases(p, steps, 32), most_ready=order.most_ready(p, 32),
+                             free_replicates=order.free_replicates(p, steps, 32))
   text = plan.format_plan(wide)
   assert "No pack ever has more than 6 of its 32 slots busy" in text and "'runs' axis of 6 (6 devices" in text
   assert "imp.replicates=16 trains in as many packed steps" in text

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets import data
 from jaxtickets.core import parallel, sparsity
 from jaxtickets.run import train
@@ -26,7 +27,7 @@ def _train(dtype: str):
   step_fn = make_train_step(model, config.train, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
   masks_r, vgg_r, key = parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh), jax.random.PRNGKey(2)
-  batches = data.make_train_iterator(data.make_train_dataset(config, 2), num_threads=0, prefetch=0)
+  batches = data.make_train_iterator(data.make_train_dataset(config_lib.resolve(config).data, 2), num_threads=0, prefetch=0)
   losses, text = [], None
   for _ in range(STEPS):
     batch = parallel.shard_batch(next(batches), mesh)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.core import evaluate
 from jaxtickets.results import tables as results
@@ -68,7 +69,7 @@ def workdir(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint, "load_ticket_metadata", lambda path: metas[path])
   config = tiny_config(imp__branches="imp,random_prune", imp__replicates=len(REPLICATES),
                        imp__match_tolerance=TOLERANCE)
-  results.write_results(str(tmp_path), config, skips={})
+  results.write_results(str(tmp_path), config.model.name, config_lib.resolve(config).protocol, skips={})
   return str(tmp_path)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.core import evaluate
 from jaxtickets.run import imp
@@ -151,7 +152,7 @@ def test_the_ticket_stylizer_reproduces_the_runs_evaluation(run):
   path = workdir_lib.ticket_dir(workdir, "imp", 2, 1)
   st = inference.Stylizer.from_ticket(path)
   from jaxtickets import data
-  pairs = data.eval_pairs(config)
+  pairs = data.eval_pairs(config_lib.resolve(config).data)
   got = evaluate.evaluate(evaluate.make_eval_fn(st.model), st.params, st.masks, st.vgg_params, pairs,
                           config.eval.batch_size)
   want = checkpoint.load_ticket_metadata(path)["metrics"]

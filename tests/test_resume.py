@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets import data
 from jaxtickets.run import imp, preempt, train
@@ -282,10 +283,10 @@ def test_config_checks_before_anything_runs(tmp_path):
     imp.run(tiny_config(train__lr=2e-3, imp__rounds=5), workdir)
   assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on the way out
   logs = []
-  workdir_lib.check_resume_config(tiny_config(train__lr=2e-3), workdir, allow_config_change=True, log=logs.append)
+  workdir_lib.check_resume_config(config_lib.resolve(tiny_config(train__lr=2e-3)).record, workdir, allow_config_change=True, log=logs.append)
   assert "changed config (--allow_config_change): train.lr: 0.001 -> 0.002" in logs[-1]
   # resume=False moves the previous run aside and starts in an empty workdir.
-  workdir_lib.lock_workdir(tiny_config(resume=False), workdir, log=logs.append).release()
+  workdir_lib.lock_workdir(workdir, resume=False, log=logs.append).release()
   aside = glob.glob(workdir + ".old-*")
   assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], "init", "rep_0", "theta_0"))
   assert os.listdir(workdir) == [] and "moved the previous run" in logs[-1]
@@ -345,7 +346,7 @@ def rewinding(tmp_path_factory):
   workdir."""
   config = tiny_config(imp__branches=",".join(BRANCHES), imp__rounds=1, imp__rewind_step=2, train__steps=4,
                        checkpoint__async_save=False)
-  ctx = imp.setup(config, str(tmp_path_factory.mktemp("setup")))
+  ctx = imp.setup(config_lib.resolve(config), str(tmp_path_factory.mktemp("setup")))
   reference = str(tmp_path_factory.mktemp("reference"))
   _run(ctx, reference)
   return ctx, reference

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.run import imp
 from jaxtickets.tickets import inference
 from jaxtickets.weights import files as weights
@@ -100,12 +101,13 @@ def test_vgg_weights_of_another_hash_are_refused(relative_run, tmp_path):
 def test_a_resume_with_another_vgg_file_is_refused(tmp_path):
   config = tiny_config(model__vgg_weights=str(tmp_path / "a.npz"))
   shutil.copy(weights.demo_vgg_path(WIDTH), tmp_path / "a.npz")
-  first = weights.record_run_vgg(config, str(tmp_path))
+  spec = config_lib.resolve(config).model
+  first = weights.record_run_vgg(spec, str(tmp_path))
   other_vgg(tmp_path / "a.npz")  # the same path, another file
   with pytest.raises(UserError, match=rf"trained with a VGG of SHA-256 {first['sha256']}, but .* --allow_config_change"):
-    weights.record_run_vgg(config, str(tmp_path))
+    weights.record_run_vgg(spec, str(tmp_path))
   logged = []
-  weights.record_run_vgg(config, str(tmp_path), allow_change=True, log=logged.append)
+  weights.record_run_vgg(spec, str(tmp_path), allow_change=True, log=logged.append)
   assert "resuming" in logged[0] and weights.load_vgg_record(str(tmp_path))["sha256"] != first["sha256"]
 
 
@@ -136,10 +138,10 @@ def test_the_same_run_resumes_from_another_directory(relative_run, tmp_path, mon
   with pytest.raises(UserError, match="weights/vgg.npz' does not exist"):
     config_lib.validate(config)
   logs = []
-  located = weights.locate_run_vgg(config, workdir, log=logs.append)
-  assert located.model.vgg_weights == str(launch / "weights" / "vgg.npz") and "where the run in" in logs[0]
-  assert config.model.vgg_weights == "weights/vgg.npz"  # the caller's config is left as it was
-  rows = imp.run(located, workdir)
+  found = weights.locate_run_vgg(config.model.vgg_weights, workdir, log=logs.append)
+  assert found == str(launch / "weights" / "vgg.npz") and "where the run in" in logs[0]
+  config.model.vgg_weights = found
+  rows = imp.run(config, workdir)
   assert {(r["branch"], r["round"]) for r in rows} == {("imp", 0), ("imp", 1)}
   other_vgg(tmp_path / "other.npz")
   with pytest.raises(UserError, match="SHA-256"):  # another file under the same name is still refused

@@ -650,9 +650,10 @@ def test_early_bird_masks_are_round_ones_pruning_or_the_target_sparsitys(method,
   config.sparsity.method, config.imp.target_sparsity = method, target
   params = _toy_params()
   prunable = sp.prunable_leaves(params, ['encoder', 'decoder'])
-  got = sp.early_bird_masks(config, prunable)(params)
+  pruning = config_lib.resolve(config).protocol.pruning
+  got = sp.early_bird_masks(pruning, target, prunable)(params)
   if target:  # layer-wise pruning has no one-shot target of its own: global magnitudes stand in
     want = sp.prune_to_sparsity(params, prunable, target, method='lamp' if method == 'lamp' else 'global')
   else:
-    want = sp.prune(config, params, sp.ones_masks(params), prunable)
+    want = sp.prune(pruning, params, sp.ones_masks(params), prunable)
   jax.tree.map(np.testing.assert_array_equal, got, want)

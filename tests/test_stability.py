@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.core import evaluate
 from jaxtickets.run import imp
 from jaxtickets.run import stability
@@ -53,11 +54,11 @@ def test_identical_copies_have_no_barrier_and_the_ends_are_the_copies_losses(fin
   np.testing.assert_allclose(row["path"], row["path"][0], rtol=1e-5)
   # The ends are the trained copies themselves, scored as any ticket is.
   from jaxtickets.store import checkpoint
-  c = imp.setup(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4), finished).compute
+  c = imp.setup(config_lib.resolve(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4)), finished).compute
   ticket = checkpoint.load_ticket(workdir_lib.ticket_dir(finished, "imp", 1, 0))
   for copy, end in (("a", 0), ("b", -1)):
     params = checkpoint.load_params(os.path.join(finished, "stability", "rep_0", "round_01", f"copy_{copy}"))
-    got = evaluate.evaluate(c.eval_fn, params, ticket.masks, c.vgg_params, c.pairs, c.config.eval.batch_size)
+    got = evaluate.evaluate(c.eval_fn, params, ticket.masks, c.vgg_params, c.pairs, c.protocol.eval_batch_size)
     assert got["total"] == pytest.approx(row["path"][end], rel=1e-6)
   # Copies that trained on other data orders differ (the default run): the files and report section appear.
   rows = stability.run(finished, rounds=[0, 1], points=3)
@@ -83,7 +84,7 @@ def test_every_point_of_the_path_is_the_loss_of_the_saved_copies_mixed_by_hand(f
 
   (row,) = stability.run(finished, rounds=[0], points=5)
   config = workdir_lib.load_run_config(finished)
-  c = imp.setup(config, finished).compute
+  c = imp.setup(config_lib.resolve(config), finished).compute
   masks = checkpoint.load_ticket(workdir_lib.ticket_dir(finished, "imp", 0, 0)).masks
   a, b = (checkpoint.load_params(workdir_lib.stability_copy_dir(finished, 0, 0, copy)) for copy in "ab")
   assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -101,7 +102,7 @@ def test_every_point_of_the_path_is_the_loss_of_the_saved_copies_mixed_by_hand(f
 
 @pytest.mark.e2e
 def test_a_path_between_unrelated_random_networks_has_a_barrier(finished):
-  c = imp.setup(tiny_config(), finished).compute
+  c = imp.setup(config_lib.resolve(tiny_config()), finished).compute
   vgg = jax.device_get(c.vgg_params)
   a, b = (jax.device_get(c.model.init(jax.random.PRNGKey(k), vgg)) for k in (11, 12))
   masks = jax.tree.map(lambda x: np.ones(np.shape(x), bool), a)
@@ -138,20 +139,20 @@ def test_with_a_rewind_step_every_rounds_copies_start_from_theta_k(tmp_path):
 
   from jaxtickets.store import checkpoint
 
-  config = tiny_config(imp__rewind_step=2)
+  protocol = config_lib.resolve(tiny_config(imp__rewind_step=2)).protocol
   theta_0 = {"decoder": {"conv": {"kernel": np.full((2, 3), 1.0, np.float32), "bias": np.zeros(3, np.float32)}}}
   theta_2 = jax.tree.map(lambda x: x + 0.5, theta_0)
   for step, params in ((0, theta_0), (2, theta_2)):
     checkpoint.save_params(workdir_lib.theta_dir(str(tmp_path), 1, step), params)
   masks = jax.tree.map(lambda x: np.ones(np.shape(x), bool), theta_0)
   dense = SimpleNamespace(rewind_params=theta_0, masks=masks)
-  jobs = stability._copies(config, str(tmp_path), dense, 1, 0, same_order=False)
+  jobs = stability._copies(protocol, str(tmp_path), dense, 1, 0, same_order=False)
   for job in jobs:
     assert job.start_step == 2 and job.replicate.index == 1
     jax.tree.map(np.testing.assert_array_equal, job.init_params, theta_2)
   assert jobs[0].replicate.seed != jobs[1].replicate.seed
   with pytest.raises(UserError, match=r"has no rewind point theta_2 of replicate 0 .* stopped before step 2"):
-    stability._copies(config, str(tmp_path), dense, 0, 0, same_order=False)
+    stability._copies(protocol, str(tmp_path), dense, 0, 0, same_order=False)
   # Rewinding to theta_0 (k = 0): the ticket's own start.
-  (job, _) = stability._copies(tiny_config(), str(tmp_path), dense, 1, 0, same_order=True)
+  (job, _) = stability._copies(config_lib.resolve(tiny_config()).protocol, str(tmp_path), dense, 1, 0, same_order=True)
   assert job.start_step == 0 and job.init_params is theta_0

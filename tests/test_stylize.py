@@ -15,7 +15,7 @@ from jaxtickets.store import checkpoint
 from jaxtickets.run import imp
 from jaxtickets.tickets import inference
 from jaxtickets.core import streams
-from jaxtickets import stylize
+from jaxtickets import config as config_lib, stylize
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -27,7 +27,7 @@ def ported(tmp_path_factory):
   """Ported weights (model.json + params) of a tiny AdaIN, the fastest source to load from disk."""
   folder = tmp_path_factory.mktemp("ported")
   config = tiny_config()
-  model, vgg = inference.model_and_vgg(config)
+  model, vgg = inference.model_and_vgg(config_lib.resolve(config).model)
   params = jax.device_get(model.init(jax.random.PRNGKey(3), vgg))
   checkpoint.save_params(str(folder / "params"), {"params": params, "vgg": vgg})
   checkpoint.save_json(str(folder / "model.json"), {"model": "adain", "model_config": config.model.to_dict()})

@@ -321,33 +321,31 @@ def random_prune_like(reference_masks: PyTree, prunable: PyTree, seed: int) -> P
   return jax.tree.unflatten(treedef, new)
 
 
-def prune(config, params: PyTree, masks: PyTree, prunable: PyTree) -> PyTree:
-  """One IMP pruning step: config.sparsity.fraction of the surviving prunable weights (all when masks is None),
-  smallest magnitude."""
+def prune(pruning, params: PyTree, masks: PyTree, prunable: PyTree) -> PyTree:
+  """One IMP pruning step (a settings.Pruning): its fraction of the surviving prunable weights (all when masks is
+  None), smallest magnitude."""
   masks = ones_masks(params) if masks is None else masks
   fn = {'global': global_magnitude_prune, 'layerwise': layerwise_magnitude_prune, 'lamp': lamp_prune}
-  return fn[config.sparsity.method](params, masks, prunable, config.sparsity.fraction,
-                                    layer_cap=config.sparsity.layer_cap)
+  return fn[pruning.method](params, masks, prunable, pruning.fraction, layer_cap=pruning.layer_cap)
 
 
-def early_bird_masks(config, prunable: PyTree) -> Callable[[PyTree], PyTree]:
-  """params -> the masks the early-bird test compares (config.imp.early_bird): the dense network pruned as round 1
-  would prune it, or straight to imp.target_sparsity when that is set (globally, or by LAMP scores)."""
-  if config.imp.target_sparsity:
-    method = 'lamp' if config.sparsity.method == 'lamp' else 'global'
-    return functools.partial(prune_to_sparsity, prunable=prunable, sparsity=config.imp.target_sparsity,
-                             layer_cap=config.sparsity.layer_cap, method=method)
-  return functools.partial(prune, config, masks=None, prunable=prunable)
+def early_bird_masks(pruning, target_sparsity: float, prunable: PyTree) -> Callable[[PyTree], PyTree]:
+  """params -> the masks the early-bird test compares: the dense network pruned as round 1 would prune it, or
+  straight to `target_sparsity` when that is set (globally, or by LAMP scores)."""
+  if target_sparsity:
+    method = 'lamp' if pruning.method == 'lamp' else 'global'
+    return functools.partial(prune_to_sparsity, prunable=prunable, sparsity=target_sparsity,
+                             layer_cap=pruning.layer_cap, method=method)
+  return functools.partial(prune, pruning, masks=None, prunable=prunable)
 
 
-def oneshot_masks(config, dense_params: PyTree, imp_masks: PyTree, prunable: PyTree) -> PyTree:
+def oneshot_masks(pruning, dense_params: PyTree, imp_masks: PyTree, prunable: PyTree) -> PyTree:
   """The one-shot baseline's masks: the dense round's trained weights pruned straight to IMP's round, globally or by
   LAMP scores (IMP's total count, under the same layer cap) or layer-wise (IMP's count in every layer)."""
-  if config.sparsity.method == 'layerwise':
+  if pruning.method == 'layerwise':
     return prune_like(dense_params, prunable, imp_masks)
   target = count(imp_masks, prunable)['prunable']['sparsity']
-  return prune_to_sparsity(dense_params, prunable, target, layer_cap=config.sparsity.layer_cap,
-                           method=config.sparsity.method)
+  return prune_to_sparsity(dense_params, prunable, target, layer_cap=pruning.layer_cap, method=pruning.method)
 
 
 def _entry(size: int, remaining: int) -> dict:

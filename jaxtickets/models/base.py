@@ -18,10 +18,10 @@ ENCODER, DECODER, TRANSFORM = GROUPS
 _DATA_SOURCES = ("vgg_weights", "init_from")  # where weights come from: they are arguments, not part of the model
 
 
-def _field(config: Any, name: str, default: Any) -> Any:
-  """`config.name`, or `default` when the field is absent or None (a model's own fields, e.g. a loss weight, whose
-  default is the reference implementation's value)."""
-  value = getattr(config, name, None)
+def _field(options: Any, name: str, default: Any) -> Any:
+  """`options.name` (the model's options: config.model), or `default` when the field is absent or None (a model's
+  own fields, e.g. a loss weight, whose default is the reference implementation's value)."""
+  value = getattr(options, name, None)
   return default if value is None else value
 
 

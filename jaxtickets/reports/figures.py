@@ -133,16 +133,16 @@ def plot_layers(report: dict, path: str, title: str) -> None:
   storage.save_figure(fig, path, dpi=100)
 
 
-def plot_grid(config, imp_rows: list[dict], workdir: str, path: str) -> None:
+def plot_grid(model_spec, data_spec, imp_rows: list[dict], workdir: str, path: str) -> None:
   """Rows = held-out pairs, columns = content, style, the dense network's reconstruction (the content stylized with
   itself as the style: what the learnability check scores), dense and each IMP round's ticket."""
   from jaxtickets import data
   from jaxtickets.core import evaluate
 
-  pairs = data.eval_pairs(config)
+  pairs = data.eval_pairs(data_spec)
   n = min(len(pairs["content"]), MAX_GRID_ROWS)
   pairs = {"content": pairs["content"][:n], "style": pairs["style"][:n], "names": pairs["names"][:n]}
-  model, vgg = weights.model_and_vgg(config)
+  model, vgg = weights.model_and_vgg(model_spec)
   columns = [("content", pairs["content"]), ("style", pairs["style"])]
   for r in tqdm(imp_rows, desc="report grid", unit="round", disable=None, leave=False):
     ticket = checkpoint.load_ticket(workdir_lib.ticket_dir(workdir, "imp", r["round"], r["replicate"]))

@@ -32,17 +32,19 @@ def _fmt(value, key: str) -> str:
   return f"{value:.4f}" if key.startswith("sparsity") else f"{value:.6g}"
 
 
-def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str, figures: dict,
+def format_markdown(run, rows: list[dict], summary: list[dict], workdir: str, figures: dict,
                     notes: list[str]) -> str:
-  """report.md: settings, the verdicts with intervals, IMP vs the baselines, figures, all results."""
-  m, sp, ip = config.model, config.sparsity, config.imp
+  """report.md of a run (its settings.RunSettings): settings, the verdicts with intervals, IMP vs the baselines,
+  figures, all results."""
+  spec, m, ip = run.model, run.model.options, run.protocol
+  sp = ip.pruning
   dense = [r for r in rows if r["branch"] == "imp" and r["round"] == 0]
   reps = sorted({r["replicate"] for r in rows})
   pairs = sorted({len(r["per_pair"]["total"]) for r in rows})
   combos = sorted({r["combinations"] for r in summary})
   done = max((r["round"] for r in rows if r["branch"] == "imp"), default=0)
-  vgg = (f"`demo`: the demo loss network, {config_lib.DEMO_VGG_DESCRIPTION}" if m.vgg_weights == config_lib.DEMO_VGG
-         else f"`{m.vgg_weights}`" if m.vgg_weights else
+  vgg = (f"`demo`: the demo loss network, {config_lib.DEMO_VGG_DESCRIPTION}" if spec.vgg_weights == config_lib.DEMO_VGG
+         else f"`{spec.vgg_weights}`" if spec.vgg_weights else
          "**random** (no pretrained VGG: the losses are not meaningful)")
   from jaxtickets.weights import files as weights  # pylint: disable=g-import-not-at-top
   vgg += weights.vgg_record_note(workdir)  # its SHA-256 and whether it is the released file (the run's vgg.json)
@@ -54,17 +56,17 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
       ["model", f"{m.name} (width {m.width:g}, {m.dtype})"],
       ["encoder", "trained (part of the pruned network)" if m.train_encoder else "fixed (the frozen VGG)"],
       ["VGG weights", vgg],
-      ["deviations from the reference", "; ".join(reference_deviations(config)) or "none"],
-      ["pruning scope", f"`{sp.scope}` ({sp.method} magnitude, {sp.fraction:.0%} of the remaining weights per "
+      ["deviations from the reference", "; ".join(reference_deviations(spec)) or "none"],
+      ["pruning scope", f"`{','.join(sp.scope)}` ({sp.method} magnitude, {sp.fraction:.0%} of the remaining weights per "
                         f"round{cap})"],
       ["rewind point used", rewind],
-      ["rounds", f"{done} pruned round(s) done of {ip.rounds} configured; {config.train.steps:,} steps per round"],
-      ["replicates", f"{len(reps)} done of {ip.replicates} configured (seeds {config.seed} + r); each "
+      ["rounds", f"{done} pruned round(s) done of {ip.rounds} configured; {run.step.steps:,} steps per round"],
+      ["replicates", f"{len(reps)} done of {ip.replicates} configured (seeds {ip.seed} + r); each "
                      f"point rests on {len(reps)} replicate(s) x {', '.join(map(str, pairs))} held-out pairs "
                      f"({', '.join(map(str, combos))} image combinations, the units the pairs' crops are averaged "
                      "into)" + ("; collapsed runs are left out (the verdicts count the replicates used)"
                                 if results.collapsed_runs(summary) else "")],
-      ["branches", _branches_line(config, rows)],
+      ["branches", _branches_line(ip.branches, rows)],
       ["matching", results.match_rule(ip.match_tolerance)],
   ]
   if dense:
@@ -117,15 +119,15 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
               "grid": "Held-out pairs: content, style, dense, then each IMP round (replicate 0)",
               "early_bird": "Early bird: distance between consecutive drawn masks during the dense round"}
   birds = [r for r in rows if r["branch"] == "imp" and r["round"] == 0 and "early_bird_step" in r]
-  if config.imp.early_bird:
+  if ip.early_bird is not None:
     text += ["## Early bird", "",
-             f"The dense round drew the mask pruning would give every {config.imp.early_bird_every} steps and stopped "
-             f"once consecutive masks differed in less than {config.imp.early_bird_epsilon:.1%} of the prunable "
-             f"weights for {config.imp.early_bird_patience} draws in a row. The dense round is the verdicts' "
+             f"The dense round drew the mask pruning would give every {ip.early_bird.every} steps and stopped "
+             f"once consecutive masks differed in less than {ip.early_bird.epsilon:.1%} of the prunable "
+             f"weights for {ip.early_bird.patience} draws in a row. The dense round is the verdicts' "
              "reference, so an early-stopped one is a weaker reference: the study's early_bird comparison judges "
              "these tickets against full IMP instead.", "",
              table(["replicate", "stopped at step", "steps trained", "of"],
-                    [[str(r["replicate"]), str(r["early_bird_step"]), str(r["steps"]), str(config.train.steps)]
+                    [[str(r["replicate"]), str(r["early_bird_step"]), str(r["steps"]), str(run.step.steps)]
                      for r in birds]) if birds else "No dense round stopped early: the masks never settled.", ""]
   text += ["## Figures", ""]
   for key, name in figures.items():
@@ -139,10 +141,11 @@ def format_markdown(config, rows: list[dict], summary: list[dict], workdir: str,
   return "\n".join(text)
 
 
-def reference_deviations(config) -> list[str]:
-  """Each model setting of the run that differs from the reference implementation's, in words."""
+def reference_deviations(spec) -> list[str]:
+  """Each setting of the run's model (a settings.ModelSpec) that differs from the reference implementation's, in
+  words."""
   from jaxtickets import models  # pylint: disable=import-outside-toplevel  (imports the model's module)
-  m = config.model
+  m = spec.options
   model_class = models.get_model(m.name)
   out = []
   if m.width != 1.0:
@@ -158,35 +161,34 @@ def reference_deviations(config) -> list[str]:
   taps = m.get("content_taps")
   if taps and taps != "r41" and m.name == "adain":
     out.append(f"content taps {taps} (the reference: r41)")
-  if m.vgg_weights == config_lib.DEMO_VGG:
+  if spec.vgg_weights == config_lib.DEMO_VGG:
     out.append("loss network trained here, not ImageNet's VGG")
-  elif not m.vgg_weights:
+  elif not spec.vgg_weights:
     out.append("random loss VGG")
   return out
 
 
-def _branches_line(config, rows) -> str:
+def _branches_line(wanted, rows) -> str:
   done = sorted({r["branch"] for r in rows}, key=results.branch_order)
-  wanted = config_lib.branches(config)
   missing = [b for b in wanted if b not in done]
   return ", ".join(done) + (f" (still to run: {', '.join(missing)})" if missing else "")
 
 
-def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
-  """Writes the results tables, the figures and report.md into `workdir`; returns report.md's path (None off
-  process 0)."""
+def write_report(workdir: str, run=None, *, grid: bool = True) -> str | None:
+  """Writes the results tables, the figures and report.md into `workdir` for its run (a settings.RunSettings, by
+  default its saved config.json's); returns report.md's path (None off process 0)."""
   if jax.process_index() != 0:
     return None
-  config = config if config is not None else workdir_lib.load_run_config(workdir)
-  rows, summary = results.write_results(workdir, config)
+  run = run if run is not None else workdir_lib.load_run_settings(workdir)
+  rows, summary = results.write_results(workdir, run.model.name, run.protocol)
   if not rows:
     raise UserError(f"No finished ticket in '{os.path.join(workdir, workdir_lib.TICKETS)}': run python -m "
                     f"jaxtickets.main --workdir={workdir} first.")
   names = workdir_lib.FIGURES
   at = lambda figure: os.path.join(workdir, names[figure])
   figures, notes = {}, []
-  title = f"{config.model.name}: held-out loss vs sparsity, geometric mean ratio to the dense network"
-  plot_curves(summary, config.imp.match_tolerance, at("curves"), title, terms=results.run_terms(rows)[0])
+  title = f"{run.model.name}: held-out loss vs sparsity, geometric mean ratio to the dense network"
+  plot_curves(summary, run.protocol.match_tolerance, at("curves"), title, terms=results.run_terms(rows)[0])
   figures["curves"] = names["curves"]
   notes += _collapse_notes(workdir, rows)
   first_rep = min(r["replicate"] for r in rows)
@@ -195,20 +197,20 @@ def write_report(workdir: str, config=None, *, grid: bool = True) -> str | None:
     final = imp_rows[-1]
     meta = checkpoint.load_ticket_metadata(workdir_lib.ticket_dir(workdir, "imp", final["round"], first_rep))
     plot_layers(meta["sparsity"], at("layers"),
-                f"{config.model.name}: per-layer sparsity, IMP round {final['round']} (replicate {first_rep})")
+                f"{run.model.name}: per-layer sparsity, IMP round {final['round']} (replicate {first_rep})")
     figures["layers"] = names["layers"]
   birds = [r for r in rows if r["branch"] == "imp" and r["round"] == 0 and r.get("early_bird_history")]
-  if birds:
-    plot_early_bird(birds, config.imp.early_bird_epsilon, at("early_bird"))
+  if birds and run.protocol.early_bird is not None:
+    plot_early_bird(birds, run.protocol.early_bird.epsilon, at("early_bird"))
     figures["early_bird"] = names["early_bird"]
   if grid and imp_rows:
     try:
-      plot_grid(config, imp_rows, workdir, at("grid"))
+      plot_grid(run.model, run.data, imp_rows, workdir, at("grid"))
       figures["grid"] = names["grid"]
     except UserError as e:  # e.g. the evaluation images moved since the run: the rest of the report still holds
       notes.append(f"The image grid was skipped: {e}")
   path = os.path.join(workdir, workdir_lib.REPORT)
-  text = format_markdown(config, rows, summary, workdir, figures, notes)
+  text = format_markdown(run, rows, summary, workdir, figures, notes)
   section = _stability_section(workdir)  # when the run's stability was measured (jaxtickets.stability)
   if section:
     text = text.rstrip("\n") + "\n\n" + "\n".join(section)

@@ -384,14 +384,14 @@ def _brief(row: dict | None) -> dict | None:
   return None if row is None else {k: row[k] for k in keys}
 
 
-def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list[dict], list[dict]]:
-  """results.csv, summary.csv, summary.json and pairs.csv from the saved tickets (process 0 writes); returns
-  (rows, summary).
+def write_results(workdir: str, model: str, protocol, skips: dict | None = None) -> tuple[list[dict], list[dict]]:
+  """results.csv, summary.csv, summary.json and pairs.csv from the saved tickets of a run of `model` under
+  `protocol` (a settings.Protocol), process 0 writing; returns (rows, summary).
 
   `skips` is a data.SkipLog summary; None reads the workdir's record of unreadable images.
   """
   rows = collect_rows(workdir)
-  summary = summarize(rows, config.imp.match_tolerance)
+  summary = summarize(rows, protocol.match_tolerance)
   if jax.process_index() != 0:
     return rows, summary
   terms, extra = run_terms(rows)
@@ -403,17 +403,17 @@ def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list
   best = highest_matching(summary)
   spread = replicate_spread(rows)
   checkpoint.save_json(os.path.join(workdir, workdir_lib.SUMMARY_JSON), {
-      "model": config.model.name, "terms": list(terms), "match_tolerance": config.imp.match_tolerance,
+      "model": model, "terms": list(terms), "match_tolerance": protocol.match_tolerance,
       "confidence": CONFIDENCE, "estimator": ESTIMATOR,
-      "rule": match_rule(config.imp.match_tolerance),
-      "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": config.imp.replicates,
+      "rule": match_rule(protocol.match_tolerance),
+      "replicates": sorted({r["replicate"] for r in rows}), "replicates_configured": protocol.replicates,
       "highest_matching": {b: _brief(c) for b, (c, _) in best.items()},
       "sparsest_matching": {b: _brief(s) for b, (c, s) in best.items() if s is not c},
       "sparsest_matching_note": SPARSEST_NOTE,
       "replicate_spread": None if spread is None else {
           **spread, "power": PLANNED_POWER,
           "replicates_needed": {tolerance_key(t): n for t, n in replicates_planned(spread["sd"],
-                                                                               config.imp.match_tolerance).items()}},
+                                                                               protocol.match_tolerance).items()}},
       "skipped_images": {"count": skips.get("count", 0), "first": skips.get("first", [])},
       # The runs left out of the intervals: collapsed dense rounds (dense: true) and collapsed tickets.
       "collapsed": collapsed_runs(summary),
@@ -422,7 +422,7 @@ def write_results(workdir: str, config, skips: dict | None = None) -> tuple[list
       **({"early_bird": [{"replicate": r["replicate"], "early_bird_step": r.get("early_bird_step"),
                           "steps_trained": r["steps"], "history": r.get("early_bird_history", [])}
                          for r in rows if r["branch"] == "imp" and r["round"] == 0]}
-         if config.imp.early_bird else {})})
+         if protocol.early_bird is not None else {})})
   return rows, summary
 
 

@@ -289,35 +289,41 @@ def compile_step(step, inputs: tuple, platform: str) -> Compiled:
 _COMPILED: dict[tuple, Compiled] = {}
 
 
-def step_compiler(model, config, tx, devices, platform: str) -> Callable[[int, int], Compiled]:
-  """compile(runs_axis, runs_per_device): the packed step a run of `config` trains with (train.make_packed_step on
-  parallel.make_mesh over `devices`), compiled for `platform` from step_inputs; each program compiled once per
-  process."""
-  program = (model, train.step_settings(config.train), tx, platform,
-             tuple(repr(d) for d in devices), config.train.batch_size, config.data.crop_size)
+def step_compiler(model, step, crop_size: int, tx, devices, platform: str) -> Callable[[int, int], Compiled]:
+  """compile(runs_axis, runs_per_device): the packed step a run with settings.StepSettings `step` on `crop_size` px
+  crops trains with (train.make_packed_step on parallel.make_mesh over `devices`), compiled for `platform` from
+  step_inputs; each program compiled once per process."""
+  program = (model, train.step_settings(step), tx, platform, tuple(repr(d) for d in devices), step.batch_size,
+             crop_size)
 
   def compile_layout(runs_axis: int, runs_per_device: int) -> Compiled:
     key = (*program, runs_axis, runs_per_device)
     if key not in _COMPILED:
       mesh = parallel.make_mesh(runs_axis, devices=devices)
-      step = train.make_packed_step(model, config.train, tx, mesh, runs_per_device)
-      inputs = step_inputs(model, tx, mesh, runs_axis * runs_per_device, config.train.batch_size,
-                           config.data.crop_size)
-      _COMPILED[key] = compile_step(step, inputs, platform)
+      packed = train.make_packed_step(model, step, tx, mesh, runs_per_device)
+      inputs = step_inputs(model, tx, mesh, runs_axis * runs_per_device, step.batch_size, crop_size)
+      _COMPILED[key] = compile_step(packed, inputs, platform)
     return _COMPILED[key]
 
   return compile_layout
 
 
-def layout_sizing(model, config, tx) -> dict:
-  """pack.choose_layout's sizing arguments for a run on every device: on an accelerator its compiled step and a
-  device's memory; on the CPU none (a CPU device trains one run at a time, and its memory is the host's)."""
+def layout_sizing(model, step, crop_size: int, tx) -> dict:
+  """layout.choose_layout's sizing arguments for a run (settings.StepSettings `step`, `crop_size` px crops) on every
+  device: on an accelerator its compiled step, a device's memory and the run's description; on the CPU none (a CPU
+  device trains one run at a time, and its memory is the host's)."""
   devices = jax.devices()
   platform = devices[0].platform
   if platform == "cpu":
     return {}
-  return dict(devices=devices, platform=platform, compile_layout=step_compiler(model, config, tx, devices, platform),
-              memory_bytes=device_memory(jax.local_devices()[0]))
+  return dict(devices=devices, platform=platform,
+              compile_layout=step_compiler(model, step, crop_size, tx, devices, platform),
+              memory_bytes=device_memory(jax.local_devices()[0]), describe=describe_run(model, step, crop_size))
+
+
+def describe_run(model, step, crop_size: int) -> str:
+  """'adain at batch 8, 256 px crops, bfloat16': a run as the layout's sentences name it."""
+  return f"{model.name} at batch {step.batch_size}, {crop_size} px crops, {jax.numpy.dtype(model.dtype).name}"
 
 
 HEADROOM = 0.85  # of a device's memory a plan may fill: the runtime, fragmentation and the data pipeline need the rest

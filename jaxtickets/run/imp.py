@@ -37,12 +37,13 @@ class Replicate:
   seed: int
 
 
-def replicate(config, index: int) -> Replicate:
-  return Replicate(index=index, seed=config.seed + index)
+def replicate(protocol, index: int) -> Replicate:
+  return Replicate(index=index, seed=protocol.seed + index)
 
 
 def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict]:
-  """Runs every configured branch and round and returns the results rows.
+  """Runs every configured branch and round and returns the results rows: the entry below the command line, which
+  resolves `config` once into settings.RunSettings and hands each part to the code that reads it.
 
   Re-running on the same workdir resumes: finished rounds are loaded, running ones continue from their last
   train-state checkpoint. SIGTERM or Ctrl-C saves a checkpoint and raises preempt.Preempted. In a multi-process
@@ -54,13 +55,15 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
       def prepare() -> train.RunContext:
         nonlocal lock
         config_lib.validate(config)
-        lock = workdir_lib.lock_workdir(config, workdir, log)
-        workdir_lib.check_resume_config(config, workdir, allow_config_change, log)
-        weights.record_run_vgg(config, workdir, allow_config_change, log)  # vgg.json: its hash, where it was found
-        return setup(config, workdir, watch=watch, place=False)
+        run_settings = config_lib.resolve(config)
+        lock = workdir_lib.lock_workdir(workdir, run_settings.resume, log)
+        workdir_lib.check_resume_config(run_settings.record, workdir, allow_config_change, log)
+        # vgg.json: the VGG's hash and where it was found
+        weights.record_run_vgg(run_settings.model, workdir, allow_config_change, log)
+        return setup(run_settings, workdir, watch=watch, place=False)
 
       ctx = parallel.agree(prepare)
-      data.check_listings_agree(config)  # collective: every host lists the same data files
+      data.check_listings_agree(ctx.compute.data)  # collective: every host lists the same data files
       ctx = with_run_state(ctx)
       try:
         return _run_rounds(ctx)
@@ -71,25 +74,28 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
       lock.release()
 
 
-def setup(config, workdir: str, *, watch=None, place: bool = True) -> train.RunContext:
-  """The run's context: what it computes with (model, loss VGG, masks' scope, eval pairs, the pack layout and mesh,
+def setup(run_settings, workdir: str, *, watch=None, place: bool = True) -> train.RunContext:
+  """The context of a run (its settings.RunSettings): what it computes with (model, loss VGG, masks' scope, eval pairs, the pack layout and mesh,
   the compiled functions) and where its work goes (the workdir, the log, the record of skipped images).
 
   With place=False the loss VGG stays in host memory: nothing here is collective then, so a multi-process run can
   agree on problems first (with_run_state places it).
   """
+  step, protocol, data_spec = run_settings.step, run_settings.protocol, run_settings.data
+  scope = protocol.pruning.scope
   skip_log = data.SkipLog(log)
-  model, vgg_params = weights.model_and_vgg(config)
-  tx = train.make_optimizer(config.train.adam_eps)
+  model, vgg_params = weights.model_and_vgg(run_settings.model)
+  tx = train.make_optimizer(step.adam_eps)
   # On an accelerator the pack is sized by the compiled step's memory, before anything trains.
-  layout = layout_lib.choose_layout(config, concurrent=config.imp.replicates, **aot.layout_sizing(model, config, tx))
+  layout = layout_lib.choose_layout(run_settings.packing, step.batch_size, concurrent=protocol.replicates,
+                                    **aot.layout_sizing(model, step, data_spec.crop_size, tx))
   mesh = parallel.make_mesh(layout.runs_axis)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), vgg_params)
-  prunable = sparsity.prunable_leaves(shapes, config_lib.split_list(config.sparsity.scope), allow_missing_groups=True)
+  prunable = sparsity.prunable_leaves(shapes, list(scope), allow_missing_groups=True)
   # Frozen groups (e.g. LST's pre-trained decoder) are never pruned: they are not trained to recover.
   prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
   if not any(jax.tree.leaves(prunable)):
-    raise UserError(f"config.sparsity.scope = {config.sparsity.scope!r} selects no trained kernel of {model.name} "
+    raise UserError(f"config.sparsity.scope = {','.join(scope)!r} selects no trained kernel of {model.name} "
                     f"(trained groups: {', '.join(model.trained_groups)}): add a trained group to the scope.")
   frozen = 0 if model.train_encoder else sum(int(np.size(a)) for a in jax.tree.leaves(
       model.encoder_params(None, vgg_params)))
@@ -99,12 +105,16 @@ def setup(config, workdir: str, *, watch=None, place: bool = True) -> train.RunC
         "device(s)); config.parallel.pack_runs=false trains one run at a time."
         + (f" (Not more runs: {layout.why}.)" if layout.why else ""))
   compute = train.Compute(
-      config=config, model=model, vgg_params=parallel.put_replicated(vgg_params, mesh) if place else vgg_params,
+      step=step, data=data_spec, protocol=protocol, model=model,
+      vgg_params=parallel.put_replicated(vgg_params, mesh) if place else vgg_params,
       prunable=prunable, frozen_inference_size=frozen, mesh=mesh, layout=layout, tx=tx,
-      packed_step=train.make_packed_step(model, config.train, tx, mesh, layout.runs_per_device),
-      eval_fn=evaluate.make_eval_fn(model), pairs=data.eval_pairs(config, skip_log=skip_log))
+      packed_step=train.make_packed_step(model, step, tx, mesh, layout.runs_per_device),
+      eval_fn=evaluate.make_eval_fn(model), pairs=data.eval_pairs(data_spec, skip_log=skip_log),
+      init_from=run_settings.model.init_from)
+  ckpt = run_settings.checkpointing
   output = train.Output(workdir=workdir, skip_log=skip_log,
-                       watch=watch if watch is not None else preempt.PreemptionWatch(), log=log)
+                       watch=watch if watch is not None else preempt.PreemptionWatch(), log=log,
+                       keep_checkpoints=ckpt.keep, async_checkpoints=ckpt.async_save)
   return train.RunContext(compute=compute, output=output)
 
 
@@ -117,23 +127,23 @@ def with_run_state(ctx: train.RunContext) -> train.RunContext:
   if not isinstance(jax.tree.leaves(c.vgg_params)[0], jax.Array):
     c = dataclasses.replace(c, vgg_params=parallel.put_replicated(c.vgg_params, c.mesh))
   out.skip_log.merge(workdir_lib.load_skips(out.workdir))
-  ckpts = checkpoint.TrainCheckpoints(workdir_lib.state_dir(out.workdir), keep=c.config.checkpoint.keep,
-                                      async_save=c.config.checkpoint.async_save, log=log)
+  ckpts = checkpoint.TrainCheckpoints(workdir_lib.state_dir(out.workdir), keep=out.keep_checkpoints,
+                                      async_save=out.async_checkpoints, log=log)
   return train.RunContext(compute=c, output=dataclasses.replace(out, ckpts=ckpts, monitor=Monitor(out.workdir)))
 
 
 def _run_rounds(ctx: train.RunContext) -> list[dict]:
   """Every replicate's IMP rounds and baselines (order.Queue's order), then the results tables and the verdicts."""
   c, out = ctx.compute, ctx.output
-  reps = {i: replicate(c.config, i) for i in range(c.config.imp.replicates)}
+  reps = {i: replicate(c.protocol, i) for i in range(c.protocol.replicates)}
   for group in order.replicate_groups(list(reps), c.layout.runs_per_step):
     _train_protocol(ctx, [reps[i] for i in group])
   # The renderer (and matplotlib with it) loads only here, at the end of a run.
   from jaxtickets.results import text as report_text  # pylint: disable=g-import-not-at-top
-  rows, summary = results.write_results(out.workdir, c.config, skips=out.skip_log.summary())
+  rows, summary = results.write_results(out.workdir, c.model.name, c.protocol, skips=out.skip_log.summary())
   out.log(report_text.format_summary(summary))
   out.log(skipped_line(out.skip_log.summary()))
-  for line in report_text.matching_lines(summary, c.config.imp.match_tolerance):
+  for line in report_text.matching_lines(summary, c.protocol.match_tolerance):
     out.log(line)
   return rows
 
@@ -143,17 +153,17 @@ def _train_protocol(ctx: train.RunContext, reps: list[Replicate]) -> None:
   packs of layout.runs_per_step: a round's baselines fill the slots beside IMP's next round. Saved tickets are
   loaded instead of trained (a resumed run), without taking a slot."""
   c, out = ctx.compute, ctx.output
-  config = c.config
+  protocol = c.protocol
   jobs = _Jobs(ctx, reps)
-  queue = order.Queue([rep.index for rep in reps], config.imp.rounds, config_lib.branches(config))
+  queue = order.Queue([rep.index for rep in reps], protocol.rounds, list(protocol.branches))
 
   def finish(key: order.Key, ticket: checkpoint.Ticket) -> None:
     stop = False
     if key.branch == order.IMP:
       jobs.imp_tickets[key.replicate, key.round] = ticket
       reached = ticket.sparsity["prunable"]["sparsity"]
-      if key.round and config.imp.target_sparsity and reached >= config.imp.target_sparsity:
-        out.log(f"[rep {key.replicate}] reached the target sparsity {config.imp.target_sparsity:.4f} at round "
+      if key.round and protocol.target_sparsity and reached >= protocol.target_sparsity:
+        out.log(f"[rep {key.replicate}] reached the target sparsity {protocol.target_sparsity:.4f} at round "
                 f"{key.round} ({reached:.4f}).")
         stop = True
     queue.done(key, stop=stop)
@@ -207,7 +217,7 @@ class _Jobs:
 
   def build(self, key: order.Key) -> train.Job:
     c, workdir = self.ctx.compute, self.ctx.output.workdir
-    config, k = c.config, c.config.imp.rewind_step
+    pruning, k = c.protocol.pruning, c.protocol.rewind_step
     rep, r = self.reps[key.replicate], key.round
     if key.branch == order.IMP and r == 0:
       theta_0 = self.theta_0(rep)
@@ -216,7 +226,7 @@ class _Jobs:
                       early_bird=early_bird_watch(c))
     if key.branch == order.IMP:
       prev = self.imp_tickets[rep.index, r - 1]
-      masks = sparsity.prune(config, prev.trained_params, prev.masks, c.prunable)
+      masks = sparsity.prune(pruning, prev.trained_params, prev.masks, c.prunable)
       return train.Job("imp", r, rep, self.theta_k(rep), masks, start_step=k)
     # The baselines beside IMP: the same theta_k and IMP's round-r sparsity.
     imp_masks, init = self.imp_tickets[rep.index, r].masks, self.theta_k(rep)
@@ -226,23 +236,23 @@ class _Jobs:
       masks, init = imp_masks, self.reinit(rep)
     else:  # oneshot: the dense round's trained weights pruned at once, the way IMP prunes
       dense = self.imp_tickets[rep.index, 0]
-      masks = sparsity.oneshot_masks(config, dense.trained_params, imp_masks, c.prunable)
+      masks = sparsity.oneshot_masks(pruning, dense.trained_params, imp_masks, c.prunable)
     return train.Job(key.branch, r, rep, init, masks, start_step=k)
 
 
 def early_bird_watch(c: train.Compute) -> early_bird.Watch | None:
   """The dense round's early-bird test (config.imp.early_bird), or None; sparsity.early_bird_masks draws its masks."""
-  i = c.config.imp
-  if not i.early_bird:
+  p = c.protocol
+  if p.early_bird is None:
     return None
-  return early_bird.Watch(every=i.early_bird_every, epsilon=i.early_bird_epsilon, patience=i.early_bird_patience,
-                          draw=sparsity.early_bird_masks(c.config, c.prunable), prunable=c.prunable,
-                          min_step=i.rewind_step)
+  return early_bird.Watch(every=p.early_bird.every, epsilon=p.early_bird.epsilon, patience=p.early_bird.patience,
+                          draw=sparsity.early_bird_masks(p.pruning, p.target_sparsity, c.prunable),
+                          prunable=c.prunable, min_step=p.rewind_step)
 
 
 def rewind_params(ctx: train.RunContext, rep: Replicate, theta_0):
   """theta_k, the weights a pruned round rewinds to (theta_0 when k = 0)."""
-  k = ctx.compute.config.imp.rewind_step
+  k = ctx.compute.protocol.rewind_step
   return theta_0 if k == 0 else checkpoint.load_params(workdir_lib.theta_dir(ctx.output.workdir, rep.index, k))
 
 
@@ -251,7 +261,7 @@ def _announce(ctx: train.RunContext, job: train.Job) -> None:
   report = sparsity_report(c, job.masks, job.init_params)
   out.log(f"{job.label} sparsity {report['prunable']['sparsity']:.4f} of prunable weights, "
           f"{report['inference']['sparsity']:.4f} of the inference network; training steps "
-          f"{job.start_step}..{c.config.train.steps}")
+          f"{job.start_step}..{c.step.steps}")
   collapsed = sparsity.collapsed_layers(report)
   if collapsed and job.branch in ("imp", "oneshot"):
     out.log(f"WARNING: {job.label} layer collapse: {', '.join(collapsed)} above 99% sparsity (global pruning empties "
@@ -261,15 +271,15 @@ def _announce(ctx: train.RunContext, job: train.Job) -> None:
 def _evaluate_and_save(ctx: train.RunContext, job: train.Job, result: train.Result) -> checkpoint.Ticket:
   """Evaluates a trained run on the held-out pairs and saves its ticket (and refreshes the results tables)."""
   c, out = ctx.compute, ctx.output
-  cfg, rep, trained = c.config, job.replicate, result.params
+  protocol, rep, trained = c.protocol, job.replicate, result.params
   path = workdir_lib.ticket_dir(out.workdir, job.branch, job.round, rep.index)
   report = sparsity_report(c, job.masks, job.init_params)
   metrics = evaluate.evaluate(c.eval_fn, jax.device_put(trained), jax.device_put(job.masks), c.vgg_params, c.pairs,
-                              cfg.eval.batch_size)
+                              protocol.eval_batch_size)
   dense_total = metrics["total"] if job.round == 0 else _dense_total(out.workdir, rep.index)
   # The model's names travel with the ticket, so the results tables need no model to read it.
   metrics.update(branch=job.branch, round=job.round, replicate=rep.index, steps=result.end_step - job.start_step,
-                 rewind_step=cfg.imp.rewind_step, relative_to_dense=metrics["total"] / dense_total - 1.0,
+                 rewind_step=protocol.rewind_step, relative_to_dense=metrics["total"] / dense_total - 1.0,
                  nan_skips=result.nan_skips, terms=list(c.model.terms), extra_metrics=list(c.model.extra_metrics))
   # Recorded with the ticket, so the tables read it back instead of judging again.
   metrics["collapsed"] = evaluate.collapse_reason(metrics)
@@ -298,7 +308,7 @@ def _evaluate_and_save(ctx: train.RunContext, job: train.Job, result: train.Resu
             f"replicate {rep.index}; {dropped}.")
   checkpoint.save_ticket(path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,
                          metrics=metrics, sparsity=report)
-  results.write_results(out.workdir, cfg, skips=out.skip_log.summary())
+  results.write_results(out.workdir, c.model.name, protocol, skips=out.skip_log.summary())
   return checkpoint.Ticket(path=path, masks=job.masks, rewind_params=job.init_params, trained_params=trained,
                            metrics=metrics, sparsity=report)
 
@@ -320,10 +330,10 @@ def initial_params(ctx: train.RunContext, rep: Replicate):
   if checkpoint.params_exist(path):
     return checkpoint.load_params(path)
   theta_0 = jax.device_get(c.model.init(streams.key(rep.seed, streams.Stream.INIT), jax.device_get(c.vgg_params)))
-  if c.config.model.init_from:
+  if c.init_from:
     from jaxtickets.weights import port
-    theta_0 = port.load_init_from(c.config.model.init_from, c.model, theta_0)  # checks name, width, shapes
-    log(f"theta_0: decoder/transform from {c.config.model.init_from}")
+    theta_0 = port.load_init_from(c.init_from, c.model, theta_0)  # checks name, width, shapes
+    log(f"theta_0: decoder/transform from {c.init_from}")
   checkpoint.save_params(path, theta_0)
   return theta_0
 

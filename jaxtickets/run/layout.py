@@ -23,24 +23,25 @@ class Layout:
     return self.runs_per_step // self.runs_axis
 
 
-def choose_layout(config, concurrent: int, platform: str | None = None, devices=None, compile_layout=None,
-                  memory_bytes: int | None = None) -> Layout:
-  """The pack for this run on `devices` (default: every device) of `platform` (default: JAX's default backend).
+def choose_layout(packing, batch_size: int, concurrent: int, platform: str | None = None, devices=None,
+                  compile_layout=None, memory_bytes: int | None = None, describe: str = "the model") -> Layout:
+  """The pack for a run of `batch_size` per step on `devices` (default: every device) of `platform` (default: JAX's
+  default backend), as its settings.Packing asks.
 
-  One run at a time without packing; else config.parallel.runs_per_step, or (0, auto) enough 'runs' devices for the
+  One run at a time without packing; else packing.runs_per_step, or (0, auto) enough 'runs' devices for the
   `concurrent` runs a round has (its replicates), with data parallelism over the rest, and on accelerators several
   runs per device (vmapped). On CPU a device trains one run at a time: vmapped conv weights become grouped
   convolutions, which XLA's CPU backend runs slower than one run after the other.
 
   On an accelerator, given `compile_layout(runs_axis, runs_per_device) -> aot.Compiled` and a device's
-  `memory_bytes`, the compiled step's peak sizes the pack: auto takes the most runs per device, up to the round's
+  `memory_bytes`, the compiled step's peak sizes the pack (`describe` names the run in its sentences): auto takes the most runs per device, up to the round's
   need, that fit aot.HEADROOM of the memory, and where not even one run fits (or its step does not compile for
   lack of a memory), splits each run's batch over more devices; a run that fits no layout, or an asked-for
   runs_per_step that does not fit, gets one sentence before anything trains.
   """
-  n, batch = (jax.device_count() if devices is None else len(devices)), config.train.batch_size
+  n, batch = (jax.device_count() if devices is None else len(devices)), batch_size
   platform = platform or jax.default_backend()
-  requested = config.parallel.runs_per_step if config.parallel.pack_runs else 1
+  requested = packing.runs_per_step
   if requested == 1:
     layout = Layout(1, 1)
   elif requested > 1:
@@ -52,8 +53,6 @@ def choose_layout(config, concurrent: int, platform: str | None = None, devices=
     layout = Layout(axis * per_device, axis)
   if compile_layout is None or platform == "cpu" or not memory_bytes:
     return layout
-  describe = (f"{config.model.name} at batch {batch}, {config.data.crop_size} px crops, "
-              f"{config_lib.model_config(config).dtype}")
   fit = lambda axis, want: aot.fit_runs_per_device(want, lambda k: compile_layout(axis, k), memory_bytes, describe)[0]
   if requested >= 1:
     fits = fit(layout.runs_axis, layout.runs_per_device)

@@ -104,45 +104,37 @@ class Phase:
     return self.trainings / self.slots if self.slots else 0.0
 
 
-def phases(config, runs_per_step: int, replicates: int | None = None) -> list[Phase]:
-  """The protocol's phases as imp trains them (the order `packs` gives, no early stops): the dense round; IMP's rounds
-  with the baselines that are ready beside them; the baselines left when IMP has finished. Packs with the dense round
-  train config.train.steps steps, the others from the rewind step on."""
-
-  i, steps = config.imp, config.train.steps
-  packs = _packs(config, runs_per_step, replicates)
+def phases(protocol, steps: int, runs_per_step: int, replicates: int | None = None) -> list[Phase]:
+  """The phases of a settings.Protocol as imp trains them (the order `packs` gives, no early stops), rounds of
+  `steps` steps: the dense round; IMP's rounds with the baselines that are ready beside them; the baselines left when
+  IMP has finished. Packs with the dense round train all `steps`, the others from the rewind step on."""
+  packs = _packs(protocol, runs_per_step, replicates)
   kinds = [0 if any(k.round == 0 for k in p) else 1 if any(k.branch == IMP for k in p) else 2
            for p in packs]
   beside = sum(k.branch != IMP for p, kind in zip(packs, kinds) if kind == 1 for k in p)
-  named = {0: "dense round 0", 1: f"IMP rounds 1-{i.rounds}" + (f" + {beside} baselines beside" if beside else ""),
-           2: f"baselines after IMP ({', '.join(_branches(config)[1:])})"}
+  named = {0: "dense round 0", 1: f"IMP rounds 1-{protocol.rounds}" + (f" + {beside} baselines beside" if beside else ""),
+           2: f"baselines after IMP ({', '.join(protocol.branches[1:])})"}
   return [Phase(named[kind], trainings=sum(len(p) for p, k in zip(packs, kinds) if k == kind),
-                packs=kinds.count(kind), steps=steps if kind == 0 else steps - i.rewind_step,
+                packs=kinds.count(kind), steps=steps if kind == 0 else steps - protocol.rewind_step,
                 runs_per_step=runs_per_step)
           for kind in (0, 1, 2) if kind in kinds]
 
 
-def most_ready(config, runs_per_step: int) -> int:
+def most_ready(protocol, runs_per_step: int) -> int:
   """The most trainings any pack of the protocol has ready: slots beyond it only ever compute padding."""
-  return max(len(p) for p in _packs(config, runs_per_step))
+  return max(len(p) for p in _packs(protocol, runs_per_step))
 
 
-def _packs(config, runs_per_step: int, replicates: int | None = None) -> list:
-  """packs() of the config's protocol (with `replicates` instead of the config's, if given)."""
-  i = config.imp
-  return packs(range(replicates or i.replicates), i.rounds, _branches(config), runs_per_step)
+def _packs(protocol, runs_per_step: int, replicates: int | None = None) -> list:
+  """packs() of the protocol (with `replicates` instead of its own, if given)."""
+  return packs(range(replicates or protocol.replicates), protocol.rounds, list(protocol.branches), runs_per_step)
 
 
-def free_replicates(config, runs_per_step: int) -> int:
-  """The most replicates that train in as many packed steps as config.imp.replicates do (at least that many): idle
-  slots of a big slice hold more replicates for no more time."""
-  packed = lambda reps: sum(p.packs * p.steps for p in phases(config, runs_per_step, reps))
-  base, reps = packed(config.imp.replicates), config.imp.replicates
+def free_replicates(protocol, steps: int, runs_per_step: int) -> int:
+  """The most replicates that train in as many packed steps as the protocol's replicates do (at least that many):
+  idle slots of a big slice hold more replicates for no more time."""
+  packed = lambda reps: sum(p.packs * p.steps for p in phases(protocol, steps, runs_per_step, reps))
+  base, reps = packed(protocol.replicates), protocol.replicates
   while reps < runs_per_step and packed(reps + 1) <= base:
     reps += 1
   return reps
-
-
-def _branches(config) -> list[str]:
-  from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.branches(config)

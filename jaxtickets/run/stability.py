@@ -60,17 +60,17 @@ def path_losses(c: train.Compute, a, b, masks, points: int) -> list[float]:
   out = []
   for alpha in np.linspace(0.0, 1.0, points):
     params = interpolate(a, b, float(alpha), masks)
-    out.append(evaluate.evaluate(c.eval_fn, params, masks, c.vgg_params, c.pairs, c.config.eval.batch_size)["total"])
+    out.append(evaluate.evaluate(c.eval_fn, params, masks, c.vgg_params, c.pairs, c.protocol.eval_batch_size)["total"])
   return out
 
 
-def start_params(workdir: str, config, ticket, replicate: int):
+def start_params(workdir: str, rewind_step: int, ticket, replicate: int):
   """theta_k, the weights every round's copies start from at step k: the replicate's saved rewind point when k > 0.
 
   Not the ticket's rewind weights alone: round 0's ticket keeps theta_0, where the dense round began, and copies
   trained from theta_0 over steps k..T would measure another start than the pruned rounds rewind to.
   """
-  k = config.imp.rewind_step
+  k = rewind_step
   if k == 0:
     return ticket.rewind_params
   path = workdir_lib.theta_dir(workdir, replicate, k)
@@ -81,14 +81,14 @@ def start_params(workdir: str, config, ticket, replicate: int):
   return checkpoint.load_params(path)
 
 
-def _copies(config, workdir: str, ticket, replicate: int, round_: int, same_order: bool) -> list[train.Job]:
+def _copies(protocol, workdir: str, ticket, replicate: int, round_: int, same_order: bool) -> list[train.Job]:
   """The round's two copies as jobs: theta_k * mask from step k, each with its own data order (unless same_order)."""
-  init = start_params(workdir, config, ticket, replicate)
+  init = start_params(workdir, protocol.rewind_step, ticket, replicate)
   jobs = []
   for i, copy in enumerate(COPIES):
-    seed = config.seed + replicate + _COPY_SEED_OFFSET * (1 if same_order else i + 1)
+    seed = protocol.seed + replicate + _COPY_SEED_OFFSET * (1 if same_order else i + 1)
     rep = imp.Replicate(index=replicate, seed=seed)
-    start = config.imp.rewind_step
+    start = protocol.rewind_step
     jobs.append(train.Job(f"stability_{copy}", round_, rep, init, ticket.masks, start_step=start))
   return jobs
 
@@ -98,8 +98,8 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
   """Trains the copies of each chosen round (skipping saved ones), measures the paths, writes the outputs."""
   if points < 3:
     raise UserError(f"--points={points} is too few for a path: use at least 3 (11 is usual).")
-  config = _load_config(workdir)
-  done = {r: workdir_lib.ticket_dir(workdir, "imp", r, replicate) for r in range(config.imp.rounds + 1)}
+  run_settings = _load_settings(workdir)
+  done = {r: workdir_lib.ticket_dir(workdir, "imp", r, replicate) for r in range(run_settings.protocol.rounds + 1)}
   done = {r: p for r, p in done.items() if checkpoint.ticket_exists(p)}
   if not done:
     raise UserError(f"The workdir '{workdir}' has no IMP ticket of replicate {replicate}: run "
@@ -110,7 +110,7 @@ def run(workdir: str, rounds: list[int] | None = None, points: int = 11, replica
     raise UserError(f"--rounds names round(s) {', '.join(map(str, missing))} that the run in '{workdir}' has not "
                     f"finished (replicate {replicate} has rounds {', '.join(map(str, sorted(done)))}).")
   with preempt.PreemptionWatch() as watch:
-    ctx = imp.with_run_state(imp.setup(config, workdir_lib.stability_dir(workdir), watch=watch, place=False))
+    ctx = imp.with_run_state(imp.setup(run_settings, workdir_lib.stability_dir(workdir), watch=watch, place=False))
     try:
       rows = [_measure(ctx, workdir, done[r], replicate, r, points, same_order) for r in chosen]
     finally:
@@ -126,7 +126,7 @@ def _measure(ctx: train.RunContext, workdir: str, ticket_path: str, replicate: i
   ticket = checkpoint.load_ticket(ticket_path)
   trained = {}
   todo = []
-  for copy, job in zip(COPIES, _copies(c.config, workdir, ticket, replicate, round_, same_order)):
+  for copy, job in zip(COPIES, _copies(c.protocol, workdir, ticket, replicate, round_, same_order)):
     path = workdir_lib.stability_copy_dir(workdir, replicate, round_, copy)
     if checkpoint.params_exist(path):
       trained[copy] = checkpoint.load_params(path)
@@ -134,7 +134,7 @@ def _measure(ctx: train.RunContext, workdir: str, ticket_path: str, replicate: i
       todo.append((copy, job))
   if todo:
     out.log(f"[stability rep {replicate} round {round_}] training {len(todo)} copies of theta_k * mask "
-            f"(steps {c.config.imp.rewind_step}..{c.config.train.steps}), each with its own data order")
+            f"(steps {c.protocol.rewind_step}..{c.step.steps}), each with its own data order")
   n = c.layout.runs_per_step
   for start in range(0, len(todo), n):
     chunk = todo[start:start + n]
@@ -149,12 +149,12 @@ def _measure(ctx: train.RunContext, workdir: str, ticket_path: str, replicate: i
           f"barrier {value:.4g} ({relative:+.2%} of the ends' mean; {above_line:.4g} above the line "
           f"between the ends); path {', '.join(f'{x:.4g}' for x in losses)}")
   return {"round": round_, "replicate": replicate, "sparsity": ticket.sparsity["prunable"]["sparsity"],
-          "rewind_step": c.config.imp.rewind_step, "barrier": value, "barrier_relative": relative,
+          "rewind_step": c.protocol.rewind_step, "barrier": value, "barrier_relative": relative,
           "barrier_linear": above_line, "path": losses}
 
 
-def _load_config(workdir: str):
+def _load_settings(workdir: str):
   if not os.path.isfile(workdir_lib.config_path(workdir)):
     raise UserError(f"'{workdir}' holds no run (no {workdir_lib.CONFIG}): pass the --workdir of a finished "
                     "`python -m jaxtickets.main` run.")
-  return workdir_lib.load_run_config(workdir)
+  return workdir_lib.load_run_settings(workdir)

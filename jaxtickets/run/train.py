@@ -12,17 +12,17 @@ order, learning-rate position, checkpoint slot and ticket, so a packed run gives
 import dataclasses
 import functools
 import time
+import types
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxtickets import data
+from jaxtickets import data, settings
 from jaxtickets.core import early_bird as early_bird_lib, parallel, sparsity, streams
 from jaxtickets.errors import UserError
 from jaxtickets.run import monitor as monitor_lib, preempt
@@ -57,7 +57,7 @@ def state_from_dict(d: dict) -> TrainState:
 SCHEDULES = ("inverse", "epoch_step", "cosine")
 
 
-def learning_rate(train_config, step):
+def learning_rate(train_settings, step):
   """The learning rate of (0-based) iteration `step`.
 
   'inverse':    lr / (1 + lr_decay * i) (AdaIN, SANet, MANet, MCCNet with 5e-5; LST's 1e-5 set after step k
@@ -67,16 +67,16 @@ def learning_rate(train_config, step):
   'cosine':     optax's cosine decay from lr to 0 over the round's `steps` iterations, after a linear warm-up of
                 `warmup_steps` from 0: a round ends at the bottom of a descent, not at a random point of a walk.
   """
-  schedule = train_config.schedule
+  schedule = train_settings.schedule
   if schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=train_config.lr, warmup_steps=train_config.warmup_steps,
-        decay_steps=max(train_config.steps, train_config.warmup_steps + 1), end_value=0.0)(step)
+        init_value=0.0, peak_value=train_settings.lr, warmup_steps=train_settings.warmup_steps,
+        decay_steps=max(train_settings.steps, train_settings.warmup_steps + 1), end_value=0.0)(step)
   if schedule == "epoch_step":
-    epoch = jnp.floor_divide(step, train_config.epoch_steps)
-    exponent = jnp.maximum(0.0, epoch + 1.0 - train_config.lr_constant_epochs)
-    return train_config.lr * jnp.power(train_config.lr_epoch_factor, exponent)
-  return train_config.lr / (1.0 + train_config.lr_decay * step)
+    epoch = jnp.floor_divide(step, train_settings.epoch_steps)
+    exponent = jnp.maximum(0.0, epoch + 1.0 - train_settings.lr_constant_epochs)
+    return train_settings.lr * jnp.power(train_settings.lr_epoch_factor, exponent)
+  return train_settings.lr / (1.0 + train_settings.lr_decay * step)
 
 
 def split_groups(params: dict, groups) -> tuple[dict, dict]:
@@ -107,21 +107,22 @@ def optimizer_init(tx) -> Callable:
   return jax.jit(tx.init)
 
 
-# The config.train fields a step reads (the schedule and the NaN policy); the rest (steps, logging...) do not
+# The settings.StepSettings fields a step reads (the schedule and the NaN policy); the rest (steps, logging...) do not
 # change the compiled program.
 STEP_FIELDS = ("schedule", "lr", "lr_decay", "epoch_steps", "lr_constant_epochs", "lr_epoch_factor", "nan_policy")
 # The cosine schedule also reads the round's length; only it, so other schedules share a step across lengths.
 COSINE_FIELDS = ("steps", "warmup_steps")
 
 
-def step_settings(train_config) -> tuple:
-  """The step's fields as a hashable key, so equal settings share one traced and compiled step: every run of a
-  process (rounds, baselines, a study's sub-runs, stability copies) reuses it instead of tracing again."""
-  fields = STEP_FIELDS + (COSINE_FIELDS if train_config.schedule == "cosine" else ())
-  return tuple((f, train_config[f]) for f in fields)
+def step_settings(step) -> tuple:
+  """The fields of settings.StepSettings `step` that the compiled step reads, as a hashable key, so equal settings
+  share one traced and compiled step: every run of a process (rounds, baselines, a study's sub-runs, stability
+  copies) reuses it instead of tracing again."""
+  fields = STEP_FIELDS + (COSINE_FIELDS if step.schedule == "cosine" else ())
+  return tuple((f, getattr(step, f)) for f in fields)
 
 
-def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vmap: bool = True) -> Callable:
+def make_packed_step(model, step, tx, mesh, runs_per_device: int = 1, vmap: bool = True) -> Callable:
   """step(state, masks, vgg_params, batch, keys, ends) -> (state, metrics) for a pack of independent runs.
 
   Every argument but vgg_params has a leading run axis, sharded over the mesh's 'runs' axis; each run's batch is
@@ -129,14 +130,14 @@ def make_packed_step(model, train_config, tx, mesh, runs_per_device: int = 1, vm
   plain step on it; several runs per device are vmapped, or with vmap=False traced one after the other into the
   same program (vmapped conv weights become grouped convolutions, which XLA's CPU backend runs slowly). A run whose step has reached its `ends` entry is
   left as it is (a padded slot, or a run resumed further than its pack-mates), so one compiled step serves every
-  pack. Equal settings (model, train config, optimizer, mesh, layout) return the same jitted function.
+  pack. Equal settings (model, step settings, optimizer, mesh, layout) return the same jitted function.
   """
-  return _packed_step(model, step_settings(train_config), tx, mesh, runs_per_device, vmap)
+  return _packed_step(model, step_settings(step), tx, mesh, runs_per_device, vmap)
 
 
 @functools.lru_cache(maxsize=8)
 def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: bool) -> Callable:
-  step_fn = masked_step(model, ml_collections.ConfigDict(dict(settings)), tx)
+  step_fn = masked_step(model, types.SimpleNamespace(**dict(settings)), tx)
 
   def local_step(state, masks, vgg_params, batch, keys, ends):
     if runs_per_device == 1:
@@ -168,7 +169,7 @@ def _packed_step(model, settings: tuple, tx, mesh, runs_per_device: int, vmap: b
   return jax.jit(packed, donate_argnums=(0,))
 
 
-def masked_step(model, train_config, tx) -> Callable:
+def masked_step(model, train_settings, tx) -> Callable:
   """The un-jitted masked train step of one run: step(state, masks, vgg_params, batch, key) -> (state, metrics).
 
   A non-finite loss or gradient leaves params and optimizer state as they were (decided on device, no host sync)
@@ -176,7 +177,7 @@ def masked_step(model, train_config, tx) -> Callable:
   can stop at its next log or checkpoint interval with nothing non-finite in the state.
   """
   groups = model.trained_groups
-  policy = train_config.nan_policy
+  policy = train_settings.nan_policy
 
   def step_fn(state, masks, vgg_params, batch, key):
     key = jax.random.fold_in(key, state.step)
@@ -192,7 +193,7 @@ def masked_step(model, train_config, tx) -> Callable:
     # params again afterwards keeps them 0 under any optimizer.
     grads = sparsity.apply_masks(grads, trained_masks)
     direction, opt_state = tx.update(grads, state.opt_state, trained)
-    lr = learning_rate(train_config, state.step.astype(jnp.float32))
+    lr = learning_rate(train_settings, state.step.astype(jnp.float32))
     trained = jax.tree.map(lambda p, d: p - lr * d, trained, direction)
     params = {**frozen, **sparsity.apply_masks(trained, trained_masks)}
     metrics = dict(metrics, lr=lr)
@@ -230,7 +231,9 @@ def non_finite_error(first_bad: int, label: str, last_good: str) -> NonFiniteLos
 @dataclasses.dataclass(frozen=True)
 class Compute:
   """What every run of a command computes with; built once (so the train step compiles once), never changed."""
-  config: ml_collections.ConfigDict
+  step: settings.StepSettings  # how each run trains
+  data: settings.DataSpec  # what it trains on
+  protocol: settings.Protocol  # rounds, branches, replicates, pruning
   model: Any  # a models.base.StyleModel
   vgg_params: Any  # the frozen loss VGG: on the host until placed, then replicated over the mesh
   prunable: Any  # bool tree of the params' structure: the kernels pruning may touch
@@ -241,6 +244,7 @@ class Compute:
   packed_step: Callable  # train.make_packed_step's
   eval_fn: Callable  # evaluate.make_eval_fn's
   pairs: dict  # the held-out pairs every ticket is scored on
+  init_from: str = ""  # ported decoder/transform weights theta_0 starts from (settings.ModelSpec.init_from)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +255,8 @@ class Output:
   skip_log: data.SkipLog  # unreadable images replaced so far
   watch: preempt.PreemptionWatch  # SIGTERM, Ctrl-C, a preemption notice
   log: Callable[[str], None] = print
+  keep_checkpoints: int = 3  # train-state checkpoints kept (a damaged latest one falls back to the one before)
+  async_checkpoints: bool = True  # written in the background while training goes on
   ckpts: checkpoint.TrainCheckpoints | None = None  # <workdir>/state, once opened (imp.with_run_state)
   monitor: monitor_lib.Monitor | None = None  # TensorBoard events (process 0 writes), once opened
 
@@ -301,13 +307,13 @@ class Result:
   """What training one job gave."""
   params: Any  # the trained weights, on the host
   nan_skips: int  # batches skipped for a non-finite loss (nan_policy 'skip')
-  end_step: int  # where training stopped: config.train.steps, or the early-bird step
+  end_step: int  # where training stopped: the round's steps, or the early-bird step
   early_bird_step: int | None = None  # the early-bird test's stop, None when the mask never settled
   early_bird_history: list | None = None  # [step, distance to the previous mask] per draw (with the test only)
 
 
 def train_pack(ctx: RunContext, jobs: list[Job]) -> list[Result]:
-  """Trains `jobs` (at most layout.runs_per_step) side by side to config.train.steps; one Result per job.
+  """Trains `jobs` (at most layout.runs_per_step) side by side to step.steps; one Result per job.
 
   Each run resumes from its own slot of the newest train-state checkpoint that holds it; every
   checkpoint.every_steps steps the whole pack is saved again; a preemption notice or Ctrl-C saves and raises
@@ -315,14 +321,14 @@ def train_pack(ctx: RunContext, jobs: list[Job]) -> list[Result]:
   host syncs only at log, checkpoint, rewind-point and early-bird steps.
   """
   c, out = ctx.compute, ctx.output
-  cfg, mesh, n = c.config, c.mesh, c.layout.runs_per_step
+  step, mesh, n = c.step, c.mesh, c.layout.runs_per_step
   assert 0 < len(jobs) <= n, (len(jobs), n)
   states = _restore(ctx, jobs)
   steps = [int(st["step"]) for st in states]
   # A run whose mask had settled before its checkpoint is at its end; padded slots copy the first run and never
   # move (their end is their step), so one compiled step serves every pack.
   pad = n - len(jobs)
-  ends = [steps[i] if job.early_bird is not None and job.early_bird.stop_step is not None else cfg.train.steps
+  ends = [steps[i] if job.early_bird is not None and job.early_bird.stop_step is not None else step.steps
           for i, job in enumerate(jobs)] + [steps[0]] * pad
   state = state_from_dict(parallel.put_runs(_stack(states + states[:1] * pad), mesh))
   masks = parallel.put_runs(_stack([job.masks for job in jobs + jobs[:1] * pad]), mesh)
@@ -351,10 +357,10 @@ def train_pack(ctx: RunContext, jobs: list[Job]) -> list[Result]:
         ends[i] = steps[i]
         ends_device = parallel.put_runs(np.asarray(ends, np.int32), mesh)
         out.log(f"{jobs[i].label} early bird: the mask settled (distance below {jobs[i].early_bird.epsilon} for "
-                f"{jobs[i].early_bird.patience} checks); the dense round stops at step {steps[i]} of {cfg.train.steps}")
+                f"{jobs[i].early_bird.patience} checks); the dense round stops at step {steps[i]} of {step.steps}")
     finished = all(steps[i] >= ends[i] for i in live)
-    at_log = done % cfg.train.log_every == 0 or finished
-    at_save = done % cfg.checkpoint.every_steps == 0 and not finished
+    at_log = done % step.log_every == 0 or finished
+    at_save = done % step.checkpoint_every == 0 and not finished
     stopping = out.watch(done, at_log or at_save)
     if not (at_log or at_save or stopping):
       continue
@@ -398,19 +404,19 @@ class _Batches:
   step i; padded slots and finished runs that never read get a constant batch of the right shape."""
 
   def __init__(self, c: Compute, skip_log: data.SkipLog, jobs: list[Job], steps: list[int]):
-    cfg, self.mesh = c.config, c.mesh
-    self.runs, self.batch_size = c.layout.runs_per_step, cfg.train.batch_size
+    self.mesh = c.mesh
+    self.runs, self.batch_size = c.layout.runs_per_step, c.step.batch_size
     self.rows = parallel.local_rows(self.mesh, self.runs, self.batch_size)
     self.iterators, self.last = {}, {}
     for slot, (lo, hi) in self.rows.items():
       if slot < len(jobs):
         width = hi - lo
-        dataset = data.make_train_dataset(cfg, self.batch_size, lo // width, self.batch_size // width,
+        dataset = data.make_train_dataset(c.data, self.batch_size, lo // width, self.batch_size // width,
                                           skip_log=skip_log, order_seed=jobs[slot].replicate.seed)
         self.iterators[slot] = data.make_train_iterator(dataset, start_step=steps[slot],
-                                                        num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch)
+                                                        num_threads=c.data.num_threads, prefetch=c.data.prefetch)
     lo, hi = next(iter(self.rows.values()))
-    size = (hi - lo, cfg.data.crop_size, cfg.data.crop_size, 3)
+    size = (hi - lo, c.data.crop_size, c.data.crop_size, 3)
     self.filler = {"content": np.full(size, 0.5, np.float32), "style": np.full(size, 0.5, np.float32)}
 
   def next(self, steps: list[int], ends: list[int]):
@@ -437,7 +443,7 @@ class _Rate:
 
 def _check_health(ctx: RunContext, state, jobs: list[Job]) -> None:
   """Under nan_policy 'stop', raises train.NonFiniteLoss for a run whose loss became non-finite (a host sync)."""
-  if ctx.compute.config.train.nan_policy != "stop":
+  if ctx.compute.step.nan_policy != "stop":
     return
   first_bad = parallel.fetch(state.first_bad)
   for i, job in enumerate(jobs):
@@ -450,7 +456,7 @@ def _log_steps(ctx: RunContext, jobs: list[Job], steps, ends, metrics, nan_skips
   c, out = ctx.compute, ctx.output
   host, skips = parallel.fetch(metrics), parallel.fetch(nan_skips)
   done = max(steps[:len(jobs)])
-  eta = (c.config.train.steps - done) / rate if rate > 0 else float("nan")
+  eta = (c.step.steps - done) / rate if rate > 0 else float("nan")
   names = (*c.model.terms, *c.model.extra_metrics)
   for i, job in enumerate(jobs):
     out.log(f"{job.label} step {steps[i]}/{ends[i]}  {_loss_line(host, i, names)}  {rate:.2f} steps/s  "

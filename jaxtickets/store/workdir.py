@@ -150,11 +150,17 @@ def load_run_config(workdir: str, for_ticket: str | None = None) -> ml_collectio
   return config_lib.from_saved(data)
 
 
-def check_resume_config(config, workdir: str, allow_config_change: bool, log=print) -> None:
-  """Refuses to resume a run under a changed config (unless allowed); writes config.json."""
+def load_run_settings(workdir: str, for_ticket: str | None = None):
+  """load_run_config's config resolved: the run's settings.RunSettings."""
+  return config_lib.resolve(load_run_config(workdir, for_ticket))
+
+
+def check_resume_config(record: dict, workdir: str, allow_config_change: bool, log=print) -> None:
+  """Refuses to resume a run under a changed config (unless allowed); writes config.json. `record` is the config as
+  config.json keeps it (settings.RunSettings.record)."""
   path = config_path(workdir)
   if storage.exists(path) and has_progress(workdir):
-    changes = config_lib.config_changes(checkpoint.load_json(path), config)
+    changes = config_lib.config_changes(checkpoint.load_json(path), record)
     if changes and not allow_config_change:
       raise UserError(
           f"The workdir '{workdir}' holds a run with another config ({'; '.join(changes)}): run with the same "
@@ -163,19 +169,20 @@ def check_resume_config(config, workdir: str, allow_config_change: bool, log=pri
     if changes:
       log(f"WARNING: resuming '{workdir}' with a changed config (--allow_config_change): {'; '.join(changes)}.")
   if jax.process_index() == 0:
-    checkpoint.save_json(path, json.loads(config.to_json()))
+    checkpoint.save_json(path, record)
 
 
 # ----------------------------------------------------------------------------- the lock
 
 
-def lock_workdir(config, workdir: str, log=print) -> "WorkdirLock | None":
-  """Locks the workdir (process 0 only); with config.resume = False, first moves a previous run aside."""
+def lock_workdir(workdir: str, resume: bool, log=print) -> "WorkdirLock | None":
+  """Locks the workdir (process 0 only); without `resume` (config.resume = False), first moves a previous run
+  aside."""
   if jax.process_index() != 0:
     storage.makedirs(workdir)
     return None
   lock = WorkdirLock(workdir, log).acquire()
-  if config.resume or not (set(storage.listdir(workdir)) - {LOCK}):
+  if resume or not (set(storage.listdir(workdir)) - {LOCK}):
     return lock
   aside = f"{workdir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
   lock.release()

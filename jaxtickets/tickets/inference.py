@@ -11,6 +11,7 @@ matched to the content's mean and standard deviation, the model stylizes these l
 output's Y is recombined with the content's own chroma (I, Q). The result keeps the content's colors exactly.
 """
 
+import dataclasses
 import functools
 import os
 from typing import Sequence
@@ -147,9 +148,10 @@ class Stylizer:
     if not checkpoint.ticket_exists(ticket_dir):
       checkpoint.load_ticket_metadata(ticket_dir)  # raises the UserError that names what is wrong
     workdir = workdir_lib.run_of_ticket(ticket_dir)
-    config = workdir_lib.load_run_config(workdir, ticket_dir)
-    config.model.vgg_weights = weights_lib.resolve_run_vgg(config, workdir, vgg_weights, allow_vgg_mismatch)
-    model, vgg = weights_lib.model_and_vgg(config)
+    spec = workdir_lib.load_run_settings(workdir, ticket_dir).model
+    spec = dataclasses.replace(spec, vgg_weights=weights_lib.resolve_run_vgg(spec, workdir, vgg_weights,
+                                                                              allow_vgg_mismatch))
+    model, vgg = weights_lib.model_and_vgg(spec)
     ticket = checkpoint.load_ticket(ticket_dir)
     params = ticket.trained_params if which == "trained" else ticket.rewind_params
     _check_fits(model, vgg, params, ticket_dir)
@@ -185,7 +187,7 @@ class Stylizer:
     return cls(model, e.params, vgg, e.masks, model_config=e.model_config)
 
 
-# The model and VGG params of a run's config, built by the one function the trainer (imp.setup) builds them with.
+# The model and VGG params of a run's settings.ModelSpec, built by the one function the trainer (imp.setup) builds them with.
 model_and_vgg = weights_lib.model_and_vgg
 
 

@@ -437,12 +437,12 @@ def load_or_init_vgg(model, path: str, key) -> dict:
   return jax.device_get(model.init_vgg(key))
 
 
-def model_and_vgg(config) -> tuple[Any, dict]:
-  """The model a run's config builds (config.train.dtype, when set, its compute dtype) and its VGG params, loaded
-  or drawn from config.seed's VGG stream: the trainer and inference build both here, so a ticket is used with the
-  model and the random stand-in VGG it was trained with."""
-  model = models.get_model(config.model.name)(config_lib.model_config(config))
-  return model, load_or_init_vgg(model, config.model.vgg_weights, streams.key(config.seed, streams.Stream.VGG))
+def model_and_vgg(spec) -> tuple[Any, dict]:
+  """The model a settings.ModelSpec builds and its VGG params, loaded or drawn from the spec's seed's VGG stream:
+  the trainer and inference build both here, so a ticket is used with the model and the random stand-in VGG it was
+  trained with."""
+  model = models.get_model(spec.name)(spec.options)
+  return model, load_or_init_vgg(model, spec.vgg_weights, streams.key(spec.seed, streams.Stream.VGG))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -499,13 +499,13 @@ def describe_vgg(vgg_weights: str, width: float) -> dict:
   return {**rec, 'verified': said or 'unverified: not a released file'}
 
 
-def record_run_vgg(config, workdir: str, allow_change: bool = False, log=print) -> dict:
+def record_run_vgg(spec, workdir: str, allow_change: bool = False, log=print) -> dict:
   """Writes WORKDIR/vgg.json: the VGG the run trains with (path, SHA-256, released or not) and the directory it was
-  launched from, against which a relative config.model.vgg_weights is found again. A resumed run whose VGG file
+  launched from, against which a relative vgg_weights of the settings.ModelSpec is found again. A resumed run whose VGG file
   changed is refused unless `allow_change`."""
   from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
   from jaxtickets import storage
-  rec = {**describe_vgg(config.model.vgg_weights, config.model.width), 'launch_dir': os.getcwd()}
+  rec = {**describe_vgg(spec.vgg_weights, spec.width), 'launch_dir': os.getcwd()}
   path = os.path.join(workdir, VGG_RECORD)
   old = checkpoint.load_json(path) if storage.exists(path) else {}
   if old and old.get('sha256') != rec['sha256']:
@@ -543,35 +543,33 @@ def vgg_record_note(workdir: str) -> str:
   return f"; SHA-256 `{rec['sha256']}`, {what} ({how})"
 
 
-def locate_run_vgg(config, workdir: str, log=print):
-  """The config with a relative config.model.vgg_weights that does not exist from here replaced by where the run
-  found it (its vgg.json: the absolute path, or the path from the directory it was launched from), so the same
-  command resumes from any directory or host; otherwise the config as it is. The file's identity is its SHA-256,
-  which record_run_vgg holds the resumed run to."""
-  given = config.model.vgg_weights
+def locate_run_vgg(given: str, workdir: str, log=print) -> str:
+  """config.model.vgg_weights, or where the run in `workdir` found it when it is a relative path that does not exist
+  from here (its vgg.json: the absolute path, or the path from the directory it was launched from), so the same
+  command resumes from any directory or host. The file's identity is its SHA-256, which record_run_vgg holds the
+  resumed run to."""
   if (not given or given == DEMO_VGG or os.path.isabs(given) or storage.is_url(given) or os.path.exists(given)
       or not storage.isfile(os.path.join(workdir, VGG_RECORD))):
-    return config
+    return given
   rec = load_vgg_record(workdir)
   tried = [rec.get('path'), rec.get('launch_dir') and os.path.join(rec['launch_dir'], given)]
   found = next((p for p in tried if p and storage.exists(p)), None)
   if found is None:
-    return config  # validation names the missing file
+    return given  # validation names the missing file
   log(f"config.model.vgg_weights = {given!r} is not here; using {found!r}, where the run in '{workdir}' found it.")
-  config = config.copy_and_resolve_references()
-  config.model.vgg_weights = found
-  return config
+  return found
 
 
-def resolve_run_vgg(config, workdir: str, override: str | None = None, allow_mismatch: bool = False) -> str:
-  """The run's config.model.vgg_weights as a path that works from here, checked against the run's record.
+def resolve_run_vgg(spec, workdir: str, override: str | None = None, allow_mismatch: bool = False) -> str:
+  """The vgg_weights of a run's settings.ModelSpec as a path that works from here, checked against the run's
+  record.
 
   `override` (--vgg_weights) points elsewhere; else the recorded absolute path, then the configured path taken
   relative to the directory the run was launched from or to the workdir (a relative path in config.json is the
   launch directory's, not the caller's), then, for runs made before the record, to the current directory.
   """
   rec = load_vgg_record(workdir)
-  given = config.model.vgg_weights
+  given = spec.vgg_weights
   if override:
     path = override if override == DEMO_VGG else storage.absolute(override)
   elif not given or given == DEMO_VGG or os.path.isabs(given) or storage.is_url(given):
@@ -584,7 +582,7 @@ def resolve_run_vgg(config, workdir: str, override: str | None = None, allow_mis
       raise UserError(f"The run's VGG weights {given!r} are not at {' nor '.join(dict.fromkeys(tried))}: pass "
                       '--vgg_weights=PATH to point at them.')
   if rec:
-    got = describe_vgg(path, config.model.width)['sha256'] if path else ''
+    got = describe_vgg(path, spec.width)['sha256'] if path else ''
     if got != rec.get('sha256', '') and not allow_mismatch:
       raise UserError(f"VGG weights {path or 'none'!r} have SHA-256 {got or 'none (a random VGG)'}, not the "
                       f"{rec.get('sha256') or 'none (a random VGG)'} the run recorded in "
