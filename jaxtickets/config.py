@@ -160,6 +160,12 @@ def model_config(config) -> ml_collections.ConfigDict:
   return mc
 
 
+def checked_settings(config, devices=None, data: bool = True) -> settings.RunSettings:
+  """validate, then resolve: what an entry point does with the config it is handed."""
+  validate(config, devices, data)
+  return resolve(config)
+
+
 def resolve(config) -> settings.RunSettings:
   """The config as the typed, frozen values the code below the entry takes (after validate: no checks here)."""
   m, d, t, s, i = config.model, config.data, config.train, config.sparsity, config.imp

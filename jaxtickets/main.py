@@ -5,6 +5,7 @@ saves a checkpoint and exits with status 75 (EX_TEMPFAIL: "try again"), so job s
 does the same and exits with status 130.
 """
 
+import functools
 import os
 
 from absl import app, flags, logging
@@ -20,6 +21,31 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes 
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's id (else $JAX_PROCESS_ID).")
 config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/adain.py or configs/adain.py:demo.",
                                 lock_config=True)
+
+
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> None:
+  """The command's work on every process: the config checked and resolved once into settings.RunSettings, every
+  round and baseline trained (imp.run), then report.md (process 0 writes it, reading tickets without the others)."""
+  import jax
+
+  from jaxtickets import config as config_lib
+  from jaxtickets.core import parallel
+  from jaxtickets.reports import run_report
+  from jaxtickets.run import imp
+  from jaxtickets.weights import files as weights
+
+  # A relative VGG path given from another directory: where the run found it.
+  vgg_weights = weights.locate_run_vgg(config.model.vgg_weights, workdir, imp.log)
+  if vgg_weights != config.model.vgg_weights:
+    config = config.copy_and_resolve_references()
+    config.model.vgg_weights = vgg_weights
+  # Checked on every host: a problem one of them sees (a folder missing on its disk) stops them all.
+  run_settings = parallel.agree(functools.partial(config_lib.checked_settings, config))
+  imp.run(run_settings, workdir, allow_config_change=allow_config_change)
+  run_report.write_report(workdir, run_settings)
+  if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("jaxtickets: report written")
 
 
 def main(argv):
@@ -44,19 +70,7 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_count() > 1:
       imp.log(f"{jax.process_count()} processes, {jax.device_count()} devices: {jax.devices()}")
-    from jaxtickets.weights import files as weights
-    # A relative VGG path given from another directory: where the run found it.
-    vgg_weights = weights.locate_run_vgg(config.model.vgg_weights, workdir, imp.log)
-    run_config = config
-    if vgg_weights != config.model.vgg_weights:
-      run_config = config.copy_and_resolve_references()
-      run_config.model.vgg_weights = vgg_weights
-    imp.run(run_config, workdir, allow_config_change=FLAGS.allow_config_change)
-    from jaxtickets.reports import run_report as report_run
-    report_run.write_report(workdir)  # process 0 writes it from config.json, reading tickets without the others
-    if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("jaxtickets: report written")
+    train_and_evaluate(config, workdir, allow_config_change=FLAGS.allow_config_change)
 
   errors.run_command(work, "jaxtickets.main", argv)
   print(f"Tickets and results are in {workdir}/: report.md (figures, tables), results.csv, tickets/<branch>/rep_<r>/round_NN.")

@@ -174,20 +174,24 @@ def rewind_points(study_config, base) -> list[int]:
 
 def run(study_config, workdir: str, *, reports: bool | None = None) -> str | None:
   """Runs (or resumes) every sub-run, then writes study.md and its figures; returns study.md's path."""
+  from jaxtickets.core import parallel  # pylint: disable=g-import-not-at-top
+
   runs, notes = plan(study_config, workdir)
   reports = study_config.get("reports", True) if reports is None else reports
-  for i, sub in enumerate(runs, start=1):
+  # Every sub-run's config checked (on every host) before the first trains: a bad one does not wait hours.
+  resolved = parallel.agree(lambda: [config_lib.checked_settings(sub.config) for sub in runs])
+  for i, (sub, run_settings) in enumerate(zip(runs, resolved), start=1):
     imp.log(f"=== study {i}/{len(runs)}: {sub.model} / {sub.name} -> {sub.workdir}")
     same = next((earlier for earlier in runs[:i - 1] if same_imp(earlier, sub)), None)
     if same is not None:
       share_imp(same, sub)
-    imp.run(sub.config, sub.workdir)
+    imp.run(run_settings, sub.workdir)
     if sub.name.startswith("rewind_"):
       from jaxtickets.run import stability  # pylint: disable=g-import-not-at-top
 
       stability.run(sub.workdir)
     if reports:
-      report_run.write_report(sub.workdir, config_lib.resolve(sub.config))
+      report_run.write_report(sub.workdir, run_settings)
   if jax.process_index() != 0:
     return None
   path = report_study.write_study(study_config, runs, notes, workdir, reports=reports,

@@ -94,11 +94,11 @@ def main():
   pid = jax.process_index()
   np.savez(os.path.join(args.out, f"params_{pid}.npz"), **flat(result.pop("params")))
   if args.imp_packed:
+    from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
     from jaxtickets.run import imp  # pylint: disable=g-import-not-at-top
     from jaxtickets.run import layout as layout_lib  # pylint: disable=g-import-not-at-top
-    imp.run(packed_config_for_tests(), args.imp_packed)
-    from jaxtickets import config as config_lib  # pylint: disable=g-import-not-at-top
     run = config_lib.resolve(packed_config_for_tests())
+    imp.run(run, args.imp_packed)
     layout = layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=2)
     result["packed_layout"] = [layout.runs_per_step, layout.runs_axis]
   with open(os.path.join(args.out, f"run_{pid}.json"), "w") as f:

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.run import imp
 from jaxtickets.models import adaattn, get_model, layers
@@ -328,7 +329,7 @@ def test_configs():
 @pytest.mark.e2e
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="adaattn", imp__rounds=2, train__steps=3, **EARLY_BIRD)  # trains the encoder
-  imp.run(config, str(tmp_path))
+  imp.run(config_lib.resolve(config), str(tmp_path))
   assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}

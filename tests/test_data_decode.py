@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtickets import config as config_lib
 from jaxtickets import config as config_lib, data
 
 NEED = 64  # the size the pipeline resizes to (config.data.load_size)

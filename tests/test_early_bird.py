@@ -100,7 +100,7 @@ def test_a_run_with_early_bird_stops_its_dense_rounds_and_reports_the_steps_it_t
   # epsilon 0.99: any two masks count as settled, so the dense round stops at the second draw (step 2 of 6).
   config = tiny_config(train__steps=6, imp__rounds=1, imp__replicates=2, imp__early_bird=True,
                        imp__early_bird_every=1, imp__early_bird_epsilon=0.99, imp__early_bird_patience=1)
-  rows = imp.run(config, str(tmp_path))
+  rows = imp.run(config_lib.resolve(config), str(tmp_path))
   steps = {(r["replicate"], r["round"]): r["steps"] for r in rows}
   assert steps == {(0, 0): 2, (1, 0): 2, (0, 1): 6, (1, 1): 6}  # pruned rounds train in full
   with open(os.path.join(tmp_path, "summary.json")) as f:

@@ -45,7 +45,7 @@ def run_dir(tmp_path_factory):
   key = lambda job: (job.branch, job.round, job.replicate.index)
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(train, "train_pack", recording)
-    rows = imp.run(config, workdir)
+    rows = imp.run(config_lib.resolve(config), workdir)
   return workdir, config, rows, starts
 
 
@@ -157,7 +157,7 @@ def test_replicate_r_is_the_run_with_seed_plus_r(run_dir, tmp_path):
   assert config.model.vgg_weights == "demo"
   alone = tiny_config(seed=1, imp__branches="imp,random_prune", imp__rounds=1, imp__replicates=1,
                       eval__num_pairs=4, eval__batch_size=4, train__adam_eps=config.train.adam_eps)
-  imp.run(alone, str(tmp_path / "run"))
+  imp.run(config_lib.resolve(alone), str(tmp_path / "run"))
   for branch in ("imp", "random_prune"):
     a, b = ticket(workdir, branch, 1, 1), ticket(str(tmp_path / "run"), branch, 1, 0)
     for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks)):
@@ -312,7 +312,7 @@ def test_packed_runs_give_the_same_masks_and_table_as_one_run_at_a_time(run_dir,
   workdir, config, _, _ = run_dir
   branches = ("imp", "random_prune", "random_reinit")
   packed = config_from(config, parallel__runs_per_step=2, imp__replicates=1, imp__branches=",".join(branches))
-  imp.run(packed, str(tmp_path))
+  imp.run(config_lib.resolve(packed), str(tmp_path))
   out = capsys.readouterr().out
   assert "Packing: up to 2 runs side by side per step" in out
   together = lambda a, b: any(a in chunk and b in chunk for chunk in out.split("[2 runs side by side]"))
@@ -344,7 +344,7 @@ def test_target_sparsity_stops_imp_at_the_first_round_that_reaches_it(tmp_path, 
   baselines) at round 2 of the 5 asked for."""
   config = tiny_config(imp__rounds=5, imp__target_sparsity=0.3, imp__branches="imp,random_prune",
                        eval__num_pairs=4, eval__batch_size=4)  # run_dir's eval program
-  rows = imp.run(config, str(tmp_path))
+  rows = imp.run(config_lib.resolve(config), str(tmp_path))
   assert sorted((r["branch"], r["round"]) for r in rows) == [("imp", 0), ("imp", 1), ("imp", 2), ("random_prune", 1),
                                                              ("random_prune", 2)]
   reached = [ticket(str(tmp_path), "imp", r, 0).sparsity["prunable"]["sparsity"] for r in (1, 2)]
@@ -361,7 +361,7 @@ def test_target_sparsity_stops_imp_at_the_first_round_that_reaches_it(tmp_path, 
 @pytest.mark.e2e
 def test_rerun_skips_finished_rounds(run_dir, capsys):
   workdir, config, _, _ = run_dir
-  imp.run(config, workdir)
+  imp.run(config_lib.resolve(config), workdir)
   out = capsys.readouterr().out
   assert "[rep 1 oneshot round 2] already done" in out and "step 1/3" not in out
 
@@ -369,7 +369,7 @@ def test_rerun_skips_finished_rounds(run_dir, capsys):
 @pytest.mark.e2e
 def test_rewind_to_step_k_restores_theta_k_and_restarts_the_schedule(tmp_path, capsys):
   config = tiny_config(imp__rounds=1, imp__rewind_step=2, train__steps=4)
-  imp.run(config, str(tmp_path))
+  imp.run(config_lib.resolve(config), str(tmp_path))
   theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_0"))
   theta_k = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_2"))
   t1 = ticket(str(tmp_path), "imp", 1, 0)
@@ -392,7 +392,7 @@ def test_vgg_weights_file_is_the_loss_network_and_encoder_init(tmp_path):
   path = str(tmp_path / "vgg.npz")
   weights.save_vgg_weights(path, vgg)
   config.model.vgg_weights = path
-  imp.run(config, str(tmp_path / "run"))
+  imp.run(config_lib.resolve(config), str(tmp_path / "run"))
   theta_0 = checkpoint.load_params(os.path.join(tmp_path, "run", "init", "rep_0", "theta_0"))
   for name, layer in theta_0["encoder"].items():
     np.testing.assert_array_equal(layer["kernel"], vgg[name]["kernel"])

@@ -250,7 +250,7 @@ def test_stylize_alpha_and_any_size(setup):
 @pytest.mark.e2e
 def test_imp_prunes_only_the_transform_and_keeps_the_decoder(tmp_path):
   config = tiny_config(model__name="lst", model__train_encoder=False, imp__rounds=2, train__steps=3, **EARLY_BIRD)
-  imp.run(config, str(tmp_path))
+  imp.run(config_lib.resolve(config), str(tmp_path))
   assert_early_bird_and_stability_work(str(tmp_path), 2)
   theta_0 = checkpoint.load_params(os.path.join(tmp_path, "init", "rep_0", "theta_0"))
   assert set(theta_0) == {"decoder", "transform"}

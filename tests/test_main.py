@@ -8,6 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
+from jaxtickets import config as config_lib
 from jaxtickets.run import imp
 from jaxtickets.store import workdir as workdir_lib
 from jaxtickets.errors import UserError
@@ -94,7 +95,7 @@ def test_folder_without_images_is_named(tmp_path):
   (empty / "notes.txt").write_text("not an image")
   config = tiny_config(data__style=str(empty), data__eval_style="demo")
   with pytest.raises(UserError, match="styles"):
-    imp.run(config, str(tmp_path / "run"))
+    imp.run(config_lib.resolve(config), str(tmp_path / "run"))
 
 
 @pytest.mark.e2e
@@ -109,7 +110,7 @@ def test_image_folders_train_end_to_end(tmp_path):
   config = tiny_config(data__content=str(tmp_path / "content"), data__style=str(tmp_path / "style"),
                        data__eval_content="", data__eval_style="", imp__rounds=1)
   config.eval.num_pairs = 1
-  rows = imp.run(config, str(tmp_path / "run"))
+  rows = imp.run(config_lib.resolve(config), str(tmp_path / "run"))
   assert [(r["branch"], r["round"]) for r in rows] == [("imp", 0), ("imp", 1)]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config, EARLY_BIRD, assert_early_bird_and_stability_work
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.run import imp
 from jaxtickets.errors import UserError
@@ -202,7 +203,7 @@ def test_stylize_alpha_and_any_size(setup):
 @pytest.mark.e2e
 def test_imp_two_rounds_prunes_the_transform(tmp_path):
   config = tiny_config(model__name="manet", imp__rounds=2, train__steps=3, **EARLY_BIRD)
-  imp.run(config, str(tmp_path))
+  imp.run(config_lib.resolve(config), str(tmp_path))
   assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"encoder", "decoder", "transform"}

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.run import imp
 from jaxtickets.errors import UserError
@@ -262,7 +263,7 @@ def test_two_round_imp_prunes_the_transform(tmp_path):
   # A frozen encoder keeps the compile (the bulk of this test) short; the trained-encoder loss is tested above.
   config = tiny_config(model__name="mccnet", model__train_encoder=False, sparsity__scope="decoder,transform",
                        imp__rounds=2, train__steps=3, **EARLY_BIRD)
-  imp.run(config, str(tmp_path))
+  imp.run(config_lib.resolve(config), str(tmp_path))
   assert_early_bird_and_stability_work(str(tmp_path), 2)
   t = checkpoint.load_ticket(workdir_lib.ticket_dir(str(tmp_path), "imp", 2))
   assert set(t.masks) == {"decoder", "transform"}

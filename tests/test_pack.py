@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtickets.run import aot, imp, preempt, train, layout as layout_lib
+from jaxtickets.run import imp, preempt, train, layout as layout_lib
 from jaxtickets import config as config_lib
 from jaxtickets.models import get_model
 from jaxtickets.core import sparsity, streams

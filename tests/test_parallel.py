@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.run import imp
 from jaxtickets.core import parallel
@@ -61,7 +62,7 @@ def runs(tmp_path_factory):
   config = worker.config_for_tests()
   one = worker.train_steps(config)
   one["params"] = worker.flat(one.pop("params"))
-  imp.run(worker.packed_config_for_tests(pack_runs=False), str(root / "sequential_one"))
+  imp.run(config_lib.resolve(worker.packed_config_for_tests(pack_runs=False)), str(root / "sequential_one"))
   _wait(proc)
   return {"one": one, "eight": _load(eight), "sequential_one": root / "sequential_one",
           "packed_eight": root / "packed_eight"}

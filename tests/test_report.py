@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e  # every test reads one module-wide replicated IMP 
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(imp__branches="imp,random_prune", train__steps=2, imp__rounds=2, imp__replicates=2)
-  imp.run(config, workdir)
+  imp.run(config_lib.resolve(config), workdir)
   for name in ("results.csv", "summary.csv"):
     os.remove(os.path.join(workdir, name))  # the report rebuilds them from the tickets
   path = report_run.write_report(workdir)

@@ -280,7 +280,7 @@ def test_config_checks_before_anything_runs(tmp_path):
   checkpoint.save_json(os.path.join(workdir, "config.json"), json.loads(tiny_config().to_json()))
   with pytest.raises(UserError, match=r"holds a run with another config \(imp.rounds: 3 -> 5; train.lr: 0.001 -> "
                                       r"0.002\): .*--config.resume=false to move it aside"):
-    imp.run(tiny_config(train__lr=2e-3, imp__rounds=5), workdir)
+    imp.run(config_lib.resolve(tiny_config(train__lr=2e-3, imp__rounds=5)), workdir)
   assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on the way out
   logs = []
   workdir_lib.check_resume_config(config_lib.resolve(tiny_config(train__lr=2e-3)).record, workdir, allow_config_change=True, log=logs.append)
@@ -382,7 +382,7 @@ def test_second_run_on_a_workdir_stops(tmp_path):
   try:
     checkpoint.save_json(tmp_path / "run.lock", {"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"})
     with pytest.raises(UserError, match=rf"^Another run \(PID {sleeper.pid} on .*\) is using the workdir '{tmp_path}'"):
-      imp.run(tiny_config(), str(tmp_path))
+      imp.run(config_lib.resolve(tiny_config()), str(tmp_path))
   finally:
     sleeper.kill()
     sleeper.wait()
@@ -433,7 +433,7 @@ def test_folder_with_every_kind_of_bad_file_trains_and_reports_the_skips(tmp_pat
   bad = _every_kind_of_image(str(tmp_path / "content"))
   # 12 files, no holdout (eval images from the demo), 6 steps of 2: every file is drawn.
   config = tiny_config(data__content=str(tmp_path / "content"), imp__rounds=0, train__steps=6)
-  rows = imp.run(config, str(tmp_path / "run"))
+  rows = imp.run(config_lib.resolve(config), str(tmp_path / "run"))
   assert [(r["branch"], r["round"]) for r in rows] == [("imp", 0)]
   summary = checkpoint.load_json(tmp_path / "run" / "summary.json")["skipped_images"]
   assert summary["count"] == 4 and sorted(summary["first"]) == bad
@@ -457,7 +457,7 @@ def test_non_finite_loss_stops_the_round_and_keeps_the_last_good_checkpoint(tmp_
   state_dir = os.path.join(workdir, "state")
   with pytest.raises(train.NonFiniteLoss, match=rf"non-finite at step 4 of \[rep 0 imp round 0\] .*the last good "
                                                 rf"checkpoint is step 2 in '{state_dir}'"):
-    imp.run(config, workdir)
+    imp.run(config_lib.resolve(config), workdir)
   assert sorted(state_checkpoints(workdir)) == [2]
   assert not checkpoint.ticket_exists(workdir_lib.ticket_dir(workdir, "imp", 0))
   params = glob.glob(os.path.join(state_dir, "2", "state"))

@@ -34,7 +34,7 @@ def relative_run(tmp_path_factory):
   here = os.getcwd()
   os.chdir(launch)
   try:
-    imp.run(tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights="weights/vgg.npz"), workdir)
+    imp.run(config_lib.resolve(tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights="weights/vgg.npz")), workdir)
   finally:
     os.chdir(here)
   return launch, workdir, workdir_lib.ticket_dir(workdir, "imp", 1, 0)
@@ -141,8 +141,8 @@ def test_the_same_run_resumes_from_another_directory(relative_run, tmp_path, mon
   found = weights.locate_run_vgg(config.model.vgg_weights, workdir, log=logs.append)
   assert found == str(launch / "weights" / "vgg.npz") and "where the run in" in logs[0]
   config.model.vgg_weights = found
-  rows = imp.run(config, workdir)
+  rows = imp.run(config_lib.resolve(config), workdir)
   assert {(r["branch"], r["round"]) for r in rows} == {("imp", 0), ("imp", 1)}
   other_vgg(tmp_path / "other.npz")
   with pytest.raises(UserError, match="SHA-256"):  # another file under the same name is still refused
-    imp.run(tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights=str(tmp_path / "other.npz")), workdir)
+    imp.run(config_lib.resolve(tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights=str(tmp_path / "other.npz"))), workdir)

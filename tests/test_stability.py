@@ -41,7 +41,7 @@ def test_interpolation_ends_are_the_two_networks_and_stay_masked():
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  imp.run(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4), workdir)
+  imp.run(config_lib.resolve(tiny_config(imp__rounds=1, imp__replicates=1, train__steps=4)), workdir)
   return workdir
 
 

@@ -64,7 +64,7 @@ def tiny_ticket(tmp_path_factory):
   from jaxtickets.store import workdir as workdir_lib
 
   workdir = str(tmp_path_factory.mktemp("run"))
-  imp.run(tiny_config(imp__rounds=1, train__steps=1), workdir)
+  imp.run(config_lib.resolve(tiny_config(imp__rounds=1, train__steps=1)), workdir)
   return workdir_lib.ticket_dir(workdir, "imp", 1, 0)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtickets.core import early_bird, evaluate, parallel, sparsity, streams
 from jaxtickets.run import aot, train
 from jaxtickets.store import checkpoint, workdir as workdir_lib
-from jaxtickets import config as config_lib, data
+from jaxtickets import data
 from jaxtickets.run import layout as layout_lib, preempt, order
 from jaxtickets.results import tables as results
 from jaxtickets.weights import files as weights
@@ -41,9 +41,9 @@ def replicate(protocol, index: int) -> Replicate:
   return Replicate(index=index, seed=protocol.seed + index)
 
 
-def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict]:
-  """Runs every configured branch and round and returns the results rows: the entry below the command line, which
-  resolves `config` once into settings.RunSettings and hands each part to the code that reads it.
+def run(run_settings, workdir: str, *, allow_config_change: bool = False) -> list[dict]:
+  """Runs every configured branch and round of a run (its settings.RunSettings, from config.checked_settings) and
+  returns the results rows.
 
   Re-running on the same workdir resumes: finished rounds are loaded, running ones continue from their last
   train-state checkpoint. SIGTERM or Ctrl-C saves a checkpoint and raises preempt.Preempted. In a multi-process
@@ -54,8 +54,6 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> list[dict
     with preempt.PreemptionWatch() as watch:
       def prepare() -> train.RunContext:
         nonlocal lock
-        config_lib.validate(config)
-        run_settings = config_lib.resolve(config)
         lock = workdir_lib.lock_workdir(workdir, run_settings.resume, log)
         workdir_lib.check_resume_config(run_settings.record, workdir, allow_config_change, log)
         # vgg.json: the VGG's hash and where it was found
