@@ -43,10 +43,9 @@ def main(argv):
   path = errors.run_command(work, "jaxtickets.report", argv)
   if path:
     print(f"Wrote {path} with its figures (PNG) beside it.")
-    config = workdir_lib.load_run_config(FLAGS.workdir)
+    tolerance = workdir_lib.load_run_settings(FLAGS.workdir).protocol.match_tolerance
     rows = results.collect_rows(FLAGS.workdir)
-    for line in (learnability_lines(results.summarize(rows, config.imp.match_tolerance))
-                 + planner_lines(rows, config.imp.match_tolerance)):
+    for line in learnability_lines(results.summarize(rows, tolerance)) + planner_lines(rows, tolerance):
       print(line)
 
 

@@ -210,14 +210,14 @@ def bench_runs(name: str, args) -> dict:
   prunable = {g: jax.tree.map(lambda p, g=g: p and g in model.trained_groups, sub) for g, sub in prunable.items()}
   masks = [sparsity.global_magnitude_prune(p, sparsity.ones_masks(p), prunable, 0.5) for p in params]
   config.parallel.runs_per_step = 0
-  run = config_lib.resolve(config)
-  auto = layout_lib.choose_layout(run.packing, run.step.batch_size, concurrent=n)
+  run_settings = config_lib.resolve(config)
+  auto = layout_lib.choose_layout(run_settings.packing, run_settings.step.batch_size, concurrent=n)
   layouts = {"one_run": (layout_lib.Layout(1, 1), True), "vmap": (layout_lib.Layout(n, 1), True),
              "traced": (layout_lib.Layout(n, 1), False), "auto": (auto, True)}
 
   def runner(layout, vmap):
     mesh = parallel.make_mesh(layout.runs_axis)
-    step = train.make_packed_step(model, run.step, tx, mesh, layout.runs_per_device, vmap=vmap)
+    step = train.make_packed_step(model, run_settings.step, tx, mesh, layout.runs_per_device, vmap=vmap)
     p = layout.runs_per_step
     calls = -(-n // p)
     stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)

@@ -264,7 +264,8 @@ def load_params(path) -> dict:
 
 def save_json(path, obj) -> None:
   """Writes `obj` as JSON atomically (storage.write_atomically), on disk or an object store."""
-  storage.write_atomically(path, json.dumps(_to_json(obj), indent=2) + '\n')
+  text = json.dumps(_to_json(obj), indent=2) + '\n'
+  storage.write_atomically(path, text)
 
 
 def load_json(path) -> Any:
