@@ -1,11 +1,12 @@
 """Config validation: each bad value gives one sentence naming the field."""
 
+import dataclasses
 import json
 import re
 
 import pytest
 
-from jaxtickets import config as config_lib
+from jaxtickets import config as config_lib, settings
 from jaxtickets.errors import UserError
 from helpers import tiny_config
 
@@ -206,6 +207,36 @@ def test_split_list_and_branch_order():
   c = demo()
   c.imp.branches = "oneshot,imp,random_prune"
   assert config_lib.branches(c) == ["imp", "oneshot", "random_prune"]
+
+
+def test_resolve_hands_each_part_the_fields_it_reads():
+  c = tiny_config(seed=7, imp__branches="oneshot, random_prune", imp__rounds=4, imp__replicates=3,
+                  imp__rewind_step=2, sparsity__scope="decoder, transform", sparsity__method="lamp",
+                  sparsity__layer_cap=0.9, train__dtype="bfloat16", parallel__pack_runs=False,
+                  parallel__runs_per_step=4, checkpoint__every_steps=5, checkpoint__keep=2, eval__num_pairs=3)
+  r = config_lib.resolve(c)
+  assert r.model.name == "adain" and r.model.width == c.model.width and r.model.seed == 7
+  assert r.model.dtype == "bfloat16" and c.model.dtype == "float32"  # train.dtype is the compute dtype
+  assert r.data.content == "demo" and (r.data.crop_size, r.data.num_pairs, r.data.seed) == (32, 3, 7)
+  assert (r.step.batch_size, r.step.steps, r.step.checkpoint_every, r.step.adam_eps) == (2, 3, 5, 1e-4)
+  p = r.protocol
+  assert p.branches == ("imp", "oneshot", "random_prune")  # IMP first: the others are built from its masks
+  assert (p.seed, p.rounds, p.replicates, p.rewind_step, p.early_bird) == (7, 4, 3, 2, None)
+  assert p.pruning == settings.Pruning(scope=("decoder", "transform"), method="lamp", fraction=0.2, layer_cap=0.9)
+  assert r.packing.runs_per_step == 1  # pack_runs=False: one run at a time, whatever runs_per_step says
+  assert (r.checkpointing.keep, r.resume) == (2, True)
+  assert r.record == json.loads(c.to_json())  # what config.json keeps
+  c.imp.early_bird, c.parallel.pack_runs = True, True
+  r = config_lib.resolve(c)
+  assert r.protocol.early_bird == settings.EarlyBird(every=1000, epsilon=0.1, patience=3) and r.packing.auto is False
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    r.step.steps = 10  # resolved once: nothing below the entry changes them
+
+
+def test_checked_settings_refuse_a_bad_config_before_resolving_it():
+  with pytest.raises(UserError, match=r"config.train.steps = 0 is not allowed"):
+    config_lib.checked_settings(tiny_config(train__steps=0))
+  assert config_lib.checked_settings(tiny_config()) == config_lib.resolve(tiny_config())
 
 
 def test_train_dtype_sets_the_models_compute_dtype():
