@@ -42,7 +42,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   # Checked on every host: a problem one of them sees (a folder missing on its disk) stops them all.
   run_settings = parallel.agree(functools.partial(config_lib.checked_settings, config))
   imp.run(run_settings, workdir, allow_config_change=allow_config_change)
-  run_report.write_report(workdir, run_settings)
+  run_report.write_report(workdir)  # from the workdir alone, as python -m jaxtickets.report rebuilds it
   if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("jaxtickets: report written")
