@@ -83,8 +83,7 @@ def test_every_point_of_the_path_is_the_loss_of_the_saved_copies_mixed_by_hand(f
   from jaxtickets.store import checkpoint
 
   (row,) = stability.run(finished, rounds=[0], points=5)
-  config = workdir_lib.load_run_config(finished)
-  c = imp.setup(config_lib.resolve(config), finished).compute
+  c = imp.setup(workdir_lib.load_run_settings(finished), finished).compute
   masks = checkpoint.load_ticket(workdir_lib.ticket_dir(finished, "imp", 0, 0)).masks
   a, b = (checkpoint.load_params(workdir_lib.stability_copy_dir(finished, 0, 0, copy)) for copy in "ab")
   assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -93,7 +92,7 @@ def test_every_point_of_the_path_is_the_loss_of_the_saved_copies_mixed_by_hand(f
     return jax.tree.map(lambda x, y, m: ((1 - t) * np.float64(x) + t * np.float64(y)).astype(np.float32) * m, a, b,
                         masks)
 
-  want = [evaluate.evaluate(c.eval_fn, mixed(t), masks, c.vgg_params, c.pairs, config.eval.batch_size)["total"]
+  want = [evaluate.evaluate(c.eval_fn, mixed(t), masks, c.vgg_params, c.pairs, c.protocol.eval_batch_size)["total"]
           for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
   assert row["path"] == pytest.approx(want, rel=1e-6)
   # Neighbouring points are ~1e-4 apart, far more than that tolerance: a point at the wrong alpha would fail.

@@ -22,7 +22,6 @@ import threading
 import time
 
 import jax
-import ml_collections
 
 from jaxtickets.store import checkpoint
 from jaxtickets import config as config_lib, storage
@@ -134,9 +133,9 @@ def save_skips(workdir: str, summary: dict) -> None:
   checkpoint.save_json(os.path.join(workdir, SKIPS), summary)
 
 
-def load_run_config(workdir: str, for_ticket: str | None = None) -> ml_collections.ConfigDict:
-  """A run's resolved config from its config.json, on today's defaults (`for_ticket`: the ticket it is read for,
-  named in the error when there is none)."""
+def load_run_settings(workdir: str, for_ticket: str | None = None):
+  """A run's settings (settings.RunSettings) from its config.json, read on today's defaults (`for_ticket`: the
+  ticket they are read for, named in the error when there is no run)."""
   path = config_path(workdir)
   if not storage.isfile(path):
     if for_ticket:
@@ -147,12 +146,7 @@ def load_run_config(workdir: str, for_ticket: str | None = None) -> ml_collectio
   data = checkpoint.load_json(path)
   if not isinstance(data, dict) or "model" not in data:
     raise UserError(f"'{path}' is not a jaxtickets config (no 'model' section); restore the run's {CONFIG}.")
-  return config_lib.from_saved(data)
-
-
-def load_run_settings(workdir: str, for_ticket: str | None = None):
-  """load_run_config's config resolved: the run's settings.RunSettings."""
-  return config_lib.resolve(load_run_config(workdir, for_ticket))
+  return config_lib.resolve(config_lib.from_saved(data))
 
 
 def check_resume_config(record: dict, workdir: str, allow_config_change: bool, log=print) -> None:
