@@ -59,8 +59,7 @@ def make_plan(config, target, peak_flops: float | None = None) -> Plan:
   from jaxtickets import config as config_lib
   from jaxtickets.models import get_model  # pylint: disable=g-import-not-at-top
 
-  config_lib.validate(config, devices=target.devices, data=False)
-  run = config_lib.resolve(config)
+  run = config_lib.checked_settings(config, devices=target.devices, data=False)  # a plan needs no images
   step, protocol, crop = run.step, run.protocol, run.data.crop_size
   model = get_model(run.model.name)(run.model.options)
   tx = train.make_optimizer(step.adam_eps)
