@@ -31,7 +31,7 @@ from absl import app, flags
 import jax
 import ml_collections
 
-from jaxtickets import config as config_lib
+from jaxtickets import config as config_lib, storage
 from jaxtickets.run import imp
 from jaxtickets.reports import run_report as report_run, study_report as report_study
 from jaxtickets import errors
@@ -218,15 +218,42 @@ def share_imp(source: SubRun, sub: SubRun) -> None:
   if jax.process_index() == 0:
     for part in (workdir_lib.INIT, os.path.join(workdir_lib.TICKETS, "imp")):
       src, dst = os.path.join(source.workdir, part), os.path.join(sub.workdir, part)
-      if os.path.isdir(src) and not os.path.exists(dst):
-        shutil.copytree(src, dst, copy_function=_link_or_copy)
-        done = True
+      if storage.isdir(src):
+        done = _share_tree(src, dst) or done
   if jax.process_count() > 1:  # the other processes look for the tickets only once they are there
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("jaxtickets: study shared IMP tickets")
   if done:
     imp.log(f"{sub.name}: its IMP runs are {source.name}'s (the same config but the baselines beside IMP): "
             f"linked {source.workdir}'s IMP tickets and rewind points instead of training them again.")
+
+
+def _share_tree(src: str, dst: str) -> bool:
+  """Makes `dst` hold `src`'s files (unless it already exists); whether anything was shared.
+
+  On disk: hard links, built beside `dst` and renamed into place, so an interrupted study never leaves half a
+  ticket. On an object store (no links, no rename): each missing object copied, Orbax's completion markers last, so
+  a ticket whose copy was cut short is incomplete (trained again), and the next run copies what is missing.
+  """
+  if not storage.is_url(src) and not storage.is_url(dst):
+    if os.path.exists(dst):
+      return False
+    partial = f"{dst}.sharing"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(src, partial, copy_function=_link_or_copy)
+    os.rename(partial, dst)
+    return True
+  files = sorted(storage.walk_files(src), key=lambda p: os.path.basename(p) == _ORBAX_COMPLETE)
+  shared = False
+  for path in files:
+    target = dst + path[len(src.rstrip("/")):]
+    if not storage.exists(target):
+      storage.write_atomically(target, storage.read_bytes(path))
+      shared = True
+  return shared
+
+
+_ORBAX_COMPLETE = "commit_success.txt"  # the file whose presence finishes an Orbax checkpoint on an object store
 
 
 def _link_or_copy(src: str, dst: str) -> None:

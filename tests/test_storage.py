@@ -261,3 +261,37 @@ def test_two_processes_compare_their_data_listings(tmp_path, differ):
   assert all(o.startswith("error: The hosts see different files in config.data.content") for o in outs), outs
   assert "process 0 and process 1 differ from file 1 of the sorted listing" in outs[1]
   assert f"'{folders[1]}/sub/c.png'" in outs[1] and f"'{folders[0]}/sub/b.png'" in outs[0]
+
+
+def test_a_study_shares_imp_tickets_and_rewind_points_on_both(root):
+  """A study's sub-run that differs from an earlier one only in the baselines gets its IMP tickets and theta_0: hard
+  links on disk, object copies on GCS, where a copy cut short is completed by the next run."""
+  from jaxtickets import study  # pylint: disable=import-outside-toplevel
+
+  params = {"decoder": {"conv": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}}}
+  masks = {"decoder": {"conv": {"kernel": np.array([[True, False, True], [True, True, False]])}}}
+  source, target = os.path.join(root, "a"), os.path.join(root, "b")
+  ticket = workdir_lib.ticket_dir(source, "imp", 1, 0)
+  checkpoint.save_ticket(ticket, masks=masks, rewind_params=params, trained_params=params,
+                         metrics={"total": 1.5}, sparsity={"prunable": {"sparsity": 0.2}})
+  checkpoint.save_params(workdir_lib.theta_dir(source, 0, 0), params)
+  run = lambda workdir: study.SubRun("adain", os.path.basename(workdir), tiny_config(), workdir)
+  study.share_imp(run(source), run(target))
+  shared = workdir_lib.ticket_dir(target, "imp", 1, 0)
+  assert checkpoint.ticket_exists(shared) and checkpoint.params_exist(workdir_lib.theta_dir(target, 0, 0))
+  got = checkpoint.load_ticket(shared)
+  np.testing.assert_array_equal(got.masks["decoder"]["conv"]["kernel"], masks["decoder"]["conv"]["kernel"])
+  assert got.metrics["total"] == 1.5
+  if storage.is_url(root):  # an interrupted copy: the marker and an array file missing, the ticket unfinished
+    files = storage.walk_files(shared)
+    for path in (files[0], next(p for p in files if p.endswith("commit_success.txt"))):
+      storage.remove(path)
+    assert not checkpoint.ticket_exists(shared)
+  else:  # an interrupted share leaves only its partial sibling, which the next one replaces
+    storage.rename(os.path.join(target, workdir_lib.TICKETS, "imp"),
+                   os.path.join(target, workdir_lib.TICKETS, "imp.sharing"))
+  study.share_imp(run(source), run(target))
+  assert checkpoint.ticket_exists(shared)
+  assert not storage.exists(os.path.join(target, workdir_lib.TICKETS, "imp.sharing"))
+  np.testing.assert_array_equal(checkpoint.load_ticket(shared).trained_params["decoder"]["conv"]["kernel"],
+                                params["decoder"]["conv"]["kernel"])

@@ -22,6 +22,7 @@ from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets.core import evaluate
 from jaxtickets.run import imp, preempt, train
 from jaxtickets.results import tables as results
+from jaxtickets import storage
 from jaxtickets.errors import UserError
 
 CSV = workdir_lib.STABILITY_CSV
@@ -154,7 +155,7 @@ def _measure(ctx: train.RunContext, workdir: str, ticket_path: str, replicate: i
 
 
 def _load_settings(workdir: str):
-  if not os.path.isfile(workdir_lib.config_path(workdir)):
+  if not storage.isfile(workdir_lib.config_path(workdir)):
     raise UserError(f"'{workdir}' holds no run (no {workdir_lib.CONFIG}): pass the --workdir of a finished "
                     "`python -m jaxtickets.main` run.")
   return workdir_lib.load_run_settings(workdir)
