@@ -152,7 +152,7 @@ def pick_variant(config: ml_collections.ConfigDict, arg: str, variants: Mapping[
   return config
 
 
-def model_config(config) -> ml_collections.ConfigDict:
+def model_options(config) -> ml_collections.ConfigDict:
   """config.model with config.train.dtype (when set) as the compute dtype the model is built with."""
   mc = ml_collections.ConfigDict(config.model.to_dict())
   if config.train.dtype:
@@ -171,7 +171,7 @@ def resolve(config) -> settings.RunSettings:
   m, d, t, s, i = config.model, config.data, config.train, config.sparsity, config.imp
   early = settings.EarlyBird(every=i.early_bird_every, epsilon=i.early_bird_epsilon, patience=i.early_bird_patience)
   return settings.RunSettings(
-      model=settings.ModelSpec(name=m.name, options=ml_collections.FrozenConfigDict(model_config(config)),
+      model=settings.ModelSpec(name=m.name, options=ml_collections.FrozenConfigDict(model_options(config)),
                                vgg_weights=m.vgg_weights, allow_random_vgg=bool(m.get("allow_random_vgg", False)),
                                init_from=m.get("init_from", "") or "", seed=config.seed),
       data=settings.DataSpec(content=d.content, style=d.style, eval_content=d.get("eval_content", ""),

@@ -241,10 +241,10 @@ def test_checked_settings_refuse_a_bad_config_before_resolving_it():
 
 def test_train_dtype_sets_the_models_compute_dtype():
   c = tiny_config()
-  assert config_lib.model_config(c).dtype == "float32"
+  assert config_lib.model_options(c).dtype == "float32"
   c.train.dtype = "bfloat16"
   config_lib.validate(c)
-  assert config_lib.model_config(c).dtype == "bfloat16"
+  assert config_lib.model_options(c).dtype == "bfloat16"
   assert c.model.dtype == "float32"  # the run's own config is untouched
   c.train.dtype = "float16"
   with pytest.raises(UserError, match=re.escape("config.train.dtype = 'float16' is not allowed")):
