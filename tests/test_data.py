@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from jaxtickets import data, settings
+from jaxtickets.data import images, pipeline, sources
 from jaxtickets.errors import UserError
 
 
@@ -409,14 +410,14 @@ def test_unreadable_image_is_replaced_by_the_next_readable_one(tmp_path):
   logs = []
   skips = data.SkipLog(logs.append)
   src = data.ImageSource(data.list_images(folder), 'content', where=folder)
-  readable = data._Readable(src, np.arange(6), 'content', skips)
+  readable = sources._Readable(src, np.arange(6), 'content', skips)
   assert [readable.load(i)[0] for i in range(6)] == [0, 1, 4, 4, 4, 0]
   assert readable[2][0, 0, 0] == 40  # img04's red value
   assert len(skips) == 3 and skips.summary()['first'] == [os.path.join(folder, f'img{k:02d}.png') for k in (2, 3, 5)]
   assert len(logs) == 3 and all('skipping the unreadable content image' in m for m in logs)
   assert 'UnidentifiedImageError' in skips.summary()['files'][os.path.join(folder, 'img02.png')]
   # Substitutes stay inside the given split: index 3 of the subset [1, 3] falls back to 1, never to 4.
-  sub = data._Readable(src, [1, 3], 'content', data.SkipLog(logs.append))
+  sub = sources._Readable(src, [1, 3], 'content', data.SkipLog(logs.append))
   assert sub.load(3)[0] == 1
   # A resumed run merges the skips recorded before.
   again = data.SkipLog(logs.append)
@@ -471,19 +472,19 @@ def test_order_is_grains_shuffle_repeated_with_whole_epochs_kept(monkeypatch, n)
   """_Order draws the values of grain's shuffle().repeat() (the independent formulation), across epochs, through
   the per-process epoch cache (small sources) and element by element (large ones)."""
   indices = np.arange(100, 100 + 2 * n, 2)
-  grain_stream = data.grain.MapDataset.source([int(i) for i in indices]).shuffle(seed=7).repeat(None)
-  monkeypatch.setattr(data._Order, 'WHOLE_EPOCHS_UP_TO', 10)
-  monkeypatch.setattr(data, '_EPOCHS', data.BoundedCache(max_bytes=1 << 20))
-  order = data._Order(indices, 7)
-  again = data._Order(indices, 7)  # a second run of the process: its epochs come from the cache
+  grain_stream = pipeline.grain.MapDataset.source([int(i) for i in indices]).shuffle(seed=7).repeat(None)
+  monkeypatch.setattr(pipeline._Order, 'WHOLE_EPOCHS_UP_TO', 10)
+  monkeypatch.setattr(pipeline, '_EPOCHS', sources.BoundedCache(max_bytes=1 << 20))
+  order = pipeline._Order(indices, 7)
+  again = pipeline._Order(indices, 7)  # a second run of the process: its epochs come from the cache
   drawn = [order[j] for j in range(4 * n)]
   assert drawn == [grain_stream[j] for j in range(4 * n)] == [again[j] for j in range(4 * n)]
   assert sorted(drawn[:n]) == list(indices) and drawn[:n] != drawn[n:2 * n]  # a permutation, reshuffled per epoch
-  assert len(data._EPOCHS._items) == (4 if n <= 10 else 0)
+  assert len(pipeline._EPOCHS._items) == (4 if n <= 10 else 0)
 
 
 def test_bounded_cache_drops_the_least_recently_used_beyond_its_bytes():
-  cache = data.BoundedCache(max_bytes=10)
+  cache = sources.BoundedCache(max_bytes=10)
   for key in 'abc':
     cache.put(key, key.upper(), 4)
   assert cache.get('a') is None and cache.get('b') == 'B'  # 'a' went when 'c' made 12 bytes
@@ -496,9 +497,9 @@ def test_bounded_cache_drops_the_least_recently_used_beyond_its_bytes():
 def test_resized_images_are_decoded_once_and_a_replaced_file_is_read_again(tmp_path, monkeypatch):
   folder = _noise_folder(tmp_path / 'c', 2, 3)
   src = data.ImageSource(data.list_images(folder), 'content', where=folder)
-  monkeypatch.setattr(data, '_RESIZED', data.BoundedCache(max_bytes=1 << 20))
-  readable = data._Readable(src, np.arange(2), 'content', data.SkipLog(lambda m: None))
-  expected = data._resize(data.load_image(src.paths[1]), 16)
+  monkeypatch.setattr(sources, '_RESIZED', sources.BoundedCache(max_bytes=1 << 20))
+  readable = sources._Readable(src, np.arange(2), 'content', data.SkipLog(lambda m: None))
+  expected = images._resize(data.load_image(src.paths[1]), 16)
   calls = []
   real_getitem = data.ImageSource.__getitem__
   monkeypatch.setattr(data.ImageSource, '__getitem__', lambda self, i: calls.append(i) or real_getitem(self, i))
@@ -511,5 +512,5 @@ def test_resized_images_are_decoded_once_and_a_replaced_file_is_read_again(tmp_p
   new = np.full((30, 30, 3), 77, np.uint8)
   _save(src.paths[1], new)
   os.utime(src.paths[1], ns=(1, 10**9 + 12345))
-  np.testing.assert_array_equal(readable.load_resized(1, 16)[1], data._resize(new, 16))
+  np.testing.assert_array_equal(readable.load_resized(1, 16)[1], images._resize(new, 16))
   assert calls == [1, 1]

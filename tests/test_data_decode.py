@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from jaxtickets import config as config_lib, data
+from jaxtickets.data import images, sources
 
 NEED = 64  # the size the pipeline resizes to (config.data.load_size)
 
@@ -21,7 +22,7 @@ def _smooth(w, h, seed=0):
 
 @pytest.fixture(scope='module')
 def large(tmp_path_factory):
-  """A 3000x2000 image (6 M pixels, over data.REDUCE_FROM_PIXELS) as PNG and JPEG."""
+  """A 3000x2000 image (6 M pixels, over images.REDUCE_FROM_PIXELS) as PNG and JPEG."""
   folder = tmp_path_factory.mktemp('large')
   arr = _smooth(3000, 2000)
   paths = {'png': str(folder / 'big.png'), 'jpg': str(folder / 'big.jpg')}
@@ -34,10 +35,10 @@ def large(tmp_path_factory):
 def test_a_large_image_is_decoded_reduced_and_resizes_like_a_full_decode(large, fmt, expected):
   reduced = data.load_image(large[fmt], min_size=NEED)
   # PNG: an integer factor of 15 keeps the short side >= 2 x 64; JPEG: libjpeg's 1/8 scale, the smallest it has.
-  assert reduced.shape == expected + (3,) and min(reduced.shape[:2]) >= data.REDUCE_MARGIN * NEED
+  assert reduced.shape == expected + (3,) and min(reduced.shape[:2]) >= images.REDUCE_MARGIN * NEED
   full = data.load_image(large[fmt])
   assert full.shape == (2000, 3000, 3)
-  diff = np.abs(data._resize(reduced, NEED).astype(int) - data._resize(full, NEED).astype(int))
+  diff = np.abs(images._resize(reduced, NEED).astype(int) - images._resize(full, NEED).astype(int))
   assert diff.mean() < 1.0 and diff.max() <= 8
 
 
@@ -69,14 +70,14 @@ def _mode_image(mode, w=96, h=64):
 @pytest.mark.parametrize('mode', ['P+transparency', 'LA', 'I;16', '1', 'L', 'RGBA'])
 def test_reduction_in_every_mode_matches_a_full_decode(tmp_path, monkeypatch, mode):
   """Palette indices, colour keys and 16-bit values are widened before averaging, not averaged as they are."""
-  monkeypatch.setattr(data, 'REDUCE_FROM_PIXELS', 0)  # small files, so that each mode is cheap to check
+  monkeypatch.setattr(images, 'REDUCE_FROM_PIXELS', 0)  # small files, so that each mode is cheap to check
   img, kwargs = _mode_image(mode)
   path = str(tmp_path / 'm.png')
   img.save(path, **kwargs)
   reduced = data.load_image(path, min_size=8)
   assert reduced.shape == (16, 24, 3)  # factor 4 keeps the short side at 2 x 8
   full = data.load_image(path)
-  diff = np.abs(data._resize(reduced, 8).astype(int) - data._resize(full, 8).astype(int))
+  diff = np.abs(images._resize(reduced, 8).astype(int) - images._resize(full, 8).astype(int))
   tolerance = 40 if mode == '1' else 4  # 1-bit: dithered, so the two averages see different dots
   assert diff.mean() < tolerance / 4 and diff.max() <= tolerance
 
@@ -92,8 +93,8 @@ def test_tiff_is_listed_and_read(tmp_path, ext):
 
 def test_decompression_bomb_warning_and_limit_name_the_file(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # PIL warns over 1,000 pixels and refuses over 2,000
-  monkeypatch.setattr(data, '_WARNED_LARGE', set())
-  data.silence_pil_bomb_warning()  # as on import (pytest resets the warning filters for each test)
+  monkeypatch.setattr(images, '_WARNED_LARGE', set())
+  images.silence_pil_bomb_warning()  # as on import (pytest resets the warning filters for each test)
   large = str(tmp_path / 'large.png')
   bomb = str(tmp_path / 'bomb.png')
   Image.new('RGB', (40, 40), (9, 9, 9)).save(large)
@@ -111,7 +112,7 @@ def test_decompression_bomb_warning_and_limit_name_the_file(tmp_path, monkeypatc
   # In a source, the file is skipped by name like any other unreadable image.
   src = data.ImageSource([bomb, large], 'style', min_size=8)
   messages = []
-  used, img = data._Readable(src, np.arange(2), 'style', data.SkipLog(messages.append)).load(0)
+  used, img = sources._Readable(src, np.arange(2), 'style', data.SkipLog(messages.append)).load(0)
   assert used == 1 and img.shape == (40, 40, 3)
   assert len(messages) == 1 and f"'{bomb}' (2,500 pixels, over" in messages[0]
 

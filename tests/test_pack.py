@@ -141,15 +141,15 @@ def test_a_preemption_saves_every_run_of_the_pack_and_raises(pack_setup, tmp_pat
 
 @pytest.mark.e2e  # a whole pack trained to its stop
 def test_a_non_finite_loss_stops_the_pack_and_saves_nothing_after_it(pack_setup, tmp_path, monkeypatch):
-  from jaxtickets import data
+  from jaxtickets.data import pipeline
 
-  sample = data._Sample.__call__  # pylint: disable=protected-access
+  sample = pipeline._Sample.__call__  # pylint: disable=protected-access
 
   def poisoned(self, j):  # global samples 4 and 5 = the 3rd step (batch 2) of every run
     out = sample(self, j)
     return dict(out, content=np.full_like(out["content"], np.nan)) if j in (4, 5) else out
 
-  monkeypatch.setattr(data._Sample, "__call__", poisoned)  # pylint: disable=protected-access
+  monkeypatch.setattr(pipeline._Sample, "__call__", poisoned)  # pylint: disable=protected-access
   ctx, _ = _with(pack_setup, str(tmp_path), preempt.PreemptionWatch())
   with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 3 of \[rep 0 imp round 0\].*last good "
                                                 r"checkpoint is step 2 in"):

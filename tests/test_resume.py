@@ -29,7 +29,7 @@ from PIL import Image
 
 from jaxtickets import config as config_lib
 from jaxtickets.store import checkpoint, workdir as workdir_lib
-from jaxtickets import data
+from jaxtickets.data import pipeline
 from jaxtickets.run import imp, preempt, train
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, StopAfter, assert_same_ticket, cli_env, state_checkpoints, tiny_config
@@ -445,13 +445,13 @@ def test_folder_with_every_kind_of_bad_file_trains_and_reports_the_skips(tmp_pat
 
 @pytest.mark.e2e
 def test_non_finite_loss_stops_the_round_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-  sample = data._Sample.__call__
+  sample = pipeline._Sample.__call__
 
   def poisoned(self, j):  # global samples 6 and 7 = the 4th step (batch 2)
     out = sample(self, j)
     return dict(out, content=np.full_like(out["content"], np.nan)) if j in (6, 7) else out
 
-  monkeypatch.setattr(data._Sample, "__call__", poisoned)
+  monkeypatch.setattr(pipeline._Sample, "__call__", poisoned)
   workdir = str(tmp_path / "run")
   config = tiny_config(imp__rounds=0, train__steps=6, train__log_every=3, checkpoint__every_steps=2)
   state_dir = os.path.join(workdir, "state")

@@ -22,6 +22,7 @@ import pytest
 
 from jaxtickets.store import checkpoint, workdir as workdir_lib
 from jaxtickets import data, storage
+from jaxtickets.data import sources
 from jaxtickets.errors import UserError
 from helpers import CLI_ARGS, ROOT, assert_same_ticket, cli_env, tiny_config
 
@@ -144,15 +145,15 @@ def test_a_missing_filesystem_package_is_one_sentence(monkeypatch):
 
 
 def test_listing_difference_names_the_first_differing_file():
-  digests = lambda names: data._listing_digests([f"/d/{n}" for n in names], "/d")
+  digests = lambda names: sources._listing_digests([f"/d/{n}" for n in names], "/d")
   same, other, short = digests(["a.png", "b.png"]), digests(["a.png", "c.png"]), digests(["a.png"])
   rows = lambda *ds: np.stack([np.pad(d, (0, 2 - len(d))) for d in ds])
   assert data.first_listing_difference(rows(same, same), np.array([2, 2])) is None
   assert data.first_listing_difference(rows(same, other), np.array([2, 2])) == (1, 1)
   assert data.first_listing_difference(rows(same, same, short), np.array([2, 2, 1])) == (2, 1)
   # Relative names: the same tree under two roots (each host's own copy) agrees.
-  np.testing.assert_array_equal(data._listing_digests(["/x/a/b.png"], "/x"),
-                                data._listing_digests(["gs://k/a/b.png"], "gs://k/"))
+  np.testing.assert_array_equal(sources._listing_digests(["/x/a/b.png"], "/x"),
+                                sources._listing_digests(["gs://k/a/b.png"], "gs://k/"))
 
 
 # ----------------------------------------------------------------------------- the command line on gs://
