@@ -65,7 +65,7 @@ def train_steps(config, steps: int = STEPS) -> dict:
   parallel.check_batch_size(config.train.batch_size)
   tx = train.make_optimizer(config.train.adam_eps)
   from helpers import make_train_step  # pylint: disable=g-import-not-at-top
-  step_fn = make_train_step(model, config.train, tx, mesh)
+  step_fn = make_train_step(model, config_lib.resolve(config).step, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
   masks_r, vgg_r = parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh)
   dataset = data.make_train_dataset(config_lib.resolve(config).data, config.train.batch_size, jax.process_index(), jax.process_count())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
+from jaxtickets import config as config_lib
 from jaxtickets.run import train
 from jaxtickets.run.monitor import Monitor
 from helpers import tiny_config
@@ -32,7 +33,7 @@ def read_events(folder):
 def test_training_and_round_scalars_and_images(tmp_path):
   config = tiny_config()
   with Monitor(str(tmp_path), enabled=True) as mon:
-    lr = lambda step: float(train.learning_rate(config.train, step))
+    lr = lambda step: float(train.learning_rate(config_lib.resolve(config).step, step))
     mon.train_step("imp", 2, 5, {"total": np.float32(1.5), "content": 0.25, "style": np.array(0.125)}, lr(5), 3.0)
     mon.train_step("imp", 2, 10, {"total": 1.25, "content": 0.2, "style": 0.1, "lr": np.float32(lr(10))},
                    steps_per_sec=4.0)  # the packed loop passes the step's own lr among the metrics
@@ -45,7 +46,7 @@ def test_training_and_round_scalars_and_images(tmp_path):
   assert train_events["train/style"] == [(5, 0.125), (10, pytest.approx(0.1))]
   assert train_events["train/steps_per_sec"] == [(5, 3.0), (10, 4.0)]
   lrs = [v for _, v in train_events["train/lr"]]
-  np.testing.assert_allclose(lrs, [float(train.learning_rate(config.train, s)) for s in (5, 10)], rtol=1e-6)
+  np.testing.assert_allclose(lrs, [float(train.learning_rate(config_lib.resolve(config).step, s)) for s in (5, 10)], rtol=1e-6)
   rounds = read_events(tmp_path / "tensorboard" / "imp")
   assert rounds["eval/total"] == [(2, pytest.approx(1.1))] and rounds["eval/matches"] == [(2, 1.0)]
   assert "eval/branch" not in rounds  # strings are not scalars

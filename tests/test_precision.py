@@ -24,7 +24,7 @@ def _train(dtype: str):
   masks = sparsity.ones_masks(params)
   mesh = parallel.make_mesh()
   tx = train.make_optimizer()
-  step_fn = make_train_step(model, config.train, tx, mesh)
+  step_fn = make_train_step(model, config_lib.resolve(config).step, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh, model.trained_groups)
   masks_r, vgg_r, key = parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh), jax.random.PRNGKey(2)
   batches = data.make_train_iterator(data.make_train_dataset(config_lib.resolve(config).data, 2), num_threads=0, prefetch=0)

@@ -5,10 +5,11 @@ import numpy as np
 import optax
 import pytest
 
+from jaxtickets import config as config_lib
 from jaxtickets.core import parallel, sparsity
 from jaxtickets.run import train
 from jaxtickets.models import get_model
-from helpers import make_train_step, tiny_config
+from helpers import make_train_step, tiny_config, tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -22,28 +23,27 @@ def pieces():
   masks = sparsity.global_magnitude_prune(params, sparsity.ones_masks(params), prunable, 0.5)
   mesh = parallel.make_mesh()
   tx = train.make_optimizer()
-  step_fn = make_train_step(model, config.train, tx, mesh)
+  step_fn = make_train_step(model, config_lib.resolve(config).step, tx, mesh)
   rng = np.random.default_rng(0)
   batch = {"content": rng.random((2, 32, 32, 3), np.float32), "style": rng.random((2, 32, 32, 3), np.float32)}
   return config, model, vgg, params, masks, mesh, tx, step_fn, batch
 
 
 def test_learning_rate_schedule():
-  c = tiny_config().train
+  c = tiny_settings().step
   for i in (0, 1, 1000, 160_000):
     assert train.learning_rate(c, i) == pytest.approx(c.lr / (1 + c.lr_decay * i))
 
 
 def test_every_schedule_the_config_accepts_is_built_and_only_those():
-  from jaxtickets import config as config_lib
   assert config_lib.SCHEDULES == train.SCHEDULES
   for name in train.SCHEDULES:  # each builds a learning rate at a step
-    assert train.learning_rate(tiny_config(train__schedule=name, train__steps=10).train, 3) > 0
+    assert train.learning_rate(tiny_settings(train__schedule=name, train__steps=10).step, 3) > 0
 
 
 def test_epoch_step_schedule_is_adaattns():
-  c = tiny_config(train__schedule="epoch_step", train__lr=2e-4, train__epoch_steps=100,
-                  train__lr_constant_epochs=2, train__lr_epoch_factor=0.3).train
+  c = tiny_settings(train__schedule="epoch_step", train__lr=2e-4, train__epoch_steps=100,
+                    train__lr_constant_epochs=2, train__lr_epoch_factor=0.3).step
   # Epochs 1-2 at 2e-4, then x0.3 per epoch: 6e-5, 1.8e-5, 5.4e-6 (models.md section 6.5).
   want = {0: 2e-4, 99: 2e-4, 100: 2e-4, 199: 2e-4, 200: 6e-5, 299: 6e-5, 300: 1.8e-5, 450: 5.4e-6}
   for i, lr in want.items():
@@ -59,7 +59,7 @@ def test_frozen_groups_get_no_update_and_no_optimizer_state(pieces):
   frozen_model = DecoderOnly(config.model)
   state = train.create_state(params, masks, 0, tx, mesh, frozen_model.trained_groups)
   assert set(state.opt_state.mu) == {"decoder"}
-  step_fn = make_train_step(frozen_model, config.train, tx, mesh)
+  step_fn = make_train_step(frozen_model, config_lib.resolve(config).step, tx, mesh)
   state, _ = step_fn(state, parallel.put_replicated(masks, mesh), parallel.put_replicated(vgg, mesh),
                      parallel.shard_batch(batch, mesh), jax.random.PRNGKey(0))
   after = jax.device_get(state.params)
@@ -126,7 +126,7 @@ def test_non_finite_loss_keeps_the_old_state_and_is_recorded(pieces, policy):
   config, model, vgg, params, masks, mesh, tx, step_fn, batch = pieces
   assert config.train.nan_policy == "stop"  # the default; 'skip' needs its own step
   if policy == "skip":
-    step_fn = make_train_step(model, tiny_config(train__nan_policy="skip").train, tx, mesh)
+    step_fn = make_train_step(model, tiny_settings(train__nan_policy="skip").step, tx, mesh)
   state = train.create_state(params, masks, 0, tx, mesh)
   vgg_r, masks_r, key = parallel.put_replicated(vgg, mesh), parallel.put_replicated(masks, mesh), jax.random.PRNGKey(3)
   bad = dict(batch, content=np.full_like(batch["content"], np.nan))
@@ -159,7 +159,7 @@ def _packed(pieces, runs_per_device, vmap=True):
   states = [jax.device_get(train.create_state(p, m, 0, tx, mesh, model.trained_groups)) for p, m in runs]
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
   n = runs_per_device
-  packed = train.make_packed_step(model, config.train, tx, mesh, runs_per_device=n, vmap=vmap)
+  packed = train.make_packed_step(model, config_lib.resolve(config).step, tx, mesh, runs_per_device=n, vmap=vmap)
   put = lambda tree: parallel.put_runs(tree, mesh)
   args = dict(masks=put(stack([m for _, m in runs][:n])), batch=put(stack(batches[:n])), keys=put(np.stack(keys[:n])))
   return runs[:n], batches[:n], keys[:n], train.state_from_dict(put(stack([train.state_dict(s) for s in states[:n]]))), \
