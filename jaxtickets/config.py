@@ -167,16 +167,15 @@ def checked_settings(config, devices=None, data: bool = True) -> settings.RunSet
 
 
 def resolve(config) -> settings.RunSettings:
-  """The config as the typed, frozen values the code below the entry takes (after validate: no checks here)."""
+  """The config as the typed, frozen values the code below the entry takes (after validate: no checks here; every
+  field is there, since configs are built on default_config and saved ones read on it by from_saved)."""
   m, d, t, s, i = config.model, config.data, config.train, config.sparsity, config.imp
   early = settings.EarlyBird(every=i.early_bird_every, epsilon=i.early_bird_epsilon, patience=i.early_bird_patience)
   return settings.RunSettings(
       model=settings.ModelSpec(name=m.name, options=ml_collections.FrozenConfigDict(model_options(config)),
-                               vgg_weights=m.vgg_weights, allow_random_vgg=bool(m.get("allow_random_vgg", False)),
-                               init_from=m.get("init_from", "") or "", seed=config.seed),
-      data=settings.DataSpec(content=d.content, style=d.style, eval_content=d.get("eval_content", ""),
-                             eval_style=d.get("eval_style", ""), tfds_data_dir=d.get("tfds_data_dir", ""),
-                             tfds_image_key=d.get("tfds_image_key", "image"), load_size=d.load_size,
+                               vgg_weights=m.vgg_weights, init_from=m.init_from, seed=config.seed),
+      data=settings.DataSpec(content=d.content, style=d.style, eval_content=d.eval_content, eval_style=d.eval_style,
+                             tfds_data_dir=d.tfds_data_dir, tfds_image_key=d.tfds_image_key, load_size=d.load_size,
                              crop_size=d.crop_size, num_threads=d.num_threads, prefetch=d.prefetch,
                              num_pairs=config.eval.num_pairs, seed=config.seed),
       step=settings.StepSettings(batch_size=t.batch_size, steps=t.steps, lr=t.lr, schedule=t.schedule,
@@ -192,7 +191,7 @@ def resolve(config) -> settings.RunSettings:
           early_bird=early if i.early_bird else None, eval_batch_size=config.eval.batch_size),
       packing=settings.Packing(runs_per_step=config.parallel.runs_per_step if config.parallel.pack_runs else 1),
       checkpointing=settings.Checkpointing(keep=config.checkpoint.keep, async_save=config.checkpoint.async_save),
-      resume=bool(config.get("resume", True)), record=json.loads(config.to_json()))
+      resume=config.resume, record=json.loads(config.to_json()))
 
 
 def split_list(value: str) -> list[str]:

@@ -11,7 +11,6 @@ class ModelSpec:
   name: str
   options: Any  # a FrozenConfigDict: config.model with train.dtype (when set) as the compute dtype; the model reads it
   vgg_weights: str  # a Flax-format VGG file or folder, 'demo', or '' (random)
-  allow_random_vgg: bool
   init_from: str  # scripts/port_weights.py's --out, or ''
   seed: int  # draws the random stand-in VGG when vgg_weights is '' (config.seed: every replicate shares it)
 

@@ -73,8 +73,9 @@ def run(run_settings, workdir: str, *, allow_config_change: bool = False) -> lis
 
 
 def setup(run_settings, workdir: str, *, watch=None, place: bool = True) -> train.RunContext:
-  """The context of a run (its settings.RunSettings): what it computes with (model, loss VGG, masks' scope, eval pairs, the pack layout and mesh,
-  the compiled functions) and where its work goes (the workdir, the log, the record of skipped images).
+  """The context of a run (its settings.RunSettings): what it computes with (model, loss VGG, masks' scope, eval
+  pairs, the pack layout and mesh, the compiled functions) and where its work goes (the workdir, the log, the record
+  of skipped images).
 
   With place=False the loss VGG stays in host memory: nothing here is collective then, so a multi-process run can
   agree on problems first (with_run_state places it).
@@ -109,10 +110,10 @@ def setup(run_settings, workdir: str, *, watch=None, place: bool = True) -> trai
       packed_step=train.make_packed_step(model, step, tx, mesh, layout.runs_per_device),
       eval_fn=evaluate.make_eval_fn(model), pairs=data.eval_pairs(data_spec, skip_log=skip_log),
       init_from=run_settings.model.init_from)
-  ckpt = run_settings.checkpointing
   output = train.Output(workdir=workdir, skip_log=skip_log,
-                       watch=watch if watch is not None else preempt.PreemptionWatch(), log=log,
-                       keep_checkpoints=ckpt.keep, async_checkpoints=ckpt.async_save)
+                       watch=watch if watch is not None else preempt.PreemptionWatch(),
+                       keep_checkpoints=run_settings.checkpointing.keep,
+                       async_checkpoints=run_settings.checkpointing.async_save, log=log)
   return train.RunContext(compute=compute, output=output)
 
 

@@ -34,10 +34,10 @@ def choose_layout(packing, batch_size: int, concurrent: int, platform: str | Non
   convolutions, which XLA's CPU backend runs slower than one run after the other.
 
   On an accelerator, given `compile_layout(runs_axis, runs_per_device) -> aot.Compiled` and a device's
-  `memory_bytes`, the compiled step's peak sizes the pack (`describe` names the run in its sentences): auto takes the most runs per device, up to the round's
-  need, that fit aot.HEADROOM of the memory, and where not even one run fits (or its step does not compile for
-  lack of a memory), splits each run's batch over more devices; a run that fits no layout, or an asked-for
-  runs_per_step that does not fit, gets one sentence before anything trains.
+  `memory_bytes`, the compiled step's peak sizes the pack (`describe` names the run in its sentences): auto takes the
+  most runs per device, up to the round's need, that fit aot.HEADROOM of the memory, and where not even one run fits
+  (or its step does not compile for lack of a memory), splits each run's batch over more devices; a run that fits no
+  layout, or an asked-for runs_per_step that does not fit, gets one sentence before anything trains.
   """
   n, batch = (jax.device_count() if devices is None else len(devices)), batch_size
   platform = platform or jax.default_backend()

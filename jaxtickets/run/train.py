@@ -254,9 +254,9 @@ class Output:
   workdir: str
   skip_log: data.SkipLog  # unreadable images replaced so far
   watch: preempt.PreemptionWatch  # SIGTERM, Ctrl-C, a preemption notice
+  keep_checkpoints: int  # train-state checkpoints kept (settings.Checkpointing)
+  async_checkpoints: bool  # written in the background while training goes on
   log: Callable[[str], None] = print
-  keep_checkpoints: int = 3  # train-state checkpoints kept (a damaged latest one falls back to the one before)
-  async_checkpoints: bool = True  # written in the background while training goes on
   ckpts: checkpoint.TrainCheckpoints | None = None  # <workdir>/state, once opened (imp.with_run_state)
   monitor: monitor_lib.Monitor | None = None  # TensorBoard events (process 0 writes), once opened
 
