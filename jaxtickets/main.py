@@ -28,24 +28,32 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   round and baseline trained (imp.run), then report.md (process 0 writes it, reading tickets without the others)."""
   import jax
 
-  from jaxtickets import config as config_lib
   from jaxtickets.core import parallel
   from jaxtickets.reports import run_report
   from jaxtickets.run import imp
-  from jaxtickets.weights import files as weights
 
-  # A relative VGG path given from another directory: where the run found it.
-  vgg_weights = weights.locate_run_vgg(config.model.vgg_weights, workdir, imp.log)
-  if vgg_weights != config.model.vgg_weights:
-    config = config.copy_and_resolve_references()
-    config.model.vgg_weights = vgg_weights
-  # Checked on every host: a problem one of them sees (a folder missing on its disk) stops them all.
-  run_settings = parallel.agree(functools.partial(config_lib.checked_settings, config))
+  # Resolved on every host: a problem one of them sees (a folder missing on its disk) stops them all.
+  run_settings = parallel.agree(functools.partial(resolve_run, config, workdir))
   imp.run(run_settings, workdir, allow_config_change=allow_config_change)
   run_report.write_report(workdir)  # from the workdir alone, as python -m jaxtickets.report rebuilds it
   if jax.process_count() > 1:  # the others wait, so no process leaves the coordination service early
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("jaxtickets: report written")
+
+
+def resolve_run(config, workdir: str):
+  """The settings.RunSettings of `config` for a run in `workdir`: a relative config.model.vgg_weights that does not
+  exist from here is where that run found it (so the same command resumes from another directory or host), then
+  the config is checked and resolved."""
+  from jaxtickets import config as config_lib
+  from jaxtickets.run import imp
+  from jaxtickets.weights import files as weights
+
+  vgg_weights = weights.locate_run_vgg(config.model.vgg_weights, workdir, imp.log)
+  if vgg_weights != config.model.vgg_weights:
+    config = config.copy_and_resolve_references()
+    config.model.vgg_weights = vgg_weights
+  return config_lib.checked_settings(config)
 
 
 def main(argv):

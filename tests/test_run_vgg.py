@@ -128,20 +128,20 @@ def test_cli_stylizes_a_ticket_from_another_directory_and_refuses_a_wrong_vgg(re
   assert not (tmp_path / "out2.png").exists()
 
 
-def test_the_same_run_resumes_from_another_directory(relative_run, tmp_path, monkeypatch):
+def test_the_same_run_resumes_from_another_directory(relative_run, tmp_path, monkeypatch, capsys):
   """The relative 'weights/vgg.npz' is not there from another directory: the run's vgg.json says where it was, and
   the resumed run finds every round done (the path may differ; the hash may not)."""
-  from jaxtickets import config as config_lib
+  from jaxtickets import config as config_lib, main
   launch, workdir, _ = relative_run
   monkeypatch.chdir(tmp_path)
   config = tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights="weights/vgg.npz")
   with pytest.raises(UserError, match="weights/vgg.npz' does not exist"):
     config_lib.validate(config)
-  logs = []
-  found = weights.locate_run_vgg(config.model.vgg_weights, workdir, log=logs.append)
-  assert found == str(launch / "weights" / "vgg.npz") and "where the run in" in logs[0]
-  config.model.vgg_weights = found
-  rows = imp.run(config_lib.resolve(config), workdir)
+  run_settings = main.resolve_run(config, workdir)  # what the command does on every host before the run
+  assert run_settings.model.vgg_weights == str(launch / "weights" / "vgg.npz")
+  assert "where the run in" in capsys.readouterr().out
+  assert config.model.vgg_weights == "weights/vgg.npz"  # the caller's config is left as it was
+  rows = imp.run(run_settings, workdir)
   assert {(r["branch"], r["round"]) for r in rows} == {("imp", 0), ("imp", 1)}
   other_vgg(tmp_path / "other.npz")
   with pytest.raises(UserError, match="SHA-256"):  # another file under the same name is still refused
