@@ -277,6 +277,21 @@ def test_demo_loss_network_refuses_a_changed_file_and_an_unmade_width(tmp_path, 
     weights.resolve_demo_vgg(width)
 
 
+def test_the_demo_vgg_record_holds_the_file_hash_and_a_changed_file_is_refused(tmp_path, monkeypatch):
+  import hashlib
+  width = sorted(weights.DEMO_VGG_SHA256)[0]
+  rec = weights.describe_vgg("demo", width)
+  with open(weights.demo_vgg_path(width), "rb") as f:
+    assert rec["sha256"] == hashlib.sha256(f.read()).hexdigest()
+  assert rec["path"] == weights.demo_vgg_path(width) and rec["verified"] == "published"
+  changed = tmp_path / "changed.npz"
+  original = open(weights.demo_vgg_path(width), "rb").read()
+  changed.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+  monkeypatch.setattr(weights, "demo_vgg_path", lambda w: str(changed))
+  with pytest.raises(UserError, match="it was changed or damaged"):  # a record never names a changed file's hash
+    weights.describe_vgg("demo", width)
+
+
 def test_demo_loss_network_refuses_a_model_that_reads_deeper():
   from jaxtickets import models
   with pytest.raises(UserError, match=r"'demo' stops at relu4_1, but sanet reads r51: give ported VGG weights"):
