@@ -50,7 +50,7 @@ def other_vgg(path) -> str:
 
 def test_the_run_records_its_vgg(relative_run):
   launch, workdir, _ = relative_run
-  with open(os.path.join(workdir, weights.VGG_RECORD)) as f:
+  with open(workdir_lib.vgg_record_path(workdir)) as f:
     rec = json.load(f)
   sha = weights.file_sha256(launch / "weights" / "vgg.npz")
   assert rec == {"vgg_weights": "weights/vgg.npz", "path": str(launch / "weights" / "vgg.npz"), "sha256": sha,
@@ -102,13 +102,17 @@ def test_a_resume_with_another_vgg_file_is_refused(tmp_path):
   config = tiny_config(model__vgg_weights=str(tmp_path / "a.npz"))
   shutil.copy(weights.demo_vgg_path(WIDTH), tmp_path / "a.npz")
   spec = config_lib.resolve(config).model
-  first = weights.record_run_vgg(spec, str(tmp_path))
+  record = lambda allow: workdir_lib.check_resume_vgg(weights.describe_vgg(spec.vgg_weights, spec.width),
+                                                       str(tmp_path), allow, log=logged.append)
+  logged = []
+  first = record(False)
+  assert workdir_lib.load_vgg_record(str(tmp_path)) == first and first["launch_dir"] == os.getcwd()
   other_vgg(tmp_path / "a.npz")  # the same path, another file
   with pytest.raises(UserError, match=rf"trained with a VGG of SHA-256 {first['sha256']}, but .* --allow_config_change"):
-    weights.record_run_vgg(spec, str(tmp_path))
-  logged = []
-  weights.record_run_vgg(spec, str(tmp_path), allow_change=True, log=logged.append)
-  assert "resuming" in logged[0] and weights.load_vgg_record(str(tmp_path))["sha256"] != first["sha256"]
+    record(False)
+  assert workdir_lib.load_vgg_record(str(tmp_path)) == first  # a refused resume leaves the record as it was
+  record(True)
+  assert "resuming" in logged[0] and workdir_lib.load_vgg_record(str(tmp_path))["sha256"] != first["sha256"]
 
 
 @pytest.mark.e2e

@@ -56,8 +56,8 @@ def run(run_settings, workdir: str, *, allow_config_change: bool = False) -> lis
         nonlocal lock
         lock = workdir_lib.lock_workdir(workdir, run_settings.resume, log)
         workdir_lib.check_resume_config(run_settings.record, workdir, allow_config_change, log)
-        # vgg.json: the VGG's hash and where it was found
-        weights.record_run_vgg(run_settings.model, workdir, allow_config_change, log)
+        vgg = weights.describe_vgg(run_settings.model.vgg_weights, run_settings.model.width)  # its hash, its release
+        workdir_lib.check_resume_vgg(vgg, workdir, allow_config_change, log)
         return setup(run_settings, workdir, watch=watch, place=False)
 
       ctx = parallel.agree(prepare)

@@ -2,6 +2,8 @@
 
   config.json                        the run's resolved config (a resumed run must have the same, see
                                      config.RESUME_SAFE_FIELDS)
+  vgg.json                           the VGG it trains with (weights.describe_vgg: path, SHA-256, released or not) and
+                                     the directory it was launched from (a resumed run must have the same file)
   run.lock                           the PID and host of the run using the workdir
   init/rep_<r>/theta_<k>/            replicate r's weights at step k: theta_0, and theta_k that pruned rounds rewind to
   tickets/<branch>/rep_<r>/round_NN/ one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)
@@ -28,6 +30,7 @@ from jaxtickets import config as config_lib, storage
 from jaxtickets.errors import UserError
 
 CONFIG = "config.json"
+VGG_RECORD = "vgg.json"
 LOCK = "run.lock"
 INIT = "init"
 TICKETS = "tickets"
@@ -102,6 +105,10 @@ def config_path(workdir: str) -> str:
   return os.path.join(workdir, CONFIG)
 
 
+def vgg_record_path(workdir: str) -> str:
+  return os.path.join(workdir, VGG_RECORD)
+
+
 def stability_dir(workdir: str) -> str:
   """The workdir of stability.py's own training (its state and records of skipped images)."""
   return os.path.join(workdir, STABILITY)
@@ -164,6 +171,30 @@ def check_resume_config(record: dict, workdir: str, allow_config_change: bool, l
       log(f"WARNING: resuming '{workdir}' with a changed config (--allow_config_change): {'; '.join(changes)}.")
   if jax.process_index() == 0:
     checkpoint.save_json(path, record)
+
+
+def load_vgg_record(workdir: str) -> dict:
+  """A run's vgg.json, or {} for a run made before runs recorded their VGG."""
+  path = vgg_record_path(workdir)
+  return checkpoint.load_json(path) if storage.exists(path) else {}
+
+
+def check_resume_vgg(vgg: dict, workdir: str, allow_change: bool, log=print) -> dict:
+  """Refuses to resume a run whose VGG file changed (another SHA-256) unless allowed; writes vgg.json: `vgg`
+  (weights.describe_vgg's record) and the directory the run is launched from, against which a relative
+  config.model.vgg_weights is found again (weights.locate_run_vgg)."""
+  rec = {**vgg, "launch_dir": os.getcwd()}
+  old = load_vgg_record(workdir)
+  if old and old.get("sha256") != rec["sha256"]:
+    was = f"{old.get('sha256') or 'none (a random VGG)'}"
+    if not allow_change:
+      raise UserError(f"The run in '{workdir}' trained with a VGG of SHA-256 {was}, but "
+                      f"config.model.vgg_weights = {rec['vgg_weights']!r} has {rec['sha256'] or 'none'}: point it at "
+                      "the file the run trained with, or pass --allow_config_change to go on with this one.")
+    log(f"WARNING: resuming '{workdir}' with another VGG (SHA-256 {was} -> {rec['sha256'] or 'none'}).")
+  if jax.process_index() == 0:
+    checkpoint.save_json(vgg_record_path(workdir), rec)
+  return rec
 
 
 # ----------------------------------------------------------------------------- the lock

@@ -446,9 +446,7 @@ def model_and_vgg(spec) -> tuple[Any, dict]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# A run's VGG: what it trained with (WORKDIR/vgg.json), and finding it again from anywhere
-
-VGG_RECORD = 'vgg.json'
+# A run's VGG: what it trained with (its workdir's vgg.json), and finding it again from anywhere
 
 
 def vgg_sha256(path: str) -> str:
@@ -499,38 +497,10 @@ def describe_vgg(vgg_weights: str, width: float) -> dict:
   return {**rec, 'verified': said or 'unverified: not a released file'}
 
 
-def record_run_vgg(spec, workdir: str, allow_change: bool = False, log=print) -> dict:
-  """Writes WORKDIR/vgg.json: the VGG the run trains with (path, SHA-256, released or not) and the directory it was
-  launched from, against which a relative vgg_weights of the settings.ModelSpec is found again. A resumed run whose VGG file
-  changed is refused unless `allow_change`."""
-  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
-  from jaxtickets import storage
-  rec = {**describe_vgg(spec.vgg_weights, spec.width), 'launch_dir': os.getcwd()}
-  path = os.path.join(workdir, VGG_RECORD)
-  old = checkpoint.load_json(path) if storage.exists(path) else {}
-  if old and old.get('sha256') != rec['sha256']:
-    was = f"{old.get('sha256') or 'none (a random VGG)'}"
-    if not allow_change:
-      raise UserError(f"The run in '{workdir}' trained with a VGG of SHA-256 {was}, but "
-                      f"config.model.vgg_weights = {rec['vgg_weights']!r} has {rec['sha256'] or 'none'}: point it at "
-                      'the file the run trained with, or pass --allow_config_change to go on with this one.')
-    log(f"WARNING: resuming '{workdir}' with another VGG (SHA-256 {was} -> {rec['sha256'] or 'none'}).")
-  if jax.process_index() == 0:
-    checkpoint.save_json(path, rec)
-  return rec
-
-
-def load_vgg_record(workdir: str) -> dict:
-  """A run's vgg.json, or {} for a run made before runs recorded their VGG."""
-  from jaxtickets.store import checkpoint  # pylint: disable=import-outside-toplevel
-  from jaxtickets import storage
-  path = os.path.join(workdir, VGG_RECORD)
-  return checkpoint.load_json(path) if storage.exists(path) else {}
-
-
 def vgg_record_note(workdir: str) -> str:
   """'; SHA-256 `...`, <the released file> (<how verified>)' for the report's VGG line ('' without a record)."""
-  rec = load_vgg_record(workdir)
+  from jaxtickets.store import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  rec = workdir_lib.load_vgg_record(workdir)
   if not rec.get('sha256'):
     return ''
   if rec.get('vgg_weights') == DEMO_VGG:
@@ -546,12 +516,13 @@ def vgg_record_note(workdir: str) -> str:
 def locate_run_vgg(given: str, workdir: str, log=print) -> str:
   """config.model.vgg_weights, or where the run in `workdir` found it when it is a relative path that does not exist
   from here (its vgg.json: the absolute path, or the path from the directory it was launched from), so the same
-  command resumes from any directory or host. The file's identity is its SHA-256, which record_run_vgg holds the
-  resumed run to."""
+  command resumes from any directory or host. The file's identity is its SHA-256, which
+  store.workdir.check_resume_vgg holds the resumed run to."""
+  from jaxtickets.store import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   if (not given or given == DEMO_VGG or os.path.isabs(given) or storage.is_url(given) or os.path.exists(given)
-      or not storage.isfile(os.path.join(workdir, VGG_RECORD))):
+      or not storage.isfile(workdir_lib.vgg_record_path(workdir))):
     return given
-  rec = load_vgg_record(workdir)
+  rec = workdir_lib.load_vgg_record(workdir)
   tried = [rec.get('path'), rec.get('launch_dir') and os.path.join(rec['launch_dir'], given)]
   found = next((p for p in tried if p and storage.exists(p)), None)
   if found is None:
@@ -568,7 +539,8 @@ def resolve_run_vgg(spec, workdir: str, override: str | None = None, allow_misma
   relative to the directory the run was launched from or to the workdir (a relative path in config.json is the
   launch directory's, not the caller's), then, for runs made before the record, to the current directory.
   """
-  rec = load_vgg_record(workdir)
+  from jaxtickets.store import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  rec = workdir_lib.load_vgg_record(workdir)
   given = spec.vgg_weights
   if override:
     path = override if override == DEMO_VGG else storage.absolute(override)
@@ -586,6 +558,7 @@ def resolve_run_vgg(spec, workdir: str, override: str | None = None, allow_misma
     if got != rec.get('sha256', '') and not allow_mismatch:
       raise UserError(f"VGG weights {path or 'none'!r} have SHA-256 {got or 'none (a random VGG)'}, not the "
                       f"{rec.get('sha256') or 'none (a random VGG)'} the run recorded in "
-                      f"{os.path.join(workdir, VGG_RECORD)}: pass --vgg_weights=PATH of the file it trained with, or "
+                      f"{workdir_lib.vgg_record_path(workdir)}: pass --vgg_weights=PATH of the file it trained "
+                      "with, or "
                       '--allow_vgg_mismatch to go on with these.')
   return path
