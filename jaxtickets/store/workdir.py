@@ -2,8 +2,8 @@
 
   config.json                        the run's resolved config (a resumed run must have the same, see
                                      config.RESUME_SAFE_FIELDS)
-  vgg.json                           the VGG it trains with (weights.describe_vgg: path, SHA-256, released or not) and
-                                     the directory it was launched from (a resumed run must have the same file)
+  vgg.json                           the VGG the run trains with (weights.describe_vgg: path, SHA-256, released or
+                                     not) and the directory it was launched from (a resumed run must have the same file)
   run.lock                           the PID and host of the run using the workdir
   init/rep_<r>/theta_<k>/            replicate r's weights at step k: theta_0, and theta_k that pruned rounds rewind to
   tickets/<branch>/rep_<r>/round_NN/ one ticket per branch x replicate x round (r = 0 .. imp.replicates - 1)

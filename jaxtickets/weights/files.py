@@ -559,6 +559,5 @@ def resolve_run_vgg(spec, workdir: str, override: str | None = None, allow_misma
       raise UserError(f"VGG weights {path or 'none'!r} have SHA-256 {got or 'none (a random VGG)'}, not the "
                       f"{rec.get('sha256') or 'none (a random VGG)'} the run recorded in "
                       f"{workdir_lib.vgg_record_path(workdir)}: pass --vgg_weights=PATH of the file it trained "
-                      "with, or "
-                      '--allow_vgg_mismatch to go on with these.')
+                      'with, or --allow_vgg_mismatch to go on with these.')
   return path
