@@ -12,15 +12,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and results go (default: runs/<model>).")
-flags.DEFINE_bool("allow_config_change", False, "Resume a run in --workdir even though the config differs from "
-                  "its config.json (the differing fields are listed).")
-flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0 (else "
-                    "$JAX_COORDINATOR_ADDRESS; TPU pods, SLURM and Open MPI are detected automatically).")
-flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes (else $JAX_NUM_PROCESSES).")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's id (else $JAX_PROCESS_ID).")
-config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/adain.py or configs/adain.py:demo.",
-                                lock_config=True)
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (not on import: the commands share flag names such as --config)."""
+  flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and results go (default: runs/<model>).")
+  flags.DEFINE_bool("allow_config_change", False, "Resume a run in --workdir even though the config differs from "
+                    "its config.json (the differing fields are listed).")
+  flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0 (else "
+                      "$JAX_COORDINATOR_ADDRESS; TPU pods, SLURM and Open MPI are detected automatically).")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes (else $JAX_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's id (else $JAX_PROCESS_ID).")
+  config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/adain.py or configs/adain.py:demo.",
+                                  lock_config=True)
 
 
 def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> None:
@@ -88,4 +92,5 @@ if __name__ == "__main__":
   from jaxtickets import tcmalloc
   tcmalloc.preload()  # first: it may re-execute this command under tcmalloc (CPU only)
   from jaxtickets import config as config_lib_flags  # pylint: disable=g-import-not-at-top
+  define_flags()
   app.run(main, flags_parser=config_lib_flags.parse_flags)

@@ -18,14 +18,18 @@ from jaxtickets import errors
 from jaxtickets.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("topology", None, "A TPU topology as JAX names them: v4, v5e, v5p or v6e and a slice shape, e.g. "
-                    "v5e:4x4, v5e:16x16, v4:2x2x2, v5p:4x4x4. Default: this machine's devices.")
-flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined over the data-center network (multi-slice).")
-flags.DEFINE_float("utilization", 0.4, "The share of the chip's peak FLOP/s a step is assumed to reach, for the "
-                   "second cost estimate (the first assumes the peak).")
-flags.DEFINE_float("peak_tflops", None, "Peak bf16 TFLOP/s per device where the chip table has none (CPU, GPU).")
-config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/adain.py or configs/adain.py:demo.",
-                                lock_config=True)
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (not on import: the commands share flag names such as --config)."""
+  flags.DEFINE_string("topology", None, "A TPU topology as JAX names them: v4, v5e, v5p or v6e and a slice shape, "
+                      "e.g. v5e:4x4, v5e:16x16, v4:2x2x2, v5p:4x4x4. Default: this machine's devices.")
+  flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined over the data-center network (multi-slice).")
+  flags.DEFINE_float("utilization", 0.4, "The share of the chip's peak FLOP/s a step is assumed to reach, for the "
+                     "second cost estimate (the first assumes the peak).")
+  flags.DEFINE_float("peak_tflops", None, "Peak bf16 TFLOP/s per device where the chip table has none (CPU, GPU).")
+  config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/adain.py or configs/adain.py:demo.",
+                                  lock_config=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,4 +193,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from jaxtickets import config as config_lib_flags  # pylint: disable=g-import-not-at-top
+  define_flags()
   app.run(main, flags_parser=config_lib_flags.parse_flags)

@@ -20,6 +20,20 @@ def run_main(*args, cwd=ROOT):
                         timeout=300)
 
 
+COMMANDS = ("main", "plan", "study", "stylize", "export", "report", "stability")
+
+
+def test_the_commands_import_side_by_side_as_libraries():
+  """Each command defines its flags only when it runs (several share names such as --config), so its functions
+  (main.train_and_evaluate, plan.make_plan, study.run...) import into one process, as a notebook or a test uses them."""
+  import importlib
+  for name in COMMANDS:
+    module = importlib.import_module(f"jaxtickets.{name}")
+    assert callable(module.define_flags) and callable(module.main)
+  from jaxtickets import main
+  assert callable(main.train_and_evaluate) and callable(main.resolve_run)
+
+
 @pytest.mark.e2e
 def test_cli_bad_input_is_one_sentence(tmp_path):
   """The command line turns validation's sentence into its error (every field's sentence: test_config)."""
