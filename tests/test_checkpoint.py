@@ -1,4 +1,4 @@
-"""Tests for jaxtickets.checkpoint: tickets, lone params trees and JSON files on disk."""
+"""Tests for jaxtickets.store.checkpoint: tickets, lone params trees and JSON files on disk."""
 
 import glob
 import os

@@ -3,7 +3,7 @@
 The file names and key layouts are checked against the PyTorch formulations of tests/test_port*.py (written from
 models.md, independently of the Flax models): at full width every file loads into them with strict
 load_state_dict; stylizing through the exported AdaIN and SANet weights there matches jaxtickets' stylize within
-the port parity tolerance; reading the files back (jaxtickets.port) gives the masked params bit for bit.
+the port parity tolerance; reading the files back (jaxtickets.weights.port) gives the masked params bit for bit.
 """
 
 import os
@@ -96,7 +96,7 @@ def load(out, name: str) -> dict:
 
 
 def read_back(model, out, shapes_of_vgg) -> tuple[dict, dict]:
-  """(params, encoder) read from the exported files by jaxtickets.port's own conversion (any width)."""
+  """(params, encoder) read from the exported files by jaxtickets.weights.port's own conversion (any width)."""
   flat, notes = {}, []
   for part in (p for parts in model.torch_parts.values() for p in parts):
     n = len(part.dst) + 1
@@ -128,7 +128,7 @@ def test_kernels_transpose_back_to_what_port_reads():
 
 
 def test_every_zero_layer_is_skipped_when_read_back():
-  """A layout's zero-filled layers fall under its skipped prefixes, so jaxtickets.port reads an export back."""
+  """A layout's zero-filled layers fall under its skipped prefixes, so jaxtickets.weights.port reads an export back."""
   layouts = [vgg_lib.VGG_NORMALISED] + [models.get_model(n).torch_encoder.layouts[0] for n in models.model_names()]
   for name in models.model_names():
     layouts += [p.layouts[0] for parts in models.get_model(name).torch_parts.values() for p in parts]
@@ -151,7 +151,7 @@ def test_tiny_width_files_names_zeros_and_round_trip(name, tmp_path):
     if file == "vgg_r41.pth":  # encoder4 = encoder5's conv1..conv10
       want = {k for k in want if int(k.split(".")[0][4:]) <= 10}
     assert keys == want, file
-  # Read back through jaxtickets.port: the masked params bit for bit, pruned weights as zeros.
+  # Read back through jaxtickets.weights.port: the masked params bit for bit, pruned weights as zeros.
   want = masked(params, masks)
   got, encoder = read_back(model, tmp_path, export_torch._vgg_shapes(model.width))
   for group in got:

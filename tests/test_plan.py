@@ -1,4 +1,4 @@
-"""Compiling for a target ahead of time (jaxtickets.aot) and the planner (jaxtickets.plan).
+"""Compiling for a target ahead of time (jaxtickets.run.aot) and the planner (jaxtickets.plan).
 
 TPU topologies need libtpu (the tpu extra); their devices are abstract, so nothing here needs a TPU. Compiles are
 of tiny AdaIN at 32 px.

@@ -1,4 +1,4 @@
-"""Tests for jaxtickets.port: readers, strict key checks, VGG layouts, AdaIN parity with a PyTorch formulation,
+"""Tests for jaxtickets.weights.port: readers, strict key checks, VGG layouts, AdaIN parity with a PyTorch formulation,
 ported directories (vgg_weights / init_from) and scripts/port_weights.py.
 
 The PyTorch models here (and in tests/test_port_<model>.py, which import these helpers) are written for the

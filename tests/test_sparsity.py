@@ -1,4 +1,4 @@
-"""Tests for jaxtickets.sparsity on small hand-made param dicts."""
+"""Tests for jaxtickets.core.sparsity on small hand-made param dicts."""
 
 import itertools
 

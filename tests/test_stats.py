@@ -1,4 +1,4 @@
-"""Tests for jaxtickets.stats on synthetic losses whose answer is known."""
+"""Tests for jaxtickets.results.stats on synthetic losses whose answer is known."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for jaxtickets.workdir: where a run's files are, the workdir lock."""
+"""Tests for jaxtickets.store.workdir: where a run's files are, the workdir lock."""
 
 import os
 

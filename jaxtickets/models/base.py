@@ -39,7 +39,8 @@ class StyleModel:
   and `vgg_params` (the frozen loss VGG up to `loss_depth`). When `train_encoder` is False the stylizing encoder
   reads `vgg_params`. Only `trained_groups` (default: all of `groups`) get gradients and can be pruned; the others
   (e.g. LST's pre-trained decoder) ride along in `params` unchanged. `torch_parts` names the released PyTorch
-  files that jaxtickets.port reads into the 'decoder' and 'transform' groups (set at the end of each model's file).
+  files that jaxtickets.weights.port reads into the 'decoder' and 'transform' groups (set at the end of each
+  model's file).
 
   `loss` reports 'total' plus the model's own names: `terms` (its loss terms, in display order: logs, TensorBoard,
   results.csv, the report's per-term intervals and curves) and `extra_metrics` (other scalars that are no loss

@@ -20,8 +20,9 @@ class KeyLayout:
   """A file's key layout: its layers plus known harmless extras (key prefix, note) that are skipped.
 
   `zeros` are layers of the upstream module that no param fills and that its forward pass never runs (a VGG's tail,
-  MCCNet's unused h): jaxtickets.export_torch writes them as zeros shaped like the layer `dst` names, because the
-  upstream scripts load strictly; each one's key must fall under a `skipped` prefix so reading them back skips them.
+  MCCNet's unused h): jaxtickets.tickets.export_torch writes them as zeros shaped like the layer `dst` names,
+  because the upstream scripts load strictly; each one's key must fall under a `skipped` prefix so reading them back
+  skips them.
   """
   name: str
   layers: tuple[Layer, ...]

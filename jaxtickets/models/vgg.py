@@ -87,7 +87,7 @@ class VGGEncoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# PyTorch layout: VGG19 files (models.md §1.3, §9) as jaxtickets.port reads them, up to conv5_1.
+# PyTorch layout: VGG19 files (models.md §1.3, §9) as jaxtickets.weights.port reads them, up to conv5_1.
 
 _TAIL = "conv5_2..conv5_4: no model reads past relu5_1"
 

@@ -8,7 +8,7 @@ MANet's and MCCNet's decoder/ma_module/mcc_module_iter_160000.pth, AdaAttN's lat
 adaattn_3}.pth, plus the encoder the ticket stylizes with (vgg_normalised.pth; LST's vgg_r41.pth). Pruned weights
 are zeros, so a ticket runs in the upstream code unchanged.
 
-The mapping is the one jaxtickets.port reads, run backwards from the same tables (each model's `torch_parts` and
+The mapping is the one jaxtickets.weights.port reads, run backwards from the same tables (each model's `torch_parts` and
 `torch_encoder`, models/torch_layout.py): HWIO -> OIHW, (I, O) -> (O, I), a 1x1 conv held as a Dense back to
 (O, I, 1, 1). The upstream scripts load strictly, so layers the upstream module holds but never runs are written
 as zeros: each layout's `zeros` (the VGG's conv5_2..conv5_4, MCCNet's MCCN.h) and, in vgg_normalised.pth, the VGG

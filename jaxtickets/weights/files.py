@@ -10,8 +10,8 @@
                   "model_config", "sources", "notes"}) and params/, an Orbax params checkpoint of
                   {"params": {group: tree}, "vgg": tree} (or {"vgg": tree} alone for a VGG-only port)
 
-Each format has one reader here; jaxtickets.export_format builds the export layout on `read_npz` and
-`read_safetensors`, and jaxtickets.port converts what `read_state_dict` gives.
+Each format has one reader here; jaxtickets.tickets.export_format builds the export layout on `read_npz` and
+`read_safetensors`, and jaxtickets.weights.port converts what `read_state_dict` gives.
 """
 
 import dataclasses
@@ -475,7 +475,7 @@ def vgg_sha256(path: str) -> str:
 
 def describe_vgg(vgg_weights: str, width: float) -> dict:
   """{'vgg_weights', 'path', 'sha256', 'release', 'verified'} of a config.model.vgg_weights: the released file its
-  hash names (jaxtickets.releases) and how that is known ('published', 'pinned'), or why it is not."""
+  hash names (jaxtickets.weights.releases) and how that is known ('published', 'pinned'), or why it is not."""
   from jaxtickets.weights import releases  # pylint: disable=import-outside-toplevel
   rec = {'vgg_weights': vgg_weights, 'path': '', 'sha256': '', 'release': '', 'verified': ''}
   if not vgg_weights:
