@@ -1,4 +1,4 @@
-"""results.summarize and its words (report.py) on synthetic result rows whose verdicts are known."""
+"""results.tables.summarize and its words (results/text.py) on synthetic result rows whose verdicts are known."""
 
 import math
 
