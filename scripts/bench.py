@@ -154,13 +154,14 @@ def bench_model(name: str, args, mesh, with_dense: bool = True, extra_runs: dict
   vgg_r, masks_r, key = parallel.put_replicated(vgg, mesh), parallel.put_replicated(masks, mesh), jax.random.PRNGKey(2)
   fresh = lambda: train.create_state(params, sparsity.ones_masks(params), 0, tx, mesh, model.trained_groups)
 
+  step = config_lib.resolve(config).step
   t = time.perf_counter()
-  masked = one_run_step(model, config_lib.resolve(config).step, tx, mesh).lower(fresh(), masks_r, vgg_r, batch, key).compile()
+  masked = one_run_step(model, step, tx, mesh).lower(fresh(), masks_r, vgg_r, batch, key).compile()
   compile_s = time.perf_counter() - t
   flops = cost_flops(masked)
   runs = {"masked": masked}
   if with_dense:
-    runs["dense"] = compile_dense_step(model, config_lib.resolve(config).step, tx, mesh, fresh(), masks_r, vgg_r, batch, key)
+    runs["dense"] = compile_dense_step(model, step, tx, mesh, fresh(), masks_r, vgg_r, batch, key)
   extra_runs = extra_runs or {}
   states = {kind: fresh() for kind in runs}
   times = {kind: [] for kind in [*runs, *extra_runs]}

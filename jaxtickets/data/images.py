@@ -129,8 +129,9 @@ def load_image(path_or_bytes: str | bytes | os.PathLike, min_size: int | None = 
   With `min_size`, a file of REDUCE_FROM_PIXELS or more and much larger than min_size is decoded at reduced size,
   each side kept at least REDUCE_MARGIN * min_size (the caller resizes it to min_size afterwards). Memory per
   decode: a JPEG is decoded straight at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), about 3 bytes per pixel of
-  that reduced image; any other format is decoded once at full size as stored (1-4 bytes per pixel; at most 6 while a palette or 16-bit
-  image widens to a mode that can be averaged) and shrunk by an integer factor before anything else touches it.
+  that reduced image; any other format is decoded once at full size as stored (1-4 bytes per pixel; at most 6 while
+  a palette or 16-bit image widens to a mode that can be averaged) and shrunk by an integer factor before anything
+  else touches it.
   PIL's limit bounds the full size: a file over 2 x PIL.Image.MAX_IMAGE_PIXELS (179 M pixels) is refused as a bad
   image, so one decode holds at most about 1 GB. Measured for an 8000x6000 RGB file and min_size 512: PNG 0.2 GB
   peak (0.64 GB decoded whole), JPEG 0.04 GB. A file over MAX_IMAGE_PIXELS is named in a warning.

@@ -57,8 +57,8 @@ def format_markdown(run, rows: list[dict], summary: list[dict], workdir: str, fi
       ["encoder", "trained (part of the pruned network)" if m.train_encoder else "fixed (the frozen VGG)"],
       ["VGG weights", vgg],
       ["deviations from the reference", "; ".join(reference_deviations(spec)) or "none"],
-      ["pruning scope", f"`{','.join(sp.scope)}` ({sp.method} magnitude, {sp.fraction:.0%} of the remaining weights per "
-                        f"round{cap})"],
+      ["pruning scope", f"`{','.join(sp.scope)}` ({sp.method} magnitude, {sp.fraction:.0%} of the remaining "
+                        f"weights per round{cap})"],
       ["rewind point used", rewind],
       ["rounds", f"{done} pruned round(s) done of {ip.rounds} configured; {run.step.steps:,} steps per round"],
       ["replicates", f"{len(reps)} done of {ip.replicates} configured (seeds {ip.seed} + r); each "

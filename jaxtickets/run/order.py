@@ -112,7 +112,8 @@ def phases(protocol, steps: int, runs_per_step: int, replicates: int | None = No
   kinds = [0 if any(k.round == 0 for k in p) else 1 if any(k.branch == IMP for k in p) else 2
            for p in packs]
   beside = sum(k.branch != IMP for p, kind in zip(packs, kinds) if kind == 1 for k in p)
-  named = {0: "dense round 0", 1: f"IMP rounds 1-{protocol.rounds}" + (f" + {beside} baselines beside" if beside else ""),
+  named = {0: "dense round 0",
+           1: f"IMP rounds 1-{protocol.rounds}" + (f" + {beside} baselines beside" if beside else ""),
            2: f"baselines after IMP ({', '.join(protocol.branches[1:])})"}
   return [Phase(named[kind], trainings=sum(len(p) for p, k in zip(packs, kinds) if k == kind),
                 packs=kinds.count(kind), steps=steps if kind == 0 else steps - protocol.rewind_step,

@@ -61,7 +61,8 @@ def path_losses(c: train.Compute, a, b, masks, points: int) -> list[float]:
   out = []
   for alpha in np.linspace(0.0, 1.0, points):
     params = interpolate(a, b, float(alpha), masks)
-    out.append(evaluate.evaluate(c.eval_fn, params, masks, c.vgg_params, c.pairs, c.protocol.eval_batch_size)["total"])
+    losses = evaluate.evaluate(c.eval_fn, params, masks, c.vgg_params, c.pairs, c.protocol.eval_batch_size)
+    out.append(losses["total"])
   return out
 
 

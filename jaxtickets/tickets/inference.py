@@ -187,7 +187,8 @@ class Stylizer:
     return cls(model, e.params, vgg, e.masks, model_config=e.model_config)
 
 
-# The model and VGG params of a run's settings.ModelSpec, built by the one function the trainer (imp.setup) builds them with.
+# The model and VGG params of a run's settings.ModelSpec, built by the one function the trainer (imp.setup) builds
+# them with.
 model_and_vgg = weights_lib.model_and_vgg
 
 
