@@ -142,6 +142,7 @@ def test_adaattn_results_and_report_carry_its_own_term_names(tmp_path, monkeypat
   text = report_run.format_markdown(config_lib.resolve(config), rows, summary, workdir, {}, [])
   assert "| global / local vs dense |" in text and "content" not in text.split("## Verdicts")[1]
   assert "| global | local | total | relative_to_dense |" in text  # the all-results table
+  assert f"`python -m jaxtickets.report --workdir={workdir}` rebuilds this report" in text
   report_figures.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=ADAATTN_TERMS)
   with Image.open(tmp_path / "curves.png") as img:
     assert img.size == (1500, 520)  # three panels: total, global, local
@@ -163,3 +164,28 @@ def test_content_style_models_keep_their_columns(tmp_path, monkeypatch):
   assert _header(workdir, "results.csv") == [f for f in results.RESULT_FIELDS
                                              if f not in ("sparsity_encoder", "sparsity_transform")]
   assert _header(workdir, "summary.csv")[:12 + 6] == list(results.SUMMARY_FIELDS[:12 + 6])
+
+
+def test_curves_say_what_their_markers_mean_and_titles_clear_the_next_panel(tmp_path, monkeypatch):
+  workdir = _fake_run(tmp_path, monkeypatch, ("content", "style"))
+  rows, summary = results.write_results(workdir, "adain", config_lib.resolve(tiny_config(imp__branches="imp")).protocol,
+                                        skips={})
+  drawn = []
+  save = report_figures.storage.save_figure
+  monkeypatch.setattr(report_figures.storage, "save_figure", lambda fig, path, **kw: (drawn.append(fig),
+                                                                                      save(fig, path, **kw)))
+  report_figures.plot_curves(summary, 0.02, str(tmp_path / "curves.png"), terms=results.run_terms(rows)[0])
+  (fig,) = drawn
+  total, content, style = fig.axes
+  verdicts = [r["verdict"] for r in summary]
+  labels = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert "dense network" in labels and all(v in labels for v in verdicts if v)
+  assert "inconclusive" in labels or "inconclusive" not in verdicts
+  # The total's panel marks each round by its verdict; a term's panel has no verdict of its own.
+  want = {"matches": "o", "inconclusive": "o", "does not match": "X", "": "s"}
+  points = lambda ax: [line.get_marker() for line in ax.lines if len(line.get_xdata()) == 1 and line.get_marker() != "*"]
+  assert points(total) == [want[v] for v in verdicts]
+  assert set(points(content)) == set(points(style)) == {"."}
+  # Each panel's title stays clear of the next panel's axis label.
+  for left, right in ((total, content), (content, style)):
+    assert not left.title.get_window_extent().overlaps(right.yaxis.label.get_window_extent()), left.get_title()

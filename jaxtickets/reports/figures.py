@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import matplotlib.lines
 import matplotlib.ticker
 from matplotlib.figure import Figure
 from tqdm import tqdm
@@ -36,8 +37,9 @@ _VERDICT_MARKERS = {"matches": dict(marker="o"), "does not match": dict(marker="
 def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "", *,
                 terms: tuple[str, ...]) -> None:
   """One panel for the total and one per loss term in `terms`: the geometric mean ratio of held-out loss
-  (ticket / dense) - 1 vs prunable sparsity, per branch, with its 95% interval as a band; filled dots match, hollow
-  ones are inconclusive, crosses do not match."""
+  (ticket / dense) - 1 vs prunable sparsity, per branch, with its 95% interval as a band. In the total's panel
+  (the one the verdicts judge) filled dots match, hollow ones are inconclusive, crosses do not match, and the legend
+  says so; the terms' panels mark their estimates with plain dots."""
   metrics = ("total", *terms)
   cols = min(len(metrics), MAX_CURVE_COLUMNS)
   rows = math.ceil(len(metrics) / cols)
@@ -58,7 +60,8 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
     ax.axhline(1.0, color="0.5", lw=1)
     shown = [1.0]
     if metric == "total":
-      ax.axhline(ratio(tolerance), color="k", ls="--", lw=1, label=f"tolerance +{tolerance:.1%}")
+      ax.axhline(ratio(tolerance), color="k", ls="--", lw=1,
+                 label=f"tolerance +{tolerance:.1%}: a round matches when its whole interval lies below")
       shown.append(ratio(tolerance))
     for i, (branch, rs) in enumerate(_by_branch(summary).items()):
       rs = [r for r in rs if rel in r]
@@ -72,7 +75,8 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
       ax.plot(x, [ratio(r[rel]) for r in rs], "-", color=color, label=branch)
       shown += [ratio(r[rel]) for r in rs if math.isfinite(r[rel])]  # no estimate: every replicate collapsed
       for r, xi in zip(rs, x):
-        ax.plot(xi, ratio(r[rel]), color=color, ms=6, ls="", **_VERDICT_MARKERS.get(r.get("verdict", ""), {}))
+        marker = _VERDICT_MARKERS.get(r.get("verdict", ""), {}) if metric == "total" else dict(marker=".")
+        ax.plot(xi, ratio(r[rel]), color=color, ms=6, ls="", **marker)
       b = best.get(branch, (None, None))[0]
       if b is not None and metric == "total":
         ax.plot(100 * b["sparsity_prunable"], ratio(b[rel]), "*", color=color, ms=16, mec="k",
@@ -85,9 +89,14 @@ def plot_curves(summary: list[dict], tolerance: float, path: str, title: str = "
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("sparsity of the prunable weights (%)")
     ax.set_ylabel(f"{metric} loss: ticket / dense - 1 (geometric mean, log scale)")
-    ax.set_title(f"{metric} loss" + (" (matches: whole interval below the tolerance)" if metric == "total" else ""))
+    ax.set_title(f"{metric} loss")
     ax.grid(alpha=0.3, which="both")
   handles, labels = axes[0].get_legend_handles_labels()
+  shown_verdicts = {r.get("verdict", "") for r in summary}
+  for verdict, marker in _VERDICT_MARKERS.items():  # what the total panel's markers say
+    if verdict in shown_verdicts:
+      handles.append(matplotlib.lines.Line2D([], [], color="0.3", ls="", ms=6, **marker))
+      labels.append(verdict or "dense network")
   fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
   if title:
     fig.suptitle(title)
