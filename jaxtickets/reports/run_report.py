@@ -2,6 +2,7 @@
 rebuilt from the saved tickets (results.write_results) into the workdir by process 0."""
 
 import os
+import shlex
 
 import jax
 
@@ -72,7 +73,9 @@ def format_markdown(run, rows: list[dict], summary: list[dict], workdir: str, fi
   if dense:
     settings.append(["parameters (dense)", f"{dense[0]['remaining_total']:,} in all, "
                                            f"{dense[0]['remaining_prunable']:,} prunable"])
-  text = [f"# Lottery tickets of {m.name}", "", f"Workdir `{workdir}`, made by `python -m jaxtickets.report`.", "",
+  rebuild = f"python -m jaxtickets.report --workdir={shlex.quote(workdir)}"
+  text = [f"# Lottery tickets of {m.name}", "", f"Workdir `{workdir}`. `{rebuild}` rebuilds this report from the "
+          "run's tickets.", "",
           table(["setting", "value"], settings), "", "## Highest matching sparsity", ""]
   text += [f"- {line.strip()}" for line in matching_lines(summary, ip.match_tolerance)] + [""]
   learn = learnability_lines(summary)
