@@ -160,8 +160,14 @@ def model_options(config) -> ml_collections.ConfigDict:
   return mc
 
 
-def checked_settings(config, devices=None, data: bool = True) -> settings.RunSettings:
-  """validate, then resolve: what an entry point does with the config it is handed."""
+def checked_settings(config, devices=None, data: bool = True, *,
+                     vgg_weights: str | None = None) -> settings.RunSettings:
+  """validate, then resolve: what an entry point does with the config it is handed. `vgg_weights` is where
+  config.model.vgg_weights was found from here (weights.locate_run_vgg), checked and used in its place; the caller's
+  config is left as it was."""
+  if vgg_weights is not None and vgg_weights != config.model.vgg_weights:
+    config = config.copy_and_resolve_references()
+    config.model.vgg_weights = vgg_weights
   validate(config, devices, data)
   return resolve(config)
 

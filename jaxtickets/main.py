@@ -53,11 +53,8 @@ def resolve_run(config, workdir: str):
   from jaxtickets.run import imp
   from jaxtickets.weights import files as weights
 
-  vgg_weights = weights.locate_run_vgg(config.model.vgg_weights, workdir, imp.log)
-  if vgg_weights != config.model.vgg_weights:
-    config = config.copy_and_resolve_references()
-    config.model.vgg_weights = vgg_weights
-  return config_lib.checked_settings(config)
+  return config_lib.checked_settings(
+      config, vgg_weights=weights.locate_run_vgg(config.model.vgg_weights, workdir, imp.log))
 
 
 def main(argv):

@@ -34,6 +34,7 @@ import ml_collections
 from jaxtickets import config as config_lib, storage
 from jaxtickets.run import imp
 from jaxtickets.reports import run_report as report_run, study_report as report_study
+from jaxtickets.weights import files as weights
 from jaxtickets import errors
 from jaxtickets.errors import UserError
 
@@ -178,8 +179,11 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
 
   runs, notes = plan(study_config, workdir)
   reports = study_config.get("reports", True) if reports is None else reports
-  # Every sub-run's config checked (on every host) before the first trains: a bad one does not wait hours.
-  resolved = parallel.agree(lambda: [config_lib.checked_settings(sub.config) for sub in runs])
+  # Every sub-run's config checked (on every host) before the first trains: a bad one does not wait hours. A relative
+  # config.model.vgg_weights that is not here is where the sub-run found it (a study resumed from another directory).
+  resolved = parallel.agree(lambda: [config_lib.checked_settings(
+      sub.config, vgg_weights=weights.locate_run_vgg(sub.config.model.vgg_weights, sub.workdir, imp.log))
+      for sub in runs])
   for i, (sub, run_settings) in enumerate(zip(runs, resolved), start=1):
     imp.log(f"=== study {i}/{len(runs)}: {sub.model} / {sub.name} -> {sub.workdir}")
     same = next((earlier for earlier in runs[:i - 1] if same_imp(earlier, sub)), None)

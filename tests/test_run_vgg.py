@@ -1,6 +1,7 @@
 """A run records its VGG (WORKDIR/vgg.json: path, SHA-256, released or not, the launch directory); its tickets find
 that VGG from any directory, --vgg_weights points elsewhere, and a file of another hash is refused."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -150,3 +151,30 @@ def test_the_same_run_resumes_from_another_directory(relative_run, tmp_path, mon
   other_vgg(tmp_path / "other.npz")
   with pytest.raises(UserError, match="SHA-256"):  # another file under the same name is still refused
     imp.run(config_lib.resolve(tiny_config(imp__rounds=1, train__steps=1, model__vgg_weights=str(tmp_path / "other.npz"))), workdir)
+
+
+def test_a_study_resumes_from_another_directory(relative_run, tmp_path, monkeypatch, capsys):
+  """A study with a relative config.model.vgg_weights, launched where that path exists, resumes from a directory
+  where it does not: each sub-run finds the VGG where it trained with it, and nothing trains again."""
+  from jaxtickets import study  # pylint: disable=import-outside-toplevel
+  launch, _, _ = relative_run
+  spec = importlib.util.spec_from_file_location("study_adain", os.path.join(ROOT, "configs", "study_adain.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("demo")
+  c.comparisons, c.baselines, c.reports = "baselines", "", False
+  c.overrides = {"model": {"width": WIDTH, "vgg_weights": "weights/vgg.npz"},
+                 "data": {"load_size": 40, "crop_size": 32},
+                 "train": {"steps": 2, "batch_size": 2, "log_every": 1, "lr": 1e-3, "adam_eps": 1e-4},
+                 "imp": {"rounds": 1, "replicates": 1}, "eval": {"num_pairs": 2, "batch_size": 2}}
+  workdir = str(launch / "runs" / "study")
+  monkeypatch.chdir(launch)
+  study.run(c, workdir)
+  ticket = workdir_lib.ticket_dir(os.path.join(workdir, "adain", "reference"), "imp", 1, 0)
+  before = os.path.getmtime(ticket)
+  monkeypatch.chdir(tmp_path)  # 'weights/vgg.npz' does not exist here
+  capsys.readouterr()
+  study.run(c, workdir)
+  out = capsys.readouterr().out
+  assert "where the run in" in out and "already done" in out
+  assert os.path.getmtime(ticket) == before
