@@ -102,9 +102,21 @@ def listdir(path) -> list[str]:
 
 
 def makedirs(path) -> None:
-  """A folder and its parents (an object store has no folders: a no-op there)."""
-  if not is_url(path):
+  """A folder and its parents (an object store has no folders: a no-op there); UserError when a file stands in the
+  way or the folder cannot be made."""
+  if is_url(path):
+    return
+  try:
     os.makedirs(path, exist_ok=True)
+  except OSError as err:
+    blocker = os.fspath(path)
+    while blocker and not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
+      blocker = os.path.dirname(blocker)
+    if os.path.isfile(blocker):
+      raise UserError(f"The folder '{path}' cannot be made: '{blocker}' is a file; choose another path or move that "
+                      "file.") from None
+    raise UserError(f"The folder '{path}' cannot be made ({err.strerror or err}): choose a path you can write "
+                    "to.") from None
 
 
 def remove(path) -> None:

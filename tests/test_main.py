@@ -34,6 +34,14 @@ def test_the_commands_import_side_by_side_as_libraries():
   assert callable(main.train_and_evaluate) and callable(main.resolve_run)
 
 
+def test_a_workdir_that_is_a_file_is_one_sentence_before_anything_is_built(tmp_path):
+  from jaxtickets import main  # pylint: disable=import-outside-toplevel
+  (tmp_path / "run").write_text("not a folder")
+  with pytest.raises(UserError, match=r"cannot be made: '.*run' is a file; choose another path"):
+    main.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+  assert (tmp_path / "run").read_text() == "not a folder"
+
+
 @pytest.mark.e2e
 def test_cli_bad_input_is_one_sentence(tmp_path):
   """The command line turns validation's sentence into its error (every field's sentence: test_config)."""

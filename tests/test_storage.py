@@ -144,6 +144,17 @@ def test_a_missing_filesystem_package_is_one_sentence(monkeypatch):
     storage.check_reachable("gs://b/run", "--workdir")
 
 
+def test_a_folder_that_a_file_blocks_is_one_sentence(tmp_path):
+  (tmp_path / "taken").write_text("a file")
+  for path in (tmp_path / "taken", tmp_path / "taken" / "run" / "tickets"):
+    with pytest.raises(UserError, match=rf"^The folder '{re.escape(str(path))}' cannot be made: "
+                                        rf"'{re.escape(str(tmp_path / 'taken'))}' is a file; choose another path"):
+      storage.makedirs(path)
+  storage.makedirs(tmp_path / "free" / "run")  # parents are made; an existing folder is fine
+  storage.makedirs(tmp_path / "free" / "run")
+  assert (tmp_path / "free" / "run").is_dir()
+
+
 def test_listing_difference_names_the_first_differing_file():
   digests = lambda names: sources._listing_digests([f"/d/{n}" for n in names], "/d")
   same, other, short = digests(["a.png", "b.png"]), digests(["a.png", "c.png"]), digests(["a.png"])
