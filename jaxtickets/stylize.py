@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from jaxtickets import data
+from jaxtickets import data, storage
 from jaxtickets import errors
 from jaxtickets.errors import UserError
 
@@ -67,7 +67,7 @@ def save(path: str, image: np.ndarray) -> None:
   ext = os.path.splitext(path)[1].lower()
   if ext not in OUT_EXTENSIONS:
     raise UserError(f"The output '{path}' has the extension '{ext}': use one of {', '.join(OUT_EXTENSIONS)}.")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  storage.makedirs(os.path.dirname(os.path.abspath(path)))
   try:
     if ext == ".npy":
       np.save(path, np.asarray(image, np.float32))

@@ -290,3 +290,11 @@ def test_a_large_photo_is_decoded_reduced_for_the_size_asked_and_looks_the_same(
   assert asked == [64] and got.shape == (64, 96, 3)
   full = stylize.resize_shorter(load_image(path), 64).astype(np.float32) / 255
   assert np.abs(got - full).mean() < 2 / 255
+
+
+def test_an_output_under_a_file_is_one_sentence(tmp_path):
+  (tmp_path / "taken").write_text("a file")
+  with pytest.raises(UserError, match=r"'.*taken' is a file; choose another path"):
+    stylize.save(str(tmp_path / "taken" / "out.png"), np.zeros((8, 8, 3), np.float32))
+  stylize.save(str(tmp_path / "new" / "out.png"), np.zeros((8, 8, 3), np.float32))  # its folder is made
+  assert (tmp_path / "new" / "out.png").is_file()

@@ -44,7 +44,7 @@ def _download(url: str, dest: str, entry: releases.Released, log) -> str:
         raise UserError(f'Yandex.Disk gave no download address for {entry.title} ({url}): '
                         f'{_by_hand(entry)}.') from None
   log(f'Downloading {entry.title} from {url}')
-  os.makedirs(os.path.dirname(dest), exist_ok=True)
+  storage.makedirs(os.path.dirname(dest))
   def stream(part: str) -> None:
     with _open(url, entry) as resp, open(part, 'wb') as f:
       kind = resp.headers.get('Content-Type', '')
@@ -68,7 +68,7 @@ def _from_archive(archive: str, member: str, dest: str) -> str | None:
     names = [n for n in z.namelist() if os.path.basename(n) == member]
     if not names:
       return None
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    storage.makedirs(os.path.dirname(dest))
     with z.open(names[0]) as src, open(dest, 'wb') as out:
       shutil.copyfileobj(src, out, 1 << 20)
   return dest
