@@ -186,7 +186,7 @@ def check_resume_vgg(vgg: dict, workdir: str, allow_change: bool, log=print) -> 
   rec = {**vgg, "launch_dir": os.getcwd()}
   old = load_vgg_record(workdir)
   if old and old.get("sha256") != rec["sha256"]:
-    was = f"{old.get('sha256') or 'none (a random VGG)'}"
+    was = old.get("sha256") or "none (a random VGG)"
     if not allow_change:
       raise UserError(f"The run in '{workdir}' trained with a VGG of SHA-256 {was}, but "
                       f"config.model.vgg_weights = {rec['vgg_weights']!r} has {rec['sha256'] or 'none'}: point it at "
