@@ -69,6 +69,7 @@ class Decoder(tp.Module):
 
 
 @needs_torch
+@pytest.mark.e2e  # a full-width PyTorch build: the developer loop keeps AdaIN's parity (test_port.py)
 def test_adaattn_parity(vgg_file, tmp_path):
   vgg, vgg_path = vgg_file
   torch.manual_seed(50)

@@ -82,6 +82,7 @@ class MulLayer(tp.Module):
 
 
 @needs_torch
+@pytest.mark.e2e  # a full-width PyTorch build: the developer loop keeps AdaIN's parity (test_port.py)
 def test_lst_parity(tmp_path):
   torch.manual_seed(40)
   enc, dec, mul = tp.he_init(Encoder5(), 40).eval(), Decoder4().eval(), MulLayer().eval()

@@ -40,6 +40,7 @@ class MAModule(tp.Module):
 
 
 @needs_torch
+@pytest.mark.e2e  # a full-width PyTorch build: the developer loop keeps AdaIN's parity (test_port.py)
 def test_manet_parity(vgg_file, tmp_path):
   vgg, vgg_path = vgg_file
   torch.manual_seed(20)

@@ -44,6 +44,7 @@ class Transform(tp.Module):
 
 
 @needs_torch
+@pytest.mark.e2e  # a full-width PyTorch build: the developer loop keeps AdaIN's parity (test_port.py)
 def test_sanet_parity(vgg_file, tmp_path):
   vgg, vgg_path = vgg_file
   torch.manual_seed(10)

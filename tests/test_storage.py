@@ -275,6 +275,8 @@ def test_two_processes_compare_their_data_listings(tmp_path, differ):
   assert f"'{folders[1]}/sub/c.png'" in outs[1] and f"'{folders[0]}/sub/b.png'" in outs[0]
 
 
+# Copying a ticket object by object through the emulator takes seconds: the gs:// case is in the e2e tier.
+@pytest.mark.parametrize("root", ["local", pytest.param("gs", marks=pytest.mark.e2e)], indirect=True)
 def test_a_study_shares_imp_tickets_and_rewind_points_on_both(root):
   """A study's sub-run that differs from an earlier one only in the baselines gets its IMP tickets and theta_0: hard
   links on disk, object copies on GCS, where a copy cut short is completed by the next run."""
