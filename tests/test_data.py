@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -351,7 +352,9 @@ def _build_tiny_tfds(tmp_path):
   return str(tmp_path / 'tfds')
 
 
-def test_tfds_source(tmp_path):
+def test_tfds_source(tmp_path, monkeypatch):
+  # TFDS leaves an empty mkdtemp folder each time it builds a dataset's info: keep it out of the machine's /tmp.
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
   data_dir = _build_tiny_tfds(tmp_path)
   cfg = _config('tfds:jaxtickets_tiny_images:train', 'tfds:jaxtickets_tiny_images:train',
                 num_pairs=1)
