@@ -198,8 +198,10 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
       report_run.write_report(sub.workdir, run_settings)
   if jax.process_index() != 0:
     return None
-  path = report_study.write_study(study_config, runs, notes, workdir, reports=reports,
-                            overrides=field_items(study_config.overrides))
+  trained = [report_study.StudyRun(sub.model, sub.name, sub.workdir, run_settings)
+             for sub, run_settings in zip(runs, resolved)]
+  path = report_study.write_study(trained, notes, workdir, models=study_config.models, variant=study_config.variant,
+                                  reports=reports, overrides=field_items(study_config.overrides))
   imp.log(f"Study report: {path}")
   return path
 

@@ -109,6 +109,10 @@ def test_tiny_study_writes_one_report_and_resumes(tmp_path):
     # A tiny run's dense network collapses (its reconstruction is below a flat image): the table says so.
     assert f"| adain | {name} | {'trained' if name == 'reference' else 'fixed'} | {dense:.6g}" in text
   assert "Finding 1" in text and "Finding 2" in text and "no transform parameters" in text
+  # The runs table names what each sub-run trained with: its scope, branches (IMP first) and rounds.
+  ref = next(r for r in study.plan(c, str(tmp_path))[0] if r.name == "reference")
+  assert (f"| adain | reference | trained | `{ref.config.sparsity.scope}` | imp,random_prune | "
+          f"1 of {ref.config.imp.rounds} |") in text
   before = _ticket_times(str(tmp_path))
   assert len(before) == 5
   study.run(c, str(tmp_path))  # resumes: every ticket is already there, nothing is trained again

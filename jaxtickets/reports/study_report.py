@@ -1,16 +1,31 @@
 """The study's evidence (jaxtickets.study): study.md, study.png and rewind.png over its runs."""
 
+import dataclasses
 import os
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxtickets import config as config_lib, storage
+from jaxtickets import settings, storage
 from jaxtickets.results import tables as results
 from jaxtickets.results.text import interval_text, pct, table
 
 
 # ----------------------------------------------------------------------------- the study (jaxtickets.study)
+
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+  """One sub-run of a study as its report reads it: the model, the sub-run's name, its workdir and the settings it
+  trained with."""
+  model: str
+  name: str
+  workdir: str
+  settings: settings.RunSettings
+
+  @property
+  def protocol(self) -> settings.Protocol:
+    return self.settings.protocol
+
 
 STUDY_TITLES = {"encoder": "Finding 1: encoder trained vs fixed", "baselines": "Finding 2: IMP vs baselines",
                 "transform": "Finding 3: transform pruned vs not",
@@ -45,7 +60,7 @@ def _panels(runs) -> list[tuple[str, str, list[tuple[str, str]]]]:
   for model in dict.fromkeys(s.model for s in runs):
     names = [s.name for s in runs if s.model == model]
     ref = next(s for s in runs if s.model == model and s.name == "reference")
-    mine = [(model, "baselines", [("reference", b) for b in config_lib.branches(ref.config)])]
+    mine = [(model, "baselines", [("reference", b) for b in ref.protocol.branches])]
     for comp in ("encoder", "transform"):
       alt = [n for n in names if n.startswith(comp)]
       if alt:
@@ -67,8 +82,7 @@ def plot_study(runs, tables, path: str) -> None:
     for j, (_, comp, lines) in enumerate(p for p in panels if p[0] == model):
       ax = axes[model_i, j]
       ax.set_visible(True)
-      cfg = next(s.config for s in runs if s.model == model)
-      tol = 100 * cfg.imp.match_tolerance
+      tol = 100 * next(s.protocol.match_tolerance for s in runs if s.model == model)
       ax.axhline(tol, color="k", ls="--", lw=1, label=f"tolerance +{tol:.1f}%")
       for k, (run_name, branch) in enumerate(lines):
         rows = [r for r in tables[(model, run_name)] if r["branch"] in (branch, "imp") and
@@ -94,7 +108,7 @@ def _rewind_section(runs, tables) -> list[str]:
   lines = []
   for s in sweep:
     barriers = ", ".join(f"r{r['round']} {r['barrier_relative']:+.1%}" for r in results.stability_rows(s.workdir))
-    lines.append([s.model, s.config.imp.rewind_step, _sparsity_at(_imp_best(tables[(s.model, s.name)])),
+    lines.append([s.model, s.protocol.rewind_step, _sparsity_at(_imp_best(tables[(s.model, s.name)])),
                   barriers or "-"])
   return ["", f"## {STUDY_TITLES['rewind']}", "",
           "One IMP per rewind point k (the weights after k dense steps), and the error barrier between two copies "
@@ -136,12 +150,12 @@ def plot_rewind(runs, tables, path: str) -> None:
   for m, model in enumerate(dict.fromkeys(s.model for s in runs)):
     sweep = [s for s in runs if s.model == model and s.name.startswith("rewind_")]
     best = [_imp_best(tables[(s.model, s.name)]) for s in sweep]
-    left.plot([s.config.imp.rewind_step for s in sweep], [100 * b["sparsity_prunable"] if b else 0.0 for b in best],
+    left.plot([s.protocol.rewind_step for s in sweep], [100 * b["sparsity_prunable"] if b else 0.0 for b in best],
               "o-", color=f"C{m}", label=model)
     for k, s in enumerate(sweep):
       rows = results.stability_rows(s.workdir)
       right.plot([100 * r["sparsity"] for r in rows], [100 * r["barrier_relative"] for r in rows], "o-",
-                 color=f"C{k}", label=f"{model}, k = {s.config.imp.rewind_step}")
+                 color=f"C{k}", label=f"{model}, k = {s.protocol.rewind_step}")
   left.set_xlabel("rewind step k")
   left.set_ylabel("highest matching sparsity (%)")
   left.legend(fontsize=8)
@@ -152,12 +166,12 @@ def plot_rewind(runs, tables, path: str) -> None:
   storage.save_figure(fig, path, dpi=100)
 
 
-def format_study(study_config, runs, tables, notes: list[str], reports: bool,
+def format_study(runs, tables, notes: list[str], *, models: str, variant: str, reports: bool,
                  overrides: list[tuple[str, object]]) -> str:
   """study.md: the sub-runs, one table per finding, the combined figure."""
   changes = "; ".join(f"{k}={v!r}" for k, v in overrides) or "none"
-  text = [f"# Study: {study_config.models}", "",
-          f"Variant {study_config.variant!r} of each configs/<model>.py, overrides `{changes}`. Highest matching "
+  text = [f"# Study: {models}", "",
+          f"Variant {variant!r} of each configs/<model>.py, overrides `{changes}`. Highest matching "
           "sparsity = the sparsest round that matches together with every round below it, where a round matches "
           "when the whole 95% interval of its held-out total loss relative to its run's dense network (over "
           "replicates and pairs) lies below match_tolerance.", "",
@@ -167,9 +181,9 @@ def format_study(study_config, runs, tables, notes: list[str], reports: bool,
     rows = tables[(s.model, s.name)]
     done = max((r["round"] for r in rows if r["branch"] == "imp"), default=-1)
     link = f"[report]({s.model}/{s.name}/report.md)" if reports else f"`{s.workdir}`"
-    encoder = "trained" if s.config.model.train_encoder else "fixed"
-    lines.append([s.model, s.name, encoder, f"`{s.config.sparsity.scope}`", s.config.imp.branches,
-                  f"{done} of {s.config.imp.rounds}", _dense_total(rows), link])
+    encoder = "trained" if s.settings.model.options.train_encoder else "fixed"
+    lines.append([s.model, s.name, encoder, f"`{','.join(s.protocol.pruning.scope)}`", ",".join(s.protocol.branches),
+                  f"{done} of {s.protocol.rounds}", _dense_total(rows), link])
   text.append(table(["model", "run", "encoder", "scope", "branches", "pruned rounds", "dense total", "details"],
                     lines))
   by = {(s.model, s.name): s for s in runs}
@@ -181,9 +195,9 @@ def format_study(study_config, runs, tables, notes: list[str], reports: bool,
       for name in (["reference"] + alts) if alts else []:
         s, rows = by[(m, name)], tables[(m, name)]
         if comp == "encoder":
-          state = "trained" if s.config.model.train_encoder else "fixed"
+          state = "trained" if s.settings.model.options.train_encoder else "fixed"
         else:
-          state = "pruned" if "transform" in s.config.sparsity.scope else "not pruned"
+          state = "pruned" if "transform" in ",".join(s.protocol.pruning.scope) else "not pruned"
         lines.append([m, name, state, _dense_total(rows), _sparsity_at(_imp_best(rows))])
     if lines:
       text += ["", f"## {STUDY_TITLES[comp]}", ""]
@@ -206,18 +220,19 @@ def format_study(study_config, runs, tables, notes: list[str], reports: bool,
   return "\n".join(text) + "\n"
 
 
-def write_study(study_config, runs, notes: list[str], workdir: str, *, reports: bool,
+def write_study(runs: list[StudyRun], notes: list[str], workdir: str, *, models: str, variant: str, reports: bool,
                 overrides: list[tuple[str, object]]) -> str:
   """study.md, study.png and, with a rewind sweep, rewind.png in the study's workdir; returns study.md's path.
 
-  runs: the study's sub-runs (each with its model, name, config and workdir), trained; overrides: the
-  (field, value) pairs every sub-run's config got, as the header names them.
+  runs: the study's sub-runs, trained; models, variant: the study's config.models and config.variant as its header
+  names them; overrides: the (field, value) pairs every sub-run's config got.
   """
-  tables = {(s.model, s.name): results.summarize(results.collect_rows(s.workdir), s.config.imp.match_tolerance)
+  tables = {(s.model, s.name): results.summarize(results.collect_rows(s.workdir), s.protocol.match_tolerance)
             for s in runs}
   plot_study(runs, tables, os.path.join(workdir, "study.png"))
   if any(s.name.startswith("rewind_") for s in runs):
     plot_rewind(runs, tables, os.path.join(workdir, "rewind.png"))
   path = os.path.join(workdir, "study.md")
-  storage.write_atomically(path, format_study(study_config, runs, tables, notes, reports, overrides))
+  storage.write_atomically(path, format_study(runs, tables, notes, models=models, variant=variant,
+                                                       reports=reports, overrides=overrides))
   return path
