@@ -292,6 +292,19 @@ def test_config_checks_before_anything_runs(tmp_path):
   assert os.listdir(workdir) == [] and "moved the previous run" in logs[-1]
 
 
+def test_a_vgg_problem_stops_a_fresh_start_before_the_previous_run_is_moved_aside(tmp_path, monkeypatch):
+  from jaxtickets.weights import files as weights  # pylint: disable=g-import-not-at-top
+
+  workdir = str(tmp_path / "w")
+  os.makedirs(os.path.join(workdir, "init"))  # a previous run that config.resume=false would move aside
+  run_settings = config_lib.resolve(tiny_config(resume=False))
+  # The demo loss network no longer matches its recorded hash (changed or damaged after the config was resolved).
+  monkeypatch.setitem(weights.DEMO_VGG_SHA256, run_settings.model.width, "0" * 64)
+  with pytest.raises(UserError, match=r"demo loss network .* has SHA-256 .* not the 000000000000"):
+    imp.run(run_settings, workdir)
+  assert os.listdir(workdir) == ["init"] and not glob.glob(workdir + ".old-*")
+
+
 # A rewind point k > 0 and the baseline branches, resumed in-process: a stand-in for SIGTERM stops a chosen round
 # after a chosen step (the watch the train loop asks), which saves and raises Preempted as a real signal does. Every
 # run shares one run context, as the same command again would build it: its steps are traced once, not once a run.

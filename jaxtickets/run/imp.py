@@ -54,10 +54,10 @@ def run(run_settings, workdir: str, *, allow_config_change: bool = False) -> lis
     with preempt.PreemptionWatch() as watch:
       def prepare() -> train.RunContext:
         nonlocal lock
-        lock = workdir_lib.lock_workdir(workdir, run_settings.resume, log)
-        workdir_lib.check_resume_config(run_settings.record, workdir, allow_config_change, log)
-        vgg = weights.describe_vgg(run_settings.model.vgg_weights, run_settings.model.width)  # its hash, its release
-        workdir_lib.check_resume_vgg(vgg, workdir, allow_config_change, log)
+        # The VGG's hash and release first: a VGG problem stops the run before its workdir is touched.
+        vgg = weights.describe_vgg(run_settings.model.vgg_weights, run_settings.model.width)
+        lock = workdir_lib.open_run(workdir, resume=run_settings.resume, record=run_settings.record, vgg=vgg,
+                                    allow_change=allow_config_change, log=log)
         return setup(run_settings, workdir, watch=watch, place=False)
 
       ctx = parallel.agree(prepare)

@@ -216,6 +216,22 @@ def lock_workdir(workdir: str, resume: bool, log=print) -> "WorkdirLock | None":
   return WorkdirLock(workdir, log).acquire()
 
 
+def open_run(workdir: str, *, resume: bool, record: dict, vgg: dict, allow_change: bool, log=print
+             ) -> "WorkdirLock | None":
+  """The workdir of a run that is starting or resuming: locked (lock_workdir), its config and VGG held to what it
+  trained with and recorded (check_resume_config, check_resume_vgg); the lock is released again when a check
+  refuses."""
+  lock = lock_workdir(workdir, resume, log)
+  try:
+    check_resume_config(record, workdir, allow_change, log)
+    check_resume_vgg(vgg, workdir, allow_change, log)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  return lock
+
+
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
