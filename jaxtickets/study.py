@@ -200,8 +200,9 @@ def run(study_config, workdir: str, *, reports: bool | None = None) -> str | Non
     return None
   trained = [report_study.StudyRun(sub.model, sub.name, sub.workdir, run_settings)
              for sub, run_settings in zip(runs, resolved)]
-  path = report_study.write_study(trained, notes, workdir, models=study_config.models, variant=study_config.variant,
-                                  reports=reports, overrides=field_items(study_config.overrides))
+  path = report_study.write_study(trained, notes, workdir, study_models=study_config.models,
+                                  variant=study_config.variant, reports=reports,
+                                  overrides=field_items(study_config.overrides))
   imp.log(f"Study report: {path}")
   return path
 

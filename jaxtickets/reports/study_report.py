@@ -166,11 +166,11 @@ def plot_rewind(runs, tables, path: str) -> None:
   storage.save_figure(fig, path, dpi=100)
 
 
-def format_study(runs, tables, notes: list[str], *, models: str, variant: str, reports: bool,
+def format_study(runs, tables, notes: list[str], *, study_models: str, variant: str, reports: bool,
                  overrides: list[tuple[str, object]]) -> str:
   """study.md: the sub-runs, one table per finding, the combined figure."""
   changes = "; ".join(f"{k}={v!r}" for k, v in overrides) or "none"
-  text = [f"# Study: {models}", "",
+  text = [f"# Study: {study_models}", "",
           f"Variant {variant!r} of each configs/<model>.py, overrides `{changes}`. Highest matching "
           "sparsity = the sparsest round that matches together with every round below it, where a round matches "
           "when the whole 95% interval of its held-out total loss relative to its run's dense network (over "
@@ -220,12 +220,12 @@ def format_study(runs, tables, notes: list[str], *, models: str, variant: str, r
   return "\n".join(text) + "\n"
 
 
-def write_study(runs: list[StudyRun], notes: list[str], workdir: str, *, models: str, variant: str, reports: bool,
-                overrides: list[tuple[str, object]]) -> str:
+def write_study(runs: list[StudyRun], notes: list[str], workdir: str, *, study_models: str, variant: str,
+                reports: bool, overrides: list[tuple[str, object]]) -> str:
   """study.md, study.png and, with a rewind sweep, rewind.png in the study's workdir; returns study.md's path.
 
-  runs: the study's sub-runs, trained; models, variant: the study's config.models and config.variant as its header
-  names them; overrides: the (field, value) pairs every sub-run's config got.
+  runs: the study's sub-runs, trained; study_models, variant: the study's config.models and config.variant as its
+  header names them; overrides: the (field, value) pairs every sub-run's config got.
   """
   tables = {(s.model, s.name): results.summarize(results.collect_rows(s.workdir), s.protocol.match_tolerance)
             for s in runs}
@@ -233,6 +233,6 @@ def write_study(runs: list[StudyRun], notes: list[str], workdir: str, *, models:
   if any(s.name.startswith("rewind_") for s in runs):
     plot_rewind(runs, tables, os.path.join(workdir, "rewind.png"))
   path = os.path.join(workdir, "study.md")
-  storage.write_atomically(path, format_study(runs, tables, notes, models=models, variant=variant,
-                                                       reports=reports, overrides=overrides))
+  storage.write_atomically(path, format_study(runs, tables, notes, study_models=study_models,
+                                              variant=variant, reports=reports, overrides=overrides))
   return path
