@@ -183,7 +183,8 @@ def test_curves_say_what_their_markers_mean_and_titles_clear_the_next_panel(tmp_
   assert "inconclusive" in labels or "inconclusive" not in verdicts
   # The total's panel marks each round by its verdict; a term's panel has no verdict of its own.
   want = {"matches": "o", "inconclusive": "o", "does not match": "X", "": "s"}
-  points = lambda ax: [line.get_marker() for line in ax.lines if len(line.get_xdata()) == 1 and line.get_marker() != "*"]
+  points = lambda ax: [line.get_marker() for line in ax.lines
+                       if len(line.get_xdata()) == 1 and line.get_marker() != "*"]
   assert points(total) == [want[v] for v in verdicts]
   assert set(points(content)) == set(points(style)) == {"."}
   # Each panel's title stays clear of the next panel's axis label.
